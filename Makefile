@@ -1,0 +1,46 @@
+# minikv: every target sets up .venv itself, so a fresh clone needs only `make test`.
+# Stamps record what was installed from which pyproject.toml, so re-running is quick.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.stamp-runtime
+DEV_STAMP     := $(VENV)/.stamp-dev
+PROTO_DIR     := minikv_core/net/proto
+PROTOS        := $(wildcard $(PROTO_DIR)/*.proto)
+PYTEST_ARGS   ?=
+
+.PHONY: tui test lint proto clean
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minikv needs Python >= 3.11; set PYTHON=python3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(DEV_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	@touch $@ $(RUNTIME_STAMP)
+
+tui: $(RUNTIME_STAMP)
+	$(BIN)/minikv tui
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The generated modules are committed; tests/test_proto_generated.py fails if they drift.
+proto: $(DEV_STAMP)
+	$(PY) tools/gen_proto.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""Shard map, multi-raft host, transactions, repair and membership."""

@@ -1,0 +1,1 @@
+"""Wire formats and transports: protobuf/gRPC definitions, peer transport, client APIs."""

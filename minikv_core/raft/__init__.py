@@ -1,0 +1,1 @@
+"""A pure Raft state machine: no I/O, no clock, no randomness of its own."""

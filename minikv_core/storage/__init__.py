@@ -1,0 +1,1 @@
+"""Durable storage: the segmented write-ahead log and the per-shard LSM engine."""

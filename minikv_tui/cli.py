@@ -1,0 +1,75 @@
+"""The `minikv` command: a Typer app whose sub-commands live in `minikv_tui.commands`.
+
+`main()` is the console-script entry point. It is the last line of defence for the rule that
+no traceback reaches a user: typed `UserError`s print one line and their exit code; anything
+unexpected prints one line naming the bug and exits 70.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from minikv_core import __version__
+from minikv_tui.errors import EXIT_INTERNAL, UserError, report
+
+app = typer.Typer(
+    name="minikv",
+    help="minikv: a distributed key-value store, and the tools to run, watch and break it.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"minikv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        "-V",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """minikv: a distributed key-value store, and the tools to run, watch and break it."""
+
+
+@app.command(hidden=True, rich_help_panel="Interactive")
+def tui() -> None:
+    """The live cluster dashboard (not built yet)."""
+    # Hidden from --help until it exists, so the help never advertises what is not there;
+    # `make tui` lands here and must say so plainly rather than fail with "No such command".
+    raise UserError(
+        "the dashboard (`minikv tui`) is not built yet.",
+        hint="See README.md, 'What works today', for what you can run now.",
+    )
+
+
+def main() -> None:
+    stderr = Console(stderr=True)
+    try:
+        app()
+    except UserError as exc:
+        report(stderr, exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the last line of defence: no traceback for users
+        report(
+            stderr,
+            f"internal error: {type(exc).__name__}: {exc}",
+            "This is a bug in minikv; please report it with the command you ran.",
+        )
+        sys.exit(EXIT_INTERNAL)

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from minikv_core import __version__
+from minikv_tui.commands import wal
 from minikv_tui.errors import EXIT_INTERNAL, UserError, report
 
 app = typer.Typer(
@@ -24,6 +25,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
 )
+
+
+app.add_typer(wal.app, name="wal", rich_help_panel="Storage")
 
 
 def _print_version(value: bool) -> None:

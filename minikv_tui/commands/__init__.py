@@ -1,0 +1,1 @@
+"""Sub-command groups of the `minikv` CLI, one module each."""

@@ -1,1 +1,90 @@
-"""A pure Raft state machine: no I/O, no clock, no randomness of its own."""
+"""A pure Raft state machine: no I/O, no clock, no randomness of its own.
+
+The host drives a `RawNode` through `step`, `tick`, `propose`, `ready` and `advance`; see
+`minikv_core.raft.node` for the Ready contract and `minikv_core.raft.types` for the messages.
+"""
+
+from minikv_core.raft.confchange import ConfChangeError, apply_conf_change
+from minikv_core.raft.log import InconsistentStateError
+from minikv_core.raft.node import (
+    CAMPAIGN_TRANSFER_CONTEXT,
+    CompactionError,
+    Config,
+    RandomSource,
+    RawNode,
+)
+from minikv_core.raft.storage import (
+    CompactedError,
+    MemoryStorage,
+    SnapshotOutOfDateError,
+    Storage,
+    StorageError,
+    UnavailableError,
+)
+from minikv_core.raft.types import (
+    EMPTY_SNAPSHOT,
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfigError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    NotLeaderError,
+    PeerStatus,
+    ProgressState,
+    ProposalDroppedError,
+    RaftError,
+    ReadOnlyMode,
+    ReadState,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMetadata,
+    SoftState,
+    Status,
+)
+
+__all__ = [
+    "CAMPAIGN_TRANSFER_CONTEXT",
+    "EMPTY_SNAPSHOT",
+    "NONE",
+    "CompactedError",
+    "CompactionError",
+    "ConfChange",
+    "ConfChangeError",
+    "ConfChangeType",
+    "ConfState",
+    "Config",
+    "ConfigError",
+    "Entry",
+    "EntryType",
+    "HardState",
+    "InconsistentStateError",
+    "MemoryStorage",
+    "Message",
+    "MessageType",
+    "NotLeaderError",
+    "PeerStatus",
+    "ProgressState",
+    "ProposalDroppedError",
+    "RaftError",
+    "RandomSource",
+    "RawNode",
+    "ReadOnlyMode",
+    "ReadState",
+    "Ready",
+    "Role",
+    "Snapshot",
+    "SnapshotMetadata",
+    "SnapshotOutOfDateError",
+    "SoftState",
+    "Status",
+    "Storage",
+    "StorageError",
+    "UnavailableError",
+    "apply_conf_change",
+]

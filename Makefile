@@ -11,7 +11,7 @@ PROTO_DIR     := minikv_core/net/proto
 PROTOS        := $(wildcard $(PROTO_DIR)/*.proto)
 PYTEST_ARGS   ?=
 
-.PHONY: tui test lint proto clean
+.PHONY: tui test test-slow lint proto clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minikv needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -36,6 +36,10 @@ lint: $(DEV_STAMP)
 
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The long runs: thousands of simulator steps per seed, and the other `slow`-marked tests.
+test-slow: $(DEV_STAMP)
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 # The generated modules are committed; tests/test_proto_generated.py fails if they drift.
 proto: $(DEV_STAMP)

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 
 from minikv_core import __version__
-from minikv_tui.commands import wal
+from minikv_tui.commands import bench, sstable, wal
 from minikv_tui.errors import EXIT_INTERNAL, UserError, report
 
 app = typer.Typer(
@@ -28,6 +28,8 @@ app = typer.Typer(
 
 
 app.add_typer(wal.app, name="wal", rich_help_panel="Storage")
+app.add_typer(sstable.app, name="sstable", rich_help_panel="Storage")
+app.add_typer(bench.app, name="bench", rich_help_panel="Benchmarks")
 
 
 def _print_version(value: bool) -> None:

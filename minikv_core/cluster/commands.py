@@ -1,0 +1,300 @@
+"""The command codec of the shard state machine: what the `data` of a NORMAL Raft entry means.
+
+A shard leader proposes one entry per round of client writes to that shard: one `PutCommand`
+or `DeleteCommand`, or a `BatchCommand` of several (each client write keeps its own request
+id, so the node that proposed it can answer each waiting client from its apply result). An
+entry with empty data is the leader's no-op (Raft §8) and is not a command.
+
+Layout (little-endian, unsigned; `struct`-packed, no per-byte Python loops):
+
+    command  = format u8 (= 1) | item
+    item     = PUT    kind u8 (= 1) | request_id u64 | key_len u32 | value_len u32 | key | value
+             | DELETE kind u8 (= 2) | request_id u64 | key_len u32 | key
+             | BATCH  kind u8 (= 3) | count u32 | count x (PUT or DELETE item)
+
+Why a format byte: entries stay in Raft logs, WALs and snapshots across upgrades; a node must
+recognise an entry written by a newer format and fail that entry clearly instead of
+misreading it. Why request ids are u64 chosen by the proposer: the proposer alone knows which
+client is waiting; the state machine only echoes the id back in its result.
+
+Validity, checked identically by `encode()` and `decode_command()` (so a node never proposes
+what a replica would refuse): keys 1..COMMAND_KEY_SIZE_BYTES_MAX bytes, values at most
+COMMAND_VALUE_SIZE_BYTES_MAX, a batch of 1..COMMAND_BATCH_COMMANDS_MAX put/delete items with
+pairwise distinct keys (no nested batches). Distinct keys: every write of an entry gets the
+entry's index as its version (state_machine.py), so two writes of one key in one entry would
+share a version while only the second one's value is ever visible; etcd refuses duplicate
+keys in one transaction for the same reason. A committed entry that does not decode raises
+`CommandDecodeError` naming the byte offset and the reason; the state machine turns that into
+a failed apply result, never a crash (the entry is committed on every replica alike).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+from minikv_core.cluster import limits
+
+FORMAT_VERSION = 1
+"""The first byte of every encoded command."""
+
+
+class CommandKind(enum.IntEnum):
+    PUT = 1
+    DELETE = 2
+    BATCH = 3
+
+
+_U64_MAX = 2**64 - 1
+_FORMAT = struct.Struct("<B")
+_PUT_ITEM = struct.Struct("<BQII")  # kind, request_id, key_len, value_len
+_DELETE_ITEM = struct.Struct("<BQI")  # kind, request_id, key_len
+_BATCH_ITEM = struct.Struct("<BI")  # kind, count
+
+# The real fixed overhead of the largest single command stays under the bound limits.py
+# reasons with.
+assert _FORMAT.size + _PUT_ITEM.size <= limits.COMMAND_PUT_OVERHEAD_BYTES_MAX
+
+_FORMAT_BYTE = _FORMAT.pack(FORMAT_VERSION)
+_PUT = CommandKind.PUT
+_DELETE = CommandKind.DELETE
+_BATCH = CommandKind.BATCH
+
+
+class CommandError(ValueError):
+    """Base of the codec's errors."""
+
+
+class CommandEncodeError(CommandError):
+    """A command cannot be encoded (bad key, value, request id or batch): nothing proposed."""
+
+
+class CommandDecodeError(CommandError):
+    """Entry data is not a valid command: `offset` is where decoding found the problem."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"malformed command at byte offset {offset}: {reason}")
+
+
+def _check_key(key: object) -> bytes:
+    if not isinstance(key, bytes):
+        raise CommandEncodeError(f"key must be bytes, got {type(key).__name__}")
+    if not limits.COMMAND_KEY_SIZE_BYTES_MIN <= len(key) <= limits.COMMAND_KEY_SIZE_BYTES_MAX:
+        raise CommandEncodeError(
+            f"key is {len(key)} bytes; keys are {limits.COMMAND_KEY_SIZE_BYTES_MIN}.."
+            f"{limits.COMMAND_KEY_SIZE_BYTES_MAX} bytes"
+        )
+    return key
+
+
+def _check_value(value: object, key: bytes) -> bytes:
+    if not isinstance(value, bytes):
+        raise CommandEncodeError(f"value of {key[:32]!r} must be bytes, got {type(value).__name__}")
+    if len(value) > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
+        raise CommandEncodeError(
+            f"value of {key[:32]!r} is {len(value)} bytes, more than the limit of "
+            f"{limits.COMMAND_VALUE_SIZE_BYTES_MAX} bytes"
+        )
+    return value
+
+
+def _check_request_id(request_id: object) -> int:
+    if type(request_id) is not int or not 0 <= request_id <= _U64_MAX:
+        raise CommandEncodeError(f"request_id must be an int in 0..2**64-1, got {request_id!r}")
+    return request_id
+
+
+@dataclass(frozen=True, slots=True)
+class PutCommand:
+    """Set `key` to `value`. `request_id` identifies the waiting client (0: nobody waits)."""
+
+    key: bytes
+    value: bytes
+    request_id: int = 0
+
+    def _encode_item(self, parts: list[bytes]) -> int:
+        key = _check_key(self.key)
+        value = _check_value(self.value, key)
+        request_id = _check_request_id(self.request_id)
+        parts.append(_PUT_ITEM.pack(_PUT, request_id, len(key), len(value)))
+        parts.append(key)
+        parts.append(value)
+        return _PUT_ITEM.size + len(key) + len(value)
+
+    def encode(self) -> bytes:
+        return _encode_top(self)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteCommand:
+    """Remove `key` (a no-op apart from its result if it has no value)."""
+
+    key: bytes
+    request_id: int = 0
+
+    def _encode_item(self, parts: list[bytes]) -> int:
+        key = _check_key(self.key)
+        request_id = _check_request_id(self.request_id)
+        parts.append(_DELETE_ITEM.pack(_DELETE, request_id, len(key)))
+        parts.append(key)
+        return _DELETE_ITEM.size + len(key)
+
+    def encode(self) -> bytes:
+        return _encode_top(self)
+
+
+WriteCommand = PutCommand | DeleteCommand
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCommand:
+    """Several client writes to one shard, applied atomically in order as one entry."""
+
+    commands: tuple[WriteCommand, ...]
+
+    def _encode_item(self, parts: list[bytes]) -> int:
+        commands = self.commands
+        if not isinstance(commands, tuple):
+            raise CommandEncodeError(f"commands must be a tuple, got {type(commands).__name__}")
+        if not 1 <= len(commands) <= limits.COMMAND_BATCH_COMMANDS_MAX:
+            raise CommandEncodeError(
+                f"a batch holds 1..{limits.COMMAND_BATCH_COMMANDS_MAX} commands, "
+                f"got {len(commands)}"
+            )
+        parts.append(_BATCH_ITEM.pack(_BATCH, len(commands)))
+        size = _BATCH_ITEM.size
+        keys: set[bytes] = set()
+        for number, command in enumerate(commands):
+            if not isinstance(command, PutCommand | DeleteCommand):
+                raise CommandEncodeError(
+                    f"batch item {number} must be a PutCommand or DeleteCommand, "
+                    f"got {type(command).__name__}"
+                )
+            size += command._encode_item(parts)
+            keys.add(command.key)
+            if len(keys) != number + 1:
+                raise CommandEncodeError(
+                    f"batch item {number} writes key {command.key[:32]!r} again; "
+                    "a batch writes each key at most once (split the batch)"
+                )
+        return size
+
+    def encode(self) -> bytes:
+        return _encode_top(self)
+
+
+Command = PutCommand | DeleteCommand | BatchCommand
+
+
+def _encode_top(command: Command) -> bytes:
+    parts = [_FORMAT_BYTE]
+    size = _FORMAT.size + command._encode_item(parts)
+    if size > limits.COMMAND_BYTES_MAX:
+        raise CommandEncodeError(
+            f"command encodes to {size} bytes, more than the limit of "
+            f"{limits.COMMAND_BYTES_MAX} bytes (split the batch)"
+        )
+    data = b"".join(parts)
+    assert len(data) == size, (len(data), size)
+    return data
+
+
+def encode_command(command: Command) -> bytes:
+    """The entry data of `command`; raises CommandEncodeError if it is not valid."""
+    if not isinstance(command, PutCommand | DeleteCommand | BatchCommand):
+        raise CommandEncodeError(f"not a command: {type(command).__name__}")
+    return command.encode()
+
+
+# ------------------------------------------------------------------------------- decoding
+
+
+def _decode_write(view: memoryview, offset: int, size: int) -> tuple[WriteCommand, int]:
+    """Decode the PUT or DELETE item at `offset`; returns it and the offset after it."""
+    if offset >= size:
+        raise CommandDecodeError(offset, "the data ends where a command kind byte should be")
+    kind = view[offset]
+    if kind == _PUT:
+        if offset + _PUT_ITEM.size > size:
+            raise CommandDecodeError(offset, "PUT header is cut short")
+        _, request_id, key_len, value_len = _PUT_ITEM.unpack_from(view, offset)
+        start = offset + _PUT_ITEM.size
+        end = start + key_len + value_len
+        if end > size:
+            raise CommandDecodeError(
+                offset, f"PUT of a {key_len}-byte key and {value_len}-byte value overruns the data"
+            )
+        _check_decoded_key(offset, key_len)
+        if value_len > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
+            raise CommandDecodeError(
+                offset,
+                f"PUT value of {value_len} bytes exceeds {limits.COMMAND_VALUE_SIZE_BYTES_MAX}",
+            )
+        key = bytes(view[start : start + key_len])
+        return PutCommand(key, bytes(view[start + key_len : end]), request_id), end
+    if kind == _DELETE:
+        if offset + _DELETE_ITEM.size > size:
+            raise CommandDecodeError(offset, "DELETE header is cut short")
+        _, request_id, key_len = _DELETE_ITEM.unpack_from(view, offset)
+        start = offset + _DELETE_ITEM.size
+        end = start + key_len
+        if end > size:
+            raise CommandDecodeError(offset, f"DELETE of a {key_len}-byte key overruns the data")
+        _check_decoded_key(offset, key_len)
+        return DeleteCommand(bytes(view[start:end]), request_id), end
+    if kind == _BATCH:
+        raise CommandDecodeError(offset, "a BATCH inside a BATCH (batches do not nest)")
+    raise CommandDecodeError(offset, f"unknown command kind {kind}")
+
+
+def _check_decoded_key(offset: int, key_len: int) -> None:
+    if not limits.COMMAND_KEY_SIZE_BYTES_MIN <= key_len <= limits.COMMAND_KEY_SIZE_BYTES_MAX:
+        raise CommandDecodeError(
+            offset,
+            f"key length {key_len} is outside {limits.COMMAND_KEY_SIZE_BYTES_MIN}.."
+            f"{limits.COMMAND_KEY_SIZE_BYTES_MAX}",
+        )
+
+
+def decode_command(data: bytes | memoryview) -> Command:
+    """The command encoded in entry `data`; raises CommandDecodeError if it is malformed."""
+    view = memoryview(data)
+    size = len(view)
+    if size == 0:
+        raise CommandDecodeError(0, "empty data is a no-op entry, not a command")
+    version = view[0]
+    if version != FORMAT_VERSION:
+        raise CommandDecodeError(
+            0, f"unknown command format {version} (this node reads format {FORMAT_VERSION})"
+        )
+    offset = _FORMAT.size
+    if offset < size and view[offset] == _BATCH:
+        if offset + _BATCH_ITEM.size > size:
+            raise CommandDecodeError(offset, "BATCH header is cut short")
+        _, count = _BATCH_ITEM.unpack_from(view, offset)
+        if not 1 <= count <= limits.COMMAND_BATCH_COMMANDS_MAX:
+            raise CommandDecodeError(
+                offset,
+                f"BATCH of {count} commands (a batch holds 1..{limits.COMMAND_BATCH_COMMANDS_MAX})",
+            )
+        offset += _BATCH_ITEM.size
+        commands: list[WriteCommand] = []
+        keys: set[bytes] = set()
+        for number in range(count):
+            item_offset = offset
+            command, offset = _decode_write(view, offset, size)
+            keys.add(command.key)
+            if len(keys) != number + 1:
+                raise CommandDecodeError(
+                    item_offset, f"BATCH item {number} writes key {command.key[:32]!r} again"
+                )
+            commands.append(command)
+        result: Command = BatchCommand(tuple(commands))
+    else:
+        result, offset = _decode_write(view, offset, size)
+    if offset != size:
+        raise CommandDecodeError(offset, f"{size - offset} trailing bytes after the command")
+    return result

@@ -1,0 +1,300 @@
+"""The shard state machine: committed Raft entries in, engine writes and client results out.
+
+`ShardStateMachine(engine)` applies a shard group's committed entries, in log order, to the
+shard's LSM `Engine`, each entry as one atomic `Engine.apply(ops, applied_index=entry.index)`.
+The engine persists the applied index atomically with every flush, so after a crash the host
+replays committed entries from `engine.durable_applied_index + 1` (DESIGN: Storage).
+
+Versions. Every key carries a version that increases with each write to it (clients use it
+for compare-and-set and transactions). The version of a write is the Raft index of the entry
+that carried it, like etcd's per-key mod revision: it is the same on every replica, survives
+snapshots (it is stored with the value), needs no read-before-write, and can never go
+backwards, not even across a delete and a re-put, because the log index only grows. Versions
+are therefore comparable across the keys of one shard, not across shards. A batch writes each
+key at most once (commands.py), so no two writes share a version.
+
+Stored value encoding (what the engine holds for a live key):
+
+    version u64 little-endian | client value bytes
+
+A delete removes the key from the engine (an LSM tombstone); nothing of it remains to read,
+and the next put gets a larger version anyway.
+
+Entries and results:
+- NORMAL with empty data: the leader's no-op (Raft §8): advances the applied index only.
+- CONF_CHANGE: advances the applied index; the host applies membership (RawNode.advance).
+- NORMAL with a command: one result per client write (a batch gives one per item), carrying
+  the request id, the entry index/term, and for a put the new version, for a delete whether
+  the key existed.
+- NORMAL whose data does not decode: the entry is committed on every replica alike, so
+  crashing would take the whole group down forever. It advances the applied index and yields
+  one REJECTED result naming the reason (the proposer matches it by index and term).
+
+Idempotence guard (decided: skip, don't refuse). Entries at or below `applied_index` are
+skipped and counted (`entries_skipped`), yielding no result. The engine already holds their
+effects: a host that restarts a RawNode with a lower applied index than the engine's (say the
+durable one while the memtable still holds more), or redelivers entries around a snapshot
+install, must not apply them twice: the engine would refuse the non-increasing index, and a
+delete would report a wrong "existed". A *gap* (an entry beyond applied_index + 1) is the
+opposite case: entries were lost, and applying past them would make this replica diverge, so
+it raises `ApplyGapError` and applies nothing of that call.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from minikv_core.cluster import limits
+from minikv_core.cluster.commands import (
+    BatchCommand,
+    CommandDecodeError,
+    DeleteCommand,
+    PutCommand,
+    WriteCommand,
+    decode_command,
+)
+from minikv_core.raft.types import Entry, EntryType
+from minikv_core.storage.engine import (
+    Delete,
+    Engine,
+    InvalidKeyError,
+    InvalidValueError,
+    Op,
+    Put,
+    SnapshotInfo,
+    StateChecksum,
+)
+from minikv_core.storage.errors import StorageError
+
+_VERSION = struct.Struct("<Q")
+assert _VERSION.size == limits.STORED_VERSION_BYTES
+
+
+class ResultKind(enum.Enum):
+    PUT = "put"
+    DELETE = "delete"
+    NOOP = "noop"  # the leader's empty entry
+    CONF_CHANGE = "conf_change"
+    REJECTED = "rejected"  # the entry's data is not a valid command
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of one client write (or of one command-less entry)."""
+
+    kind: ResultKind
+    index: int
+    term: int
+    request_id: int | None = None
+    """The proposer's id for the waiting client; None for no-op, conf change, rejected."""
+    version: int = 0
+    """PUT: the key's new version (== index)."""
+    existed: bool = False
+    """DELETE: whether the key had a value."""
+    error: str | None = None
+    """REJECTED: why the entry's data is not a command."""
+
+
+class VersionedValue(NamedTuple):
+    value: bytes
+    version: int
+
+
+class KeyValue(NamedTuple):
+    key: bytes
+    value: bytes
+    version: int
+
+
+class StateMachineError(StorageError):
+    """Base of the state machine's errors."""
+
+
+class ApplyGapError(StateMachineError):
+    """An entry does not follow the applied index: entries are missing, nothing was applied."""
+
+
+class StoredValueCorruptionError(StateMachineError):
+    """A stored value is too short to hold its version prefix (not written by this module)."""
+
+
+def encode_stored_value(version: int, value: bytes) -> bytes:
+    """`version u64 | value`: what the engine holds for a live key."""
+    return _VERSION.pack(version) + value
+
+
+def decode_stored_value(key: bytes, stored: bytes) -> VersionedValue:
+    if len(stored) < limits.STORED_VERSION_BYTES:
+        raise StoredValueCorruptionError(
+            f"stored value of key {key[:64]!r} is {len(stored)} bytes, shorter than its "
+            f"{limits.STORED_VERSION_BYTES}-byte version prefix"
+        )
+    (version,) = _VERSION.unpack_from(stored, 0)
+    return VersionedValue(stored[limits.STORED_VERSION_BYTES :], version)
+
+
+class ShardStateMachine:
+    """One shard's replicated key/value state on top of its engine.
+
+    Not thread-safe for writers: the host applies entries from one task. Reads (`get`,
+    `scan`) may run concurrently with `apply`; they see whole entries (the engine applies
+    each batch atomically).
+    """
+
+    __slots__ = ("_engine", "_entries_skipped")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._entries_skipped = 0
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def applied_index(self) -> int:
+        """The last entry index applied (memtable included; see `durable_applied_index`)."""
+        return self._engine.applied_index
+
+    @property
+    def durable_applied_index(self) -> int:
+        """The last entry index whose effects survive a crash: replay starts after it."""
+        return self._engine.durable_applied_index
+
+    @property
+    def entries_skipped(self) -> int:
+        """Entries at or below the applied index that `apply` skipped (idempotence guard)."""
+        return self._entries_skipped
+
+    # ------------------------------------------------------------------------------ apply
+
+    def apply(self, entries: Sequence[Entry]) -> list[ApplyResult]:
+        """Apply committed entries in order; one engine batch per entry, atomically.
+
+        Entries at or below `applied_index` are skipped (no result). Raises ApplyGapError,
+        before applying anything, if the entries are not consecutive or do not start at or
+        before `applied_index + 1`. Engine failures (closed, background error, I/O)
+        propagate: the node must stop applying.
+        """
+        applied = self._engine.applied_index
+        expected = applied + 1
+        todo: list[Entry] = []
+        for entry in entries:
+            if entry.index <= applied and not todo:
+                self._entries_skipped += 1
+                continue
+            if entry.index != expected:
+                raise ApplyGapError(
+                    f"entry {entry.index} does not follow {expected - 1} (applied index "
+                    f"{applied}): entries are missing, nothing was applied"
+                )
+            todo.append(entry)
+            expected += 1
+        results: list[ApplyResult] = []
+        for entry in todo:
+            self._apply_entry(entry, results)
+        return results
+
+    def _apply_entry(self, entry: Entry, results: list[ApplyResult]) -> None:
+        index = entry.index
+        if entry.type == EntryType.CONF_CHANGE:
+            self._engine.apply((), index)
+            results.append(ApplyResult(ResultKind.CONF_CHANGE, index, entry.term))
+            return
+        if not entry.data:
+            self._engine.apply((), index)
+            results.append(ApplyResult(ResultKind.NOOP, index, entry.term))
+            return
+        try:
+            command = decode_command(entry.data)
+        except CommandDecodeError as exc:
+            self._reject(entry, str(exc), results)
+            return
+        writes: tuple[WriteCommand, ...] = (
+            command.commands if isinstance(command, BatchCommand) else (command,)
+        )
+        ops: list[Op] = []
+        entry_results: list[ApplyResult] = []
+        get = self._engine.get
+        for write in writes:
+            if isinstance(write, PutCommand):
+                ops.append(Put(write.key, _VERSION.pack(index) + write.value))
+                entry_results.append(
+                    ApplyResult(
+                        ResultKind.PUT,
+                        index,
+                        entry.term,
+                        request_id=write.request_id,
+                        version=index,
+                    )
+                )
+            else:
+                assert isinstance(write, DeleteCommand)
+                # Keys of one batch are distinct (commands.py), so the engine's state before
+                # this entry answers "existed" for every delete of it.
+                existed = get(write.key) is not None
+                ops.append(Delete(write.key))
+                entry_results.append(
+                    ApplyResult(
+                        ResultKind.DELETE,
+                        index,
+                        entry.term,
+                        request_id=write.request_id,
+                        existed=existed,
+                    )
+                )
+        try:
+            self._engine.apply(ops, index)
+        except (InvalidKeyError, InvalidValueError) as exc:
+            # decode_command checks the engine's bounds, so this means the two disagree: a
+            # deterministic refusal on every replica, so reject rather than crash the group.
+            self._reject(entry, f"the engine refused the command: {exc}", results)
+            return
+        results.extend(entry_results)
+
+    def _reject(self, entry: Entry, reason: str, results: list[ApplyResult]) -> None:
+        self._engine.apply((), entry.index)
+        results.append(ApplyResult(ResultKind.REJECTED, entry.index, entry.term, error=reason))
+
+    # ------------------------------------------------------------------------------ reads
+
+    def get(self, key: bytes) -> VersionedValue | None:
+        """`(value, version)` of `key`, or None if it has no value."""
+        stored = self._engine.get(key)
+        if stored is None:
+            return None
+        return decode_stored_value(key, stored)
+
+    def scan(
+        self,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        prefix: bytes | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+    ) -> list[KeyValue]:
+        """Live keys with start <= key < end and the prefix, in key order (see Engine.scan)."""
+        return [
+            KeyValue(key, *decode_stored_value(key, stored))
+            for key, stored in self._engine.scan(start, end, prefix, limit, reverse)
+        ]
+
+    # -------------------------------------------------------------------------- snapshots
+
+    def snapshot(self, dest_dir: Path | str) -> SnapshotInfo:
+        """The shard's state at one applied index, as the engine's snapshot directory."""
+        return self._engine.snapshot(dest_dir)
+
+    def install_snapshot(self, snapshot_dir: Path | str) -> SnapshotInfo:
+        """Replace the whole state with a snapshot's (its applied index becomes ours)."""
+        return self._engine.install_snapshot(snapshot_dir)
+
+    def checksum(self) -> StateChecksum:
+        """A digest of every live key, value *and version* at the applied index: replicas
+        that applied the same entries agree on it."""
+        return self._engine.checksum()

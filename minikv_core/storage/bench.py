@@ -1,0 +1,363 @@
+"""The engine benchmark: minikv's standalone `Store` against sqlite3, side by side, in one run.
+
+Why in one process, one after the other: the machine's fsync latency and CPU speed drift over
+minutes, so only numbers taken in the same run are comparable; the result is reported as a
+ratio minikv/sqlite rather than as absolute figures alone.
+
+The peer is configured to give the same durability promise as minikv: WAL journal mode,
+`synchronous=FULL` (a commit returns after its fsync), one transaction per batch, a
+primary-key (`WITHOUT ROWID`) table — the layout sqlite itself recommends for key-value data.
+
+Definitions (so numbers mean one thing):
+- `put_batch_1` / `put_batch_64`: ops are individual puts; latency is per batch commit (one
+  durable write + fsync per batch on both systems).
+- `get_random`: point gets of random existing keys after reopening the loaded data set.
+- `scan_prefix_1000`: prefix scans each returning 1,000 keys; latency per scan, ops = scans.
+- `reopen`: a fresh child process opens the loaded data set; ops_per_s is 1 / seconds, and
+  `rss_mib` is that process's total resident memory right after opening.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from minikv_core.storage.store import Store
+
+KEYS_PER_PREFIX = 1_000
+LOAD_BATCH_KEYS = 10_000
+SEED = 20261125
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadResult:
+    workload: str
+    system: str
+    ops: int
+    seconds: float
+    ops_per_s: float
+    p50_us: float
+    p99_us: float
+    rss_mib: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    keys: int = 1_000_000
+    value_size_bytes: int = 100
+    put_batches_of_1: int = 1_000
+    put_batches_of_64: int = 300
+    gets: int = 200_000
+    scans: int = 200
+    seed: int = SEED
+
+    def __post_init__(self) -> None:
+        assert self.keys >= KEYS_PER_PREFIX, "need at least one full prefix of keys"
+        assert self.value_size_bytes >= 1
+        assert self.put_batches_of_1 > 0 and self.put_batches_of_64 > 0
+        assert self.gets > 0 and self.scans > 0
+
+
+class KeyValueSystem(Protocol):
+    """What the workloads need from a system under test; every `put_batch` is durable."""
+
+    name: str
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None: ...
+    def get(self, key: bytes) -> bytes | None: ...
+    def scan_prefix(self, prefix: bytes, limit: int) -> int: ...
+
+
+class MinikvSystem:
+    name = "minikv"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._store: Store | None = None
+
+    def open(self) -> None:
+        self._store = Store.open(self.path)
+
+    def _opened(self) -> Store:
+        assert self._store is not None, "open() first"
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        self._opened().write_batch([(key, value) for key, value in items])
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._opened().get(key)
+
+    def scan_prefix(self, prefix: bytes, limit: int) -> int:
+        return len(self._opened().scan(prefix=prefix, limit=limit))
+
+
+class SqliteSystem:
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per batch.
+        db = sqlite3.connect(self.path / "kv.sqlite3", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID")
+        self._db = db
+
+    def _opened(self) -> sqlite3.Connection:
+        assert self._db is not None, "open() first"
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        db = self._opened()
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", items)
+        db.execute("COMMIT")
+
+    def get(self, key: bytes) -> bytes | None:
+        row = self._opened().execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def scan_prefix(self, prefix: bytes, limit: int) -> int:
+        end = prefix_successor(prefix)
+        rows = (
+            self._opened()
+            .execute(
+                "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k LIMIT ?",
+                (prefix, end, limit),
+            )
+            .fetchall()
+        )
+        return len(rows)
+
+
+def prefix_successor(prefix: bytes) -> bytes:
+    """The smallest key greater than every key starting with `prefix`."""
+    trimmed = prefix.rstrip(b"\xff")
+    assert trimmed, "a prefix of only 0xff bytes has no successor"
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+def key_of(i: int) -> bytes:
+    return b"key:%06d:%06d" % divmod(i, KEYS_PER_PREFIX)
+
+
+def prefix_of(group: int) -> bytes:
+    return b"key:%06d:" % group
+
+
+def percentile_us(samples_ns: list[int], fraction: float) -> float:
+    assert samples_ns, "no samples"
+    ordered = sorted(samples_ns)
+    rank = min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))
+    return ordered[rank] / 1_000
+
+
+def summarize(
+    workload: str, system: str, ops: int, seconds: float, samples_ns: list[int]
+) -> WorkloadResult:
+    return WorkloadResult(
+        workload=workload,
+        system=system,
+        ops=ops,
+        seconds=round(seconds, 4),
+        ops_per_s=round(ops / seconds, 1),
+        p50_us=round(percentile_us(samples_ns, 0.50), 1),
+        p99_us=round(percentile_us(samples_ns, 0.99), 1),
+    )
+
+
+def timed_puts(
+    system: KeyValueSystem, batches: int, batch_size: int, value_size: int, rng: random.Random
+) -> WorkloadResult:
+    samples: list[int] = []
+    base = 10**9  # fresh keys, outside the loaded key space
+    start = time.perf_counter()
+    for b in range(batches):
+        items = [
+            (b"put:%012d" % (base + b * batch_size + i), rng.randbytes(value_size))
+            for i in range(batch_size)
+        ]
+        t0 = time.perf_counter_ns()
+        system.put_batch(items)
+        samples.append(time.perf_counter_ns() - t0)
+    seconds = time.perf_counter() - start
+    return summarize(f"put_batch_{batch_size}", system.name, batches * batch_size, seconds, samples)
+
+
+def load(system: KeyValueSystem, config: BenchConfig, progress: Progress) -> None:
+    order = list(range(config.keys))
+    random.Random(config.seed).shuffle(order)
+    rng = random.Random(config.seed + 1)
+    for start in range(0, config.keys, LOAD_BATCH_KEYS):
+        chunk = order[start : start + LOAD_BATCH_KEYS]
+        system.put_batch([(key_of(i), rng.randbytes(config.value_size_bytes)) for i in chunk])
+        if start % (LOAD_BATCH_KEYS * 20) == 0:
+            progress(f"{system.name}: loaded {start:,} of {config.keys:,} keys")
+
+
+def timed_gets(system: KeyValueSystem, config: BenchConfig) -> WorkloadResult:
+    rng = random.Random(config.seed + 2)
+    keys = [key_of(rng.randrange(config.keys)) for _ in range(config.gets)]
+    samples: list[int] = []
+    get = system.get
+    clock = time.perf_counter_ns
+    missing = 0
+    start = time.perf_counter()
+    for key in keys:
+        t0 = clock()
+        value = get(key)
+        samples.append(clock() - t0)
+        if value is None:
+            missing += 1
+    seconds = time.perf_counter() - start
+    if missing:
+        raise AssertionError(f"{system.name}: {missing} of {len(keys)} loaded keys not found")
+    return summarize("get_random", system.name, len(keys), seconds, samples)
+
+
+def timed_scans(system: KeyValueSystem, config: BenchConfig) -> WorkloadResult:
+    rng = random.Random(config.seed + 3)
+    groups = config.keys // KEYS_PER_PREFIX
+    samples: list[int] = []
+    start = time.perf_counter()
+    for _ in range(config.scans):
+        prefix = prefix_of(rng.randrange(groups))
+        t0 = time.perf_counter_ns()
+        found = system.scan_prefix(prefix, KEYS_PER_PREFIX)
+        samples.append(time.perf_counter_ns() - t0)
+        if found != KEYS_PER_PREFIX:
+            raise AssertionError(f"{system.name}: scan of {prefix!r} returned {found} keys")
+    seconds = time.perf_counter() - start
+    return summarize("scan_prefix_1000", system.name, config.scans, seconds, samples)
+
+
+def reopen_in_child(system_name: str, path: Path) -> WorkloadResult:
+    """Open the data set in a fresh interpreter, so its RSS is that of a node that just
+    reopened it, not of this process holding the benchmark's own data."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minikv_core.storage.bench",
+            "--reopen-probe",
+            system_name,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"reopen probe for {system_name} failed: {result.stderr.strip()}")
+    probe = json.loads(result.stdout)
+    seconds = float(probe["seconds"])
+    return WorkloadResult(
+        workload="reopen",
+        system=system_name,
+        ops=1,
+        seconds=round(seconds, 4),
+        ops_per_s=round(1 / seconds, 3),
+        p50_us=round(seconds * 1e6, 1),
+        p99_us=round(seconds * 1e6, 1),
+        rss_mib=round(float(probe["rss_mib"]), 1),
+    )
+
+
+def make_system(name: str, path: Path) -> KeyValueSystem:
+    if name == "minikv":
+        return MinikvSystem(path)
+    if name == "sqlite":
+        return SqliteSystem(path)
+    raise ValueError(f"unknown system {name!r}; expected 'minikv' or 'sqlite'")
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmRSS not found in /proc/self/status")
+
+
+def run_system(
+    name: str, root: Path, config: BenchConfig, progress: Progress
+) -> Iterator[WorkloadResult]:
+    path = root / name
+    system = make_system(name, path)
+    rng = random.Random(config.seed + 4)
+    system.open()
+    try:
+        progress(f"{name}: durable puts in batches of 1")
+        yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
+        progress(f"{name}: durable puts in batches of 64")
+        yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
+        load(system, config, progress)
+    finally:
+        system.close()
+    progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
+    yield reopen_in_child(name, path)
+    system.open()
+    try:
+        progress(f"{name}: {config.gets:,} random point gets")
+        yield timed_gets(system, config)
+        progress(f"{name}: {config.scans:,} prefix scans of {KEYS_PER_PREFIX:,} keys")
+        yield timed_scans(system, config)
+    finally:
+        system.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(config: BenchConfig, root: Path, progress: Progress) -> Iterator[WorkloadResult]:
+    """Yield results as they come: minikv's workloads, then sqlite's, on `root`."""
+    for name in ("minikv", "sqlite"):
+        yield from run_system(name, root, config, progress)
+
+
+def _reopen_probe(system_name: str, path: Path) -> None:
+    start = time.perf_counter()
+    system = make_system(system_name, path)
+    system.open()
+    seconds = time.perf_counter() - start
+    try:
+        print(json.dumps({"seconds": seconds, "rss_mib": rss_mib()}))
+    finally:
+        system.close()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--reopen-probe":
+        _reopen_probe(sys.argv[2], Path(sys.argv[3]))
+    else:
+        sys.exit("usage: python -m minikv_core.storage.bench --reopen-probe SYSTEM PATH")

@@ -1,0 +1,174 @@
+"""The memtable (a sorted map of recent writes, tombstones included) and input validation.
+
+Inputs enter the engine here, so the typed errors for bad keys and values live here too. They
+subclass both `StorageError` (the storage layer's base, as the WAL's `WalRecordTooLargeError`)
+and `ValueError` (they are bad arguments: an HTTP layer maps them to 400, never to 500):
+
+    InvalidKeyError        key is not `bytes`, or is empty
+      KeyTooLargeError     key longer than LSM_KEY_SIZE_BYTES_MAX
+    InvalidValueError      value is not `bytes`
+      ValueTooLargeError   value longer than LSM_VALUE_SIZE_BYTES_MAX
+
+Only `bytes` is accepted, not `bytearray` or `memoryview`: the memtable keeps a reference to
+what it is given, and a mutable buffer changed by the caller later would change stored data.
+
+The memtable is a `SortedDict` (a dict plus a sorted key list): a point get is one C-speed dict
+lookup, a range is a `bisect` on the key list. A tombstone is a key mapped to `None`. Writes
+happen under the engine's write lock; lock-free gets are safe because a dict lookup is atomic
+under the GIL. Once the engine rotates a memtable out it is never written again, so flush and
+scans may iterate it without a lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import Literal
+
+from sortedcontainers import SortedDict
+
+from minikv_core.storage.errors import StorageError
+from minikv_core.storage.lsm_limits import (
+    LSM_KEY_SIZE_BYTES_MAX,
+    LSM_KEY_SIZE_BYTES_MIN,
+    LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES,
+    LSM_VALUE_SIZE_BYTES_MAX,
+)
+from minikv_core.storage.sstable import ABSENT, Absent
+
+# Entries per chunk of `iter_chunks`: big enough to amortize a merge round, small enough that
+# a scan with a small limit reads little more than it returns.
+_CHUNK_KEYS = 256
+
+
+class InvalidKeyError(StorageError, ValueError):
+    """A key is not `bytes` or is empty (see the module docstring for the hierarchy)."""
+
+
+class KeyTooLargeError(InvalidKeyError):
+    """A key is longer than LSM_KEY_SIZE_BYTES_MAX."""
+
+
+class InvalidValueError(StorageError, ValueError):
+    """A value is not `bytes`."""
+
+
+class ValueTooLargeError(InvalidValueError):
+    """A value is longer than LSM_VALUE_SIZE_BYTES_MAX."""
+
+
+def _preview(data: bytes) -> str:
+    return repr(data[:32]) + ("..." if len(data) > 32 else "")
+
+
+def check_key(key: object, what: str = "key") -> bytes:
+    """Return `key` if it is a valid key, else raise the precise `InvalidKeyError`."""
+    if type(key) is not bytes and not isinstance(key, bytes):
+        raise InvalidKeyError(f"{what} must be bytes, got {type(key).__name__}")
+    if len(key) < LSM_KEY_SIZE_BYTES_MIN:
+        raise InvalidKeyError(f"{what} must not be empty")
+    if len(key) > LSM_KEY_SIZE_BYTES_MAX:
+        raise KeyTooLargeError(
+            f"{what} is {len(key)} bytes, more than the limit of {LSM_KEY_SIZE_BYTES_MAX} "
+            f"bytes: {_preview(key)}"
+        )
+    return key
+
+
+def check_value(value: object, key: bytes) -> bytes:
+    """Return `value` if it is a valid value for `key`, else raise `InvalidValueError`."""
+    if type(value) is not bytes and not isinstance(value, bytes):
+        raise InvalidValueError(
+            f"value for key {_preview(key)} must be bytes, got {type(value).__name__}"
+        )
+    if len(value) > LSM_VALUE_SIZE_BYTES_MAX:
+        raise ValueTooLargeError(
+            f"value for key {_preview(key)} is {len(value)} bytes, more than the limit of "
+            f"{LSM_VALUE_SIZE_BYTES_MAX} bytes"
+        )
+    return value
+
+
+class Memtable:
+    """Recent writes in key order; `applied_index` is the last Raft index applied into it."""
+
+    __slots__ = ("applied_index", "entries", "size_bytes", "tombstone_count")
+
+    def __init__(self, applied_index: int) -> None:
+        assert applied_index >= 0
+        # key -> value, or None for a tombstone. Public for the engine's lock-free get path,
+        # which calls `entries.get` directly (one C call).
+        self.entries: SortedDict = SortedDict()
+        self.size_bytes = 0
+        self.tombstone_count = 0
+        self.applied_index = applied_index
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _charge(self, key: bytes, value: bytes | None) -> int:
+        return len(key) + (0 if value is None else len(value)) + LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        """Put (value) or delete (None); the caller validated both and holds the write lock."""
+        entries = self.entries
+        previous = entries.get(key, ABSENT)
+        if previous is not ABSENT:
+            self.size_bytes -= self._charge(key, previous)
+            if previous is None:
+                self.tombstone_count -= 1
+        entries[key] = value
+        self.size_bytes += self._charge(key, value)
+        if value is None:
+            self.tombstone_count += 1
+
+    def get(self, key: bytes) -> bytes | Literal[Absent.ABSENT] | None:
+        return self.entries.get(key, ABSENT)  # type: ignore[no-any-return]
+
+    def iter_range(
+        self, start: bytes | None, end: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[bytes, bytes | None]]:
+        """Entries with start <= key < end; only for a memtable no one writes any more."""
+        entries = self.entries
+        for key in entries.irange(start, end, inclusive=(True, False), reverse=reverse):
+            yield key, entries[key]
+
+    def iter_chunks(
+        self, start: bytes | None, end: bytes | None, reverse: bool = False
+    ) -> Iterator[tuple[list[bytes], list[bytes | None]]]:
+        """`iter_range` in (keys, values) chunks, ascending within a chunk, chunks in scan
+        order (compaction.merge_chunks); only for a memtable no one writes any more."""
+        entries = self.entries
+        keys_in_range = entries.irange(start, end, inclusive=(True, False), reverse=reverse)
+        while True:
+            keys = list(islice(keys_in_range, _CHUNK_KEYS))
+            if not keys:
+                return
+            if reverse:
+                keys.reverse()
+            yield keys, list(map(entries.__getitem__, keys))
+
+    def copy_range(
+        self, start: bytes | None, end: bytes | None, reverse: bool, live_limit: int | None
+    ) -> list[tuple[bytes, bytes | None]]:
+        """Entries with start <= key < end, stopping after `live_limit` non-tombstones.
+
+        Used on the active memtable under the write lock. Why stopping there is enough for a
+        scan with that limit: the memtable is the newest source, so each of its live entries is
+        in the result; once `live_limit` of them are taken, no key beyond the last one can
+        make it into the first `live_limit` results.
+        """
+        assert live_limit is None or live_limit >= 0
+        entries = self.entries
+        items: list[tuple[bytes, bytes | None]] = []
+        if live_limit == 0:
+            return items
+        live = 0
+        for key in entries.irange(start, end, inclusive=(True, False), reverse=reverse):
+            value = entries[key]
+            items.append((key, value))
+            if value is not None:
+                live += 1
+                if live == live_limit:
+                    break
+        return items

@@ -1,0 +1,1 @@
+"""Tests of minikv_core.cluster."""

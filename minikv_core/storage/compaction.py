@@ -49,7 +49,7 @@ import subprocess
 import sys
 import threading
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -188,16 +188,29 @@ def merge_chunks(
     The scan path. Each source yields chunks (a data block's entries in range, or a slice of a
     memtable): ascending within a chunk, chunks in scan order. Why chunks and not
     `merge_newest_wins`: a per-entry heap merge costs ~0.5 us per key in Python; here each
-    round takes, from every source, all entries up to the nearest chunk end (nothing beyond
-    it can interleave: every other source's chunk reaches at least that far), and merges them
-    with C-speed `dict.update` (newer overwrites older) and `sorted` (Timsort merges the
-    sorted runs it is given in near-linear time). A round with one contributing source, the
-    common case between keys of different runs, just copies.
+    round (`merge_rounds`) takes, from every source, all entries up to the nearest chunk end
+    (nothing beyond it can interleave: every other source's chunk reaches at least that far),
+    and merges them with C-speed `dict.update` (newer overwrites older) and `sorted` (Timsort
+    merges the sorted runs it is given in near-linear time). A round with one contributing
+    source, the common case between keys of different runs, just copies.
     """
     assert limit is None or limit >= 0
     result: list[tuple[bytes, bytes]] = []
     if limit == 0:
         return result
+    for live in merge_rounds(sources, reverse):
+        result.extend(live)
+        if limit is not None and len(result) >= limit:
+            del result[limit:]
+            break
+    return result
+
+
+def merge_rounds(
+    sources: Sequence[Iterator[Chunk]], reverse: bool = False
+) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The live entries of `merge_chunks`, one list per merge round (bounded by the chunk
+    sizes), so a full pass (checksum) never holds more than a round in memory."""
     # Per active source: [rank, keys, values, cursor, chunks]. Forward, the chunk's unread
     # part is keys[cursor:]; in reverse, keys[:cursor].
     active: list[list[Any]] = []
@@ -240,19 +253,13 @@ def merge_chunks(
             values_out = list(map(merged.__getitem__, keys_out))
         # C-speed copies; tombstones (rare in a scan's range) are filtered only if present.
         if None in values_out:
-            result.extend(
+            yield [
                 (key, value)
                 for key, value in zip(keys_out, values_out, strict=True)
                 if value is not None
-            )
+            ]
         else:
-            result.extend(
-                cast(Iterable[tuple[bytes, bytes]], zip(keys_out, values_out, strict=True))
-            )
-        if limit is not None and len(result) >= limit:
-            del result[limit:]
-            return result
-    return result
+            yield cast(list[tuple[bytes, bytes]], list(zip(keys_out, values_out, strict=True)))
 
 
 def _refill(active: list[list[Any]], state: list[Any], reverse: bool) -> None:

@@ -81,6 +81,7 @@ from minikv_core.storage.compaction import (
     is_temporary_table_name,
     merge_chunks,
     merge_newest_wins,
+    merge_rounds,
     pick_compaction,
     plan_full_compaction,
     write_run,
@@ -711,10 +712,12 @@ class Engine:
         sources.extend(run.iter_chunks(None, None, False, fill_cache=False) for run in view.runs)
         digest = hashlib.blake2b(digest_size=16)
         pack = _LENGTH.pack
-        items = merge_chunks(sources)
-        for key, value in items:
-            digest.update(b"".join((pack(len(key)), key, pack(len(value)), value)))
-        return StateChecksum(applied_index, len(items), digest.hexdigest())
+        count = 0
+        for live in merge_rounds(sources):  # streamed: memory bounded by one merge round
+            for key, value in live:
+                digest.update(b"".join((pack(len(key)), key, pack(len(value)), value)))
+            count += len(live)
+        return StateChecksum(applied_index, count, digest.hexdigest())
 
     @property
     def applied_index(self) -> int:

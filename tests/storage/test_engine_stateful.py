@@ -155,8 +155,8 @@ def _settings(max_examples: int) -> settings:
     )
 
 
-EngineVersusDict.TestCase.settings = _settings(200)
-EngineVersusDictWithoutBackgroundCompaction.TestCase.settings = _settings(120)
+EngineVersusDict.TestCase.settings = _settings(120)
+EngineVersusDictWithoutBackgroundCompaction.TestCase.settings = _settings(100)
 TestEngineVersusDict = EngineVersusDict.TestCase
 TestEngineVersusDictWithoutBackgroundCompaction = (
     EngineVersusDictWithoutBackgroundCompaction.TestCase

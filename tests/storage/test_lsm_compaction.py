@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from minikv_core.storage.compaction import (
+    Chunk,
     CompactionCancelledError,
     CompactionJob,
     CompactionPlan,
@@ -16,6 +17,7 @@ from minikv_core.storage.compaction import (
     Entry,
     file_numbers_needed,
     is_temporary_table_name,
+    merge_chunks,
     merge_newest_wins,
     pick_compaction,
     plan_full_compaction,
@@ -254,3 +256,38 @@ def test_temporary_names_are_recognized() -> None:
     assert not is_temporary_table_name("000123.sst")
     assert not is_temporary_table_name("MANIFEST.tmp")
     assert not is_temporary_table_name("notes.sst.tmp.txt")
+
+
+def chunked(items: list[Entry], rng: random.Random, reverse: bool) -> Iterator[Chunk]:
+    """`items` (ascending) as chunks of random sizes, in scan order, ascending within."""
+    chunks: list[Chunk] = []
+    position = 0
+    while position < len(items):
+        size = rng.randrange(1, 6)
+        part = items[position : position + size]
+        chunks.append(([k for k, _ in part], [v for _, v in part]))
+        position += size
+    return iter(chunks[::-1] if reverse else chunks)
+
+
+def test_chunk_merge_matches_a_dict_model_with_limits_both_ways() -> None:
+    rng = random.Random(SEED)
+    for case in range(200):
+        sources: list[dict[bytes, bytes | None]] = [
+            {
+                bytes([rng.randrange(60)]): rng.choice([None, rng.randbytes(2)])
+                for _ in range(rng.randrange(0, 40))
+            }
+            for _ in range(rng.randrange(1, 6))
+        ]
+        model: dict[bytes, bytes | None] = {}
+        for source in reversed(sources):
+            model.update(source)
+        reverse = rng.random() < 0.5
+        limit = rng.choice([None, 0, 1, 5, 30])
+        live = sorted((k, v) for k, v in model.items() if v is not None)
+        expected = (live[::-1] if reverse else live)[:limit]
+        merged = merge_chunks(
+            [chunked(sorted(s.items()), rng, reverse) for s in sources], reverse, limit
+        )
+        assert merged == expected, f"seed {SEED} case {case}"

@@ -7,13 +7,18 @@ unexpected prints one line naming the bug and exits 70.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# gRPC's C core logs INFO lines ("Got goaway") to stderr unless told otherwise, and reads this
+# once at import: set it before any command module imports grpc.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import typer
 from rich.console import Console
 
 from minikv_core import __version__
-from minikv_tui.commands import bench, sstable, wal
+from minikv_tui.commands import bench, serve, sstable, wal
 from minikv_tui.errors import EXIT_INTERNAL, UserError, report
 
 app = typer.Typer(
@@ -27,6 +32,7 @@ app = typer.Typer(
 )
 
 
+app.add_typer(serve.app, name="serve", rich_help_panel="Cluster")
 app.add_typer(wal.app, name="wal", rich_help_panel="Storage")
 app.add_typer(sstable.app, name="sstable", rich_help_panel="Storage")
 app.add_typer(bench.app, name="bench", rich_help_panel="Benchmarks")

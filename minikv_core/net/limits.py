@@ -127,3 +127,56 @@ assert KEEPALIVE_TIME_MS >= SERVER_MIN_PING_INTERVAL_MS, (
 assert KEEPALIVE_TIMEOUT_MS > 0
 assert FAULT_DELAY_MS_MAX > 0
 assert PEERS_MAX >= 1
+
+# --- Client APIs (http_api.py, grpc_api.py, forwarder.py, client.py) --------------------------
+# Keys and values themselves are bounded by the cluster layer (cluster/limits.py: keys up to
+# 4 KiB, values up to the node's configured limit); these bound the requests around them.
+
+REQUEST_TIMEOUT_MS_DEFAULT = 5_000
+"""A client request's deadline when it names none (`?timeout_ms=`, the gRPC deadline)."""
+
+REQUEST_TIMEOUT_MS_MAX = 60_000
+"""The longest deadline a request may ask for: bounds how long one request holds resources."""
+
+DEADLINE_GRACE_MS = 100
+"""The API layer cancels a service call this long after its deadline, as a backstop: the node
+answers DeadlineExceeded itself by then, so this only fires on a bug, and even then no request
+outlives its deadline by more than this."""
+
+SCAN_LIMIT_DEFAULT = 1_000
+SCAN_LIMIT_MAX = 10_000
+"""Items per scan answer (`limit`); `more` tells the client to resume."""
+
+SCAN_RESPONSE_BYTES_MAX = 4 * MIB
+"""Keys and values in one scan answer. Past it the answer is cut (at least one item is always
+returned) and `more` is set, so a scan of large values never builds an unbounded response."""
+
+ADMIN_BODY_BYTES_MAX = 64 * KIB
+"""JSON bodies of admin requests (fault rules, shard lists)."""
+
+HTTP_REQUEST_LINE_BYTES_MAX = 3 * 4 * KIB + 4 * KIB
+"""The HTTP request line: a 4 KiB key percent-encoded (3 bytes per byte) plus the query, so
+an over-long key is answered 413 by the API rather than 400 by the HTTP parser."""
+
+HTTP_LISTEN_BACKLOG = 1024
+"""Pending connections of the HTTP listener (a benchmark opens 64+ at once)."""
+
+API_SHUTDOWN_GRACE_S = 10.0
+"""On SIGTERM, in-flight requests get this long to finish before the listeners close."""
+
+CLIENT_CHANNELS_MAX = PEERS_MAX
+"""gRPC channels cached by one client or forwarder (one per node address)."""
+
+CLIENT_MESSAGE_BYTES_MAX = 16 * MIB
+"""gRPC send/receive bound of the client: the largest value any node can be configured to
+accept (the cluster layer's bound, 8 MiB) with its key, or a full scan answer."""
+
+assert 0 < REQUEST_TIMEOUT_MS_DEFAULT <= REQUEST_TIMEOUT_MS_MAX
+assert 0 < DEADLINE_GRACE_MS < REQUEST_TIMEOUT_MS_DEFAULT
+assert 0 < SCAN_LIMIT_DEFAULT <= SCAN_LIMIT_MAX
+assert SCAN_RESPONSE_BYTES_MAX <= GRPC_MESSAGE_BYTES_MAX, "a full scan answer fits one message"
+assert CLIENT_MESSAGE_BYTES_MAX >= SCAN_RESPONSE_BYTES_MAX
+assert CLIENT_MESSAGE_BYTES_MAX < 2**31, "gRPC channel options are C ints"
+assert API_SHUTDOWN_GRACE_S * 1000 >= REQUEST_TIMEOUT_MS_DEFAULT, (
+    "a request with the default deadline can finish during a graceful stop"
+)

@@ -509,6 +509,12 @@ class PeerTransport:
     `send()` any time, `await stop()` once. `peers` maps node id to "host:port"; the entry for
     this node itself, if present, is ignored. `rng` jitters reconnect backoff; the fault
     filter's own RNG decides loss (derived from `rng` when no filter is given).
+
+    `server`: a node serves `Raft`, `KV` and `Admin` on ONE gRPC server (its `--grpc`
+    address, which is also where peers reach it). Given a server that its owner has already
+    bound (`host`/`port` then name that bound address), the transport registers its stream
+    handler on it at construction, so construct the transport before the server starts; its
+    `start()` and `stop()` then neither bind, start nor stop that server: its owner does.
     """
 
     def __init__(
@@ -523,6 +529,7 @@ class PeerTransport:
         cluster_id: str = "",
         fault_filter: FaultFilter | None = None,
         config: TransportConfig | None = None,
+        server: grpc.aio.Server | None = None,
     ) -> None:
         if isinstance(node_id, bool) or not isinstance(node_id, int) or node_id <= 0:
             raise ValueError(f"node_id must be a positive integer, got {node_id!r}")
@@ -540,6 +547,12 @@ class PeerTransport:
         self._requested_port = port
         self._port = 0
         self._server: grpc.aio.Server | None = None
+        self._shared_server = server is not None
+        if server is not None:
+            if port == 0:
+                raise ValueError("a shared server must be bound first: pass its bound port")
+            server.add_generic_rpc_handlers((self._rpc_handler(),))
+            self._port = port
         self._started = False
         self._stopped = False
         self._counters: dict[int, _Counters] = {}
@@ -564,15 +577,13 @@ class PeerTransport:
         Raises TransportError when the address cannot be bound.
         """
         assert not self._started, "start() called twice"
+        if self._shared_server:
+            self._started = True
+            for sender in self._senders.values():
+                sender.start()
+            return
         server = grpc.aio.server(options=_SERVER_OPTIONS)
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    _SERVICE.full_name,
-                    {"Stream": grpc.stream_unary_rpc_method_handler(self._serve_stream)},
-                ),
-            )
-        )
+        server.add_generic_rpc_handlers((self._rpc_handler(),))
         target = f"{self._host}:{self._requested_port}"
         try:
             port = server.add_insecure_port(target)
@@ -589,8 +600,15 @@ class PeerTransport:
         for sender in self._senders.values():
             sender.start()
 
+    def _rpc_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            _SERVICE.full_name,
+            {"Stream": grpc.stream_unary_rpc_method_handler(self._serve_stream)},
+        )
+
     async def stop(self) -> None:
-        """Close every stream and the server; buffered messages are dropped (STOPPED).
+        """Close every stream and the server (unless it is shared); buffered messages are
+        dropped (STOPPED).
 
         When it returns, no task of this transport is left running.
         """
@@ -711,6 +729,11 @@ class PeerTransport:
         if problem:
             self._record_refused_stream(from_node, problem)
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+        if not self._started or self._stopped:
+            # Only possible on a shared server, which outlives the transport on both ends.
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"node {self.node_id}'s transport is not running"
+            )
         await context.send_initial_metadata(((METADATA_NODE_ID, str(self.node_id)),))
         counters = self._counters_for_other(from_node)
         counters.inbound_streams += 1
@@ -745,6 +768,10 @@ class PeerTransport:
             logger.warning("node %d: %s", self.node_id, counters.last_error)
             return
         if not frame.messages:
+            return
+        if self._stopped:
+            # A shared server can still deliver on a stream opened before stop().
+            counters.drops[DropReason.STOPPED] += len(frame.messages)
             return
         if not self.fault_filter.inbound(from_node):
             counters.drops[DropReason.FAULT_DROP_FROM] += len(frame.messages)

@@ -642,3 +642,99 @@ async def test_byte_and_frame_counts_agree_on_both_sides(net: Net) -> None:
     assert sent.frames_sent == received.frames_received
     assert sent.messages_sent == received.messages_received
     assert sent.bytes_sent == received.bytes_received > 0
+
+
+# --- a shared server (the node's one gRPC server) -------------------------------------------
+
+_ECHO_METHOD = "/minikv.test.Echo/Echo"
+
+
+def _echo_handler() -> grpc.GenericRpcHandler:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    return grpc.method_handlers_generic_handler(
+        "minikv.test.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+
+
+async def _shared_node(
+    node_id: int, peers: dict[int, str] | None = None
+) -> tuple[grpc.aio.Server, PeerTransport, Inbox]:
+    """A server with another service on it, bound first, then the transport on it."""
+    server = grpc.aio.server(options=(("grpc.so_reuseport", 0),))
+    server.add_generic_rpc_handlers((_echo_handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    inbox = Inbox()
+    transport = PeerTransport(
+        node_id,
+        peers or {},
+        inbox,
+        rng=random.Random(node_id),
+        port=port,
+        config=FAST,
+        server=server,
+    )
+    await server.start()
+    return server, transport, inbox
+
+
+async def test_transports_on_shared_servers_exchange_and_leave_the_server_to_its_owner() -> None:
+    server_a, a, inbox_a = await _shared_node(1)
+    server_b, b, inbox_b = await _shared_node(2)
+    try:
+        a.set_peers({2: b.address})
+        b.set_peers({1: a.address})
+        await a.start()
+        await b.start()
+        await send_until_received(a, 2, inbox_b, group=1)
+        await send_until_received(b, 1, inbox_a, group=2)
+        assert b.address == f"127.0.0.1:{b.port}"
+        await b.stop()
+        # The owner's server still serves its other service after the transport stopped ...
+        async with grpc.aio.insecure_channel(b.address) as channel:
+            echoed = await channel.unary_unary(_ECHO_METHOD)(b"ping", timeout=WAIT_S)
+            assert echoed == b"ping"
+            # ... and refuses new Raft streams instead of delivering to a stopped node.
+            call = channel.stream_unary(STREAM_METHOD)(
+                metadata=(
+                    (METADATA_FROM_NODE, "1"),
+                    (METADATA_TO_NODE, "2"),
+                    (METADATA_CLUSTER_ID, ""),
+                )
+            )
+            await call.done_writing()
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await a.stop()
+        await b.stop()
+        await server_a.stop(None)
+        await server_b.stop(None)
+
+
+async def test_frames_reaching_a_shared_server_before_start_are_refused() -> None:
+    server_b, b, inbox_b = await _shared_node(2)
+    server_a, a, _ = await _shared_node(1, {2: b.address})
+    try:
+        await a.start()
+        a.send(2, [(1, heartbeat(1, 2))])
+        await eventually(
+            lambda: peer_stats(a, 2).connect_failures > 0, "the refused stream to be counted"
+        )
+        assert inbox_b.frames == []
+        await b.start()
+        await send_until_received(a, 2, inbox_b, group=1)
+    finally:
+        await a.stop()
+        await b.stop()
+        await server_a.stop(None)
+        await server_b.stop(None)
+
+
+async def test_a_shared_server_must_be_bound_first() -> None:
+    server = grpc.aio.server()
+    with pytest.raises(ValueError, match="bound"):
+        PeerTransport(1, {}, Inbox(), rng=random.Random(0), server=server)
+    await server.stop(None)

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eminikv_core/net/proto/kv.proto\x12\tminikv.v1\"F\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.minikv.v1.Consistency\"-\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1e\n\x0bPutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"u\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.minikv.v1.Consistency\"7\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\"@\n\x0cScanResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.minikv.v1.KeyValue\x12\x0c\n\x04more\x18\x02 \x01(\x08*B\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x01\x32\xe8\x01\n\x02KV\x12\x34\n\x03Get\x12\x15.minikv.v1.GetRequest\x1a\x16.minikv.v1.GetResponse\x12\x34\n\x03Put\x12\x15.minikv.v1.PutRequest\x1a\x16.minikv.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.minikv.v1.DeleteRequest\x1a\x19.minikv.v1.DeleteResponse\x12\x37\n\x04Scan\x12\x16.minikv.v1.ScanRequest\x1a\x17.minikv.v1.ScanResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eminikv_core/net/proto/kv.proto\x12\tminikv.v1\"F\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.minikv.v1.Consistency\"-\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1e\n\x0bPutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x93\x01\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.minikv.v1.Consistency\x12\x12\n\x05shard\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"7\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\"@\n\x0cScanResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.minikv.v1.KeyValue\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x11\n\x0fShardMapRequest\" \n\x10ShardMapResponse\x12\x0c\n\x04json\x18\x01 \x01(\t*B\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x01\x32\xad\x02\n\x02KV\x12\x34\n\x03Get\x12\x15.minikv.v1.GetRequest\x1a\x16.minikv.v1.GetResponse\x12\x34\n\x03Put\x12\x15.minikv.v1.PutRequest\x1a\x16.minikv.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.minikv.v1.DeleteRequest\x1a\x19.minikv.v1.DeleteResponse\x12\x37\n\x04Scan\x12\x16.minikv.v1.ScanRequest\x1a\x17.minikv.v1.ScanResponse\x12\x43\n\x08ShardMap\x12\x1a.minikv.v1.ShardMapRequest\x1a\x1b.minikv.v1.ShardMapResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'minikv_core.net.proto.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=545
-  _globals['_CONSISTENCY']._serialized_end=611
+  _globals['_CONSISTENCY']._serialized_start=629
+  _globals['_CONSISTENCY']._serialized_end=695
   _globals['_GETREQUEST']._serialized_start=45
   _globals['_GETREQUEST']._serialized_end=115
   _globals['_GETRESPONSE']._serialized_start=117
@@ -45,12 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETEREQUEST']._serialized_end=266
   _globals['_DELETERESPONSE']._serialized_start=268
   _globals['_DELETERESPONSE']._serialized_end=301
-  _globals['_SCANREQUEST']._serialized_start=303
-  _globals['_SCANREQUEST']._serialized_end=420
-  _globals['_KEYVALUE']._serialized_start=422
-  _globals['_KEYVALUE']._serialized_end=477
-  _globals['_SCANRESPONSE']._serialized_start=479
-  _globals['_SCANRESPONSE']._serialized_end=543
-  _globals['_KV']._serialized_start=614
-  _globals['_KV']._serialized_end=846
+  _globals['_SCANREQUEST']._serialized_start=304
+  _globals['_SCANREQUEST']._serialized_end=451
+  _globals['_KEYVALUE']._serialized_start=453
+  _globals['_KEYVALUE']._serialized_end=508
+  _globals['_SCANRESPONSE']._serialized_start=510
+  _globals['_SCANRESPONSE']._serialized_end=574
+  _globals['_SHARDMAPREQUEST']._serialized_start=576
+  _globals['_SHARDMAPREQUEST']._serialized_end=593
+  _globals['_SHARDMAPRESPONSE']._serialized_start=595
+  _globals['_SHARDMAPRESPONSE']._serialized_end=627
+  _globals['_KV']._serialized_start=698
+  _globals['_KV']._serialized_end=999
 # @@protoc_insertion_point(module_scope)

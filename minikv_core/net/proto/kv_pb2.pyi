@@ -5,8 +5,13 @@ The client-facing key-value API, package minikv.v1.
 
 Keys and values are bytes: the HTTP API encodes them for JSON, gRPC carries them as is.
 Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for size
-limits, UNAVAILABLE with a leader hint in trailing metadata `x-minikv-leader`,
-DEADLINE_EXCEEDED), never fields of the response.
+limits, UNAVAILABLE with a leader hint in trailing metadata `x-minikv-leader` and
+`x-minikv-retry-after-ms`, DEADLINE_EXCEEDED), never fields of the response. The call's
+deadline is the request's deadline (5 s when the caller sets none).
+
+A node forwarding a client's request to the shard leader calls the same service with
+metadata `x-minikv-forwarded-by: <its node id>`; the receiver then serves it from its own
+replica or answers UNAVAILABLE with its leader hint, and never forwards it again.
 """
 
 import builtins
@@ -159,12 +164,18 @@ class ScanRequest(google.protobuf.message.Message):
     END_FIELD_NUMBER: builtins.int
     LIMIT_FIELD_NUMBER: builtins.int
     CONSISTENCY_FIELD_NUMBER: builtins.int
+    SHARD_FIELD_NUMBER: builtins.int
     prefix: builtins.bytes
     start: builtins.bytes
     """Inclusive start and exclusive end; empty means unbounded."""
     end: builtins.bytes
     limit: builtins.int
+    """Items per answer; 0 means the default (1000), at most 10000."""
     consistency: Global___Consistency.ValueType
+    shard: builtins.int
+    """Only this shard's part, from the receiving node's own replica (no fan-out, no
+    forwarding): what a node sends the holder of a shard when it scans on a client's behalf.
+    """
     def __init__(
         self,
         *,
@@ -173,9 +184,15 @@ class ScanRequest(google.protobuf.message.Message):
         end: builtins.bytes = ...,
         limit: builtins.int = ...,
         consistency: Global___Consistency.ValueType = ...,
+        shard: builtins.int | None = ...,
     ) -> None: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["consistency", b"consistency", "end", b"end", "limit", b"limit", "prefix", b"prefix", "start", b"start"]
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["_shard", b"_shard", "shard", b"shard"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["_shard", b"_shard", "consistency", b"consistency", "end", b"end", "limit", b"limit", "prefix", b"prefix", "shard", b"shard", "start", b"start"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__shard: typing_extensions.TypeAlias = typing.Literal["shard"]
+    _WhichOneofArgType__shard: typing_extensions.TypeAlias = typing.Literal["_shard", b"_shard"]
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__shard) -> _WhichOneofReturnType__shard | None: ...
 
 Global___ScanRequest: typing_extensions.TypeAlias = ScanRequest
 
@@ -221,3 +238,34 @@ class ScanResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___ScanResponse: typing_extensions.TypeAlias = ScanResponse
+
+@typing.final
+class ShardMapRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+
+Global___ShardMapRequest: typing_extensions.TypeAlias = ShardMapRequest
+
+@typing.final
+class ShardMapResponse(google.protobuf.message.Message):
+    """The node's cached shard map as a JSON object (the same document as HTTP `GET /admin/shards`):
+    what clients route by. Served on KV rather than Admin because every client needs it, from
+    anywhere, while Admin answers loopback peers only by default.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    JSON_FIELD_NUMBER: builtins.int
+    json: builtins.str
+    def __init__(
+        self,
+        *,
+        json: builtins.str = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["json", b"json"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___ShardMapResponse: typing_extensions.TypeAlias = ShardMapResponse

@@ -54,6 +54,11 @@ class KVStub:
                 request_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanRequest.SerializeToString,
                 response_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanResponse.FromString,
                 _registered_method=True)
+        self.ShardMap = channel.unary_unary(
+                '/minikv.v1.KV/ShardMap',
+                request_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.SerializeToString,
+                response_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -83,6 +88,12 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ShardMap(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +116,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Scan,
                     request_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanRequest.FromString,
                     response_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanResponse.SerializeToString,
+            ),
+            'ShardMap': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShardMap,
+                    request_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.FromString,
+                    response_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +231,33 @@ class KV:
             '/minikv.v1.KV/Scan',
             minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanRequest.SerializeToString,
             minikv__core_dot_net_dot_proto_dot_kv__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShardMap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minikv.v1.KV/ShardMap',
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.SerializeToString,
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.FromString,
             options,
             channel_credentials,
             insecure,

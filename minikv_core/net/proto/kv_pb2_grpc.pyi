@@ -5,8 +5,13 @@ The client-facing key-value API, package minikv.v1.
 
 Keys and values are bytes: the HTTP API encodes them for JSON, gRPC carries them as is.
 Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for size
-limits, UNAVAILABLE with a leader hint in trailing metadata `x-minikv-leader`,
-DEADLINE_EXCEEDED), never fields of the response.
+limits, UNAVAILABLE with a leader hint in trailing metadata `x-minikv-leader` and
+`x-minikv-retry-after-ms`, DEADLINE_EXCEEDED), never fields of the response. The call's
+deadline is the request's deadline (5 s when the caller sets none).
+
+A node forwarding a client's request to the shard leader calls the same service with
+metadata `x-minikv-forwarded-by: <its node id>`; the receiver then serves it from its own
+replica or answers UNAVAILABLE with its leader hint, and never forwards it again.
 """
 
 import abc
@@ -35,6 +40,7 @@ class KVStub:
     Put: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.PutRequest, minikv_core.net.proto.kv_pb2.PutResponse]
     Delete: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.DeleteRequest, minikv_core.net.proto.kv_pb2.DeleteResponse]
     Scan: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ScanRequest, minikv_core.net.proto.kv_pb2.ScanResponse]
+    ShardMap: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ShardMapRequest, minikv_core.net.proto.kv_pb2.ShardMapResponse]
 
 @typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -43,6 +49,7 @@ class KVAsyncStub(KVStub):
     Put: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.PutRequest, minikv_core.net.proto.kv_pb2.PutResponse]  # type: ignore[assignment]
     Delete: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.DeleteRequest, minikv_core.net.proto.kv_pb2.DeleteResponse]  # type: ignore[assignment]
     Scan: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ScanRequest, minikv_core.net.proto.kv_pb2.ScanResponse]  # type: ignore[assignment]
+    ShardMap: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ShardMapRequest, minikv_core.net.proto.kv_pb2.ShardMapResponse]  # type: ignore[assignment]
 
 class KVServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -72,5 +79,12 @@ class KVServicer(metaclass=abc.ABCMeta):
         request: minikv_core.net.proto.kv_pb2.ScanRequest,
         context: _ServicerContext,
     ) -> typing.Union[minikv_core.net.proto.kv_pb2.ScanResponse, collections.abc.Awaitable[minikv_core.net.proto.kv_pb2.ScanResponse]]: ...
+
+    @abc.abstractmethod
+    def ShardMap(
+        self,
+        request: minikv_core.net.proto.kv_pb2.ShardMapRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[minikv_core.net.proto.kv_pb2.ShardMapResponse, collections.abc.Awaitable[minikv_core.net.proto.kv_pb2.ShardMapResponse]]: ...
 
 def add_KVServicer_to_server(servicer: KVServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -1,0 +1,671 @@
+"""minikv's client: `AsyncClient` (asyncio) and `Client` (blocking), over gRPC.
+
+    async with AsyncClient(["127.0.0.1:9001", "127.0.0.1:9002"]) as kv:
+        version = await kv.put(b"user/1", b"ada")
+        value = await kv.get(b"user/1")
+
+    with Client(["127.0.0.1:9001"]) as kv:
+        kv.put(b"k", b"v")
+
+What it does for the caller:
+
+- **Routing.** It fetches the shard map (`KV.ShardMap`) from any endpoint, maps each key to
+  its shard with the node's own shard function (`cluster.shard_map.shard_for_key`), and sends
+  the request to that shard's leader at its gRPC address. A node that does not lead the shard
+  would forward the request anyway; routing directly saves that hop.
+- **Leader cache.** Leaders are cached per shard. An UNAVAILABLE answer naming a leader
+  (`x-minikv-leader`) updates the cache and the request is retried there at once; one naming
+  no leader backs off (50 ms doubling to 1 s, jittered), refreshes the shard map and retries,
+  until the request's deadline (default 5 s).
+- **Typed errors.** `NotFoundError`, `InvalidRequestError`, `TooLargeError`,
+  `UnavailableError` (no leader reachable before the deadline, with the last hint),
+  `DeadlineExceededError` (the deadline passed; a write's outcome is then unknown), and
+  `PermissionDeniedError` (admin calls from a non-loopback client), all `ClientError`s.
+
+Retried writes: a put or delete answered UNAVAILABLE may still have been proposed, so a retry
+can apply it twice. A put is idempotent in effect (the same value wins, with a newer version);
+a retried delete may report that the key did not exist when the first attempt deleted it.
+
+`Client` runs an `AsyncClient` on a private event loop in a daemon thread, so it works from
+plain scripts and from threads that run their own loop alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Final, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from minikv_core.cluster import service
+from minikv_core.cluster.service import Consistency, ScanItem, ScanResult, VersionedValue
+from minikv_core.cluster.shard_map import shard_for_key
+from minikv_core.net import limits
+from minikv_core.net.errors_map import error_from_grpc
+from minikv_core.net.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+
+T = TypeVar("T")
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "Consistency",
+    "DeadlineExceededError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "ScanItem",
+    "ScanResult",
+    "TooLargeError",
+    "UnavailableError",
+    "VersionedValue",
+]
+
+TIMEOUT_S_DEFAULT: Final = limits.REQUEST_TIMEOUT_MS_DEFAULT / 1000.0
+BACKOFF_INITIAL_S: Final = 0.05
+BACKOFF_MAX_S: Final = 1.0
+
+# ------------------------------------------------------------------------------------ errors
+
+
+class ClientError(Exception):
+    """Base of every error the client raises."""
+
+
+class NotFoundError(ClientError):
+    """The key does not exist."""
+
+
+class InvalidRequestError(ClientError):
+    """The request was malformed (empty key, bad parameter, bad endpoint)."""
+
+
+class TooLargeError(ClientError):
+    """A key or value over the node's limit (the message names it)."""
+
+
+class UnavailableError(ClientError):
+    """No leader of the key's shard answered before the deadline."""
+
+    def __init__(self, message: str, leader_hint: int = 0) -> None:
+        super().__init__(message)
+        self.leader_hint = leader_hint
+
+
+class DeadlineExceededError(ClientError):
+    """The deadline passed; a write may or may not have been applied."""
+
+
+class PermissionDeniedError(ClientError):
+    """An admin call refused: the node answers admin calls from loopback clients only."""
+
+
+def _client_error(error: service.ServiceError) -> ClientError:
+    if isinstance(error, service.NotFoundError):
+        return NotFoundError(str(error))
+    if isinstance(error, service.InvalidRequestError):
+        return InvalidRequestError(str(error))
+    if isinstance(error, service.TooLargeError):
+        return TooLargeError(str(error))
+    if isinstance(error, service.DeadlineExceededError):
+        return DeadlineExceededError(str(error))
+    if isinstance(error, service.UnavailableError):
+        return UnavailableError(str(error), error.leader_hint)
+    return ClientError(str(error))
+
+
+# ----------------------------------------------------------------------------------- routing
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRouting:
+    """What a client needs of the shard map: the shard count, each node's gRPC address and
+    each shard's replicas and leader hint."""
+
+    epoch: int
+    shard_count: int
+    addresses: Mapping[int, str]
+    """Node id to gRPC `host:port`."""
+    leaders: Mapping[int, int]
+    """Shard to the node id of its leader hint (absent when unknown)."""
+    replicas: Mapping[int, tuple[int, ...]]
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> ShardRouting:
+        """Parse the node's shard map document (`KV.ShardMap`, `GET /admin/shards`).
+
+        Raises ValueError naming what is missing: a client must not route by a map it
+        misread.
+        """
+        try:
+            epoch = int(document.get("epoch", 0))
+            shard_count = int(document["shard_count"])
+            addresses: dict[int, str] = {}
+            nodes = document["nodes"]
+            entries = nodes.items() if isinstance(nodes, Mapping) else enumerate(nodes)
+            for key, node in entries:
+                if isinstance(node, Mapping):
+                    node_id = int(node.get("id", node.get("node_id", key)))
+                    address = node.get("grpc") or node.get("grpc_address") or node.get("address")
+                else:
+                    node_id, address = int(key), node
+                if not isinstance(address, str) or not address:
+                    raise ValueError(f"node {node_id} has no gRPC address")
+                addresses[node_id] = address
+            leaders: dict[int, int] = {}
+            replicas: dict[int, tuple[int, ...]] = {}
+            for position, shard in enumerate(document["shards"]):
+                number = int(shard.get("shard", position))
+                replicas[number] = tuple(int(r) for r in shard.get("replicas", ()))
+                leader = int(shard.get("leader") or 0)
+                if leader:
+                    leaders[number] = leader
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise ValueError(f"malformed shard map: {type(error).__name__}: {error}") from None
+        if shard_count <= 0:
+            raise ValueError(f"malformed shard map: shard_count {shard_count}")
+        return cls(epoch, shard_count, addresses, leaders, replicas)
+
+
+class _Router:
+    """Shard map + leader cache. Pure: no I/O (the client feeds it what it learns)."""
+
+    def __init__(self, seeds: Sequence[str], rng: random.Random) -> None:
+        self.seeds = list(seeds)
+        self.routing: ShardRouting | None = None
+        self.leaders: dict[int, int] = {}
+        self._rng = rng
+
+    def install(self, routing: ShardRouting) -> None:
+        if self.routing is not None and routing.epoch < self.routing.epoch:
+            return
+        self.routing = routing
+        # Fresh hints from the map replace cached ones only where the map knows a leader.
+        self.leaders.update(routing.leaders)
+
+    def shard_of(self, key: bytes) -> int | None:
+        if self.routing is None:
+            return None
+        return shard_for_key(key, self.routing.shard_count)
+
+    def learn_leader(self, shard: int | None, leader: int) -> bool:
+        """Record a hint; True when it names a node we can reach (worth an instant retry)."""
+        if shard is None or leader <= 0 or self.routing is None:
+            return False
+        if leader not in self.routing.addresses:
+            return False
+        changed = self.leaders.get(shard) != leader
+        self.leaders[shard] = leader
+        return changed
+
+    def forget_leader(self, shard: int | None) -> None:
+        if shard is not None:
+            self.leaders.pop(shard, None)
+
+    def target(self, shard: int | None, attempt: int) -> str:
+        """The address to send a request for `shard` to: its cached leader, else a replica
+        or any known node (it forwards), rotating with the attempt number."""
+        routing = self.routing
+        if routing is not None and shard is not None:
+            leader = self.leaders.get(shard)
+            if leader is not None and leader in routing.addresses:
+                return routing.addresses[leader]
+            replicas = [r for r in routing.replicas.get(shard, ()) if r in routing.addresses]
+            if replicas:
+                return routing.addresses[replicas[attempt % len(replicas)]]
+        return self.any_endpoint(attempt)
+
+    def any_endpoint(self, attempt: int) -> str:
+        candidates = list(self.seeds)
+        if self.routing is not None:
+            candidates += [a for a in self.routing.addresses.values() if a not in candidates]
+        if attempt == 0:
+            return candidates[0]
+        return candidates[self._rng.randrange(len(candidates))]
+
+
+# ------------------------------------------------------------------------------ async client
+
+
+_CHANNEL_OPTIONS: Final = (
+    ("grpc.max_send_message_length", limits.CLIENT_MESSAGE_BYTES_MAX),
+    ("grpc.max_receive_message_length", limits.CLIENT_MESSAGE_BYTES_MAX),
+    ("grpc.keepalive_time_ms", limits.KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", limits.KEEPALIVE_TIMEOUT_MS),
+    ("grpc.enable_retries", 0),
+    # A restarted node must be reachable again within about one election, not after gRPC's
+    # default reconnect backoff (up to 120 s); a private subchannel pool keeps one client's
+    # backoff from leaking into another's.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
+)
+
+HINTS_FOLLOWED_MAX: Final = 3
+"""Leader hints followed in a row without a pause: two nodes that name each other during an
+election must not make the client spin; after this many it backs off like any failure."""
+SHARD_MAP_ATTEMPT_S_MAX: Final = 1.0
+"""One shard-map request to one endpoint: a stopped or partitioned node must not eat the
+whole deadline of the request that needed the map."""
+
+
+def _check_endpoint(endpoint: object) -> str:
+    if not isinstance(endpoint, str):
+        raise InvalidRequestError(f"endpoints are 'host:port' strings, got {endpoint!r}")
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidRequestError(f"endpoint must be 'host:port', got {endpoint!r}")
+    return endpoint
+
+
+class AsyncClient:
+    """The asyncio client. Use as `async with AsyncClient(endpoints) as kv:` or call
+    `close()`. All methods take `timeout_s` (default 5 s): the whole call, retries included."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        rng: random.Random | None = None,
+    ) -> None:
+        seeds = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if not seeds:
+            raise InvalidRequestError("at least one endpoint ('host:port') is needed")
+        if not 0 < timeout_s <= limits.REQUEST_TIMEOUT_MS_MAX / 1000.0:
+            raise InvalidRequestError(
+                f"timeout_s must be in (0, {limits.REQUEST_TIMEOUT_MS_MAX / 1000.0}], "
+                f"got {timeout_s}"
+            )
+        self._timeout_s = timeout_s
+        self._rng = rng if rng is not None else random.Random()
+        self._router = _Router([_check_endpoint(e) for e in seeds], self._rng)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(
+            *(channel.close(grace=None) for channel in channels), *list(self._closing)
+        )
+
+    # --- data -------------------------------------------------------------------------------
+
+    async def get(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        """The value of `key`; raises NotFoundError when it does not exist."""
+        return (await self.get_versioned(key, consistency=consistency, timeout_s=timeout_s)).value
+
+    async def get_versioned(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> VersionedValue:
+        request = kv_pb2.GetRequest(
+            key=_bytes(key, "key"),
+            consistency=kv_pb2.CONSISTENCY_STALE
+            if consistency is Consistency.STALE
+            else kv_pb2.CONSISTENCY_LINEARIZABLE,
+        )
+
+        async def call(channel: grpc.aio.Channel, timeout: float) -> VersionedValue:
+            answer = await kv_pb2_grpc.KVStub(channel).Get(request, timeout=timeout)
+            return VersionedValue(answer.value, answer.version)
+
+        return await self._routed(key, call, timeout_s)
+
+    async def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> int:
+        """Write `value`; returns once committed on a quorum and applied, with the new
+        version of the key."""
+        request = kv_pb2.PutRequest(key=_bytes(key, "key"), value=_bytes(value, "value"))
+
+        async def call(channel: grpc.aio.Channel, timeout: float) -> int:
+            answer = await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout)
+            return int(answer.version)
+
+        return await self._routed(key, call, timeout_s)
+
+    async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
+        """Delete `key`; returns whether it existed."""
+        request = kv_pb2.DeleteRequest(key=_bytes(key, "key"))
+
+        async def call(channel: grpc.aio.Channel, timeout: float) -> bool:
+            try:
+                await kv_pb2_grpc.KVStub(channel).Delete(request, timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+            return True
+
+        return await self._routed(key, call, timeout_s)
+
+    async def scan(
+        self,
+        *,
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        limit: int = limits.SCAN_LIMIT_DEFAULT,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> ScanResult:
+        """One page of keys in order across all shards; `more` means resume with
+        `start=items[-1].key + b"\\x00"`."""
+        request = kv_pb2.ScanRequest(
+            prefix=_bytes(prefix, "prefix"),
+            start=_bytes(start, "start"),
+            end=_bytes(end, "end"),
+            limit=limit,
+            consistency=kv_pb2.CONSISTENCY_STALE
+            if consistency is Consistency.STALE
+            else kv_pb2.CONSISTENCY_LINEARIZABLE,
+        )
+        if not 1 <= limit <= limits.SCAN_LIMIT_MAX:
+            raise InvalidRequestError(f"limit must be in [1, {limits.SCAN_LIMIT_MAX}]")
+
+        async def call(channel: grpc.aio.Channel, timeout: float) -> ScanResult:
+            answer = await kv_pb2_grpc.KVStub(channel).Scan(request, timeout=timeout)
+            return ScanResult(
+                items=tuple(ScanItem(i.key, i.value, i.version) for i in answer.items),
+                more=answer.more,
+            )
+
+        return await self._routed(None, call, timeout_s)
+
+    # --- cluster ----------------------------------------------------------------------------
+
+    async def shard_map(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """The shard map document, fresh from a node (it also refreshes the routing)."""
+        return await self._refresh(self._deadline(timeout_s))
+
+    async def status(
+        self, endpoint: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """`Admin.Status` of `endpoint` (default: the first endpoint given). Admin calls are
+        answered to loopback clients only unless the node allows remote admin."""
+        address = _check_endpoint(endpoint) if endpoint is not None else self._router.seeds[0]
+        deadline = self._deadline(timeout_s)
+        try:
+            answer = await admin_pb2_grpc.AdminStub(self._channel(address)).Status(
+                admin_pb2.AdminRequest(), timeout=max(0.0, deadline - time.monotonic())
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _from_rpc(error) from None
+        return _json_object(answer.json, f"status of {address}")
+
+    # --- machinery --------------------------------------------------------------------------
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        timeout = self._timeout_s if timeout_s is None else timeout_s
+        if not 0 < timeout <= limits.REQUEST_TIMEOUT_MS_MAX / 1000.0:
+            raise InvalidRequestError(
+                f"timeout_s must be in (0, {limits.REQUEST_TIMEOUT_MS_MAX / 1000.0}], got {timeout}"
+            )
+        return time.monotonic() + timeout
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self._closed:
+            raise ClientError("the client is closed")
+        channel = self._channels.get(address)
+        if channel is None:
+            if len(self._channels) >= limits.CLIENT_CHANNELS_MAX:
+                # Bounded cache: drop the oldest (dict order) before adding another address.
+                oldest = next(iter(self._channels))
+                old = self._channels.pop(oldest)
+                task = asyncio.get_running_loop().create_task(old.close(grace=None))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = channel
+        return channel
+
+    async def _refresh(self, deadline: float) -> dict[str, Any]:
+        """Fetch the shard map from the endpoints in turn until one answers."""
+        last: ClientError = UnavailableError("no endpoint answered the shard map request")
+        candidates = list(
+            dict.fromkeys(
+                self._router.seeds
+                + (list(self._router.routing.addresses.values()) if self._router.routing else [])
+            )
+        )
+        for address in candidates:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                answer = await kv_pb2_grpc.KVStub(self._channel(address)).ShardMap(
+                    kv_pb2.ShardMapRequest(), timeout=min(remaining, SHARD_MAP_ATTEMPT_S_MAX)
+                )
+            except grpc.aio.AioRpcError as error:
+                last = _from_rpc(error)
+                continue
+            document = _json_object(answer.json, f"shard map of {address}")
+            try:
+                self._router.install(ShardRouting.from_document(document))
+            except ValueError as error:
+                last = ClientError(f"{address}: {error}")
+                continue
+            return document
+        if time.monotonic() >= deadline:
+            raise DeadlineExceededError(f"shard map not fetched before the deadline: {last}")
+        raise last
+
+    async def _routed(
+        self,
+        key: bytes | None,
+        call: Callable[[grpc.aio.Channel, float], Awaitable[T]],
+        timeout_s: float | None,
+    ) -> T:
+        """Send to the key's leader, following hints and backing off until the deadline."""
+        deadline = self._deadline(timeout_s)
+        router = self._router
+        backoff_s = BACKOFF_INITIAL_S
+        attempt = 0
+        hints_followed = 0
+        last: UnavailableError | None = None
+        while True:
+            if router.routing is None:
+                with contextlib.suppress(ClientError):
+                    await self._refresh(deadline)
+            shard = router.shard_of(key) if key is not None else None
+            address = (
+                router.target(shard, attempt) if key is not None else (router.any_endpoint(attempt))
+            )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                return await call(self._channel(address), remaining)
+            except grpc.aio.AioRpcError as error:
+                failure = _from_rpc(error)
+            attempt += 1
+            if not isinstance(failure, UnavailableError):
+                raise failure
+            last = failure
+            learned = router.learn_leader(shard, failure.leader_hint)
+            if learned and hints_followed < HINTS_FOLLOWED_MAX:
+                hints_followed += 1
+                continue  # a new leader named: go there at once
+            hints_followed = 0
+            if not learned:
+                router.forget_leader(shard)
+            pause = min(backoff_s, max(0.0, deadline - time.monotonic()))
+            await asyncio.sleep(pause * (0.5 + 0.5 * self._rng.random()))
+            backoff_s = min(BACKOFF_MAX_S, backoff_s * 2)
+            with contextlib.suppress(ClientError):
+                await self._refresh(deadline)
+        if last is not None:
+            raise UnavailableError(
+                f"no leader answered before the deadline; last error: {last}", last.leader_hint
+            )
+        raise DeadlineExceededError("the deadline passed before the request was sent")
+
+
+def _bytes(value: object, name: str) -> bytes:
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if not isinstance(value, bytes):
+        raise InvalidRequestError(f"{name} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _json_object(text: str, what: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise ClientError(f"{what} is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise ClientError(f"{what} is not a JSON object")
+    return document
+
+
+def _from_rpc(error: grpc.aio.AioRpcError) -> ClientError:
+    code = error.code()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(error.details() or "permission denied")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(error.details() or "deadline exceeded")
+    return _client_error(error_from_grpc(code, error.details(), error.trailing_metadata()))
+
+
+# ------------------------------------------------------------------------------- sync client
+
+
+class Client:
+    """The blocking client: an `AsyncClient` on a private loop in a daemon thread.
+
+    Same methods and errors as AsyncClient. Use as `with Client(endpoints) as kv:` or call
+    `close()`; it is safe to use from several threads.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="minikv-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+        try:
+            self._async = self._run(_make_async(endpoints, timeout_s, rng))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._async.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result()
+
+    def get(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> bytes:
+        return self._run(self._async.get(key, consistency=consistency, timeout_s=timeout_s))
+
+    def get_versioned(
+        self,
+        key: bytes,
+        *,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> VersionedValue:
+        return self._run(
+            self._async.get_versioned(key, consistency=consistency, timeout_s=timeout_s)
+        )
+
+    def put(self, key: bytes, value: bytes, *, timeout_s: float | None = None) -> int:
+        return self._run(self._async.put(key, value, timeout_s=timeout_s))
+
+    def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
+        return self._run(self._async.delete(key, timeout_s=timeout_s))
+
+    def scan(
+        self,
+        *,
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        limit: int = limits.SCAN_LIMIT_DEFAULT,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> ScanResult:
+        return self._run(
+            self._async.scan(
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                consistency=consistency,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def shard_map(self, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._run(self._async.shard_map(timeout_s=timeout_s))
+
+    def status(
+        self, endpoint: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._async.status(endpoint, timeout_s=timeout_s))
+
+
+async def _make_async(
+    endpoints: Sequence[str] | str, timeout_s: float, rng: random.Random | None
+) -> AsyncClient:
+    """Built on the client's own loop: gRPC aio objects belong to the loop that made them."""
+    return AsyncClient(endpoints, timeout_s=timeout_s, rng=rng)

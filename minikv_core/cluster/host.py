@@ -1,0 +1,815 @@
+"""The multi-raft host: every Raft group of one node, driven by one loop over one WAL.
+
+DESIGN "A write, end to end", step 3, is this module's driver loop. Each iteration:
+
+1. tick every group once if a tick is due (the ticker task marks it every `tick_ms`);
+2. apply queued log compactions (snapshot marks) and truncate the WAL when possible;
+3. collect the Ready of every group that has one;
+4. apply right away the committed entries that were durable before this round (all of them
+   on a leader; see Group.apply_entries), so their clients do not wait for this fsync;
+5. persist ALL Readies with ONE `NodeRaftLog.persist_async` (one write + one fdatasync,
+   on the WAL's thread, so the event loop keeps serving while the disk syncs);
+6. send all messages, batched per peer: ONE `PeerTransport.send(peer, [(group, msg), ...])`
+   per peer, so the heartbeats of every group this node leads reach a peer in one frame;
+7. apply the remaining committed entries, answer proposals and read states, `advance`.
+
+The loop sleeps until something happens: a tick, an inbound frame (stepped into its group on
+arrival), a proposal or a read. So a write waits for one fsync, not for the next tick. While
+one round's fsync is in flight, new proposals and messages accumulate in the cores and form
+the next round: that is the group commit.
+
+Storage layout (`NodeConfig`): data_dir/identity.json, data_dir/wal/ (NodeRaftLog),
+data_dir/shards/<n>/ (shard n's Engine), data_dir/meta.snap (meta group state),
+data_dir/shards/<n>.snapshot/ (a snapshot received, durable until installed).
+
+Start: a fresh directory is bootstrapped from the configuration (identity written first with
+bootstrapped=false, each founding group created with its placement ConfState, then
+bootstrapped=true); a used one is recovered from itself alone. Each shard engine reopens at
+its durable applied index and Raft re-applies the committed entries above it: the Raft log is
+the engine's WAL.
+
+Compaction (maintenance task, every `MAINTENANCE_TICKS` ticks): a group whose durable applied
+index is `snapshot_entries_threshold` past its snapshot, or whose oldest live entry pins a
+sealed WAL segment, is compacted: engine flush (a thread), then in the loop
+`RawNode.compact` + `record_compactions_async`, then `truncate_async` deletes the segments no
+group needs any more (DESIGN Storage: "Segments are deleted once every group's applied state
+covering them is flushed").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from minikv_core.cluster.config import IdentityError, NodeConfig, NodeIdentity
+from minikv_core.cluster.group import (
+    INCOMING_SUFFIX,
+    PENDING_SUFFIX,
+    Group,
+    MetaGroup,
+    ShardGroup,
+    install_snapshot_dir,
+)
+from minikv_core.cluster.meta import MetaDecodeError, MetaStateMachine, encode_set_shard_map
+from minikv_core.cluster.placement import place_meta
+from minikv_core.cluster.raft_log import GroupStorage, NodeRaftLog, RaftLogError
+from minikv_core.cluster.service import UnavailableError
+from minikv_core.cluster.shard_map import (
+    META_GROUP_ID,
+    ShardMap,
+    group_of_shard,
+    shard_of_group,
+)
+from minikv_core.cluster.state_machine import ShardStateMachine
+from minikv_core.net.peer_transport import FrameHandler, PeerTransport
+from minikv_core.raft import (
+    NONE,
+    CompactionError,
+    Config,
+    ConfState,
+    Message,
+    MessageType,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+    RawNode,
+    Ready,
+)
+from minikv_core.storage.block_cache import BlockCache
+from minikv_core.storage.engine import Engine, EngineLockedError, EngineOptions
+from minikv_core.storage.errors import StorageError, WalLockedError
+from minikv_core.storage.lsm_limits import LSM_BLOCK_CACHE_BYTES_DEFAULT
+
+logger = logging.getLogger(__name__)
+
+MAINTENANCE_TICKS: Final = 10
+"""Compaction checks, preferred-leader transfers and the epoch-1 proposal run this often."""
+BLOCK_CACHE_BYTES: Final = 4 * LSM_BLOCK_CACHE_BYTES_DEFAULT
+"""One block cache shared by every shard engine of the node."""
+
+_TIMEOUT_NOW: Final = MessageType.TIMEOUT_NOW
+
+TransportFactory = Callable[[NodeConfig, FrameHandler, random.Random], PeerTransport]
+"""Builds the node's peer transport (unstarted) for `on_frame`; the host starts and stops it."""
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def default_transport_factory(
+    config: NodeConfig, on_frame: FrameHandler, rng: random.Random
+) -> PeerTransport:
+    """A transport with its own gRPC server on `config.grpc_address` (tests, embedders).
+    `minikv serve` passes a factory sharing the node's one gRPC server instead."""
+    host, port = split_address(config.grpc_address)
+    return PeerTransport(
+        config.node_id,
+        config.peers,
+        on_frame,
+        rng=rng,
+        host=host,
+        port=port,
+        cluster_id=config.cluster_id,
+    )
+
+
+class NodeStartError(Exception):
+    """The node refuses its data directory (corrupt WAL, inconsistent state, unreadable
+    identity); the message names the file and the problem. Exit status 1."""
+
+
+@dataclass(slots=True)
+class _Compaction:
+    group_id: int
+    index: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class HostCounters:
+    rounds: int = 0
+    readies: int = 0
+    frames_received: int = 0
+    messages_received: int = 0
+    messages_unknown_group: int = 0
+    messages_failed: int = 0
+    messages_sent: int = 0
+    early_applies: int = 0
+    compactions: int = 0
+    truncations: int = 0
+    segments_deleted: int = 0
+    transfers_started: int = 0
+    maintenance_runs: int = 0
+    snapshots_received: int = 0
+
+
+class MultiRaftHost:
+    """Every Raft group of one node. Construct, `await start()`, use, `await stop()`."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        transport_factory: TransportFactory | None = None,
+        engine_options: EngineOptions | None = None,
+    ) -> None:
+        self.config = config
+        self._transport_factory = transport_factory or default_transport_factory
+        cache = BlockCache(BLOCK_CACHE_BYTES)
+        if engine_options is None:
+            engine_options = EngineOptions(block_cache=cache)
+        self._engine_options = engine_options
+        seed = config.seed if config.seed is not None else random.SystemRandom().getrandbits(64)
+        self._rng = random.Random(seed)
+        self.groups: dict[int, Group] = {}
+        self.shard_groups: dict[int, ShardGroup] = {}
+        self.meta: MetaGroup | None = None
+        self._group_list: list[Group] = []
+        self._log: NodeRaftLog | None = None
+        self._engines: list[Engine] = []
+        self._transport: PeerTransport | None = None
+        self.bootstrap_map = ShardMap.bootstrap(config.peers, config.shards, config.replicas)
+        self.counters = HostCounters()
+        self.started_at = 0.0
+        self.failure: str | None = None
+        """Set when the driver loop failed (a WAL write error): the node serves nothing."""
+        self._wake_event = asyncio.Event()
+        self._tick_due = False
+        self._ticks = 0
+        self._compactions: list[_Compaction] = []
+        self._queued_groups: set[ShardGroup] = set()
+        self._force_truncate = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._driver: asyncio.Task[None] | None = None
+        self._running = False
+        self._stopped = False
+        self._stop_event = asyncio.Event()
+        self._idle_rounds: list[asyncio.Future[None]] = []
+        self._compaction_waiters: list[asyncio.Future[None]] = []
+        self._planning = asyncio.Lock()
+        self._connected_peers: set[int] | None = None
+        self.segment_entries: dict[int, dict[int, tuple[int, int]]] = {}
+        """WAL segment -> group -> (first, last) entry index written to it during this run
+        (for the admin WAL view; segments replayed at start are not described)."""
+
+    # ----------------------------------------------------------------------- accessors
+
+    @property
+    def log(self) -> NodeRaftLog:
+        assert self._log is not None, "host not started"
+        return self._log
+
+    @property
+    def transport(self) -> PeerTransport:
+        assert self._transport is not None, "host not started"
+        return self._transport
+
+    @property
+    def transport_or_none(self) -> PeerTransport | None:
+        return self._transport
+
+    @property
+    def log_or_none(self) -> NodeRaftLog | None:
+        return self._log
+
+    @property
+    def running(self) -> bool:
+        return self._running and self.failure is None
+
+    @property
+    def shard_map(self) -> ShardMap:
+        """The meta group's applied map, or the bootstrap map until epoch 1 is applied."""
+        if self.meta is not None and self.meta.state_machine.shard_map.epoch > 0:
+            return self.meta.state_machine.shard_map
+        return self.bootstrap_map
+
+    def wake(self) -> None:
+        self._wake_event.set()
+
+    def note_queued(self, group: ShardGroup) -> None:
+        """A client write was queued on `group`: propose it in the next loop iteration."""
+        self._queued_groups.add(group)
+        self._wake_event.set()
+
+    # ------------------------------------------------------------------------- start
+
+    async def start(self) -> None:
+        """Open (or bootstrap) the data directory, start the transport and the loops.
+
+        Raises IdentityMismatchError (flags contradict the stored identity), WalLockedError
+        or EngineLockedError (another process has the directory open), NodeStartError (the
+        data directory cannot be used: corrupt WAL or engine, inconsistent state; the cause
+        is chained) or TransportError (the address cannot be bound).
+        """
+        assert not self._running and not self._stopped, "start() called twice"
+        config = self.config
+        try:
+            config.shards_dir.mkdir(parents=True, exist_ok=True)
+            identity = NodeIdentity.load(config.identity_path)
+        except IdentityError as error:
+            raise NodeStartError(str(error)) from None
+        except OSError as error:
+            raise NodeStartError(
+                f"cannot use data directory {config.data_dir}: {error.strerror or error}"
+            ) from None
+        if identity is None:
+            if config.wal_dir.exists() and any(config.wal_dir.iterdir()):
+                raise NodeStartError(
+                    f"data directory {config.data_dir} has a WAL but no identity file "
+                    f"({config.identity_path.name}); refusing to guess which node it belongs to"
+                )
+            identity = NodeIdentity.of(config, bootstrapped=False)
+            await asyncio.to_thread(identity.store, config.identity_path)
+        else:
+            identity.check(config, config.identity_path)
+        try:
+            self._log = await asyncio.to_thread(
+                NodeRaftLog.open, config.wal_dir, segment_size_bytes=config.wal_segment_size_bytes
+            )
+        except WalLockedError:
+            raise  # another process runs on this directory: the caller says so plainly
+        except (StorageError, OSError) as error:
+            raise NodeStartError(
+                f"cannot open the Raft log in {config.wal_dir}: {error}"
+            ) from error
+        try:
+            if not identity.bootstrapped:
+                await self._bootstrap()
+                identity = NodeIdentity.of(config, bootstrapped=True)
+                await asyncio.to_thread(identity.store, config.identity_path)
+            await self._open_groups()
+            self._transport = self._transport_factory(config, self._on_frame, self._rng)
+            await self._transport.start()
+        except BaseException:
+            await self._close_storage()
+            raise
+        self.started_at = time.monotonic()
+        self._running = True
+        self._campaign_preferred_fresh_groups()
+        loop = asyncio.get_running_loop()
+        self._driver = loop.create_task(self._drive(), name=f"node{config.node_id}-driver")
+        self._tasks = [
+            loop.create_task(self._tick_loop(), name=f"node{config.node_id}-ticker"),
+            loop.create_task(self._maintenance_loop(), name=f"node{config.node_id}-maintenance"),
+        ]
+        self.wake()
+
+    async def _bootstrap(self) -> None:
+        """Create the founding groups this node belongs to (idempotent: a crash in the middle
+        leaves identity bootstrapped=false and the next start finishes)."""
+        log = self.log
+        existing = set(log.groups())
+        node_id = self.config.node_id
+        meta = self.bootstrap_map
+        meta_placement = place_meta(self.config.peers, self.config.shards, self.config.replicas)
+        if META_GROUP_ID not in existing:
+            await log.bootstrap_group_async(
+                META_GROUP_ID, ConfState(meta_placement.voters, meta_placement.learners)
+            )
+        for assignment in meta.shards:
+            group_id = group_of_shard(assignment.shard)
+            if node_id in assignment.replicas and group_id not in existing:
+                voters = tuple(sorted(assignment.replicas))
+                await log.bootstrap_group_async(group_id, ConfState(voters, ()))
+
+    def _raft_config(self, applied_index: int) -> Config:
+        return Config(
+            node_id=self.config.node_id,
+            election_timeout_ticks=self.config.election_timeout_ticks,
+            heartbeat_interval_ticks=self.config.heartbeat_interval_ticks,
+            pre_vote=True,
+            check_quorum=True,
+            applied_index=applied_index,
+        )
+
+    async def _open_groups(self) -> None:
+        log = self.log
+        config = self.config
+        meta_placement = place_meta(config.peers, config.shards, config.replicas)
+        for group_id in log.groups():
+            storage = log.storage(group_id)
+            hard_state = storage.hard_state()
+            snapshot_index = storage.snapshot_metadata().index
+            committed = max(hard_state.commit, snapshot_index)
+            rng = random.Random(self._rng.getrandbits(64))
+            if group_id == META_GROUP_ID:
+                try:
+                    state = MetaStateMachine(config.data_dir, self.bootstrap_map)
+                except (MetaDecodeError, OSError) as error:
+                    raise NodeStartError(f"meta group state: {error}") from None
+                if state.applied_index < snapshot_index:
+                    raise NodeStartError(
+                        f"meta group: the log is compacted to index {snapshot_index} but "
+                        f"{config.data_dir / 'meta.snap'} holds index {state.applied_index}"
+                    )
+                applied = min(state.applied_index, committed)
+                raw = self._raw_node(group_id, applied, storage, rng)
+                meta = MetaGroup(raw, storage, state)
+                meta.preferred_leader = meta_placement.preferred_leader
+                storage.snapshot_data_source = meta.snapshot_data()
+                self.meta = meta
+                self.groups[group_id] = meta
+                continue
+            shard = shard_of_group(group_id)
+            if not 0 <= shard < config.shards:
+                raise NodeStartError(
+                    f"the Raft log holds group {group_id}, but the cluster has {config.shards} "
+                    "shards"
+                )
+            state_machine = await asyncio.to_thread(self._open_shard, shard, snapshot_index)
+            self._engines.append(state_machine.engine)
+            applied = min(state_machine.applied_index, committed)
+            raw = self._raw_node(group_id, applied, storage, rng)
+            pending = config.shard_dir(shard).with_name(f"{shard}{PENDING_SUFFIX}")
+            group = ShardGroup(group_id, shard, raw, storage, state_machine, pending)
+            group.preferred_leader = self.shard_map.shards[shard].preferred_leader
+            storage.snapshot_data_source = group.snapshot_data(config.shards_dir)
+            self.groups[group_id] = group
+            self.shard_groups[shard] = group
+        if self.meta is None:
+            raise NodeStartError(f"the Raft log in {config.wal_dir} has no meta group (group 0)")
+        self._group_list = [self.groups[g] for g in sorted(self.groups)]
+
+    def _raw_node(
+        self, group_id: int, applied: int, storage: GroupStorage, rng: random.Random
+    ) -> RawNode:
+        try:
+            return RawNode(self._raft_config(applied), storage, rng)
+        except RaftError as error:
+            raise NodeStartError(
+                f"group {group_id}: the Raft state in {self.config.wal_dir} is inconsistent: "
+                f"{error}"
+            ) from error
+
+    def _open_shard(self, shard: int, snapshot_index: int) -> ShardStateMachine:
+        """Open shard `shard`'s engine and finish a snapshot install a crash interrupted."""
+        config = self.config
+        directory = config.shard_dir(shard)
+        pending = directory.with_name(directory.name + PENDING_SUFFIX)
+        incoming = directory.with_name(directory.name + INCOMING_SUFFIX)
+        shutil.rmtree(incoming, ignore_errors=True)
+        try:
+            engine = Engine.open(directory, self._engine_options)
+        except EngineLockedError:
+            raise
+        except (StorageError, OSError) as error:
+            raise NodeStartError(f"shard {shard}: cannot open its engine: {error}") from error
+        state_machine = ShardStateMachine(engine)
+        try:
+            if state_machine.applied_index < snapshot_index:
+                if not pending.is_dir():
+                    raise NodeStartError(
+                        f"shard {shard}: the Raft log starts after a snapshot at index "
+                        f"{snapshot_index} but the engine in {directory} is at index "
+                        f"{state_machine.applied_index} and no received snapshot is waiting "
+                        f"in {pending}; repair this replica from its peers"
+                    )
+                install_snapshot_dir(state_machine, pending, shard)
+                if state_machine.applied_index < snapshot_index:
+                    raise NodeStartError(
+                        f"shard {shard}: the received snapshot in {pending} is at index "
+                        f"{state_machine.applied_index}, below the log's snapshot "
+                        f"{snapshot_index}"
+                    )
+            elif pending.exists():
+                shutil.rmtree(pending)  # installed before the crash, or never persisted
+        except BaseException:
+            engine.close()
+            raise
+        return state_machine
+
+    def _campaign_preferred_fresh_groups(self) -> None:
+        """A founding node campaigns at once for the groups it should lead: the first
+        elections then take one round trip, and leaders start spread as placed."""
+        node_id = self.config.node_id
+        for group in self._group_list:
+            if group.preferred_leader == node_id and group.raw.term == 0:
+                group.raw.campaign()
+
+    # ---------------------------------------------------------------------- inbound
+
+    def _on_frame(self, from_node: int, messages: list[tuple[int, Message]]) -> None:
+        counters = self.counters
+        counters.frames_received += 1
+        counters.messages_received += len(messages)
+        groups = self.groups
+        for group_id, message in messages:
+            group = groups.get(group_id)
+            if group is None:
+                counters.messages_unknown_group += 1
+                continue
+            if message.type is _TIMEOUT_NOW:
+                # Leadership is being handed to us on purpose (an admin transfer, or a
+                # rebalance toward us): do not hand it back automatically.
+                group.rebalance_wanted = False
+            try:
+                group.raw.step(message)
+            except Exception:
+                # A core invariant broke on this message: loud in the log, counted, and
+                # confined to this message, so the other groups of the frame still run.
+                counters.messages_failed += 1
+                logger.exception(
+                    "node %d: group %d failed to step a %s from node %d",
+                    self.config.node_id,
+                    group_id,
+                    message.type.name,
+                    from_node,
+                )
+        self._wake_event.set()
+
+    # ------------------------------------------------------------------------ loops
+
+    async def _tick_loop(self) -> None:
+        interval_s = self.config.tick_ms / 1000.0
+        next_tick = time.monotonic() + interval_s
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            next_tick += interval_s
+            if next_tick < now:
+                # The loop was blocked for more than a tick: do not fire a burst of ticks
+                # (that would time out elections on messages not yet read); time just slows.
+                next_tick = now + interval_s
+            self._tick_due = True
+            self._wake_event.set()
+
+    async def _drive(self) -> None:
+        try:
+            while True:
+                await self._wake_event.wait()
+                self._wake_event.clear()
+                if not self._running:
+                    return
+                if self._tick_due:
+                    self._tick_due = False
+                    self._ticks += 1
+                    for group in self._group_list:
+                        group.raw.tick()
+                if self._compactions or self._force_truncate:
+                    await self._apply_compactions()
+                if self._queued_groups:
+                    queued, self._queued_groups = self._queued_groups, set()
+                    for group in queued:
+                        group.propose_queued()
+                if await self._round():
+                    self._wake_event.set()  # advance() may have produced more work
+                elif self._idle_rounds:
+                    for waiter in self._idle_rounds:
+                        if not waiter.done():
+                            waiter.set_result(None)
+                    self._idle_rounds.clear()
+        except Exception as error:
+            self.failure = f"{type(error).__name__}: {error}"
+            logger.critical(
+                "node %d: the driver loop failed; the node stops serving: %s",
+                self.config.node_id,
+                self.failure,
+                exc_info=True,
+            )
+            failed = UnavailableError(f"node {self.config.node_id} failed: {self.failure}")
+            for group in self._group_list:
+                group.fail_all(failed)
+
+    async def _round(self) -> bool:
+        """One persist + send + apply round over every group with a Ready."""
+        taken: list[tuple[Group, Ready]] = []
+        for group in self._group_list:
+            ready = group.take_ready()
+            if ready is not None:
+                taken.append((group, ready))
+        if not taken:
+            return False
+        counters = self.counters
+        counters.rounds += 1
+        counters.readies += len(taken)
+        try:
+            for group, ready in taken:
+                if not ready.snapshot.is_empty:
+                    counters.snapshots_received += 1
+                    await asyncio.to_thread(group.prepare_snapshot, ready)
+                elif ready.committed_entries and (
+                    not ready.entries or ready.committed_entries[-1].index < ready.entries[0].index
+                ):
+                    group.apply_entries(ready)
+                    counters.early_applies += 1
+            await self.log.persist_async([(group.group_id, ready) for group, ready in taken])
+            self._note_segment(taken)
+        except BaseException:
+            for group, _ in taken:
+                group.abandon_ready()
+            raise
+        batches: dict[int, list[tuple[int, Message]]] = {}
+        for group, ready in taken:
+            group_id = group.group_id
+            for message in ready.messages:
+                if message.type is _TIMEOUT_NOW:
+                    group.rebalance_wanted = False  # this leader hands over on purpose
+                batch = batches.get(message.to)
+                if batch is None:
+                    batch = batches[message.to] = []
+                batch.append((group_id, message))
+        transport = self.transport
+        for peer, batch in batches.items():
+            counters.messages_sent += len(batch)
+            transport.send(peer, batch)
+        for group, ready in taken:
+            group.finish_ready(ready)
+        return True
+
+    def _note_segment(self, taken: list[tuple[Group, Ready]]) -> None:
+        segment = self.log.wal.end_position.segment
+        described = self.segment_entries.get(segment)
+        for group, ready in taken:
+            if not ready.entries:
+                continue
+            if described is None:
+                described = self.segment_entries[segment] = {}
+            first, last = ready.entries[0].index, ready.entries[-1].index
+            known = described.get(group.group_id)
+            if known is not None:
+                first = min(first, known[0])
+                last = max(last, known[1])
+            described[group.group_id] = (first, last)
+
+    async def wait_idle_round(self) -> None:
+        """Wait until the driver loop finds nothing to do (for admin calls and stop)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_rounds.append(future)
+        self.wake()
+        await future
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def _maintenance_loop(self) -> None:
+        period_s = MAINTENANCE_TICKS * self.config.tick_ms / 1000.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), period_s)
+            if self._stop_event.is_set() or self.failure is not None:
+                return
+            self.counters.maintenance_runs += 1
+            try:
+                self._propose_bootstrap_epoch()
+                self._transfer_to_preferred_leaders()
+                await self.plan_compactions(force_shards=None)
+            except (StorageError, RaftError, OSError) as error:
+                logger.error("node %d: maintenance failed: %s", self.config.node_id, error)
+
+    def _propose_bootstrap_epoch(self) -> None:
+        """The meta leader records the bootstrap map as epoch 1 (once per term at most; the
+        state machine ignores duplicates)."""
+        meta = self.meta
+        if meta is None or not meta.is_leader or meta.state_machine.shard_map.epoch > 0:
+            return
+        term = meta.raw.term
+        if meta.epoch_proposed_term == term:
+            return
+        try:
+            meta.raw.propose(encode_set_shard_map(self.bootstrap_map.with_epoch(1)))
+        except (NotLeaderError, ProposalDroppedError):
+            return
+        meta.epoch_proposed_term = term
+        self.wake()
+
+    def _transfer_to_preferred_leaders(self) -> None:
+        """Move each group's leadership to its preferred leader, so leaders stay spread as
+        placed (placement.py) after cold starts, restarts and failovers.
+
+        A group wants rebalancing from this node's start, and again whenever its preferred
+        node (re)connects to this node after its first maintenance run. The wish ends once
+        the preferred node is seen leading, or when leadership is handed over on purpose (a
+        TimeoutNow sent or received for the group: an admin transfer sticks). At most one
+        attempt per group per term, and only to a preferred node that is caught up (match ==
+        last index, recently active), so a transfer never stalls writes behind a lagging
+        node."""
+        node_id = self.config.node_id
+        transport = self.transport
+        connected = {
+            peer for peer in self.config.peers if peer != node_id and transport.is_connected(peer)
+        }
+        joined = connected - self._connected_peers if self._connected_peers is not None else set()
+        self._connected_peers = connected
+        for group in self._group_list:
+            preferred = group.preferred_leader
+            if preferred in joined:
+                group.rebalance_wanted = True
+            if group.leader_id == preferred:
+                group.rebalance_wanted = False
+                continue
+            if not group.rebalance_wanted or preferred in (NONE, node_id) or not group.is_leader:
+                continue
+            term = group.raw.term
+            if group.transfer_attempted_term == term or preferred not in connected:
+                continue
+            status = group.raw.status()
+            if preferred not in status.conf_state.voters:
+                continue
+            progress = next((p for p in status.peers if p.node_id == preferred), None)
+            if progress is None or not progress.recent_active:
+                continue
+            if progress.match != status.last_index:
+                continue
+            group.transfer_attempted_term = term
+            try:
+                group.raw.transfer_leader(preferred)
+            except (NotLeaderError, ProposalDroppedError):
+                continue
+            self.counters.transfers_started += 1
+            self.wake()
+
+    async def compact_logs(self, shards: list[int]) -> list[tuple[int, int]]:
+        """Admin "snapshot": flush the given shards' engines, compact their logs to their
+        durable applied index, truncate the WAL; returns (shard, snapshot index) pairs."""
+        await self.plan_compactions(force_shards=shards)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._compaction_waiters.append(waiter)
+        self._force_truncate = True
+        self.wake()
+        await waiter
+        return [(shard, self.shard_groups[shard].snapshot_index) for shard in shards]
+
+    async def plan_compactions(self, force_shards: list[int] | None) -> list[_Compaction]:
+        """Queue compactions for groups past the threshold or pinning an old WAL segment
+        (`force_shards`: compact these shards regardless, for the admin snapshot call).
+        Returns what was queued; the driver loop applies them. Serialized: the maintenance
+        task and admin calls never write meta.snap or flush the same engine at once."""
+        async with self._planning:
+            return await self._plan_compactions(force_shards)
+
+    async def _plan_compactions(self, force_shards: list[int] | None) -> list[_Compaction]:
+        log = self.log
+        threshold = self.config.snapshot_entries_threshold
+        active_segment = log.wal.end_position.segment
+        oldest_segments = {info.group_id: info.oldest_entry_segment for info in log.describe()}
+        planned: list[_Compaction] = []
+        for group in list(self._group_list):
+            forced = (
+                force_shards is not None
+                and isinstance(group, ShardGroup)
+                and group.shard in force_shards
+            )
+            if group.compaction_pending and not forced:
+                continue
+            oldest = oldest_segments.get(group.group_id)
+            pins = oldest is not None and oldest < active_segment
+            snapshot_index = group.snapshot_index
+            if group.applied_index <= snapshot_index:
+                continue
+            if isinstance(group, MetaGroup):
+                if not (pins or group.applied_index - snapshot_index >= threshold):
+                    continue
+                snapshot = group.state_machine.snapshot()
+                await asyncio.to_thread(group.state_machine.persist, snapshot)
+                planned.append(_Compaction(group.group_id, snapshot.applied_index, b""))
+                continue
+            assert isinstance(group, ShardGroup)
+            durable = group.state_machine.durable_applied_index
+            if not (forced or pins or durable - snapshot_index >= threshold):
+                continue
+            if durable <= snapshot_index or forced:
+                durable = await asyncio.to_thread(group.state_machine.engine.flush)
+            if durable > snapshot_index:
+                planned.append(_Compaction(group.group_id, durable, b""))
+        for compaction in planned:
+            self.groups[compaction.group_id].compaction_pending = True
+        self._compactions.extend(planned)
+        if planned:
+            self.wake()
+        return planned
+
+    async def _apply_compactions(self) -> None:
+        """In the driver loop (between rounds: no Ready outstanding): compact each group's
+        log, make the marks durable in one append, then truncate the WAL."""
+        queued, self._compactions = self._compactions, []
+        self._force_truncate = False
+        # One mark per group per append (NodeRaftLog refuses two): the highest index wins
+        # when the maintenance task and an admin call both planned a group.
+        highest: dict[int, _Compaction] = {}
+        for compaction in queued:
+            known = highest.get(compaction.group_id)
+            if known is None or compaction.index > known.index:
+                highest[compaction.group_id] = compaction
+        marks = []
+        for compaction in highest.values():
+            group = self.groups[compaction.group_id]
+            group.compaction_pending = False
+            if compaction.index <= group.snapshot_index:
+                continue
+            try:
+                snapshot = group.raw.compact(compaction.index, compaction.data)
+            except CompactionError as error:
+                logger.warning("group %d: compaction skipped: %s", group.group_id, error)
+                continue
+            marks.append((group.group_id, snapshot.metadata))
+        log = self.log
+        waiters, self._compaction_waiters = self._compaction_waiters, []
+        try:
+            if marks:
+                await log.record_compactions_async(marks)
+                self.counters.compactions += len(marks)
+            if log.truncatable_position().segment > log.wal.first_position.segment:
+                result = await log.truncate_async()
+                self.counters.truncations += 1
+                self.counters.segments_deleted += len(result.deleted)
+                first = log.wal.first_position.segment
+                for segment in [s for s in self.segment_entries if s < first]:
+                    del self.segment_entries[segment]
+        finally:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # -------------------------------------------------------------------------- stop
+
+    async def stop(self) -> None:
+        """Stop the loops (the round in flight finishes: a persist is never cancelled), fail
+        remaining waiters, stop the transport, close the engines (they flush) and the WAL.
+        Idempotent; leaves no task running."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_event.set()
+        for task in self._tasks:
+            if task.get_name().endswith("ticker"):
+                task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._running = False
+        self._wake_event.set()
+        if self._driver is not None:
+            await self._driver
+        stopping = UnavailableError(f"node {self.config.node_id} is stopping")
+        for group in self._group_list:
+            group.fail_all(stopping)
+        for waiter in (*self._idle_rounds, *self._compaction_waiters):
+            if not waiter.done():
+                waiter.set_exception(stopping)
+        if self._transport is not None:
+            await self._transport.stop()
+        await self._close_storage()
+
+    async def _close_storage(self) -> None:
+        errors: list[str] = []
+        engines, self._engines = self._engines, []
+        for engine in engines:
+            try:
+                await asyncio.to_thread(engine.close)
+            except (StorageError, OSError) as error:
+                errors.append(f"engine {engine.path}: {error}")
+        if self._log is not None:
+            try:
+                await self._log.aclose()
+            except (RaftLogError, StorageError, OSError) as error:
+                errors.append(f"WAL: {error}")
+        for problem in errors:
+            logger.error("node %d: closing: %s", self.config.node_id, problem)

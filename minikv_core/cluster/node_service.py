@@ -1,0 +1,760 @@
+"""`Node`: one minikv node in-process — the multi-raft host behind the `NodeService` seam.
+
+Data path (every call bounded by its absolute `deadline`, a `time.monotonic()` value):
+
+- put / delete: validated here (TooLargeError names the limit, InvalidRequestError), then
+  proposed to the shard's group if this node leads it, and answered from the apply result
+  (version / existed) once committed on a quorum and applied. Otherwise forwarded to the
+  leader through the injected `Forwarder`.
+- get / scan, linearizable: ReadIndex (Raft thesis §6.4) on this node's replica of the shard,
+  leader or follower (a follower's request travels to the leader inside the Raft stream, so
+  the fault filter covers it), then wait for applied >= read index and read locally. A node
+  that holds no replica of the shard forwards. Stale: the local replica's state as is.
+- scan: every shard is scanned concurrently (each up to `limit` items, in key order), and the
+  results are merged in key order; `more` is true when any shard had more or the merge cut.
+
+Forwarding rule: a forwarded request is served by the receiver with the `local_*` methods,
+which never forward again (they raise UnavailableError with the leader hint), so a request
+cannot bounce between two nodes with different views of the leader. The forwarding node
+follows one hint.
+
+Errors: UnavailableError(leader_hint) when no leader is known or reachable, and
+DeadlineExceededError when the deadline passes; nothing waits longer than its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar
+
+from minikv_core.cluster.commands import DeleteCommand, PutCommand
+from minikv_core.cluster.config import NodeConfig
+from minikv_core.cluster.group import ShardGroup
+from minikv_core.cluster.host import MultiRaftHost, TransportFactory
+from minikv_core.cluster.service import (
+    AdminDocument,
+    Consistency,
+    DeadlineExceededError,
+    FaultSpec,
+    InvalidRequestError,
+    NotFoundError,
+    ReadinessReport,
+    ScanItem,
+    ScanRequest,
+    ScanResult,
+    ServiceError,
+    TooLargeError,
+    UnavailableError,
+    VersionedValue,
+)
+from minikv_core.cluster.shard_map import META_GROUP_ID, shard_for_key
+from minikv_core.cluster.state_machine import ApplyResult, ResultKind
+from minikv_core.net.fault import FaultFilter, FaultRules, FaultRulesError
+from minikv_core.raft import NONE, NotLeaderError, ProposalDroppedError, Role
+from minikv_core.storage.engine import EngineOptions
+from minikv_core.storage.errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCAN_LIMIT_MAX: Final = 10_000
+"""Items one scan may ask for (the API cuts pages by bytes too)."""
+STOP_GRACE_S_MAX: Final = 10.0
+"""`stop()` waits at most this long for requests in flight to finish."""
+
+
+class Forwarder(Protocol):
+    """Sends a request for a shard this node does not lead to the node that does.
+
+    Implemented over gRPC by `minikv_core.net` (the KV service of the target node, which
+    serves it with `Node.local_*`). Every method must:
+    - consult the node's fault filter (a partitioned node cannot forward: UnavailableError);
+    - give up by `deadline` (DeadlineExceededError);
+    - raise the target's ServiceError as is (NotFoundError for a missing key on get,
+      UnavailableError with the leader hint the target gave, ...).
+    """
+
+    async def forward_get(
+        self, node_id: int, key: bytes, consistency: Consistency, deadline: float
+    ) -> VersionedValue: ...
+
+    async def forward_put(self, node_id: int, key: bytes, value: bytes, deadline: float) -> int: ...
+
+    async def forward_delete(self, node_id: int, key: bytes, deadline: float) -> bool: ...
+
+    async def forward_scan_shard(
+        self, node_id: int, shard: int, request: ScanRequest, deadline: float
+    ) -> ScanResult:
+        """One shard's items (at most request.limit) in key order; `more` if cut."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+ForwarderFactory = Callable[[NodeConfig, FaultFilter], Forwarder]
+"""Builds the forwarder once the transport exists (it needs the transport's fault filter)."""
+
+
+class Node:
+    """One node: `Node(config, ...)`, `await start()`, serve `NodeService`, `await stop()`.
+
+    All methods run on the event loop that started the node.
+    """
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        transport_factory: TransportFactory | None = None,
+        forwarder_factory: ForwarderFactory | None = None,
+        engine_options: EngineOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.host = MultiRaftHost(
+            config, transport_factory=transport_factory, engine_options=engine_options
+        )
+        self._forwarder_factory = forwarder_factory
+        self.forwarder: Forwarder | None = None
+        self._accepting = False
+        self._stopped = False
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        # Proposals are matched by (term, index) first (group.py), so request ids need not be
+        # unique across nodes or restarts; a random start just makes logs easier to read.
+        self._request_ids = itertools.count(random.SystemRandom().getrandbits(40))
+        # ReadIndex contexts: a random incarnation prefix, then a counter. Unique across
+        # restarts, so a late answer to a read of a previous incarnation (an older read
+        # index) can never complete a read of this one (that would be a stale read).
+        self._read_incarnation = random.SystemRandom().getrandbits(64).to_bytes(8, "big")
+        self._read_contexts = itertools.count(1)
+        self._leader_hints: dict[int, int] = {}
+        """Shard -> last leader learned by forwarding (for shards this node does not hold)."""
+
+    @property
+    def node_id(self) -> int:
+        return self.config.node_id
+
+    # --------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Open the data directory (bootstrap or recover), start Raft, transport, forwarder.
+
+        Raises IdentityMismatchError, NodeStartError, TransportError (see MultiRaftHost)."""
+        await self.host.start()
+        if self._forwarder_factory is not None:
+            try:
+                self.forwarder = self._forwarder_factory(
+                    self.config, self.host.transport.fault_filter
+                )
+            except BaseException:
+                await self.host.stop()
+                raise
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Stop accepting requests, let those in flight finish (bounded), then stop Raft,
+        the transport and the forwarder, flush the engines and close the WAL. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._accepting = False
+        if self._in_flight:
+            grace_s = min(STOP_GRACE_S_MAX, self.config.request_timeout_s)
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace_s)
+            except TimeoutError:
+                logger.warning(
+                    "node %d: %d request(s) still in flight after %.1f s; stopping anyway",
+                    self.node_id,
+                    self._in_flight,
+                    grace_s,
+                )
+        try:
+            await self.host.stop()
+        finally:
+            if self.forwarder is not None:
+                await self.forwarder.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _serve(self, deadline: float, work: Callable[[], Awaitable[T]]) -> T:
+        """Run one request: refuse it while stopped, count it in flight, bound it."""
+        if not self._accepting:
+            raise UnavailableError(f"node {self.node_id} is not serving (starting or stopping)")
+        failure = self.host.failure
+        if failure is not None:
+            raise UnavailableError(f"node {self.node_id} failed: {failure}")
+        if deadline - time.monotonic() <= 0:
+            raise DeadlineExceededError("the deadline passed before the request started")
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            return await work()
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+
+    @staticmethod
+    async def _wait(future: Awaitable[T], deadline: float, what: str) -> T:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceededError(f"{what}: the deadline passed")
+        try:
+            async with asyncio.timeout(remaining):
+                return await future
+        except TimeoutError:
+            raise DeadlineExceededError(f"{what}: the deadline passed") from None
+
+    def _check_key(self, key: bytes, what: str = "key") -> None:
+        if not isinstance(key, bytes):
+            raise InvalidRequestError(f"the {what} must be bytes")
+        if not key:
+            raise InvalidRequestError(f"the {what} is empty")
+        limit = self.config.key_size_bytes_max
+        if len(key) > limit:
+            raise TooLargeError(f"the {what} is {len(key)} bytes; the limit is {limit} bytes")
+
+    def _check_value(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise InvalidRequestError("the value must be bytes")
+        limit = self.config.value_size_bytes_max
+        if len(value) > limit:
+            raise TooLargeError(f"the value is {len(value)} bytes; the limit is {limit} bytes")
+
+    def _check_scan(self, request: ScanRequest) -> None:
+        if isinstance(request.limit, bool) or not isinstance(request.limit, int):
+            raise InvalidRequestError("scan limit must be an integer")
+        if not 1 <= request.limit <= SCAN_LIMIT_MAX:
+            raise InvalidRequestError(f"scan limit must be in 1..{SCAN_LIMIT_MAX}")
+        for name in ("prefix", "start", "end"):
+            bound = getattr(request, name)
+            if not isinstance(bound, bytes):
+                raise InvalidRequestError(f"scan {name} must be bytes")
+            if len(bound) > self.config.key_size_bytes_max:
+                raise TooLargeError(
+                    f"scan {name} is {len(bound)} bytes; the key limit is "
+                    f"{self.config.key_size_bytes_max} bytes"
+                )
+
+    def _shard_of(self, key: bytes) -> int:
+        return shard_for_key(key, self.config.shards)
+
+    def _leader_target(self, shard: int) -> int:
+        """Where to forward a request for a shard this node does not lead."""
+        group = self.host.shard_groups.get(shard)
+        if group is not None:
+            leader = group.leader_id
+            if leader == NONE:
+                raise UnavailableError(f"shard {shard} has no known leader", leader_hint=0)
+            return leader
+        hint = self._leader_hints.get(shard)
+        if hint:
+            return hint
+        return self.host.shard_map.shards[shard].preferred_leader
+
+    async def _forward(
+        self, shard: int, call: Callable[[Forwarder, int], Awaitable[T]], deadline: float
+    ) -> T:
+        target = self._leader_target(shard)
+        forwarder = self.forwarder
+        if target == self.node_id:
+            # This node's view changed between the caller's check and now (it just won or
+            # lost an election): let the client retry rather than forward to itself.
+            raise UnavailableError(
+                f"shard {shard}: leadership is changing on node {self.node_id}",
+                leader_hint=0,
+                retry_after_s=0.05,
+            )
+        if forwarder is None:
+            raise UnavailableError(
+                f"node {self.node_id} does not lead shard {shard} and cannot forward",
+                leader_hint=target,
+            )
+        try:
+            result = await call(forwarder, target)
+        except UnavailableError as error:
+            hint = error.leader_hint
+            if hint in (0, target, self.node_id) or deadline - time.monotonic() <= 0:
+                raise
+            self._leader_hints[shard] = hint
+            result = await call(forwarder, hint)
+            return result
+        if shard not in self.host.shard_groups:
+            self._leader_hints[shard] = target
+        return result
+
+    def _shard_group(self, shard: int) -> ShardGroup:
+        group = self.host.shard_groups.get(shard)
+        if group is None:
+            hint = (
+                self._leader_hints.get(shard) or self.host.shard_map.shards[shard].preferred_leader
+            )
+            raise UnavailableError(
+                f"node {self.node_id} holds no replica of shard {shard}", leader_hint=hint
+            )
+        return group
+
+    # ------------------------------------------------------------------------ writes
+
+    async def put(self, key: bytes, value: bytes, deadline: float) -> int:
+        self._check_key(key)
+        self._check_value(value)
+        return await self._serve(deadline, lambda: self._put(key, value, deadline, local=False))
+
+    async def local_put(self, key: bytes, value: bytes, deadline: float) -> int:
+        """A put forwarded by another node: served here or refused with the leader hint."""
+        self._check_key(key)
+        self._check_value(value)
+        return await self._serve(deadline, lambda: self._put(key, value, deadline, local=True))
+
+    async def _put(self, key: bytes, value: bytes, deadline: float, *, local: bool) -> int:
+        shard = self._shard_of(key)
+        group = self.host.shard_groups.get(shard)
+        if (group is not None and group.is_leader) or local:
+            command = PutCommand(key, value, next(self._request_ids))
+            result = await self._propose(self._shard_group(shard), command, deadline)
+            return result.version
+        return await self._forward(
+            shard, lambda f, node: f.forward_put(node, key, value, deadline), deadline
+        )
+
+    async def delete(self, key: bytes, deadline: float) -> bool:
+        self._check_key(key)
+        return await self._serve(deadline, lambda: self._delete(key, deadline, local=False))
+
+    async def local_delete(self, key: bytes, deadline: float) -> bool:
+        """A delete forwarded by another node: served here or refused with the leader hint."""
+        self._check_key(key)
+        return await self._serve(deadline, lambda: self._delete(key, deadline, local=True))
+
+    async def _delete(self, key: bytes, deadline: float, *, local: bool) -> bool:
+        shard = self._shard_of(key)
+        group = self.host.shard_groups.get(shard)
+        if (group is not None and group.is_leader) or local:
+            command = DeleteCommand(key, next(self._request_ids))
+            result = await self._propose(self._shard_group(shard), command, deadline)
+            return result.existed
+        return await self._forward(
+            shard, lambda f, node: f.forward_delete(node, key, deadline), deadline
+        )
+
+    async def _propose(
+        self, group: ShardGroup, command: PutCommand | DeleteCommand, deadline: float
+    ) -> ApplyResult:
+        future = group.enqueue(command)
+        self.host.note_queued(group)
+        try:
+            result = await self._wait(future, deadline, f"write to shard {group.shard}")
+        except DeadlineExceededError:
+            group.forget_proposals()
+            raise
+        assert result.kind in (ResultKind.PUT, ResultKind.DELETE), result
+        return result
+
+    # ------------------------------------------------------------------------- reads
+
+    async def get(self, key: bytes, consistency: Consistency, deadline: float) -> VersionedValue:
+        self._check_key(key)
+        return await self._serve(deadline, lambda: self._get(key, consistency, deadline, False))
+
+    async def local_get(
+        self, key: bytes, consistency: Consistency, deadline: float
+    ) -> VersionedValue:
+        """A get forwarded by another node: served from this node's replica."""
+        self._check_key(key)
+        return await self._serve(deadline, lambda: self._get(key, consistency, deadline, True))
+
+    async def _get(
+        self, key: bytes, consistency: Consistency, deadline: float, local: bool
+    ) -> VersionedValue:
+        shard = self._shard_of(key)
+        group = self.host.shard_groups.get(shard)
+        if group is None and not local:
+            return await self._forward(
+                shard, lambda f, node: f.forward_get(node, key, consistency, deadline), deadline
+            )
+        group = self._shard_group(shard)
+        if consistency is Consistency.LINEARIZABLE:
+            await self._read_barrier(group, deadline)
+        found = group.state_machine.get(key)
+        if found is None:
+            raise NotFoundError("the key does not exist")
+        return VersionedValue(found.value, found.version)
+
+    async def _read_barrier(self, group: ShardGroup, deadline: float) -> None:
+        """ReadIndex (thesis §6.4): learn the leader's commit index once it has confirmed its
+        leadership with a quorum, then wait until this replica has applied it. After this,
+        the local state reflects every write acknowledged before the read began."""
+        context = self._read_incarnation + next(self._read_contexts).to_bytes(8, "big")
+        future = group.read_index(context)
+        self.host.wake()
+        try:
+            index = await self._wait(future, deadline, f"read index of shard {group.shard}")
+        finally:
+            group.forget_read(context)
+        applied = group.wait_applied(index)
+        if applied is not None:
+            await self._wait(applied, deadline, f"apply of shard {group.shard}")
+
+    async def scan(self, request: ScanRequest, deadline: float) -> ScanResult:
+        self._check_scan(request)
+        return await self._serve(deadline, lambda: self._scan(request, deadline))
+
+    async def local_scan_shard(
+        self, shard: int, request: ScanRequest, deadline: float
+    ) -> ScanResult:
+        """One shard's part of a scan, forwarded by another node: served from this replica."""
+        self._check_scan(request)
+        if isinstance(shard, bool) or not 0 <= shard < self.config.shards:
+            raise InvalidRequestError(f"shard must be in 0..{self.config.shards - 1}")
+        return await self._serve(deadline, lambda: self._scan_shard(shard, request, deadline, True))
+
+    async def _scan(self, request: ScanRequest, deadline: float) -> ScanResult:
+        parts: list[ScanResult] = []
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                running = [
+                    tasks.create_task(self._scan_shard(shard, request, deadline, False))
+                    for shard in range(self.config.shards)
+                ]
+        except BaseExceptionGroup as group:
+            raise _first_service_error(group) from None
+        parts = [task.result() for task in running]
+        merged = list(
+            itertools.islice(
+                heapq.merge(*(part.items for part in parts), key=lambda item: item.key),
+                request.limit + 1,
+            )
+        )
+        more = len(merged) > request.limit or any(part.more for part in parts)
+        return ScanResult(tuple(merged[: request.limit]), more)
+
+    async def _scan_shard(
+        self, shard: int, request: ScanRequest, deadline: float, local: bool
+    ) -> ScanResult:
+        group = self.host.shard_groups.get(shard)
+        if group is None and not local:
+            return await self._forward(
+                shard,
+                lambda f, node: f.forward_scan_shard(node, shard, request, deadline),
+                deadline,
+            )
+        group = self._shard_group(shard)
+        if request.consistency is Consistency.LINEARIZABLE:
+            await self._read_barrier(group, deadline)
+        rows = group.state_machine.scan(
+            request.start or None,
+            request.end or None,
+            request.prefix or None,
+            request.limit + 1,
+        )
+        items = tuple(ScanItem(row.key, row.value, row.version) for row in rows[: request.limit])
+        return ScanResult(items, len(rows) > request.limit)
+
+    # ------------------------------------------------------------------------- admin
+
+    def status(self) -> AdminDocument:
+        host = self.host
+        transport = host.transport_or_none
+        groups: list[dict[str, Any]] = []
+        for group_id in sorted(host.groups):
+            group = host.groups[group_id]
+            document = group.status()
+            document["shard"] = None if group_id == META_GROUP_ID else group_id - 1
+            status = group.raw.status()
+            if status.role == Role.LEADER:
+                document["peers"] = [
+                    {
+                        "node_id": peer.node_id,
+                        "match": peer.match,
+                        "next": peer.next,
+                        "state": peer.state.name.lower(),
+                        "learner": peer.is_learner,
+                        "recent_active": peer.recent_active,
+                        "reachable": peer.node_id == self.node_id
+                        or (transport is not None and transport.is_connected(peer.node_id)),
+                    }
+                    for peer in status.peers
+                ]
+            groups.append(document)
+        wal: dict[str, Any] = {}
+        if host.log_or_none is not None:
+            stats = host.log.stats
+            segments = host.log.wal.segments()
+            wal = {
+                "directory": str(self.config.wal_dir),
+                "segments": len(segments),
+                "bytes": sum(segment.size_bytes for segment in segments),
+                "used_bytes": sum(segment.used_bytes for segment in segments),
+                "appends": stats.appends,
+                "records": stats.records,
+                "bytes_written": stats.bytes_written,
+                "syncs": stats.syncs,
+                "sync_seconds_total": stats.sync_seconds_total,
+                "sync_seconds_max": stats.sync_seconds_max,
+                "rotations": stats.rotations,
+            }
+        counters = host.counters
+        readiness = self.readiness()
+        body: dict[str, Any] = {
+            "node_id": self.node_id,
+            "cluster_id": self.config.cluster_id,
+            "grpc_address": self.config.grpc_address,
+            "http_address": self.config.http_address,
+            "uptime_s": time.monotonic() - host.started_at if host.started_at else 0.0,
+            "ready": readiness.ready,
+            "not_ready_reason": readiness.reason,
+            "failure": host.failure,
+            "shards": self.config.shards,
+            "replicas": self.config.replicas,
+            "epoch": host.shard_map.epoch,
+            "groups": groups,
+            "wal": wal,
+            "host": {
+                "rounds": counters.rounds,
+                "readies": counters.readies,
+                "early_applies": counters.early_applies,
+                "frames_received": counters.frames_received,
+                "messages_received": counters.messages_received,
+                "messages_unknown_group": counters.messages_unknown_group,
+                "messages_failed": counters.messages_failed,
+                "messages_sent": counters.messages_sent,
+                "compactions": counters.compactions,
+                "truncations": counters.truncations,
+                "segments_deleted": counters.segments_deleted,
+                "transfers_started": counters.transfers_started,
+                "maintenance_runs": counters.maintenance_runs,
+                "snapshots_received": counters.snapshots_received,
+                "requests_in_flight": self._in_flight,
+            },
+            "fault": transport.fault_filter.rules.to_dict() if transport is not None else {},
+        }
+        return AdminDocument(body)
+
+    def _leaders(self) -> dict[int, int]:
+        leaders = dict(self._leader_hints)
+        for shard, group in self.host.shard_groups.items():
+            leaders[shard] = group.leader_id
+        return leaders
+
+    def shard_map(self) -> AdminDocument:
+        return AdminDocument(self.host.shard_map.document(self._leaders()))
+
+    def wal(self) -> AdminDocument:
+        host = self.host
+        if host.log_or_none is None:
+            return AdminDocument({"segments": []})
+        segments = []
+        for segment in host.log.wal.segments():
+            described = host.segment_entries.get(segment.sequence)
+            groups = (
+                {
+                    str(group_id): {"first_index": first, "last_index": last}
+                    for group_id, (first, last) in sorted(described.items())
+                }
+                if described is not None
+                else None
+            )
+            firsts = [first for first, _ in described.values()] if described else []
+            lasts = [last for _, last in described.values()] if described else []
+            segments.append(
+                {
+                    "name": segment.name,
+                    "sequence": segment.sequence,
+                    "size_bytes": segment.size_bytes,
+                    "used_bytes": segment.used_bytes,
+                    "records": segment.record_count,
+                    "state": "active" if segment.active else "sealed",
+                    "first_index": min(firsts) if firsts else None,
+                    "last_index": max(lasts) if lasts else None,
+                    "groups": groups,
+                }
+            )
+        stats = host.log.stats
+        return AdminDocument(
+            {
+                "directory": str(self.config.wal_dir),
+                "segments": segments,
+                "syncs": stats.syncs,
+                "appends": stats.appends,
+                "bytes_written": stats.bytes_written,
+                "note": "first/last index per group are known for entries written since "
+                "this node started (null: written before)",
+            }
+        )
+
+    def sstables(self) -> AdminDocument:
+        shards = []
+        for shard, group in sorted(self.host.shard_groups.items()):
+            engine = group.state_machine.engine
+            try:
+                stats = engine.stats()
+                tables = engine.tables()
+            except StorageError as error:
+                shards.append({"shard": shard, "error": str(error)})
+                continue
+            shards.append(
+                {
+                    "shard": shard,
+                    "applied_index": stats.applied_index,
+                    "durable_applied_index": stats.durable_applied_index,
+                    "memtable_entries": stats.memtable_entries,
+                    "memtable_bytes": stats.memtable_bytes,
+                    "runs": stats.runs,
+                    "table_bytes": stats.table_bytes,
+                    "compactions": stats.compactions,
+                    "write_amplification": stats.write_amplification,
+                    "tables": [
+                        {
+                            "name": table.name,
+                            "level": table.level,
+                            "size_bytes": table.size_bytes,
+                            "keys": table.key_count,
+                            "tombstones": table.tombstone_count,
+                            "smallest": table.smallest.decode("utf-8", "backslashreplace"),
+                            "largest": table.largest.decode("utf-8", "backslashreplace"),
+                        }
+                        for table in tables
+                    ],
+                }
+            )
+        return AdminDocument({"shards": shards})
+
+    def readiness(self) -> ReadinessReport:
+        host = self.host
+        if host.failure is not None:
+            return ReadinessReport(False, f"the node failed: {host.failure}")
+        if not self._accepting or not host.running:
+            return ReadinessReport(False, "the node is starting or stopping")
+        for group_id in sorted(host.groups):
+            if host.groups[group_id].leader_id == NONE:
+                what = "the meta group" if group_id == META_GROUP_ID else f"shard {group_id - 1}"
+                return ReadinessReport(False, f"{what} has no known leader")
+        return ReadinessReport(True)
+
+    def set_fault(self, fault: FaultSpec) -> None:
+        try:
+            rules = FaultRules(
+                drop_to=fault.drop_to,
+                drop_from=fault.drop_from,
+                delay_ms=fault.delay_ms,
+                loss=fault.loss,
+            )
+        except FaultRulesError as error:
+            raise InvalidRequestError(str(error)) from None
+        self.host.transport.fault_filter.set(rules)
+
+    def clear_fault(self) -> None:
+        self.host.transport.fault_filter.clear()
+
+    def _check_shards(self, shards: Sequence[int] | None) -> list[int]:
+        if shards is None:
+            return sorted(self.host.shard_groups)
+        checked = []
+        for shard in shards:
+            if isinstance(shard, bool) or not isinstance(shard, int):
+                raise InvalidRequestError(f"shard must be an integer, got {shard!r}")
+            if not 0 <= shard < self.config.shards:
+                raise InvalidRequestError(
+                    f"shard {shard} does not exist (shards are 0..{self.config.shards - 1})"
+                )
+            if shard not in self.host.shard_groups:
+                raise InvalidRequestError(f"node {self.node_id} holds no replica of shard {shard}")
+            checked.append(shard)
+        return sorted(set(checked))
+
+    async def transfer_leader(self, shard: int, target_node: int, deadline: float) -> None:
+        """Move shard `shard`'s leadership to `target_node` (thesis §3.10) and wait until it
+        leads (as this node sees it)."""
+        (shard,) = self._check_shards([shard])
+        group = self.host.shard_groups[shard]
+        if target_node not in group.raw.conf_state.voters:
+            raise InvalidRequestError(
+                f"node {target_node} is not a voter of shard {shard} "
+                f"(voters: {list(group.raw.conf_state.voters)})"
+            )
+
+        async def work() -> None:
+            if group.leader_id == target_node:
+                return
+            try:
+                group.raw.transfer_leader(target_node)
+            except NotLeaderError:
+                raise UnavailableError(
+                    f"shard {shard} has no known leader", leader_hint=0
+                ) from None
+            except ProposalDroppedError as error:
+                raise InvalidRequestError(str(error)) from None
+            group.rebalance_wanted = False
+            self.host.wake()
+            while group.leader_id != target_node:
+                if deadline - time.monotonic() <= 0:
+                    raise DeadlineExceededError(
+                        f"shard {shard}: node {target_node} did not take over before the deadline"
+                    )
+                await asyncio.sleep(self.config.tick_ms / 1000.0)
+
+        await self._serve(deadline, work)
+
+    async def snapshot(self, shards: Sequence[int] | None, deadline: float) -> AdminDocument:
+        """Compact the given shards' logs now (engine flush, log snapshot, WAL truncation)."""
+        chosen = self._check_shards(shards)
+
+        async def work() -> AdminDocument:
+            done = await self._wait(
+                self.host.compact_logs(chosen), deadline, "snapshot of the shard logs"
+            )
+            return AdminDocument(
+                {
+                    "snapshots": [{"shard": s, "index": index} for s, index in done],
+                    "wal_segments": len(self.host.log.wal.segments()),
+                }
+            )
+
+        return await self._serve(deadline, work)
+
+    async def compact(self, shards: Sequence[int] | None, deadline: float) -> AdminDocument:
+        """Merge every sorted run of the given shards' engines into one (a thread each)."""
+        chosen = self._check_shards(shards)
+
+        async def work() -> AdminDocument:
+            results = []
+            for shard in chosen:
+                engine = self.host.shard_groups[shard].state_machine.engine
+                before = len(engine.tables())
+                await self._wait(asyncio.to_thread(engine.compact), deadline, f"compact {shard}")
+                results.append(
+                    {"shard": shard, "tables_before": before, "tables_after": len(engine.tables())}
+                )
+            return AdminDocument({"compacted": results})
+
+        return await self._serve(deadline, work)
+
+
+def _first_service_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a scan reports when shards failed: the first service error (deadline and
+    unavailability first, as the most actionable), else the first error."""
+    errors: list[BaseException] = []
+
+    def flatten(exception: BaseException) -> None:
+        if isinstance(exception, BaseExceptionGroup):
+            for inner in exception.exceptions:
+                flatten(inner)
+        else:
+            errors.append(exception)
+
+    flatten(group)
+    for kind in (DeadlineExceededError, UnavailableError, ServiceError):
+        for error in errors:
+            if isinstance(error, kind):
+                return error
+    return errors[0]

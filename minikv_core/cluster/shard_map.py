@@ -1,0 +1,187 @@
+"""The shard map: which key goes to which shard, and which nodes hold each shard.
+
+`shard_for_key(key, shard_count)` is the one shard function of minikv: nodes and clients
+(`minikv_core.client`) route with it, so it is part of the on-disk format of a cluster (the
+shard count is fixed at creation). It is BLAKE2b-64 of the key modulo the shard count: a keyed
+cryptographic hash spreads any key pattern (sequential ids, shared prefixes) evenly, and
+hashlib computes it in C in well under a microsecond for short keys. (A CRC is faster but
+linear: the low bits of CRCs of keys differing only in their last bytes are correlated.)
+
+`ShardMap` is the value the meta group replicates (epoch, nodes, per-shard replicas and
+preferred leader). Leader *hints* are not part of it: they change with every election, so the
+node adds them from its live Raft state when it serves the map (`document()`).
+
+Shards are numbered 0..S-1; shard s is Raft group s + 1 (group 0 is the meta group).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final
+
+from minikv_core.cluster.placement import place_shards
+
+META_GROUP_ID: Final = 0
+SHARD_MAP_FORMAT: Final = 1
+
+
+def shard_for_key(key: bytes, shard_count: int) -> int:
+    """The shard (0..shard_count-1) holding `key`."""
+    assert shard_count >= 1, shard_count
+    digest = hashlib.blake2b(key, digest_size=8).digest()
+    return int.from_bytes(digest, "little") % shard_count
+
+
+def group_of_shard(shard: int) -> int:
+    return shard + 1
+
+
+def shard_of_group(group_id: int) -> int:
+    assert group_id != META_GROUP_ID, "group 0 is the meta group, not a shard"
+    return group_id - 1
+
+
+class ShardMapError(ValueError):
+    """A shard map document that is not valid (names the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardAssignment:
+    shard: int
+    replicas: tuple[int, ...]
+    """Distinct node ids holding the shard."""
+    preferred_leader: int
+    """Where the node moves leadership once elected (spreads leaders evenly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardMap:
+    epoch: int
+    """0: computed locally at bootstrap, not yet recorded by the meta group; 1: the bootstrap
+    map as the meta group recorded it; each later change increments it."""
+    nodes: Mapping[int, str]
+    """Node id -> gRPC address."""
+    shards: tuple[ShardAssignment, ...]
+    """Indexed by shard number."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nodes", MappingProxyType(dict(sorted(self.nodes.items()))))
+        if self.epoch < 0:
+            raise ShardMapError(f"epoch must be >= 0, got {self.epoch}")
+        if not self.shards:
+            raise ShardMapError("a shard map needs at least one shard")
+        for number, assignment in enumerate(self.shards):
+            if assignment.shard != number:
+                raise ShardMapError(f"shard {assignment.shard} listed at position {number}")
+            if not assignment.replicas or len(set(assignment.replicas)) != len(assignment.replicas):
+                raise ShardMapError(f"shard {number}: replicas must be distinct and non-empty")
+            unknown = [r for r in assignment.replicas if r not in self.nodes]
+            if unknown:
+                raise ShardMapError(f"shard {number}: replicas {unknown} are not cluster nodes")
+            if assignment.preferred_leader not in assignment.replicas:
+                raise ShardMapError(
+                    f"shard {number}: preferred leader {assignment.preferred_leader} is not "
+                    "one of its replicas"
+                )
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    def shard_for_key(self, key: bytes) -> int:
+        return shard_for_key(key, len(self.shards))
+
+    def shards_of_node(self, node_id: int) -> list[int]:
+        return [a.shard for a in self.shards if node_id in a.replicas]
+
+    @classmethod
+    def bootstrap(cls, peers: Mapping[int, str], shards: int, replicas: int) -> ShardMap:
+        """The initial map every founding node computes alike (placement.py), epoch 0."""
+        placements = place_shards(peers, shards, replicas)
+        return cls(
+            epoch=0,
+            nodes=dict(peers),
+            shards=tuple(
+                ShardAssignment(p.shard, p.replicas, p.preferred_leader) for p in placements
+            ),
+        )
+
+    def with_epoch(self, epoch: int) -> ShardMap:
+        return ShardMap(epoch, self.nodes, self.shards)
+
+    # --------------------------------------------------------------------------- codec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": SHARD_MAP_FORMAT,
+            "epoch": self.epoch,
+            "nodes": {str(node_id): address for node_id, address in self.nodes.items()},
+            "shards": [
+                {
+                    "shard": a.shard,
+                    "replicas": list(a.replicas),
+                    "preferred_leader": a.preferred_leader,
+                }
+                for a in self.shards
+            ],
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ShardMap:
+        try:
+            if document.get("format") != SHARD_MAP_FORMAT:
+                raise ShardMapError(
+                    f"unknown shard map format {document.get('format')!r} "
+                    f"(this node reads format {SHARD_MAP_FORMAT})"
+                )
+            nodes = {int(node_id): str(address) for node_id, address in document["nodes"].items()}
+            shards = tuple(
+                ShardAssignment(
+                    int(item["shard"]),
+                    tuple(int(r) for r in item["replicas"]),
+                    int(item["preferred_leader"]),
+                )
+                for item in document["shards"]
+            )
+            return cls(int(document["epoch"]), nodes, shards)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            if isinstance(error, ShardMapError):
+                raise
+            raise ShardMapError(f"malformed shard map: {type(error).__name__}: {error}") from None
+
+    @classmethod
+    def decode(cls, data: bytes) -> ShardMap:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ShardMapError(f"shard map is not valid JSON: {error}") from None
+        if not isinstance(document, dict):
+            raise ShardMapError("shard map must be a JSON object")
+        return cls.from_json(document)
+
+    def document(self, leaders: Mapping[int, int]) -> dict[str, Any]:
+        """What `GET /admin/shards` and `KV.ShardMap` serve (and `ShardRouting` parses):
+        `leaders` maps shard -> the node id of its leader as this node knows it (0: unknown).
+        """
+        return {
+            "epoch": self.epoch,
+            "shard_count": len(self.shards),
+            "nodes": [{"id": node_id, "grpc": address} for node_id, address in self.nodes.items()],
+            "shards": [
+                {
+                    "shard": a.shard,
+                    "group": group_of_shard(a.shard),
+                    "replicas": list(a.replicas),
+                    "preferred_leader": a.preferred_leader,
+                    "leader": leaders.get(a.shard, 0),
+                }
+                for a in self.shards
+            ],
+        }

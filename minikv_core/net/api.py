@@ -1,0 +1,193 @@
+"""What the HTTP and gRPC APIs share: their configuration, request validation, deadlines, the
+byte budget of scan answers and the loopback rule of admin endpoints.
+
+Both APIs promise the same semantics (DESIGN: Interfaces), so every rule that is not about
+the wire format lives here once, and `errors_map.py` holds the one table of outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+import time
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from minikv_core.cluster import limits as cluster_limits
+from minikv_core.cluster.service import (
+    DeadlineExceededError,
+    FaultSpec,
+    InvalidRequestError,
+    ScanResult,
+    TooLargeError,
+)
+from minikv_core.net import limits
+from minikv_core.net.fault import FaultRules, FaultRulesError
+
+T = TypeVar("T")
+
+VALUE_SIZE_BYTES_DEFAULT = 1024 * 1024
+"""The default value limit (configurable per node, up to the cluster layer's bound)."""
+
+
+# The client's message bound must carry the largest value a node may be configured with.
+assert (
+    cluster_limits.COMMAND_KEY_SIZE_BYTES_MAX
+    + cluster_limits.COMMAND_VALUE_SIZE_BYTES_MAX
+    + 64 * limits.KIB
+    <= limits.CLIENT_MESSAGE_BYTES_MAX
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """The client-facing knobs of one node's APIs."""
+
+    key_size_bytes_max: int = cluster_limits.COMMAND_KEY_SIZE_BYTES_MAX
+    value_size_bytes_max: int = VALUE_SIZE_BYTES_DEFAULT
+    request_timeout_ms_default: int = limits.REQUEST_TIMEOUT_MS_DEFAULT
+    admin_allow_remote: bool = False
+    """Serve admin and fault endpoints to non-loopback clients too (off by default: a fault
+    endpoint reachable from the network is a remote off switch)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.key_size_bytes_max <= cluster_limits.COMMAND_KEY_SIZE_BYTES_MAX:
+            raise ValueError(
+                f"key_size_bytes_max must be in [1, {cluster_limits.COMMAND_KEY_SIZE_BYTES_MAX}]"
+                f", got {self.key_size_bytes_max}"
+            )
+        if not 0 <= self.value_size_bytes_max <= cluster_limits.COMMAND_VALUE_SIZE_BYTES_MAX:
+            raise ValueError(
+                "value_size_bytes_max must be in "
+                f"[0, {cluster_limits.COMMAND_VALUE_SIZE_BYTES_MAX}], "
+                f"got {self.value_size_bytes_max}"
+            )
+        if not 0 < self.request_timeout_ms_default <= limits.REQUEST_TIMEOUT_MS_MAX:
+            raise ValueError(
+                f"request_timeout_ms_default must be in (0, {limits.REQUEST_TIMEOUT_MS_MAX}], "
+                f"got {self.request_timeout_ms_default}"
+            )
+
+    @property
+    def grpc_message_bytes_max(self) -> int:
+        """gRPC send/receive bound of the node's server: a Raft frame, or the largest put or
+        single-item scan answer (key, value, protobuf framing)."""
+        return max(
+            limits.GRPC_MESSAGE_BYTES_MAX,
+            self.key_size_bytes_max + self.value_size_bytes_max + 64 * limits.KIB,
+        )
+
+
+def deadline_after_ms(timeout_ms: float) -> float:
+    """The absolute `time.monotonic()` deadline `timeout_ms` from now."""
+    return time.monotonic() + timeout_ms / 1000.0
+
+
+def parse_timeout_ms(text: str) -> int:
+    """`?timeout_ms=` (HTTP) validated: a positive integer up to REQUEST_TIMEOUT_MS_MAX."""
+    if not text.isdigit() or int(text) <= 0:
+        raise InvalidRequestError(f"timeout_ms must be a positive integer, got {text!r}")
+    value = int(text)
+    if value > limits.REQUEST_TIMEOUT_MS_MAX:
+        raise InvalidRequestError(
+            f"timeout_ms must be at most {limits.REQUEST_TIMEOUT_MS_MAX}, got {value}"
+        )
+    return value
+
+
+def clamp_timeout_s(timeout_s: float | None, config: ApiConfig) -> float:
+    """A gRPC caller's remaining time, or the default, capped at REQUEST_TIMEOUT_MS_MAX."""
+    if timeout_s is None or math.isnan(timeout_s):
+        return config.request_timeout_ms_default / 1000.0
+    return max(0.0, min(timeout_s, limits.REQUEST_TIMEOUT_MS_MAX / 1000.0))
+
+
+def check_key(key: bytes, config: ApiConfig) -> None:
+    if not key:
+        raise InvalidRequestError("the key is empty; keys are 1 or more bytes")
+    if len(key) > config.key_size_bytes_max:
+        raise TooLargeError(
+            f"the key is {len(key)} bytes; the limit is {config.key_size_bytes_max} bytes"
+        )
+
+
+def check_value_size(size_bytes: int, config: ApiConfig) -> None:
+    if size_bytes > config.value_size_bytes_max:
+        raise TooLargeError(
+            f"the value is {size_bytes} bytes or more; the limit is "
+            f"{config.value_size_bytes_max} bytes"
+        )
+
+
+def check_scan_bound(name: str, value: bytes, config: ApiConfig) -> None:
+    if len(value) > config.key_size_bytes_max:
+        raise TooLargeError(
+            f"{name} is {len(value)} bytes; keys (and bounds) are at most "
+            f"{config.key_size_bytes_max} bytes"
+        )
+
+
+def check_scan_limit(limit: int) -> None:
+    if not 1 <= limit <= limits.SCAN_LIMIT_MAX:
+        raise InvalidRequestError(f"limit must be in [1, {limits.SCAN_LIMIT_MAX}], got {limit}")
+
+
+async def call_with_deadline(awaitable: Awaitable[T], deadline: float, what: str) -> T:
+    """Await a service call, cancelling it DEADLINE_GRACE_MS past `deadline` as a backstop.
+
+    The node answers DeadlineExceededError itself at the deadline; this only guarantees that a
+    request never hangs far past it, whatever happens below.
+    """
+    remaining_s = deadline - time.monotonic() + limits.DEADLINE_GRACE_MS / 1000.0
+    try:
+        async with asyncio.timeout(max(0.0, remaining_s)):
+            return await awaitable
+    except TimeoutError:
+        raise DeadlineExceededError(f"{what}: the deadline passed") from None
+
+
+def cut_scan(result: ScanResult, bytes_max: int = limits.SCAN_RESPONSE_BYTES_MAX) -> ScanResult:
+    """Bound a scan answer's key and value bytes; always keeps the first item so a scan can
+    make progress. Cutting sets `more`: the client resumes after the last item returned."""
+    total = 0
+    for index, item in enumerate(result.items):
+        total += len(item.key) + len(item.value)
+        if total > bytes_max and index > 0:
+            return ScanResult(items=result.items[:index], more=True)
+    return result
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for a loopback IP (127.0.0.0/8, ::1, IPv4-mapped loopback) or a local socket."""
+    if host is None or host == "" or host.startswith("unix:"):
+        return True
+    host = host.strip("[]")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host == "localhost"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def parse_fault(data: Mapping[str, object]) -> FaultSpec:
+    """Validate admin fault rules (unknown fields refused: a typo must not inject nothing)."""
+    try:
+        rules = FaultRules.from_dict(data)
+    except FaultRulesError as error:
+        raise InvalidRequestError(str(error)) from None
+    return FaultSpec(
+        drop_to=rules.drop_to, drop_from=rules.drop_from, delay_ms=rules.delay_ms, loss=rules.loss
+    )
+
+
+def fault_document(fault: FaultSpec) -> dict[str, object]:
+    return {
+        "drop_to": sorted(fault.drop_to),
+        "drop_from": sorted(fault.drop_from),
+        "delay_ms": fault.delay_ms,
+        "loss": fault.loss,
+    }

@@ -1,0 +1,553 @@
+"""The node's HTTP API (aiohttp): keys and values, admin and fault injection, health, metrics.
+
+Routes (every error is JSON `{"error": "<name>", "detail": "<what was wrong>"}`, with the
+status of `errors_map.ERROR_TABLE`):
+
+    PUT    /kv/{key}        raw body is the value -> 204 once committed on a quorum and
+                            applied; `x-minikv-version` carries the new version
+    GET    /kv/{key}        -> 200 raw value (`x-minikv-version`), 404 when absent;
+                            `?consistency=stale` reads this replica's applied state
+    DELETE /kv/{key}        -> 204 when the key existed, 404 when it did not
+    GET    /kv?prefix=&start=&end=&limit=&consistency=
+                            -> 200 {"items": [{"key", "value", "version"}], "more": bool}
+    GET    /admin/status | /admin/shards | /admin/wal | /admin/sstables   -> JSON documents
+    POST   /admin/fault {"drop_to": [ids], "drop_from": [ids], "delay_ms": n, "loss": p}
+    DELETE /admin/fault     heal
+    POST   /admin/transfer-leader {"shard": s, "node": n}
+    POST   /admin/snapshot {"shards": [..]} | /admin/compact {"shards": [..]} (body optional)
+    GET    /metrics         Prometheus text
+    GET    /health/live     200 while the process serves
+    GET    /health/ready    200, or 503 {"error": "not_ready", "detail": reason}
+
+Keys in paths and query parameters are percent-encoded bytes: `/kv/a%2Fb` is the key `a/b`
+and `%FF` the byte 0xFF, so any binary key is addressable (the raw path is decoded, never a
+UTF-8 reading of it). Every data request takes `?timeout_ms=` (default 5000, at most 60000);
+a request never hangs past its deadline: the answer is then 504.
+
+Scan encoding: `key` and `value` are JSON strings when the bytes are valid UTF-8; otherwise
+the item carries `key_b64` / `value_b64` (standard base64) instead, so a binary value is never
+mangled and a text value stays readable. `more: true` means `limit` (or the 4 MiB answer
+bound) cut the answer: resume with `start` = the last key followed by the byte 0x00.
+
+Limits: keys 1..4096 bytes (413 above), values up to the node's `value_size_bytes_max`
+(default 1 MiB; 413 above). The body is read with that cap and never buffered past it; a
+`Content-Length` over the cap is refused before reading. 503 answers carry `Retry-After`
+(seconds) and, when a leader is known, `x-minikv-leader` (its node id).
+
+`/admin/*` routes (status, fault injection, leadership, snapshots) answer 403 to non-loopback
+clients unless the node runs with `admin_allow_remote`; `/metrics` and `/health/*` answer
+everyone (scrapers and load balancers live elsewhere).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import socket
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+from aiohttp import web
+
+from minikv_core.cluster.service import (
+    Consistency,
+    InvalidRequestError,
+    NodeService,
+    NotFoundError,
+    ScanRequest,
+    ScanResult,
+    ServiceError,
+    UnavailableError,
+)
+from minikv_core.net import api, limits
+from minikv_core.net.api import ApiConfig
+from minikv_core.net.errors_map import (
+    LEADER_HINT_KEY,
+    VERSION_HEADER,
+    mapping_for,
+    retry_after_header_s,
+)
+from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
+
+logger = logging.getLogger(__name__)
+
+KV_PREFIX: Final = "/kv/"
+KEY_ROUTE: Final = r"/kv/{key:[\s\S]+}"
+"""Any key, newlines and slashes included (`.` would not match a decoded newline byte)."""
+_JSON: Final = "application/json"
+_OCTETS: Final = "application/octet-stream"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port` (port 0: any free port). Raises OSError."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, protocol, _, address = infos[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(limits.HTTP_LISTEN_BACKLOG)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def encode_bytes_field(name: str, data: bytes, into: dict[str, Any]) -> None:
+    """`into[name] = text` when `data` is valid UTF-8, else `into[name + "_b64"] = base64`."""
+    try:
+        into[name] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        into[f"{name}_b64"] = base64.b64encode(data).decode("ascii")
+
+
+def decode_bytes_field(item: Mapping[str, Any], name: str) -> bytes:
+    """The inverse of `encode_bytes_field` (for clients of the HTTP API and the tests)."""
+    if name in item:
+        return str(item[name]).encode("utf-8")
+    try:
+        return base64.b64decode(str(item[f"{name}_b64"]), validate=True)
+    except (KeyError, binascii.Error) as error:
+        raise ValueError(f"item has neither {name!r} nor a valid {name}_b64: {item!r}") from error
+
+
+def scan_document(result: ScanResult) -> dict[str, Any]:
+    items: list[dict[str, Any]] = []
+    for scanned in result.items:
+        item: dict[str, Any] = {}
+        encode_bytes_field("key", scanned.key, item)
+        encode_bytes_field("value", scanned.value, item)
+        item["version"] = scanned.version
+        items.append(item)
+    return {"items": items, "more": result.more}
+
+
+def _json_response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, separators=(",", ":")).encode("utf-8"),
+        content_type=_JSON,
+        headers=headers,
+    )
+
+
+def error_response(error: ServiceError) -> web.Response:
+    mapping = mapping_for(error)
+    headers: dict[str, str] = {}
+    if isinstance(error, UnavailableError):
+        headers["Retry-After"] = retry_after_header_s(error)
+        if error.leader_hint > 0:
+            headers[LEADER_HINT_KEY] = str(error.leader_hint)
+    return _json_response(
+        mapping.http_status, {"error": mapping.name, "detail": str(error)}, headers
+    )
+
+
+def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, bytes]:
+    """Query parameters as raw bytes (percent-decoded, `+` is a space); unknown or repeated
+    names are refused, so a typo (`limt=`) is an error instead of a silent default."""
+    params: dict[str, bytes] = {}
+    raw = request.rel_url.raw_query_string
+    if not raw:
+        return params
+    for part in raw.split("&"):
+        if not part:
+            continue
+        name_raw, _, value_raw = part.partition("=")
+        name = urllib.parse.unquote_plus(name_raw)
+        if name not in allowed:
+            known = ", ".join(allowed) if allowed else "none"
+            raise InvalidRequestError(f"unknown query parameter {name!r}; known: {known}")
+        if name in params:
+            raise InvalidRequestError(f"query parameter {name!r} given more than once")
+        params[name] = urllib.parse.unquote_to_bytes(value_raw.replace("+", " "))
+    return params
+
+
+def _text(params: Mapping[str, bytes], name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise InvalidRequestError(f"{name} must be ASCII, got {value!r}") from None
+
+
+def _consistency(params: Mapping[str, bytes]) -> Consistency:
+    text = _text(params, "consistency")
+    if text is None:
+        return Consistency.LINEARIZABLE
+    try:
+        return Consistency(text)
+    except ValueError:
+        choices = ", ".join(c.value for c in Consistency)
+        raise InvalidRequestError(f"consistency must be one of {choices}, got {text!r}") from None
+
+
+class HttpApi:
+    """The aiohttp application of one node, and its listener.
+
+    Lifecycle: `await start(host, port)` (returns the bound port; port 0 picks a free one),
+    then `await stop()` once: it stops accepting, lets in-flight requests finish (up to
+    API_SHUTDOWN_GRACE_S), then closes.
+    """
+
+    def __init__(self, service: NodeService, config: ApiConfig, metrics: NodeMetrics) -> None:
+        self._service = service
+        self._config = config
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+        self.app = self._build()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind `host:port` and serve; returns the bound port. Raises OSError (in use)."""
+        return await self.start_on(bind_socket(host, port))
+
+    async def start_on(self, sock: socket.socket) -> int:
+        """Serve on an already bound socket (the server binds before it opens the node, so a
+        port in use fails before any data is touched); returns its port."""
+        assert self._runner is None, "start() called twice"
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            max_line_size=limits.HTTP_REQUEST_LINE_BYTES_MAX,
+            shutdown_timeout=limits.API_SHUTDOWN_GRACE_S,
+        )
+        await runner.setup()
+        site = web.SockSite(runner, sock)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        return int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # --- routing ----------------------------------------------------------------------------
+
+    def _build(self) -> web.Application:
+        # Bodies are read by hand with their own caps (values, admin JSON); this bounds any
+        # path that would call request.read() anyway.
+        app = web.Application(
+            middlewares=[self._middleware], client_max_size=limits.ADMIN_BODY_BYTES_MAX
+        )
+        router = app.router
+        router.add_get("/kv", self._scan, allow_head=False)
+        router.add_route("*", "/kv/", self._empty_key)
+        router.add_get(KEY_ROUTE, self._get)
+        router.add_put(KEY_ROUTE, self._put)
+        router.add_delete(KEY_ROUTE, self._delete)
+        admin = self._admin_only
+        router.add_get("/admin/status", admin(self._status), allow_head=False)
+        router.add_get("/admin/shards", admin(self._shards), allow_head=False)
+        router.add_get("/admin/wal", admin(self._wal), allow_head=False)
+        router.add_get("/admin/sstables", admin(self._sstables), allow_head=False)
+        router.add_post("/admin/fault", admin(self._set_fault))
+        router.add_delete("/admin/fault", admin(self._clear_fault))
+        router.add_post("/admin/transfer-leader", admin(self._transfer_leader))
+        router.add_post("/admin/snapshot", admin(self._snapshot))
+        router.add_post("/admin/compact", admin(self._compact))
+        router.add_get("/metrics", self._render_metrics, allow_head=False)
+        router.add_get("/health/live", self._live, allow_head=False)
+        router.add_get("/health/ready", self._ready, allow_head=False)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started_s = time.perf_counter()
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+        response: web.StreamResponse
+        try:
+            response = await handler(request)
+        except ServiceError as error:
+            response = error_response(error)
+        except web.HTTPMethodNotAllowed as error:
+            allow = ", ".join(sorted(error.allowed_methods))
+            response = _json_response(
+                405,
+                {
+                    "error": "method_not_allowed",
+                    "detail": f"{request.method} is not allowed on {request.path}; "
+                    f"allowed: {allow}",
+                },
+                {"Allow": allow},
+            )
+        except web.HTTPNotFound:
+            response = _json_response(
+                404, {"error": "no_route", "detail": f"no route {request.method} {request.path}"}
+            )
+        except web.HTTPException as error:
+            response = _json_response(
+                error.status, {"error": "http_error", "detail": error.reason or str(error)}
+            )
+        except Exception as error:
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            response = _json_response(
+                500, {"error": "internal", "detail": f"{type(error).__name__}: {error}"}
+            )
+        self._metrics.observe("http", route, str(response.status), started_s)
+        return response
+
+    def _admin_only(self, handler: Handler) -> Handler:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            if not self._config.admin_allow_remote and not api.is_loopback(request.remote):
+                return _json_response(
+                    403,
+                    {
+                        "error": "forbidden",
+                        "detail": f"{request.path} answers loopback clients only "
+                        "(start the node with admin_allow_remote to change this)",
+                    },
+                )
+            return await handler(request)
+
+        return guarded
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _key(self, request: web.Request) -> bytes:
+        raw_path = request.rel_url.raw_path
+        assert raw_path.startswith(KV_PREFIX), raw_path
+        key = urllib.parse.unquote_to_bytes(raw_path[len(KV_PREFIX) :])
+        api.check_key(key, self._config)
+        return key
+
+    def _deadline(self, params: Mapping[str, bytes]) -> float:
+        text = _text(params, "timeout_ms")
+        timeout_ms = (
+            self._config.request_timeout_ms_default if text is None else api.parse_timeout_ms(text)
+        )
+        return api.deadline_after_ms(timeout_ms)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The value, refused (413) as soon as it is known to exceed the value limit: from
+        `Content-Length` before reading, or while reading a chunked body."""
+        limit_bytes = self._config.value_size_bytes_max
+        declared = request.content_length
+        if declared is not None:
+            api.check_value_size(declared, self._config)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit_bytes:
+                api.check_value_size(size, self._config)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+        declared = request.content_length
+        if declared is not None and declared > limits.ADMIN_BODY_BYTES_MAX:
+            raise InvalidRequestError(
+                f"the body is {declared} bytes; admin bodies are at most "
+                f"{limits.ADMIN_BODY_BYTES_MAX} bytes"
+            )
+        data = bytearray()
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > limits.ADMIN_BODY_BYTES_MAX:
+                raise InvalidRequestError(
+                    f"admin bodies are at most {limits.ADMIN_BODY_BYTES_MAX} bytes"
+                )
+        if not data.strip():
+            return {}
+        try:
+            parsed = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequestError(
+                f"the body must be a JSON object, got {type(parsed).__name__}"
+            )
+        return parsed
+
+    # --- data -------------------------------------------------------------------------------
+
+    async def _empty_key(self, request: web.Request) -> web.StreamResponse:
+        raise InvalidRequestError("the key is empty: use /kv/{key} with a percent-encoded key")
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        params = _query(request, ("consistency", "timeout_ms"))
+        deadline = self._deadline(params)
+        consistency = _consistency(params)
+        found = await api.call_with_deadline(
+            self._service.get(key, consistency, deadline), deadline, "get"
+        )
+        return web.Response(
+            status=200,
+            body=found.value,
+            content_type=_OCTETS,
+            headers={VERSION_HEADER: str(found.version)},
+        )
+
+    async def _put(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        value = await self._read_body(request)
+        version = await api.call_with_deadline(
+            self._service.put(key, value, deadline), deadline, "put"
+        )
+        return web.Response(status=204, headers={VERSION_HEADER: str(version)})
+
+    async def _delete(self, request: web.Request) -> web.StreamResponse:
+        key = self._key(request)
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        existed = await api.call_with_deadline(
+            self._service.delete(key, deadline), deadline, "delete"
+        )
+        if not existed:
+            raise NotFoundError("the key does not exist")
+        return web.Response(status=204)
+
+    async def _scan(self, request: web.Request) -> web.StreamResponse:
+        params = _query(request, ("prefix", "start", "end", "limit", "consistency", "timeout_ms"))
+        deadline = self._deadline(params)
+        limit_text = _text(params, "limit")
+        if limit_text is None:
+            limit = limits.SCAN_LIMIT_DEFAULT
+        elif limit_text.isdigit():
+            limit = int(limit_text)
+        else:
+            raise InvalidRequestError(f"limit must be a positive integer, got {limit_text!r}")
+        api.check_scan_limit(limit)
+        bounds = {name: params.get(name, b"") for name in ("prefix", "start", "end")}
+        for name, value in bounds.items():
+            api.check_scan_bound(name, value, self._config)
+        scan = ScanRequest(
+            prefix=bounds["prefix"],
+            start=bounds["start"],
+            end=bounds["end"],
+            limit=limit,
+            consistency=_consistency(params),
+        )
+        result = await api.call_with_deadline(self._service.scan(scan, deadline), deadline, "scan")
+        return _json_response(200, scan_document(api.cut_scan(result)))
+
+    # --- admin ------------------------------------------------------------------------------
+
+    async def _status(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        return _json_response(200, self._service.status().body)
+
+    async def _shards(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        return _json_response(200, self._service.shard_map().body)
+
+    async def _wal(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        return _json_response(200, self._service.wal().body)
+
+    async def _sstables(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        return _json_response(200, self._service.sstables().body)
+
+    async def _set_fault(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        fault = api.parse_fault(await self._read_json(request))
+        self._service.set_fault(fault)
+        return _json_response(200, {"fault": api.fault_document(fault)})
+
+    async def _clear_fault(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        self._service.clear_fault()
+        return _json_response(200, {"fault": None})
+
+    async def _transfer_leader(self, request: web.Request) -> web.StreamResponse:
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        body = await self._read_json(request)
+        unknown = sorted(set(body) - {"shard", "node"})
+        if unknown:
+            raise InvalidRequestError(f"unknown field(s) {', '.join(unknown)}; known: shard, node")
+        shard = _non_negative_int(body, "shard")
+        node = _non_negative_int(body, "node")
+        if node == 0:
+            raise InvalidRequestError("node must be a positive node id")
+        await api.call_with_deadline(
+            self._service.transfer_leader(shard, node, deadline), deadline, "transfer-leader"
+        )
+        return _json_response(200, {"shard": shard, "leader": node})
+
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        shards = _shard_list(await self._read_json(request))
+        document = await api.call_with_deadline(
+            self._service.snapshot(shards, deadline), deadline, "snapshot"
+        )
+        return _json_response(200, document.body)
+
+    async def _compact(self, request: web.Request) -> web.StreamResponse:
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        shards = _shard_list(await self._read_json(request))
+        document = await api.call_with_deadline(
+            self._service.compact(shards, deadline), deadline, "compact"
+        )
+        return _json_response(200, document.body)
+
+    async def _render_metrics(self, request: web.Request) -> web.StreamResponse:
+        _query(request, ())
+        body = self._metrics.render()
+        response = web.Response(status=200, body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    # --- health -----------------------------------------------------------------------------
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        return _json_response(200, {"status": "live"})
+
+    async def _ready(self, request: web.Request) -> web.StreamResponse:
+        report = self._service.readiness()
+        if report.ready:
+            return _json_response(200, {"status": "ready"})
+        return _json_response(503, {"error": "not_ready", "detail": report.reason})
+
+
+def _non_negative_int(body: Mapping[str, Any], name: str) -> int:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequestError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _shard_list(body: Mapping[str, Any]) -> list[int] | None:
+    unknown = sorted(set(body) - {"shards"})
+    if unknown:
+        raise InvalidRequestError(f"unknown field(s) {', '.join(unknown)}; known: shards")
+    shards = body.get("shards")
+    if shards is None:
+        return None
+    if not isinstance(shards, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shards
+    ):
+        raise InvalidRequestError(f"shards must be a list of shard numbers, got {shards!r}")
+    return shards or None

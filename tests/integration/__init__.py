@@ -1,0 +1,1 @@
+"""Multi-process tests: real `minikv serve` processes, real sockets, real fsync."""

@@ -1,0 +1,255 @@
+"""The client: shard routing and leader cache (pure), then the async and sync clients against
+a real three-node cluster in this process (real nodes, sockets, files)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minikv_core.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    Consistency,
+    DeadlineExceededError,
+    InvalidRequestError,
+    NotFoundError,
+    ShardRouting,
+    TooLargeError,
+    UnavailableError,
+    _Router,
+)
+from minikv_core.cluster.shard_map import shard_for_key
+from minikv_core.server import NodeServer
+from tests.net.api_harness import configs, node_of, running
+
+# --- routing (pure) --------------------------------------------------------------------------
+
+MAP: dict[str, Any] = {
+    "epoch": 3,
+    "shard_count": 4,
+    "nodes": {"1": {"grpc": "h:1"}, "2": {"grpc": "h:2"}, "3": {"grpc": "h:3"}},
+    "shards": [
+        {"shard": 0, "replicas": [1, 2, 3], "leader": 1},
+        {"shard": 1, "replicas": [1, 2, 3], "leader": 2},
+        {"shard": 2, "replicas": [2, 3], "leader": 0},
+        {"shard": 3, "replicas": [1, 3], "leader": 3},
+    ],
+}
+
+
+def test_shard_map_document_is_parsed_into_routing() -> None:
+    routing = ShardRouting.from_document(MAP)
+    assert routing.epoch == 3 and routing.shard_count == 4
+    assert routing.addresses == {1: "h:1", 2: "h:2", 3: "h:3"}
+    assert routing.leaders == {0: 1, 1: 2, 3: 3}, "a leader of 0 means unknown"
+    assert routing.replicas[2] == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {},
+        {"shard_count": 0, "nodes": {}, "shards": []},
+        {"shard_count": 2, "nodes": {"1": {}}, "shards": []},
+        {"shard_count": 2, "nodes": {"1": {"grpc": "h:1"}}, "shards": [{"replicas": "x1"}]},
+    ],
+)
+def test_malformed_shard_maps_are_refused(broken: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"malformed shard map|no gRPC address"):
+        ShardRouting.from_document(broken)
+
+
+def test_router_sends_to_the_cached_leader_and_follows_hints() -> None:
+    router = _Router(["seed:1"], random.Random(1))
+    assert router.target(None, 0) == "seed:1", "before any map: the first seed"
+    router.install(ShardRouting.from_document(MAP))
+    assert router.target(1, 0) == "h:2"
+    assert router.learn_leader(1, 3) is True, "a new leader is worth an instant retry"
+    assert router.target(1, 0) == "h:3"
+    assert router.learn_leader(1, 3) is False, "the same hint again is not"
+    assert router.learn_leader(1, 9) is False, "a node without an address is ignored"
+    router.forget_leader(2)
+    assert router.target(2, 0) in ("h:2", "h:3"), "no leader: a replica (it forwards)"
+    assert {router.target(2, attempt) for attempt in range(4)} == {"h:2", "h:3"}
+
+
+def test_router_keeps_the_newer_map_epoch() -> None:
+    router = _Router(["seed:1"], random.Random(1))
+    router.install(ShardRouting.from_document(MAP))
+    older = dict(MAP, epoch=2, nodes={"1": {"grpc": "old:1"}})
+    router.install(ShardRouting.from_document(older))
+    assert router.routing is not None and router.routing.epoch == 3
+
+
+def test_router_routes_keys_with_the_node_shard_function() -> None:
+    router = _Router(["seed:1"], random.Random(1))
+    router.install(ShardRouting.from_document(MAP))
+    for key in (b"a", b"user/1", b"\x00\xff"):
+        assert router.shard_of(key) == shard_for_key(key, 4)
+
+
+def test_bad_endpoints_and_timeouts_are_refused_up_front() -> None:
+    with pytest.raises(InvalidRequestError, match="at least one endpoint"):
+        AsyncClient([])
+    with pytest.raises(InvalidRequestError, match="host:port"):
+        AsyncClient(["nohost"])
+    with pytest.raises(InvalidRequestError, match="timeout_s"):
+        AsyncClient(["h:1"], timeout_s=0)
+
+
+# --- against a real cluster -----------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[list[NodeServer]]:
+    async with running(configs(tmp_path, 3, shards=4, replicas=3)) as servers:
+        yield servers
+
+
+def endpoints(servers: list[NodeServer]) -> list[str]:
+    return [server.grpc_address for server in servers]
+
+
+async def test_async_client_round_trips_through_any_endpoint(
+    cluster: list[NodeServer],
+) -> None:
+    async with AsyncClient(endpoints(cluster)[2:]) as kv:
+        versions = {}
+        for n in range(20):
+            versions[n] = await kv.put(b"key%d" % n, b"value%d" % n)
+        for n in range(20):
+            found = await kv.get_versioned(b"key%d" % n)
+            assert (found.value, found.version) == (b"value%d" % n, versions[n])
+        assert await kv.get(b"key3", consistency=Consistency.STALE) in (b"value3",)
+        assert await kv.delete(b"key3") is True
+        assert await kv.delete(b"key3") is False
+        with pytest.raises(NotFoundError):
+            await kv.get(b"key3")
+        page = await kv.scan(prefix=b"key", limit=5)
+        assert [item.key for item in page.items] == sorted(
+            b"key%d" % n for n in range(20) if n != 3
+        )[:5]
+        assert page.more
+        document = await kv.shard_map()
+        assert document["shard_count"] == 4
+        status = await kv.status()
+        assert status["node_id"] == 3
+
+
+def grpc_puts(server: NodeServer) -> int:
+    """KV.Put calls this node answered OK, from its own /metrics registry."""
+    value = server.metrics.registry.get_sample_value(
+        "minikv_requests_total", {"api": "grpc", "route": "KV.Put", "code": "OK"}
+    )
+    return int(value or 0)
+
+
+async def test_client_sends_each_key_straight_to_its_shard_leader(
+    cluster: list[NodeServer],
+) -> None:
+    async with AsyncClient(endpoints(cluster)[:1]) as kv:
+        routing = ShardRouting.from_document(await kv.shard_map())
+        before = {server.config.node_id: grpc_puts(server) for server in cluster}
+        expected = dict.fromkeys(before, 0)
+        for n in range(24):
+            key = b"routed%d" % n
+            await kv.put(key, b"v")
+            expected[routing.leaders[shard_for_key(key, routing.shard_count)]] += 1
+        after = {server.config.node_id: grpc_puts(server) for server in cluster}
+    # No hop through a follower: each leader answered exactly the puts of its shards (a
+    # forwarded put would be counted twice, once by the follower and once by the leader).
+    assert {n: after[n] - before[n] for n in after} == expected
+
+
+async def test_client_errors_are_typed(cluster: list[NodeServer]) -> None:
+    async with AsyncClient(endpoints(cluster)) as kv:
+        with pytest.raises(TooLargeError, match="4096"):
+            await kv.put(b"k" * 4097, b"v")
+        with pytest.raises(InvalidRequestError, match="empty"):
+            await kv.put(b"", b"v")
+        with pytest.raises(InvalidRequestError, match="bytes"):
+            await kv.put("text", b"v")  # type: ignore[arg-type]
+        with pytest.raises(InvalidRequestError, match="limit"):
+            await kv.scan(limit=0)
+        assert issubclass(NotFoundError, ClientError)
+
+
+async def test_client_without_a_reachable_leader_raises_within_its_deadline(
+    tmp_path: Path,
+) -> None:
+    lonely = configs(tmp_path, 1, shards=1, replicas=3, peers_count=3)
+    async with (
+        running(lonely, wait_ready=False) as [server],
+        AsyncClient([server.grpc_address], timeout_s=0.5) as kv,
+    ):
+        started = asyncio.get_running_loop().time()
+        with pytest.raises((UnavailableError, DeadlineExceededError)):
+            await kv.put(b"k", b"v")
+        assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_client_follows_a_leader_change(cluster: list[NodeServer]) -> None:
+    async with AsyncClient(endpoints(cluster)) as kv:
+        key = b"moving"
+        await kv.put(key, b"1")
+        routing = ShardRouting.from_document(await kv.shard_map())
+        shard = shard_for_key(key, routing.shard_count)
+        old = routing.leaders[shard]
+        new = next(n for n in routing.replicas[shard] if n != old)
+        leader_server = cluster[old - 1]
+        await node_of(leader_server).transfer_leader(
+            shard, new, asyncio.get_running_loop().time() + 5
+        )
+        # The cached leader is stale now; the answer's hint (or forwarding) gets it there.
+        assert await kv.put(key, b"2") > 0
+        assert await kv.get(key) == b"2"
+
+
+def test_sync_client_works_from_plain_threads(tmp_path: Path) -> None:
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+    ready = threading.Event()
+    done = threading.Event()
+    holder: dict[str, list[str]] = {}
+
+    async def serve() -> None:
+        async with running(configs(tmp_path, 1, shards=2, replicas=1)) as servers:
+            holder["endpoints"] = endpoints(servers)
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.01)
+
+    server_thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    server_thread.start()
+    try:
+        assert ready.wait(30), "nodes did not start"
+        with Client(holder["endpoints"]) as kv:
+
+            def worker(n: int) -> None:
+                try:
+                    kv.put(b"t%d" % n, b"v%d" % n)
+                    results.append(kv.get(b"t%d" % n))
+                except BaseException as error:
+                    errors.append(error)
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert not errors, errors
+            assert sorted(results) == [b"v0", b"v1", b"v2", b"v3"]
+            assert kv.delete(b"t0") is True
+            with pytest.raises(NotFoundError):
+                kv.get(b"t0")
+            assert kv.scan(prefix=b"t").items[0].key == b"t1"
+    finally:
+        done.set()
+        server_thread.join(30)

@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Final
 
 from minikv_core.cluster import limits as cluster_limits
+from minikv_core.net import limits as net_limits
 from minikv_core.raft import limits as raft_limits
 from minikv_core.storage import limits as wal_limits
 
@@ -46,7 +47,9 @@ ELECTION_TIMEOUT_TICKS_DEFAULT: Final = raft_limits.ELECTION_TIMEOUT_TICKS
 HEARTBEAT_INTERVAL_TICKS_DEFAULT: Final = raft_limits.HEARTBEAT_INTERVAL_TICKS
 
 REQUEST_TIMEOUT_MS_DEFAULT: Final = 5_000
-REQUEST_TIMEOUT_MS_MAX: Final = 600_000
+REQUEST_TIMEOUT_MS_MAX: Final = net_limits.REQUEST_TIMEOUT_MS_MAX
+"""The client APIs refuse (HTTP) or cap (gRPC) deadlines past net/limits.py's bound, so a node
+timeout above it could never be honoured: the one constant keeps config and APIs in step."""
 
 VALUE_SIZE_BYTES_DEFAULT: Final = 1 * MIB
 VALUE_SIZE_BYTES_MAX: Final = cluster_limits.COMMAND_VALUE_SIZE_BYTES_MAX

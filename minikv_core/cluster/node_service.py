@@ -11,7 +11,9 @@ Data path (every call bounded by its absolute `deadline`, a `time.monotonic()` v
   the fault filter covers it), then wait for applied >= read index and read locally. A node
   that holds no replica of the shard forwards. Stale: the local replica's state as is.
 - scan: every shard is scanned concurrently (each up to `limit` items, in key order), and the
-  results are merged in key order; `more` is true when any shard had more or the merge cut.
+  results are merged in key order by `merge_shard_scans`, which stops at the smallest last key
+  of the parts that came back cut short (by `limit` or by a forwarded answer's byte bound), so
+  a client resuming after the last key returned never skips the rest of a short shard.
 
 Forwarding rule: a forwarded request is served by the receiver with the `local_*` methods,
 which never forward again (they raise UnavailableError with the leader hint), so a request
@@ -30,7 +32,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
 from minikv_core.cluster.commands import DeleteCommand, PutCommand
@@ -429,14 +431,14 @@ class Node:
         except BaseExceptionGroup as group:
             raise _first_service_error(group) from None
         parts = [task.result() for task in running]
-        merged = list(
-            itertools.islice(
-                heapq.merge(*(part.items for part in parts), key=lambda item: item.key),
-                request.limit + 1,
-            )
-        )
-        more = len(merged) > request.limit or any(part.more for part in parts)
-        return ScanResult(tuple(merged[: request.limit]), more)
+        for shard, part in enumerate(parts):
+            if part.more and not part.items:
+                # A part cut before its first item gives no resume point: merging it would
+                # either skip that shard or answer an empty page with `more` forever.
+                raise UnavailableError(
+                    f"shard {shard} answered a scan part cut short with no items; retry"
+                )
+        return merge_shard_scans(parts, request.limit)
 
     async def _scan_shard(
         self, shard: int, request: ScanRequest, deadline: float, local: bool
@@ -738,6 +740,47 @@ class Node:
             return AdminDocument({"compacted": results})
 
         return await self._serve(deadline, work)
+
+
+def merge_shard_scans(
+    parts: Sequence[ScanResult], limit: int, *, reverse: bool = False
+) -> ScanResult:
+    """Merge per-shard scan parts (each in key order) into one page of at most `limit` items.
+
+    Why the cut: a part marked `more` holds only a prefix of its shard's range, ending at its
+    last key L. Keys of other shards past L may be returned only if the short shard's keys up
+    to them were returned too, which is unknown past L. So the page stops at the smallest L
+    among the cut parts (the largest for `reverse`, whose parts run in descending order).
+    Invariant protected: every key <= the page's last key (>= for `reverse`) in every shard
+    is in the page, so resuming from last key + b"\\x00" (reverse: end = last key) sees each
+    key exactly once.
+
+    `more` is set when any part was cut or the merge exceeded `limit`. A cut part must hold at
+    least one item (ValueError otherwise): it is the only resume point that part gives.
+    """
+    if limit < 1:
+        raise ValueError(f"scan limit must be at least 1, got {limit}")
+    bound: bytes | None = None
+    for index, part in enumerate(parts):
+        if not part.more:
+            continue
+        if not part.items:
+            raise ValueError(f"scan part {index} is cut short (`more`) but holds no items")
+        last = part.items[-1].key
+        if bound is None or (last > bound if reverse else last < bound):
+            bound = last
+    merged_all: Iterator[ScanItem] = heapq.merge(
+        *(part.items for part in parts), key=lambda item: item.key, reverse=reverse
+    )
+    if bound is not None:
+        stop = bound
+        merged_all = itertools.takewhile(
+            (lambda item: item.key >= stop) if reverse else (lambda item: item.key <= stop),
+            merged_all,
+        )
+    merged = list(itertools.islice(merged_all, limit + 1))
+    more = bound is not None or len(merged) > limit
+    return ScanResult(tuple(merged[:limit]), more)
 
 
 def _first_service_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from minikv_core.cluster import config as config_module
 from minikv_core.cluster.config import (
     IdentityError,
     IdentityMismatchError,
@@ -15,6 +16,7 @@ from minikv_core.cluster.config import (
     NodeIdentity,
     derive_cluster_id,
 )
+from minikv_core.net import limits as net_limits
 
 PEERS = {1: "127.0.0.1:9001", 2: "127.0.0.1:9002", 3: "127.0.0.1:9003"}
 
@@ -143,3 +145,12 @@ def test_identity_file_is_human_readable_json(tmp_path: Path) -> None:
     assert document["node_id"] == 1
     assert document["peers"] == {str(k): v for k, v in PEERS.items()}
     assert document["bootstrapped"] is False
+
+
+def test_request_timeout_bound_is_the_api_deadline_cap(tmp_path: Path) -> None:
+    """A node timeout the APIs would refuse or cap must be refused at config time instead."""
+    assert config_module.REQUEST_TIMEOUT_MS_MAX == net_limits.REQUEST_TIMEOUT_MS_MAX
+    at_cap = make(tmp_path, request_timeout_ms=net_limits.REQUEST_TIMEOUT_MS_MAX)
+    assert at_cap.request_timeout_s == net_limits.REQUEST_TIMEOUT_MS_MAX / 1000.0
+    with pytest.raises(ValueError, match="request_timeout_ms must be in"):
+        make(tmp_path, request_timeout_ms=net_limits.REQUEST_TIMEOUT_MS_MAX + 1)

@@ -11,7 +11,7 @@ PROTO_DIR     := minikv_core/net/proto
 PROTOS        := $(wildcard $(PROTO_DIR)/*.proto)
 PYTEST_ARGS   ?=
 
-.PHONY: tui test test-slow lint proto clean
+.PHONY: tui test test-slow lint bench proto clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minikv needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -40,6 +40,13 @@ test: lint
 # The long runs: thousands of simulator steps per seed, and the other `slow`-marked tests.
 test-slow: $(DEV_STAMP)
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+# Benchmarks print comparable numbers (and a peer's, side by side); record them with the
+# command in docs/benchmarks.md.
+bench: $(DEV_STAMP)
+	$(BIN)/minikv bench engine
+	$(PY) -m minikv_core.raft.bench --entries 500000
+	$(BIN)/minikv wal bench
 
 # The generated modules are committed; tests/test_proto_generated.py fails if they drift.
 proto: $(DEV_STAMP)

@@ -35,6 +35,7 @@ after, then deletes them (raft_log.py: "installing a snapshot from the leader").
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import heapq
 import io
@@ -182,8 +183,10 @@ class _Bucket:
     waiters: dict[int, asyncio.Future[ApplyResult]]
 
 
-class Group:
-    """What every group shares: the RawNode, reads, applied waits, leadership bookkeeping."""
+class Group(abc.ABC):
+    """What every group shares: the RawNode, reads, applied waits, leadership bookkeeping.
+
+    Subclasses say what "applied" means for their state machine (`ShardGroup`, `MetaGroup`)."""
 
     def __init__(self, group_id: int, raw: RawNode, storage: GroupStorage) -> None:
         self.group_id = group_id
@@ -211,8 +214,8 @@ class Group:
         return self.raw.role == Role.LEADER
 
     @property
-    def applied_index(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def applied_index(self) -> int: ...
 
     @property
     def snapshot_index(self) -> int:
@@ -226,6 +229,7 @@ class Group:
         self._ready = self.raw.ready()
         return self._ready
 
+    @abc.abstractmethod
     def prepare_snapshot(self, ready: Ready) -> None:
         """Before persist: make a received snapshot's data durable (blocking; from a thread)."""
 
@@ -267,8 +271,8 @@ class Group:
         self._ready = None
         self._applied_ready = None
 
-    def _apply(self, ready: Ready) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _apply(self, ready: Ready) -> None: ...
 
     # --- reads
 

@@ -183,9 +183,9 @@ class ShardStateMachine:
         """
         applied = self._engine.applied_index
         expected = applied + 1
-        todo: list[Entry] = []
+        to_apply: list[Entry] = []
         for entry in entries:
-            if entry.index <= applied and not todo:
+            if entry.index <= applied and not to_apply:
                 self._entries_skipped += 1
                 continue
             if entry.index != expected:
@@ -193,10 +193,10 @@ class ShardStateMachine:
                     f"entry {entry.index} does not follow {expected - 1} (applied index "
                     f"{applied}): entries are missing, nothing was applied"
                 )
-            todo.append(entry)
+            to_apply.append(entry)
             expected += 1
         results: list[ApplyResult] = []
-        for entry in todo:
+        for entry in to_apply:
             self._apply_entry(entry, results)
         return results
 

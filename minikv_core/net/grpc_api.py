@@ -30,6 +30,7 @@ import grpc.aio
 from google.protobuf.message import DecodeError
 
 from minikv_core.cluster.service import (
+    AdminDocument,
     Consistency,
     InvalidRequestError,
     NodeService,
@@ -385,37 +386,38 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
         return await self._calls.serve(method, context, wrapped, admin=True)
 
+    async def _current_document(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        source: Callable[[], AdminDocument],
+    ) -> admin_pb2.AdminDocument:
+        """An admin document read from the node's current state (no deadline to honour)."""
+
+        async def call(deadline: float) -> Any:
+            return source().body
+
+        return await self._document(method, context, call)
+
     async def Status(  # noqa: N802
         self, request: admin_pb2.AdminRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AdminDocument:
-        async def call(deadline: float) -> Any:
-            return self._service.status().body
-
-        return await self._document("Status", context, call)
+        return await self._current_document("Status", context, self._service.status)
 
     async def ShardMap(  # noqa: N802
         self, request: admin_pb2.AdminRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AdminDocument:
-        async def call(deadline: float) -> Any:
-            return self._service.shard_map().body
-
-        return await self._document("ShardMap", context, call)
+        return await self._current_document("ShardMap", context, self._service.shard_map)
 
     async def Wal(  # noqa: N802
         self, request: admin_pb2.AdminRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AdminDocument:
-        async def call(deadline: float) -> Any:
-            return self._service.wal().body
-
-        return await self._document("Wal", context, call)
+        return await self._current_document("Wal", context, self._service.wal)
 
     async def SSTables(  # noqa: N802
         self, request: admin_pb2.AdminRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.AdminDocument:
-        async def call(deadline: float) -> Any:
-            return self._service.sstables().body
-
-        return await self._document("SSTables", context, call)
+        return await self._current_document("SSTables", context, self._service.sstables)
 
     async def Readiness(  # noqa: N802
         self, request: admin_pb2.AdminRequest, context: grpc.aio.ServicerContext

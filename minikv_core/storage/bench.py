@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from minikv_core.storage.engine import prefix_successor
 from minikv_core.storage.store import Store
 
 KEYS_PER_PREFIX = 1_000
@@ -104,7 +105,7 @@ class MinikvSystem:
             self._store = None
 
     def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        self._opened().write_batch([(key, value) for key, value in items])
+        self._opened().write_batch(items)
 
     def get(self, key: bytes) -> bytes | None:
         return self._opened().get(key)
@@ -150,6 +151,7 @@ class SqliteSystem:
 
     def scan_prefix(self, prefix: bytes, limit: int) -> int:
         end = prefix_successor(prefix)
+        assert end is not None, "benchmark prefixes are never all 0xff bytes"
         rows = (
             self._opened()
             .execute(
@@ -159,13 +161,6 @@ class SqliteSystem:
             .fetchall()
         )
         return len(rows)
-
-
-def prefix_successor(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with `prefix`."""
-    trimmed = prefix.rstrip(b"\xff")
-    assert trimmed, "a prefix of only 0xff bytes has no successor"
-    return trimmed[:-1] + bytes([trimmed[-1] + 1])
 
 
 def key_of(i: int) -> bytes:

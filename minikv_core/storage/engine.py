@@ -409,13 +409,13 @@ def _effective_range(
     if prefix:
         if start is None or start < prefix:
             start = prefix
-        successor = _prefix_successor(prefix)
+        successor = prefix_successor(prefix)
         if successor is not None and (end is None or end > successor):
             end = successor
     return start, end
 
 
-def _prefix_successor(prefix: bytes) -> bytes | None:
+def prefix_successor(prefix: bytes) -> bytes | None:
     """The smallest key above every key starting with `prefix`; None if there is none."""
     trimmed = prefix.rstrip(b"\xff")
     if not trimmed:

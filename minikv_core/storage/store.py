@@ -125,13 +125,18 @@ class Store:
         """
         if len(writes) > LSM_BATCH_OPS_MAX:
             raise ValueError(f"batch of {len(writes)} ops exceeds the limit of {LSM_BATCH_OPS_MAX}")
+        # The WAL record and the engine batch are built in one pass over the checked writes.
         ops: list[KvOp] = []
+        engine_ops: list[Op] = []
         for key, value in writes:
             checked_key = check_key(key)
             if value is None:
                 ops.append(KvOp(OpKind.DELETE, checked_key))
+                engine_ops.append(Delete(checked_key))
             else:
-                ops.append(KvOp(OpKind.PUT, checked_key, check_value(value, checked_key)))
+                checked_value = check_value(value, checked_key)
+                ops.append(KvOp(OpKind.PUT, checked_key, checked_value))
+                engine_ops.append(Put(checked_key, checked_value))
         with self._write_lock:
             self._check_open()
             sequence = self._sequence + 1
@@ -140,7 +145,7 @@ class Store:
             # Durable from here: a failure below must not let the sequence be reused.
             self._sequence = sequence
             self._unflushed.append((sequence, position))
-            self._engine.apply(_engine_ops(ops), sequence)
+            self._engine.apply(engine_ops, sequence)
             self._truncate_flushed()
         return sequence
 

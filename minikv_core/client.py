@@ -410,15 +410,78 @@ class AsyncClient:
     ) -> dict[str, Any]:
         """`Admin.Status` of `endpoint` (default: the first endpoint given). Admin calls are
         answered to loopback clients only unless the node allows remote admin."""
+        return await self._admin(endpoint, "Status", admin_pb2.AdminRequest(), timeout_s)
+
+    async def wal(
+        self, endpoint: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """`Admin.Wal`: the node's WAL segments (name, size, records, index range, state)."""
+        return await self._admin(endpoint, "Wal", admin_pb2.AdminRequest(), timeout_s)
+
+    async def sstables(
+        self, endpoint: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """`Admin.SSTables`: per shard replica on the node, its memtable and table files."""
+        return await self._admin(endpoint, "SSTables", admin_pb2.AdminRequest(), timeout_s)
+
+    async def set_fault(
+        self,
+        endpoint: str,
+        *,
+        drop_to: Sequence[int] = (),
+        drop_from: Sequence[int] = (),
+        delay_ms: int = 0,
+        loss: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Replace the node's fault rules: traffic to/from the listed peers is dropped, the
+        rest delayed by `delay_ms` and lost with probability `loss`. Partitions are built from
+        this, one node at a time (a symmetric cut sets both directions on both sides)."""
+        request = admin_pb2.FaultRequest(
+            drop_to=list(drop_to), drop_from=list(drop_from), delay_ms=delay_ms, loss=loss
+        )
+        return await self._admin(endpoint, "Fault", request, timeout_s)
+
+    async def clear_fault(self, endpoint: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Remove every fault rule of the node (heal its side of any partition)."""
+        return await self._admin(endpoint, "ClearFault", admin_pb2.AdminRequest(), timeout_s)
+
+    async def transfer_leader(
+        self, endpoint: str, shard: int, node: int, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Ask the node (which should lead `shard`, or forwards) to hand leadership to `node`."""
+        request = admin_pb2.TransferLeaderRequest(shard=shard, node=node)
+        return await self._admin(endpoint, "TransferLeader", request, timeout_s)
+
+    async def snapshot(
+        self, endpoint: str, shards: Sequence[int] = (), *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Flush and snapshot the node's replicas of `shards` (all when empty)."""
+        request = admin_pb2.ShardsRequest(shards=list(shards))
+        return await self._admin(endpoint, "Snapshot", request, timeout_s)
+
+    async def compact(
+        self, endpoint: str, shards: Sequence[int] = (), *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Run a full compaction of the node's replicas of `shards` (all when empty)."""
+        request = admin_pb2.ShardsRequest(shards=list(shards))
+        return await self._admin(endpoint, "Compact", request, timeout_s)
+
+    async def _admin(
+        self, endpoint: str | None, method: str, request: Any, timeout_s: float | None
+    ) -> dict[str, Any]:
+        """One admin RPC to one node: admin calls are about that node, so they are never
+        routed or retried elsewhere."""
         address = _check_endpoint(endpoint) if endpoint is not None else self._router.seeds[0]
         deadline = self._deadline(timeout_s)
+        stub = admin_pb2_grpc.AdminStub(self._channel(address))
         try:
-            answer = await admin_pb2_grpc.AdminStub(self._channel(address)).Status(
-                admin_pb2.AdminRequest(), timeout=max(0.0, deadline - time.monotonic())
+            answer = await getattr(stub, method)(
+                request, timeout=max(0.0, deadline - time.monotonic())
             )
         except grpc.aio.AioRpcError as error:
             raise _from_rpc(error) from None
-        return _json_object(answer.json, f"status of {address}")
+        return _json_object(answer.json, f"{method} of {address}")
 
     # --- machinery --------------------------------------------------------------------------
 
@@ -662,6 +725,53 @@ class Client:
         self, endpoint: str | None = None, *, timeout_s: float | None = None
     ) -> dict[str, Any]:
         return self._run(self._async.status(endpoint, timeout_s=timeout_s))
+
+    def wal(self, endpoint: str | None = None, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._run(self._async.wal(endpoint, timeout_s=timeout_s))
+
+    def sstables(
+        self, endpoint: str | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._async.sstables(endpoint, timeout_s=timeout_s))
+
+    def set_fault(
+        self,
+        endpoint: str,
+        *,
+        drop_to: Sequence[int] = (),
+        drop_from: Sequence[int] = (),
+        delay_ms: int = 0,
+        loss: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        return self._run(
+            self._async.set_fault(
+                endpoint,
+                drop_to=drop_to,
+                drop_from=drop_from,
+                delay_ms=delay_ms,
+                loss=loss,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def clear_fault(self, endpoint: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._run(self._async.clear_fault(endpoint, timeout_s=timeout_s))
+
+    def transfer_leader(
+        self, endpoint: str, shard: int, node: int, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._async.transfer_leader(endpoint, shard, node, timeout_s=timeout_s))
+
+    def snapshot(
+        self, endpoint: str, shards: Sequence[int] = (), *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._async.snapshot(endpoint, shards, timeout_s=timeout_s))
+
+    def compact(
+        self, endpoint: str, shards: Sequence[int] = (), *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return self._run(self._async.compact(endpoint, shards, timeout_s=timeout_s))
 
 
 async def _make_async(

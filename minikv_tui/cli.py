@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from minikv_core import __version__
-from minikv_tui.commands import bench, serve, sstable, wal
+from minikv_tui.commands import bench, cluster, data, repl, serve, sstable, tui, wal
 from minikv_tui.errors import EXIT_INTERNAL, UserError, report
 
 app = typer.Typer(
@@ -33,6 +33,10 @@ app = typer.Typer(
 
 
 app.add_typer(serve.app, name="serve", rich_help_panel="Cluster")
+app.add_typer(cluster.app, name="cluster", rich_help_panel="Cluster")
+data.register(app)
+repl.register(app)
+tui.register(app)
 app.add_typer(wal.app, name="wal", rich_help_panel="Storage")
 app.add_typer(sstable.app, name="sstable", rich_help_panel="Storage")
 app.add_typer(bench.app, name="bench", rich_help_panel="Benchmarks")
@@ -56,17 +60,6 @@ def _root(
     ),
 ) -> None:
     """minikv: a distributed key-value store, and the tools to run, watch and break it."""
-
-
-@app.command(hidden=True, rich_help_panel="Interactive")
-def tui() -> None:
-    """The live cluster dashboard (not built yet)."""
-    # Hidden from --help until it exists, so the help never advertises what is not there;
-    # `make tui` lands here and must say so plainly rather than fail with "No such command".
-    raise UserError(
-        "the dashboard (`minikv tui`) is not built yet.",
-        hint="See README.md, 'What works today', for what you can run now.",
-    )
 
 
 def main() -> None:

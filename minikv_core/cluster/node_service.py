@@ -127,6 +127,10 @@ class Node:
         self._accepting = False
         self._stopped = False
         self._in_flight = 0
+        # Client-facing requests accepted (forwarded halves are not counted again), so a
+        # dashboard summing every node's numbers sees the cluster's read and write rate.
+        self._reads = 0
+        self._writes = 0
         self._drained = asyncio.Event()
         self._drained.set()
         # Proposals are matched by (term, index) first (group.py), so request ids need not be
@@ -310,6 +314,7 @@ class Node:
     async def put(self, key: bytes, value: bytes, deadline: float) -> int:
         self._check_key(key)
         self._check_value(value)
+        self._writes += 1
         return await self._serve(deadline, lambda: self._put(key, value, deadline, local=False))
 
     async def local_put(self, key: bytes, value: bytes, deadline: float) -> int:
@@ -331,6 +336,7 @@ class Node:
 
     async def delete(self, key: bytes, deadline: float) -> bool:
         self._check_key(key)
+        self._writes += 1
         return await self._serve(deadline, lambda: self._delete(key, deadline, local=False))
 
     async def local_delete(self, key: bytes, deadline: float) -> bool:
@@ -366,6 +372,7 @@ class Node:
 
     async def get(self, key: bytes, consistency: Consistency, deadline: float) -> VersionedValue:
         self._check_key(key)
+        self._reads += 1
         return await self._serve(deadline, lambda: self._get(key, consistency, deadline, False))
 
     async def local_get(
@@ -409,6 +416,7 @@ class Node:
 
     async def scan(self, request: ScanRequest, deadline: float) -> ScanResult:
         self._check_scan(request)
+        self._reads += 1
         return await self._serve(deadline, lambda: self._scan(request, deadline))
 
     async def local_scan_shard(
@@ -538,6 +546,7 @@ class Node:
                 "snapshots_received": counters.snapshots_received,
                 "requests_in_flight": self._in_flight,
             },
+            "requests": {"reads": self._reads, "writes": self._writes},
             "fault": transport.fault_filter.rules.to_dict() if transport is not None else {},
         }
         return AdminDocument(body)

@@ -143,6 +143,46 @@ async def test_async_client_round_trips_through_any_endpoint(
         assert status["node_id"] == 3
 
 
+async def test_admin_calls_reach_the_named_node(cluster: list[NodeServer]) -> None:
+    async with AsyncClient(endpoints(cluster)) as kv:
+        await kv.put(b"admin-key", b"v")
+        target = endpoints(cluster)[1]
+        wal = await kv.wal(target)
+        assert wal["segments"] and wal["segments"][0]["records"] > 0
+        tables = await kv.sstables(target)
+        assert [shard["shard"] for shard in tables["shards"]] == [0, 1, 2, 3]
+
+        cut = await kv.set_fault(target, drop_to=[1], drop_from=[3])
+        assert (cut["fault"]["drop_to"], cut["fault"]["drop_from"]) == ([1], [3])
+        status = await kv.status(target)
+        assert status["node_id"] == 2 and status["fault"]["drop_to"] == [1]
+        assert (await kv.clear_fault(target))["fault"] is None
+        assert (await kv.status(target))["fault"]["drop_to"] == []
+
+        snapshot = await kv.snapshot(target, [0])
+        assert [s["shard"] for s in snapshot["snapshots"]] == [0]
+        compact = await kv.compact(target, [0])
+        assert [s["shard"] for s in compact["compacted"]] == [0]
+        shard_map = await kv.shard_map()
+        shard = shard_map["shards"][0]
+        new_leader = next(n for n in shard["replicas"] if n != shard["leader"])
+        leader_address = endpoints(cluster)[shard["leader"] - 1]
+        await kv.transfer_leader(leader_address, 0, new_leader)
+
+        async def moved() -> bool:
+            for _ in range(100):
+                document = await kv.status(endpoints(cluster)[new_leader - 1])
+                group = next(g for g in document["groups"] if g["shard"] == 0)
+                if group["role"] == "leader":
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await moved(), "leadership of shard 0 did not move"
+        with pytest.raises(InvalidRequestError):
+            await kv.transfer_leader(leader_address, 99, new_leader)
+
+
 def grpc_puts(server: NodeServer) -> int:
     """KV.Put calls this node answered OK, from its own /metrics registry."""
     value = server.metrics.registry.get_sample_value(

@@ -761,6 +761,14 @@ class Engine:
                 prepared.append((check_key(op.key), None))
             else:
                 raise TypeError(f"ops must be Put or Delete, got {type(op).__name__}")
+        self.apply_checked(prepared, applied_index)
+
+    def apply_checked(
+        self, pairs: Sequence[tuple[bytes, bytes | None]], applied_index: int
+    ) -> None:
+        """`apply` of (key, value-or-None) pairs whose keys and values the caller has already
+        checked with `check_key` / `check_value` (the Store does, before its WAL append):
+        validating twice cost a tenth of a durable batch's CPU time."""
         with self._lock:
             self._check_writable_locked()
             if applied_index <= self._applied_index:
@@ -770,8 +778,7 @@ class Engine:
                 )
             view = self._opened_view()
             memtable = view.memtable
-            for key, value in prepared:
-                memtable.set(key, value)
+            memtable.set_many(pairs)
             memtable.applied_index = applied_index
             self._applied_index = applied_index
             full = memtable.size_bytes >= self.options.memtable_size_bytes

@@ -21,7 +21,7 @@ scans may iterate it without a lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Literal
 
@@ -121,6 +121,31 @@ class Memtable:
         self.size_bytes += self._charge(key, value)
         if value is None:
             self.tombstone_count += 1
+
+    def set_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """`set` for each pair, in order (a later pair for the same key wins), with the
+        per-call lookups hoisted: this loop runs once per key of every applied batch."""
+        entries = self.entries
+        get = entries.get
+        overhead = LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES
+        size = self.size_bytes
+        tombstones = self.tombstone_count
+        for key, value in pairs:
+            previous = get(key, ABSENT)
+            if previous is not ABSENT:
+                if previous is None:
+                    size -= len(key) + overhead
+                    tombstones -= 1
+                else:
+                    size -= len(key) + len(previous) + overhead
+            entries[key] = value
+            if value is None:
+                size += len(key) + overhead
+                tombstones += 1
+            else:
+                size += len(key) + len(value) + overhead
+        self.size_bytes = size
+        self.tombstone_count = tombstones
 
     def get(self, key: bytes) -> bytes | Literal[Absent.ABSENT] | None:
         return self.entries.get(key, ABSENT)  # type: ignore[no-any-return]

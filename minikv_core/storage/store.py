@@ -125,27 +125,22 @@ class Store:
         """
         if len(writes) > LSM_BATCH_OPS_MAX:
             raise ValueError(f"batch of {len(writes)} ops exceeds the limit of {LSM_BATCH_OPS_MAX}")
-        # The WAL record and the engine batch are built in one pass over the checked writes.
-        ops: list[KvOp] = []
-        engine_ops: list[Op] = []
+        # Each key and value is checked once, here; the WAL record and the engine take the
+        # checked pairs as they are (KvBatch.encode_pairs, Engine.apply_checked).
+        pairs: list[tuple[bytes, bytes | None]] = []
+        append = pairs.append
         for key, value in writes:
             checked_key = check_key(key)
-            if value is None:
-                ops.append(KvOp(OpKind.DELETE, checked_key))
-                engine_ops.append(Delete(checked_key))
-            else:
-                checked_value = check_value(value, checked_key)
-                ops.append(KvOp(OpKind.PUT, checked_key, checked_value))
-                engine_ops.append(Put(checked_key, checked_value))
+            append((checked_key, None if value is None else check_value(value, checked_key)))
         with self._write_lock:
             self._check_open()
             sequence = self._sequence + 1
-            payload = KvBatch(sequence, tuple(ops)).encode()
+            payload = KvBatch.encode_pairs(sequence, pairs)
             position = self._wal.append_sync([(RecordType.KV_BATCH, payload)])
             # Durable from here: a failure below must not let the sequence be reused.
             self._sequence = sequence
             self._unflushed.append((sequence, position))
-            self._engine.apply(engine_ops, sequence)
+            self._engine.apply_checked(pairs, sequence)
             self._truncate_flushed()
         return sequence
 

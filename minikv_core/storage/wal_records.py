@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -103,6 +104,26 @@ class KvBatch:
             append(pack_op(op.kind, len(key), len(value)))
             append(key)
             if value:
+                append(value)
+        return b"".join(parts)
+
+    @staticmethod
+    def encode_pairs(sequence: int, pairs: Sequence[tuple[bytes, bytes | None]]) -> bytes:
+        """The same bytes as `KvBatch(sequence, ops).encode()`, from (key, value-or-None)
+        pairs the caller has already checked: the Store's hot path, without an op object or
+        a second validation per key."""
+        _check_uint("sequence", sequence, _U64_MAX)
+        parts: list[bytes] = [_KV_BATCH_HEADER.pack(sequence, len(pairs))]
+        append = parts.append
+        pack_op = _KV_OP_HEADER.pack
+        put, delete = OpKind.PUT, OpKind.DELETE
+        for key, value in pairs:
+            if value is None:
+                append(pack_op(delete, len(key), 0))
+                append(key)
+            else:
+                append(pack_op(put, len(key), len(value)))
+                append(key)
                 append(value)
         return b"".join(parts)
 

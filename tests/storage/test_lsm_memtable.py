@@ -84,3 +84,23 @@ def test_copy_range_stops_after_limit_live_entries_keeping_tombstones_between() 
         (b"d", b"4"),
         (b"c", b"3"),
     ]
+
+
+def test_set_many_accounts_exactly_like_one_set_per_pair() -> None:
+    pairs: list[tuple[bytes, bytes | None]] = [
+        (b"a", b"1"),
+        (b"b", None),
+        (b"a", b"longer value"),
+        (b"b", b"back"),
+        (b"c", None),
+        (b"a", None),
+    ]
+    one_by_one, at_once = Memtable(0), Memtable(0)
+    for key, value in pairs:
+        one_by_one.set(key, value)
+    at_once.set_many(pairs)
+    assert (
+        dict(at_once.entries) == dict(one_by_one.entries) == {b"a": None, b"b": b"back", b"c": None}
+    )
+    assert at_once.size_bytes == one_by_one.size_bytes
+    assert at_once.tombstone_count == one_by_one.tombstone_count == 2

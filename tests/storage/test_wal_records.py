@@ -105,3 +105,10 @@ def test_fixed_size_records_reject_wrong_sizes() -> None:
         RaftSnapshotMark.decode(bytes(21))
     with pytest.raises(RecordDecodeError, match="unknown record type 77"):
         decode_record(77, b"")
+
+
+@given(u64, st.lists(kv_ops, max_size=20))
+@settings(max_examples=200)
+def test_encode_pairs_writes_the_bytes_of_the_op_encoding(sequence: int, ops: list[KvOp]) -> None:
+    pairs = [(op.key, None if op.kind == OpKind.DELETE else op.value) for op in ops]
+    assert KvBatch.encode_pairs(sequence, pairs) == KvBatch(sequence, tuple(ops)).encode()

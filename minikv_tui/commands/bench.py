@@ -1,10 +1,21 @@
-"""`minikv bench …`: benchmarks that print comparable numbers, side by side with a peer."""
+"""`minikv bench …`: benchmarks that print comparable numbers.
+
+`minikv bench --endpoints …` (no sub-command) puts closed-loop load on a running cluster and
+reports throughput and latency percentiles; `minikv bench engine` measures the storage engine
+against sqlite3 in the same run. The side-by-side run against etcd is `bench/cluster_vs_etcd.py`,
+which drives both systems with the same generator (`minikv_tui.loadgen`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import tempfile
+import time
+from collections.abc import Coroutine
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -12,11 +23,230 @@ from rich.table import Table
 
 from minikv_core.storage.bench import BenchConfig, WorkloadResult, run
 from minikv_tui.errors import EXIT_USAGE, UserError
+from minikv_tui.loadgen import CLIENTS_MAX, LoadGenerator, LoadSummary
+
+T = TypeVar("T")
+
+KEY_PREFIX: Final = b"bench/"
+VALUE_SIZE_MAX: Final = 1 << 20
+"""The node's default value limit: larger values would only measure refusals."""
+DURATION_S_MAX: Final = 24 * 3600.0
+CONNECT_TIMEOUT_S: Final = 5.0
 
 app = typer.Typer(
-    help="Benchmarks: each prints minikv and a peer measured in the same run, as a ratio.",
-    no_args_is_help=True,
+    help=(
+        "Benchmarks. Without a sub-command: closed-loop load on a running cluster "
+        "(`minikv bench --endpoints 127.0.0.1:9001 --clients 64 --duration 10 --workload put`), "
+        "throughput and p50/p90/p99/max latency. `minikv bench engine`: the storage engine "
+        "against sqlite3."
+    ),
+    invoke_without_command=True,
+    no_args_is_help=False,
+    subcommand_metavar="[engine …]",
 )
+
+
+class WorkloadChoice(StrEnum):
+    put = "put"
+    get = "get"
+    mixed = "mixed"
+
+
+@app.callback(invoke_without_command=True)
+def cluster(
+    ctx: typer.Context,
+    *,
+    endpoints: Annotated[
+        str | None,
+        typer.Option(help="gRPC addresses host:port[,host:port…] of the cluster's nodes."),
+    ] = None,
+    cluster_name: Annotated[
+        str | None,
+        typer.Option("--cluster", help="A local cluster by name (default: the only one running)."),
+    ] = None,
+    clients: Annotated[
+        int, typer.Option(help="Concurrent closed-loop clients (one request in flight each).")
+    ] = 64,
+    duration: Annotated[float, typer.Option(help="Measured seconds (after the warm-up).")] = 10.0,
+    workload: Annotated[
+        WorkloadChoice,
+        typer.Option(help="put, get (linearizable, keys preloaded) or mixed (50/50)."),
+    ] = WorkloadChoice.mixed,
+    value_size: Annotated[int, typer.Option("--value-size", help="Value size in bytes.")] = 100,
+    keys: Annotated[
+        int, typer.Option(help="Key space, under the prefix bench/ (preloaded for get, mixed).")
+    ] = 10_000,
+    warmup: Annotated[float, typer.Option(help="Unmeasured seconds of load first.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the key and operation choices.")] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object with the results, no table.")
+    ] = False,
+) -> None:
+    """Load a running cluster and report throughput and latency.
+
+    Writes go to keys under `bench/` in the cluster, overwriting what is there.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    _check_arguments(clients, duration, value_size, keys, warmup)
+    from minikv_tui.target import resolve_target  # the registry only when a run needs it
+
+    target = resolve_target(endpoints, cluster_name)
+    summary = _run(
+        _measure(
+            target.endpoints,
+            workload=workload.value,
+            clients=clients,
+            duration_s=duration,
+            warmup_s=warmup,
+            value_size=value_size,
+            keys=keys,
+            seed=seed,
+        )
+    )
+    if as_json:
+        document: dict[str, Any] = {**summary.__dict__}
+        document.update(endpoints=target.endpoints, value_size=value_size, keys=keys, seed=seed)
+        print(json.dumps(document), flush=True)
+    else:
+        Console().print(summary_table(summary, target.describe(), value_size))
+    if summary.ops == 0:
+        raise UserError(
+            f"no request succeeded in {summary.seconds:.1f} s"
+            + (f": {summary.last_error}" if summary.last_error else ""),
+            hint="Check that the cluster is up and ready (`minikv cluster status`).",
+        )
+
+
+def _check_arguments(
+    clients: int, duration: float, value_size: int, keys: int, warmup: float
+) -> None:
+    problems = []
+    if not 1 <= clients <= CLIENTS_MAX:
+        problems.append(f"--clients must be in 1..{CLIENTS_MAX} (got {clients})")
+    if not 0 < duration <= DURATION_S_MAX:
+        problems.append(f"--duration must be > 0 seconds and at most a day (got {duration})")
+    if not 0 <= value_size <= VALUE_SIZE_MAX:
+        problems.append(f"--value-size must be in 0..{VALUE_SIZE_MAX} bytes (got {value_size})")
+    if keys < 1:
+        problems.append(f"--keys must be >= 1 (got {keys})")
+    if not 0 <= warmup <= DURATION_S_MAX:
+        problems.append(f"--warmup must be >= 0 seconds (got {warmup})")
+    if problems:
+        raise UserError(
+            "; ".join(problems),
+            hint="See `minikv bench --help`.",
+            exit_code=EXIT_USAGE,
+        )
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """On uvloop when installed, as the nodes run: the client's own loop should not be the
+    bottleneck being measured."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    result: T = uvloop.run(coroutine)
+    return result
+
+
+async def _measure(
+    endpoints: list[str],
+    *,
+    workload: str,
+    clients: int,
+    duration_s: float,
+    warmup_s: float,
+    value_size: int,
+    keys: int,
+    seed: int,
+) -> LoadSummary:
+    from minikv_core.client import AsyncClient, ClientError
+
+    stderr = Console(stderr=True)
+    try:
+        client = AsyncClient(endpoints)
+    except ClientError as error:
+        raise UserError(f"--endpoints: {error}", exit_code=EXIT_USAGE) from None
+    async with client:
+        try:
+            await client.shard_map(timeout_s=CONNECT_TIMEOUT_S)
+        except ClientError as error:
+            raise UserError(
+                f"cannot reach the cluster at {', '.join(endpoints)}: {error}",
+                hint="Is it running? Check the addresses (gRPC ports) given to --endpoints.",
+            ) from None
+        generator = LoadGenerator(
+            client,
+            workload=workload,  # type: ignore[arg-type]  # checked by WorkloadChoice
+            clients=clients,
+            keys=keys,
+            value_size=value_size,
+            seed=seed,
+            prefix=KEY_PREFIX,
+        )
+        with stderr.status("starting") as status:
+            if workload != "put":
+                status.update(f"preloading {keys:,} keys")
+                try:
+                    await generator.preload()
+                except ClientError as error:
+                    raise UserError(
+                        f"preloading the key space failed: {error}",
+                        hint="Check that the cluster is ready (`minikv cluster status`).",
+                    ) from None
+            generator.start()
+            try:
+                await _progress(generator, warmup_s, "warming up", status.update)
+                generator.reset_totals()
+                await _progress(generator, duration_s, workload, status.update)
+                summary = generator.totals()
+            finally:
+                await generator.stop()
+    return summary
+
+
+async def _progress(generator: LoadGenerator, seconds: float, what: str, update: Any) -> None:
+    """Let the load run for `seconds` (the measured interval itself), showing each second's
+    throughput so a stalled cluster is visible while it happens."""
+    started = time.monotonic()
+    generator.take_window()
+    while (elapsed := time.monotonic() - started) < seconds:
+        await asyncio.sleep(min(1.0, seconds - elapsed))
+        window = generator.take_window()
+        errors = f", {window.errors} errors" if window.errors else ""
+        update(
+            f"{what}: {min(time.monotonic() - started, seconds):.0f}/{seconds:.0f} s, "
+            f"{window.ops_per_s:,.0f} ops/s{errors}"
+        )
+
+
+def summary_table(summary: LoadSummary, target: str, value_size: int) -> Table:
+    table = Table(
+        title=f"minikv bench: {summary.workload}, {summary.clients} clients, {value_size} B values",
+        caption=f"cluster {target}, {summary.seconds:.1f} s measured",
+    )
+    for column in ("ops/s", "ops", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"):
+        table.add_column(column, justify="right")
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    table.add_row(
+        f"{summary.ops_per_s:,.0f}",
+        f"{summary.ops:,}",
+        ms(summary.p50_ms),
+        ms(summary.p90_ms),
+        ms(summary.p99_ms),
+        ms(summary.max_ms),
+        f"{summary.errors:,}",
+    )
+    if summary.misses:
+        table.caption = f"{table.caption}; {summary.misses:,} reads found no key"
+    if summary.last_error:
+        table.caption = f"{table.caption}; last error: {summary.last_error}"
+    return table
 
 
 @app.command("engine")

@@ -1,0 +1,284 @@
+"""The launcher against real `minikv serve` processes: lifecycle, faults, restarts, races,
+failures, and the pid checks that keep it from signalling a stranger."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from minikv_core.client import AsyncClient
+from minikv_tui.cluster_status import ClusterSnapshot, Poller
+from minikv_tui.launcher import (
+    Launcher,
+    LauncherError,
+    NodeStartFailedError,
+    node_process_state,
+    process_start_ticks,
+)
+from minikv_tui.registry import NodeRecord, Registry
+from tests.tui.conftest import processes_under
+
+T = TypeVar("T")
+DEADLINE_S = 20.0
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """Poll until `check` returns something truthy; fail naming `what` and the last value."""
+    deadline = time.monotonic() + DEADLINE_S
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def snapshot(launcher: Launcher) -> ClusterSnapshot:
+    view = await launcher.view()
+    async with AsyncClient(view.endpoints()) as client:
+        return await Poller(client, name=view.name).poll(view.targets(), detail=False)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+async def events(home: Path, name: str) -> list[str]:
+    async with await Registry.open(home) as registry:
+        return [event.kind for event in await registry.events(name)]
+
+
+async def test_lifecycle_kill_start_partition_heal_down_restart_leaves_nothing_running(
+    local_cluster: Launcher, minikv_home: Path
+) -> None:
+    """The issue's scenario end to end on one cluster, then a restart with the same data and
+    ports, and a `down` that must also stop a paused node."""
+    launcher = local_cluster
+    view = await launcher.view()
+    pids = [node.pid for node in view.nodes]
+    assert all(pid is not None and pid_alive(pid) for pid in pids), view
+    again = await launcher.up()
+    assert again.already_up and not again.created
+    assert [n.pid for n in again.view.nodes] == pids
+    async with AsyncClient(view.endpoints()) as client:
+        await client.put(b"k", b"v1")
+        assert await client.get(b"k") == b"v1"
+
+    # Kill a shard leader: the others elect another; status shows the node down.
+    before = await snapshot(launcher)
+    victim = before.shards[0].leader
+    assert victim is not None, before
+    assert "killed" in await launcher.kill(victim)
+    assert (await launcher.view()).node(victim).process == "down"  # type: ignore[union-attr]
+
+    async def new_leader() -> ClusterSnapshot | None:
+        now = await snapshot(launcher)
+        leader = now.shards[0].leader
+        return now if leader is not None and leader != victim else None
+
+    after = await eventually(new_leader, f"shard 0 to elect a leader other than {victim}")
+    assert after.node(victim).state == "down"  # type: ignore[union-attr]
+    assert not after.node(victim).reachable  # type: ignore[union-attr]
+
+    assert "started" in await launcher.start(victim)
+    await launcher.wait_ready()
+    restarted = (await launcher.view()).node(victim)
+    assert restarted is not None and restarted.process == "up" and restarted.pid != pids[victim - 1]
+
+    # Partition it away: its fault rules cut both directions.
+    groups = await launcher.partition([[victim]])
+    others = sorted({1, 2, 3} - {victim})
+    assert groups == ((victim,), tuple(others))
+    async with AsyncClient(view.endpoints()) as client:
+        cut = await client.status(view.node(victim).grpc)  # type: ignore[union-attr]
+        assert sorted(cut["fault"]["drop_to"]) == others, cut["fault"]
+        assert sorted(cut["fault"]["drop_from"]) == others, cut["fault"]
+
+    async def isolated_node_leads_nothing() -> bool:
+        now = await snapshot(launcher)
+        node = now.node(victim)
+        return node is not None and node.state == "partitioned" and node.shard_leaders == 0
+
+    await eventually(isolated_node_leads_nothing, f"node {victim} partitioned, leading nothing")
+    # The majority side still takes writes (sent to it: a write that reached the isolated
+    # node while it still led would rightly end "outcome unknown" at its deadline).
+    majority = [node.grpc for node in view.nodes if node.node_id != victim]
+    async with AsyncClient(majority) as client:
+        await client.put(b"k", b"v2")
+
+    # Heal while the cut-off node is paused: it must drop its rules when resumed.
+    assert "paused" in await launcher.pause(victim)
+    assert sorted(await launcher.heal()) == others
+    assert "resumed" in await launcher.resume(victim)
+    async with AsyncClient(view.endpoints()) as client:
+        for node in view.nodes:
+            fault = (await client.status(node.grpc))["fault"]
+            assert not fault["drop_to"] and not fault["drop_from"], fault
+        assert await client.get(b"k") == b"v2"
+    assert "now leads shard 1" in await launcher.transfer_leader(1, victim)
+    assert (await snapshot(launcher)).shards[1].leader == victim
+
+    # Down with a paused node: nothing may survive.
+    assert "paused" in await launcher.pause(others[0])
+    assert (await launcher.view()).node(others[0]).process == "paused"  # type: ignore[union-attr]
+    live = [node.pid for node in (await launcher.view()).nodes]
+    assert sorted(await launcher.down(grace_s=5.0)) == [1, 2, 3]
+    assert not [pid for pid in live if pid is not None and pid_alive(pid)]
+    assert processes_under(minikv_home) == []
+    assert (await launcher.view()).state == "stopped"
+
+    # Up again: same ports, same data.
+    back = await launcher.up()
+    assert back.started == (1, 2, 3) and not back.created
+    assert [(n.grpc, n.http) for n in back.view.nodes] == [(n.grpc, n.http) for n in view.nodes]
+    async with AsyncClient(back.view.endpoints()) as client:
+        assert await client.get(b"k") == b"v2"
+    with pytest.raises(LauncherError) as caught:
+        await launcher.up(nodes=5)
+    assert "--nodes 5" in caught.value.message and caught.value.exit_code == 2
+
+    kinds = await events(minikv_home, launcher.name)
+    for kind in ("create", "up", "kill", "start", "partition", "heal", "transfer-leader"):
+        assert kind in kinds, kinds
+    assert kinds.count("down") == 1 and kinds.count("pause") == 2, kinds
+
+
+def test_two_racing_ups_start_each_node_exactly_once(minikv_home: Path) -> None:
+    """Two `minikv cluster up` processes at once: the cluster lock makes one create and start
+    the nodes and the other find them running."""
+    minikv = Path(sys.executable).parent / "minikv"
+    command = [str(minikv), "cluster", "up", "--name", "race", "--nodes", "3", "--shards", "2"]
+    env = {**os.environ, "MINIKV_HOME": str(minikv_home)}
+    racers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    outputs = []
+    for racer in racers:
+        out, err = racer.communicate(timeout=90)
+        outputs.append(out.decode() + err.decode())
+        assert racer.returncode == 0, outputs[-1]
+    assert sum("already up" in output for output in outputs) == 1, outputs
+    assert "Traceback" not in "".join(outputs)
+    view = asyncio.run(Launcher("race", home=minikv_home).view())
+    for node in view.nodes:
+        data_dir = str(node.record.data_dir).encode()
+        serving = [
+            pid
+            for pid in processes_under(minikv_home)
+            if data_dir + b"\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert serving == [node.pid], (node.node_id, serving, node.pid)
+
+
+async def test_a_node_that_fails_to_start_shows_its_log_and_the_rest_are_stopped(
+    minikv_home: Path,
+) -> None:
+    launcher = Launcher("t", home=minikv_home)
+    created = await launcher.create(nodes=3, shards=2)
+    broken = created.node(2)
+    assert broken is not None
+    broken.record.data_dir.parent.mkdir(parents=True, exist_ok=True)
+    broken.record.data_dir.write_text("not a directory")
+
+    with pytest.raises(NodeStartFailedError) as caught:
+        await launcher.up()
+    error = caught.value
+    assert error.node_id == 2
+    assert "node 2 of t failed to start" in error.message
+    assert "is not a directory" in error.message  # the node's own words, from its log
+    assert str(broken.record.log_path) in error.message
+    assert processes_under(minikv_home) == []
+    view = await launcher.view()
+    assert [n.process for n in view.nodes] == ["stopped", "down", "stopped"]
+    assert view.node(2).record.state == "failed"  # type: ignore[union-attr]
+    assert "start-failed" in await events(minikv_home, launcher.name)
+
+
+async def test_a_taken_port_is_named_before_anything_starts(minikv_home: Path) -> None:
+    launcher = Launcher("t", home=minikv_home)
+    node = (await launcher.create(nodes=3, shards=2)).node(3)
+    assert node is not None
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", node.record.http_port))
+        squatter.listen()
+        with pytest.raises(LauncherError) as caught:
+            await launcher.up()
+    assert f"node 3's HTTP port 127.0.0.1:{node.record.http_port} is taken" in caught.value.message
+    assert processes_under(minikv_home) == []
+    assert (await launcher.view()).state == "stopped"
+    with pytest.raises(LauncherError) as twice:
+        await launcher.create()
+    assert "already exists" in twice.value.message
+
+
+async def test_operations_on_a_missing_cluster_or_node_say_what_exists(minikv_home: Path) -> None:
+    with pytest.raises(LauncherError) as no_cluster:
+        await Launcher("ghost", home=minikv_home).kill(1)
+    assert "no local cluster named 'ghost'" in no_cluster.value.message
+    assert "minikv cluster up --name ghost" in no_cluster.value.hint
+    with pytest.raises(LauncherError) as bad_name:
+        Launcher("Bad Name", home=minikv_home)
+    assert bad_name.value.exit_code == 2
+    with pytest.raises(LauncherError) as bad_settings:
+        await Launcher("x", home=minikv_home).up(nodes=2, replicas=3)
+    assert "--replicas" in bad_settings.value.message
+    assert not (minikv_home / "x").exists()
+
+
+def _record(pid: int | None, pid_start: int | None, data_dir: Path) -> NodeRecord:
+    return NodeRecord(
+        cluster="t",
+        node_id=1,
+        grpc_port=1,
+        http_port=2,
+        data_dir=data_dir,
+        log_path=data_dir.with_suffix(".log"),
+        state="running",
+        pid=pid,
+        pid_start=pid_start,
+    )
+
+
+def test_a_pid_counts_only_with_its_start_time_command_line_and_data_dir(tmp_path: Path) -> None:
+    """A stand-in process with a node's command line shape (it only sleeps): the launcher
+    must accept it only while pid, start time, program and data directory all match."""
+    data_dir = tmp_path / "node1"
+    code = "import time; time.sleep(60)"
+    argv = [sys.executable, "-c", code, "minikv_core.server", "--data-dir", str(data_dir)]
+    process = subprocess.Popen(argv)
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while str(data_dir).encode() not in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the stand-in never showed its command line"
+            time.sleep(0.01)
+        start = process_start_ticks(process.pid)
+        assert start is not None
+        assert node_process_state(_record(process.pid, start, data_dir)) == "up"
+        # The same pid with another start time: a reused pid, not our node.
+        assert node_process_state(_record(process.pid, start + 1, data_dir)) == "down"
+        # Another data directory: another cluster's node.
+        assert node_process_state(_record(process.pid, start, tmp_path / "x")) == "down"
+        # A live process that is not a node at all (this test).
+        mine = process_start_ticks(os.getpid())
+        assert node_process_state(_record(os.getpid(), mine, data_dir)) == "down"
+    finally:
+        process.kill()
+        process.wait()
+    assert node_process_state(_record(process.pid, start, data_dir)) == "down"
+    stopped = NodeRecord(**{**_record(None, None, data_dir).__dict__, "state": "stopped"})
+    assert node_process_state(stopped) == "stopped"

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 
 from minikv_core import __version__
-from minikv_tui.commands import bench, cluster, data, repl, serve, sstable, tui, wal
+from minikv_tui.commands import bench, cluster, data, repl, serve, sstable, tui, txn, wal
 from minikv_tui.errors import EXIT_INTERNAL, UserError, report
 
 app = typer.Typer(
@@ -35,6 +35,7 @@ app = typer.Typer(
 app.add_typer(serve.app, name="serve", rich_help_panel="Cluster")
 app.add_typer(cluster.app, name="cluster", rich_help_panel="Cluster")
 data.register(app)
+txn.register(app)
 repl.register(app)
 tui.register(app)
 app.add_typer(wal.app, name="wal", rich_help_panel="Storage")

@@ -1,0 +1,254 @@
+"""Running parsed REPL statements against the cluster through the blocking client.
+
+Every failure a command can meet, from a missing file to a cluster with no leader, leaves as
+a `ReplError` printed on one line; `run` returns whether the command failed so scripted runs
+can set their exit status, and never raises (short of Ctrl-C, which the session handles).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from minikv_core.client import (
+    Client,
+    ClientError,
+    DeadlineExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+    ShardRouting,
+    UnavailableError,
+)
+from minikv_core.cluster.shard_map import shard_for_key
+from minikv_core.net.limits import CLIENT_MESSAGE_BYTES_MAX
+from minikv_tui import repl_parser as p
+from minikv_tui.repl_errors import ReplError, from_client_error
+from minikv_tui.repl_keys import KeyIndex
+from minikv_tui.repl_render import NodeReport, Renderer
+from minikv_tui.repl_state import Connection, SessionState
+from minikv_tui.repl_tokens import quote_bytes
+
+VALUE_FILE_BYTES_MAX: Final = CLIENT_MESSAGE_BYTES_MAX
+"""A `@file` value larger than the client can send is refused before it is read."""
+ADMIN_TIMEOUT_S: Final = 2.0
+"""STATUS asks every node; a down node costs at most this, all nodes asked at once."""
+STATUS_THREADS_MAX: Final = 16
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    FAILED = "failed"
+    EXIT = "exit"
+
+
+class Executor:
+    def __init__(
+        self,
+        client: Client,
+        state: SessionState,
+        renderer: Renderer,
+        keys: KeyIndex,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._client = client
+        self._state = state
+        self._render = renderer
+        self._keys = keys
+        self._clock = clock
+
+    def run(self, statement: p.Statement, where: str = "") -> Outcome:
+        """Do one statement and print its result or its error (prefixed by `where`)."""
+        try:
+            if isinstance(statement, p.Exit):
+                return Outcome.EXIT
+            self._dispatch(statement)
+        except ReplError as error:
+            self._render.error(error, where)
+            return Outcome.FAILED
+        except Exception as error:  # the REPL's last line of defence: no traceback, ever
+            self._render.error(
+                ReplError(
+                    f"internal error: {type(error).__name__}: {error}",
+                    "This is a bug in minikv; please report it with the command you ran.",
+                ),
+                where,
+            )
+            return Outcome.FAILED
+        return Outcome.OK
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def _dispatch(self, statement: p.Statement) -> None:
+        match statement:
+            case p.Get(key):
+                self._get(key)
+            case p.Put(key, value):
+                self._put(key, value)
+            case p.Delete(key):
+                self._delete(key)
+            case p.Scan(prefix, limit, _):
+                self._scan(prefix, limit)
+            case p.Exists(key):
+                self._exists(key)
+            case p.Status():
+                self._status()
+            case p.ShardOf(key):
+                self._shard_of(key)
+            case p.Leader(shard):
+                self._leader(shard)
+            case p.SetConsistency(mode):
+                if mode is not None:
+                    self._state.consistency = mode
+                self._render.note(f"consistency: {self._state.consistency.value}")
+            case p.SetTiming(on):
+                if on is not None:
+                    self._state.timing = on
+                self._render.note(f"timing: {'on' if self._state.timing else 'off'}")
+            case p.Help(topic):
+                self._render.help(topic)
+            case p.Clear():
+                self._render.clear()
+            case _:
+                raise AssertionError(f"unhandled statement {statement!r}")
+
+    @contextmanager
+    def _request(self, what: str, *, cluster_wide: bool = False) -> Iterator[None]:
+        """Time a client call and translate its errors for `what` ("GET user/1").
+        `cluster_wide`: the call may be answered by any node (a shard map), so failing to
+        reach one means the cluster does not answer, whatever the watcher last saw."""
+        started = self._clock()
+        try:
+            yield
+        except ClientError as error:
+            self._state.last_latency_ms = (self._clock() - started) * 1000.0
+            down = cluster_wide or self._state.connection is Connection.LOST
+            raise from_client_error(error, what, cluster_down=down) from None
+        latency_ms = (self._clock() - started) * 1000.0
+        self._state.last_latency_ms = latency_ms
+        if self._state.timing:
+            self._render.timing(latency_ms)
+
+    # --- data -------------------------------------------------------------------------------
+
+    def _get(self, key: bytes) -> None:
+        self._state.last_key = key
+        with self._request(f"GET {quote_bytes(key)}"):
+            value = self._client.get(key, consistency=self._state.consistency)
+            self._keys.saw((key,))
+            self._render.value(value)
+
+    def _put(self, key: bytes, value: bytes | p.FileValue) -> None:
+        self._state.last_key = key
+        data = _read_value_file(value) if isinstance(value, p.FileValue) else value
+        with self._request(f"PUT {quote_bytes(key)}"):
+            version = self._client.put(key, data)
+            self._keys.wrote(key)
+            self._render.ok(f"version {version}")
+
+    def _delete(self, key: bytes) -> None:
+        self._state.last_key = key
+        with self._request(f"DEL {quote_bytes(key)}"):
+            existed = self._client.delete(key)
+            self._keys.deleted(key)
+            # Deleting a missing key is no failure: afterwards the key is absent either way.
+            if existed:
+                self._render.note("deleted", "green")
+            else:
+                self._render.note("not found (nothing deleted)", "yellow")
+
+    def _scan(self, prefix: bytes, limit: int) -> None:
+        with self._request(f"SCAN {quote_bytes(prefix)}" if prefix else "SCAN"):
+            result = self._client.scan(
+                prefix=prefix, limit=limit, consistency=self._state.consistency
+            )
+            self._keys.saw(item.key for item in result.items)
+            self._render.scan(result.items, result.more, limit, prefix)
+
+    def _exists(self, key: bytes) -> None:
+        self._state.last_key = key
+        with self._request(f"EXISTS {quote_bytes(key)}"):
+            try:
+                versioned = self._client.get_versioned(key, consistency=self._state.consistency)
+            except NotFoundError:
+                self._render.note("no")
+                return
+            self._keys.saw((key,))
+            if self._render.interactive:
+                self._render.note(f"yes (version {versioned.version})")
+            else:
+                self._render.note("yes")
+
+    # --- cluster ----------------------------------------------------------------------------
+
+    def _routing(self, what: str) -> ShardRouting:
+        """A fresh shard map (also refreshing the session's view of it)."""
+        with self._request(what, cluster_wide=True):
+            document = self._client.shard_map()
+        try:
+            routing = ShardRouting.from_document(document)
+        except ValueError as error:
+            raise ReplError(f"{what}: {error}", "The node answered a bad shard map.") from None
+        self._state.routing = routing
+        return routing
+
+    def _shard_of(self, key: bytes) -> None:
+        self._state.last_key = key
+        routing = self._routing(f"SHARD {quote_bytes(key)}")
+        self._render.shard(key, shard_for_key(key, routing.shard_count), routing)
+
+    def _leader(self, shard: int | None) -> None:
+        routing = self._routing("LEADER")
+        if shard is not None and not 0 <= shard < routing.shard_count:
+            raise ReplError(
+                f"no shard {shard}: the cluster has shards 0 to {routing.shard_count - 1}",
+                "LEADER alone lists every shard.",
+            )
+        shards = [shard] if shard is not None else sorted(range(routing.shard_count))
+        self._render.leaders(routing, shards)
+
+    def _status(self) -> None:
+        routing = self._routing("STATUS")
+        nodes = sorted(routing.addresses.items())
+
+        def ask(node: int, address: str) -> NodeReport:
+            try:
+                status = self._client.status(address, timeout_s=ADMIN_TIMEOUT_S)
+            except UnavailableError:
+                return NodeReport(node, address, None, "down (does not answer)")
+            except DeadlineExceededError:
+                return NodeReport(node, address, None, "down (timed out)")
+            except PermissionDeniedError:
+                return NodeReport(node, address, None, "admin calls refused (not loopback)")
+            except ClientError as error:
+                return NodeReport(node, address, None, str(error))
+            return NodeReport(node, address, status)
+
+        workers = max(1, min(STATUS_THREADS_MAX, len(nodes)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="minikv-repl-status") as pool:
+            reports = list(pool.map(lambda pair: ask(*pair), nodes))
+        self._render.status(self._state.label, routing, reports)
+
+
+def _read_value_file(value: p.FileValue) -> bytes:
+    path = Path(value.path).expanduser()
+    hint = f'Paths are relative to {os.getcwd()}; quote the value ("@...") to store it as text.'
+    try:
+        if path.is_dir():
+            raise ReplError(f"@{value.path} is a directory, not a file", hint)
+        size = path.stat().st_size
+        if size > VALUE_FILE_BYTES_MAX:
+            raise ReplError(
+                f"@{value.path} is {size} bytes; a value can be at most "
+                f"{VALUE_FILE_BYTES_MAX} bytes",
+                "Store a smaller file, or split it over several keys.",
+            )
+        return path.read_bytes()
+    except OSError as error:
+        raise ReplError(f"cannot read @{value.path}: {error.strerror or error}", hint) from None

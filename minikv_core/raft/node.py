@@ -17,6 +17,11 @@ CHANGELOG for the simulator
   that base rebuilds its membership from it (not persisted; relearned after a restart), so a
   promoted empty-conf joiner can campaign again. (Fixes the sim finding "group elects a leader
   when the empty-conf joiner has the longest log".)
+- A follower whose disk lost acknowledged entries (a damaged WAL tail cut on restart) no longer
+  trips the "commit beyond last index" assertion on the leader's heartbeat: heartbeats carry
+  the term of the entry at their commit, a follower commits only an entry it holds (the
+  consistency check of Raft Figure 2), and every heartbeat answer reports the follower's last
+  index/term and commit, from which the leader lowers a stale match index and re-probes.
 - No signature changed.
 
 The core does no I/O, reads no clock and owns no randomness. Time advances only by `tick()`;
@@ -891,7 +896,21 @@ class RawNode:
         )
 
     def _handle_heartbeat(self, message: Message) -> None:
-        self._log.commit_to(message.commit)
+        log = self._log
+        commit = message.commit
+        # The paper's heartbeat is an empty AppendEntries, so its commit only ever applies to a
+        # log that passed the consistency check (Raft Figure 2, §5.3). etcd drops the check and
+        # caps the commit at the leader's match index instead, trusting that an acknowledged
+        # entry is still here; a disk that lost the tail of the log breaks that trust (etcd
+        # then panics: "tocommit is out of range ... Was the raft log corrupted, truncated, or
+        # lost?"). So the leader sends the term of the entry at `commit`, and we commit only if
+        # we hold that very entry: by Log Matching our log then equals the leader's up to it.
+        # Otherwise our log lost entries we acknowledged (shorter, or an overwritten suffix
+        # back from an older write): commit nothing and let the answer show the leader where
+        # our log really ends, so it lowers its match index and re-sends what is missing.
+        verified = commit <= log.committed or log.match_term(commit, message.log_term)
+        if verified:
+            log.commit_to(commit)
         if not self._conf.voters and message.snapshot is not None:
             self._learn_membership(message.snapshot)
         self._send(
@@ -902,6 +921,10 @@ class RawNode:
                 self._term,
                 index=message.index,
                 context=message.context,
+                reject=not verified,
+                reject_hint=log.last_index(),
+                log_term=log.last_term(),
+                commit=log.committed,
             )
         )
 
@@ -1018,6 +1041,8 @@ class RawNode:
                 progress.become_probe()
             return
         advanced = progress.maybe_update(message.index)
+        if advanced:
+            progress.match_tick = self._ticks
         state = progress.state
         if state == ProgressState.SNAPSHOT:
             if progress.match >= progress.pending_snapshot_index:
@@ -1038,6 +1063,8 @@ class RawNode:
 
     def _handle_heartbeat_response(self, message: Message, progress: Progress) -> None:
         progress.recent_active = True
+        if message.reject or message.reject_hint < progress.match:
+            self._handle_lost_entries(message, progress)
         progress.probe_sent = False
         if progress.state == ProgressState.REPLICATE and progress.inflights.full:
             progress.inflights.free_first()
@@ -1055,6 +1082,46 @@ class RawNode:
         if acked_round > progress.acked_round:
             progress.acked_round = acked_round
             self._release_confirmed_reads()
+
+    def _handle_lost_entries(self, message: Message, progress: Progress) -> None:
+        """A heartbeat answer says the follower no longer holds entries it acknowledged: its
+        last entry is below our match index for it, or it could not find the entry at the
+        commit index we sent (which is at most that match). Its disk lost them (a torn or
+        damaged WAL tail cut on restart). Lower match to what it provably holds and probe.
+
+        Evidence only counts from a heartbeat sent after match last went up: every ack we had
+        received by then was sent by the follower before it got that heartbeat, so without
+        data loss its log still held those entries when it answered. An older heartbeat's
+        answer may simply have been overtaken by the ack (reordering), so it is ignored; the
+        next heartbeat brings fresh evidence if the entries really are gone.
+
+        Lowering match is the one place it goes down. It is safe for the commit rule (Raft
+        §5.4.2): our commit index never goes down, and a smaller match can only make the
+        quorum value smaller. What it cannot undo is the past: an entry committed with this
+        follower's acknowledgement is now on one server fewer until we re-send it. Raft's
+        safety argument (§5.4.3) needs every committed entry on a majority, so recovering
+        from peers is only sound while the servers that lost acknowledged entries are few
+        enough that each committed entry is still on a majority of voters (a minority losing
+        data, re-replicated before further losses). A server that lost its vote record could
+        also vote twice in a term (§5.2); that is the host's to prevent, not fixable here.
+        """
+        stamp = message.index
+        if not progress.match_tick < stamp <= self._ticks:
+            return  # not after the last ack (or not one of our heartbeats): no evidence
+        log = self._log
+        last, last_term = message.reject_hint, message.log_term
+        # Same entry at its last index: identical logs up to it (Log Matching). Otherwise:
+        # its committed entries are in every later leader's log (Leader Completeness, §5.4),
+        # so it holds ours up to its commit index.
+        held = last if log.match_term(last, last_term) else message.commit
+        if held >= progress.match:
+            return  # it holds everything we thought: the refusal came from something else
+        progress.lower_match_to(held)
+        if progress.state == ProgressState.PROBE:
+            # Fast backoff as for a rejected append (etcd findConflictByTerm): above `probe`
+            # our terms exceed its last term, so it cannot hold those entries.
+            probe = last if held == last else log.find_conflict_by_term(last, last_term)[0]
+            progress.next = max(held, probe) + 1
 
     def _handle_snapshot_response(self, message: Message, progress: Progress) -> None:
         progress.recent_active = True
@@ -1306,23 +1373,33 @@ class RawNode:
     def _broadcast_heartbeat(self) -> None:
         context = encode_round(self._read_only.next_round())
         stamp = self._ticks
-        commit = self._log.committed
+        log = self._log
+        commit = log.committed
         # Our log base (index, term, membership): lets a joiner started without the bootstrap
         # membership learn it (see _learn_membership). A shared reference, a few ints on the
         # wire, once per heartbeat interval.
-        base = self._log.storage.snapshot().metadata
+        base = log.storage.snapshot().metadata
         for node_id, progress in self._progress.items():
             if node_id == self._id:
                 continue
-            # Never tell a follower to commit past what it is known to hold (etcd).
+            # Never tell a follower to commit past what it is known to hold (etcd), and send
+            # the term of that entry so it can check it still holds it (_handle_heartbeat).
+            follower_commit = min(progress.match, commit)
+            try:
+                follower_commit_term = log.term(follower_commit)
+            except CompactedError:
+                # It acknowledged less than our snapshot: no checkable commit to give; the
+                # snapshot or the appends it needs carry the commit index.
+                follower_commit = follower_commit_term = 0
             self._send(
                 Message(
                     _HEARTBEAT,
                     node_id,
                     self._id,
                     self._term,
+                    log_term=follower_commit_term,
                     index=stamp,
-                    commit=min(progress.match, commit),
+                    commit=follower_commit,
                     context=context,
                     snapshot=base,
                 )

@@ -64,6 +64,7 @@ class Progress:
         "is_learner",
         "lease_stamp",
         "match",
+        "match_tick",
         "next",
         "probe_sent",
         "recent_active",
@@ -79,6 +80,10 @@ class Progress:
 
     def __init__(self, next_index: int, inflight_messages_max: int, is_learner: bool) -> None:
         self.match = 0
+        self.match_tick = NEVER
+        """Leader tick at which `match` last went up. A heartbeat answer is evidence about the
+        follower's log only if its heartbeat was sent after that tick (see RawNode's
+        _handle_lost_entries): an earlier one may have been overtaken by the acknowledgement."""
         self.next = next_index
         self.state = ProgressState.PROBE
         self.probe_sent = False
@@ -160,6 +165,15 @@ class Progress:
         self.next = max(self.next, index + 1)
         return updated
 
+    def lower_match_to(self, held: int) -> None:
+        """The follower lost entries it had acknowledged (its disk dropped them): `held` is
+        what it is now known to hold. The only place `match` goes down; probe from there."""
+        assert 0 <= held < self.match, f"lowering match {self.match} to {held}"
+        self.match = held
+        if self.state == ProgressState.SNAPSHOT:
+            return  # the snapshot under way brings it past `held`; its answer resumes probing
+        self.become_probe()
+
     def maybe_decrease_to(self, rejected: int, match_hint: int) -> bool:
         """An append at `rejected` was refused; `match_hint` is where to probe next.
 
@@ -172,6 +186,11 @@ class Progress:
             self.next = self.match + 1
             return True
         if self.next - 1 != rejected:
+            return False
+        if rejected <= self.match:
+            # It refuses an entry it acknowledged: a stale answer, or its disk lost entries.
+            # Probing the same index again at once would loop; the next heartbeat answer tells
+            # which (RawNode lowers match on evidence of loss) and unpauses the probe.
             return False
         self.next = max(min(rejected, match_hint + 1), self.match + 1)
         self.probe_sent = False

@@ -81,11 +81,15 @@ class MessageType(enum.IntEnum):
     """Pre-vote (thesis §9.6): `term` is the term the sender *would* campaign in."""
     PRE_VOTE_RESPONSE = 6
     HEARTBEAT = 7
-    """Empty AppendEntries carrying commit (capped at the follower's match), the read-index
-    round in `context`, in `index` the leader's tick stamp for leases (both echoed in the
-    response), and in `snapshot` the leader's log base (metadata of its latest snapshot) from
-    which a node with unknown membership can rebuild it."""
+    """Empty AppendEntries carrying commit (capped at the follower's match) and in log_term
+    the term of the entry at commit (the follower commits only if it holds that entry), the
+    read-index round in `context`, in `index` the leader's tick stamp for leases (both echoed
+    in the response), and in `snapshot` the leader's log base (metadata of its latest
+    snapshot) from which a node with unknown membership can rebuild it."""
     HEARTBEAT_RESPONSE = 8
+    """Echoes index and context; reject_hint/log_term = the follower's last index and its
+    term, commit = its commit index; reject=True when it did not hold the entry at the
+    heartbeat's commit (it lost acknowledged entries: the leader lowers its match)."""
     SNAPSHOT = 9
     """One chunk of InstallSnapshot (Raft §7): snapshot metadata, chunk_offset, chunk_data,
     chunk_done on the last chunk."""

@@ -361,12 +361,6 @@ async def test_torn_write_at_the_wal_tail_is_cut_on_restart_and_the_node_catches
     await restart_and_catch_up(cluster, victim, written)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a follower that lost its last ACKNOWLEDGED entry gets a heartbeat commit beyond "
-    "its last index (the leader's match index for it is stale) and the Raft core asserts "
-    "(raft/log.py commit_to: 'log lost or corrupt') instead of catching up from the leader",
-)
 async def test_damaged_last_acknowledged_wal_record_is_recovered_from_the_peers(
     cluster: Cluster,
 ) -> None:

@@ -55,6 +55,8 @@ MessageFilter = Callable[[Message], bool]
 """Returns True to deliver the message, False to drop it."""
 
 SETTLE_ROUNDS_MAX = 10_000
+SETTLE_DELIVERIES_MAX = 200_000
+"""Messages one settle() may deliver: two nodes answering each other forever fail fast."""
 
 
 @dataclass
@@ -134,6 +136,39 @@ class Network:
         peer.node = RawNode(config, peer.storage, random.Random(self.seed * 7 + node_id))
         self.queue = [m for m in self.queue if m.to != node_id]
 
+    def restart_with_lost_tail(self, node_id: int, count: int) -> None:
+        """Crash `node_id`; its disk comes back without its newest `count` entries although
+        they were durable and acknowledged (a damaged last WAL record cut as a torn tail),
+        with the commit index of a hard state written before them; then restart it."""
+        old = self.peers[node_id].storage
+        snapshot = old.snapshot()
+        storage = MemoryStorage(snapshot.metadata.conf_state)
+        if not snapshot.is_empty:
+            storage.apply_snapshot(snapshot)
+        last = old.last_index() - count
+        assert last >= old.first_index() - 1, "cannot lose entries covered by the snapshot"
+        low = old.first_index()
+        while low <= last:
+            entries = old.entries(low, last + 1, 1 << 30)
+            storage.append(entries)
+            low = entries[-1].index + 1
+        hard, _ = old.initial_state()
+        storage.set_hard_state(replace(hard, commit=min(hard.commit, last)))
+        self.restart_from(node_id, storage)
+
+    def restart_from(self, node_id: int, storage: MemoryStorage) -> None:
+        """Crash `node_id` and restart it on `storage` (a disk the test damaged). Its state
+        machine restarts from its last durable image, never past the stored commit index (a
+        host that applied beyond it could not start: RaftLog refuses)."""
+        peer = self.peers[node_id]
+        hard, _ = storage.initial_state()
+        applied_index = min(peer.node.status().applied, hard.commit)
+        peer.applied = [entry for entry in peer.applied if entry.index <= applied_index]
+        peer.storage = storage
+        config = replace(peer.config, applied_index=applied_index)
+        peer.node = RawNode(config, storage, random.Random(self.seed * 7 + node_id))
+        self.queue = [m for m in self.queue if m.to != node_id]
+
     # -- faults -------------------------------------------------------------------------------
 
     def isolate(self, node_id: int) -> None:
@@ -185,6 +220,7 @@ class Network:
 
     def settle(self) -> None:
         """Run Ready cycles and deliver messages until nothing moves."""
+        deliveries = 0
         for _ in range(SETTLE_ROUNDS_MAX):
             moved = False
             for node_id in sorted(self.peers):
@@ -192,6 +228,13 @@ class Network:
                     moved = True
             while self.deliver_one():
                 moved = True
+                deliveries += 1
+                if deliveries > SETTLE_DELIVERIES_MAX:
+                    last = self.delivered[-1] if self.delivered else None
+                    raise AssertionError(
+                        f"network did not settle: a message loop (seed {self.seed}, last "
+                        f"delivered {last})"
+                    )
                 for node_id in sorted(self.peers):
                     if node_id not in self.down:
                         self.process_ready(node_id)

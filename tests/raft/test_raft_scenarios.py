@@ -10,12 +10,13 @@ Commands (node ids are ints, lists are comma-separated):
     network voters=1,2,3 [learners=4] [pre_vote=false] [check_quorum=false] [lease=true]
             [chunk_bytes=N]
     campaign N | propose N DATA | read N CONTEXT | transfer N TARGET | restart N
+    lose N COUNT            (restart N; its disk lost its newest COUNT acknowledged entries)
     conf N add_learner|add_voter|remove ID
     compact N DATA          (snapshot at N's applied index)
     join N                  (start node N with the group's bootstrap membership)
     isolate N | cut A B | hold MESSAGE_TYPE | heal   (`hold` drops a type until `heal`)
     tick [IDS] [xCOUNT] [trace]   (messages shown only with `trace`)
-    status [IDS] | log N | applied N | reads N
+    status [IDS] | log N | applied N | reads N | progress N   (leader N's view of its peers)
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def format_message(m: Message) -> str:
         text += f" commit={m.commit} round={decode_round(m.context)}"
     elif kind == MessageType.HEARTBEAT_RESPONSE:
         text += f" round={decode_round(m.context)}"
+        if m.reject:
+            text += f" REJECT last={m.reject_hint}/{m.log_term} commit={m.commit}"
     elif kind == MessageType.SNAPSHOT:
         assert m.snapshot is not None
         text += (
@@ -158,6 +161,10 @@ class Interpreter:
         self.network.restart(int(args[0]))
         return []
 
+    def do_lose(self, args: list[str]) -> list[str]:
+        self.network.restart_with_lost_tail(int(args[0]), int(args[1]))
+        return []
+
     def do_conf(self, args: list[str]) -> list[str]:
         kinds = {
             "add_learner": ConfChangeType.ADD_LEARNER,
@@ -220,6 +227,12 @@ class Interpreter:
                 f"learners={list(s.conf_state.learners)}"
             )
         return lines
+
+    def do_progress(self, args: list[str]) -> list[str]:
+        return [
+            f"{p.node_id}: match={p.match} next={p.next} state={p.state.name}"
+            for p in self.network.node(int(args[0])).status().peers
+        ]
 
     def do_log(self, args: list[str]) -> list[str]:
         storage = self.network.peers[int(args[0])].storage

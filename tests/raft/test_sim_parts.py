@@ -124,6 +124,22 @@ def test_disk_rebuilds_only_what_was_persisted_after_compaction() -> None:
     assert disk.term_at(3) is None, "compacted entries have no known term"
 
 
+def test_disk_loses_newest_entries_but_not_below_its_snapshot_or_image() -> None:
+    disk = Disk(ConfState(voters=(1, 2, 3)))
+    disk.append(_entries(1, 6, 2))
+    disk.set_hard_state(HardState(term=2, vote=1, commit=6))
+    disk.compact(Snapshot(SnapshotMetadata(2, 2, ConfState(voters=(1, 2, 3))), b"image"))
+    disk.flush_image(StateMachineImage(3, b"sm"))
+    assert disk.losable_entries() == 3
+    assert disk.lose_tail(2) == 4
+    assert disk.hard_state == HardState(term=2, vote=1, commit=4), "term and vote survive"
+    storage = disk.rebuild_storage()
+    assert (storage.first_index(), storage.last_index()) == (3, 4)
+    assert disk.losable_entries() == 1
+    with pytest.raises(AssertionError, match="cannot lose 2 entries"):
+        disk.lose_tail(2)
+
+
 def test_state_machine_snapshot_round_trip_keeps_the_digest() -> None:
     machine = KvStateMachine()
     machine.apply(Entry(1, 1))

@@ -148,6 +148,27 @@ def test_simulator_catches_a_disk_that_loses_acknowledged_entries(
     assert len(broken) >= 3, [result.violations for result in results]
 
 
+def test_lost_tail_fault_hits_acknowledged_entries_and_every_run_recovers() -> None:
+    """Crashed nodes' disks lose their newest entries (a minority at a time, see
+    runner._lose_tail); the leaders' heartbeats then reach followers missing the entry at the
+    heartbeat's commit (they refuse it) and every property still holds."""
+    lost = refused_heartbeats = 0
+    for seed in range(30):
+        simulation = runner.Simulation(seed, 5, STEPS_DEFAULT_RUN, trace_events_max=10**7)
+        result = simulation.run()
+        assert result.ok, _failure_report([result], STEPS_DEFAULT_RUN)
+        lost += result.event_counts.get("lose_tail", 0)
+        refused_heartbeats += sum(
+            1
+            for event in simulation.trace.last(simulation.trace.events_recorded)
+            if event.kind == "recv"
+            and event.detail.startswith("HEARTBEAT_RESPONSE")
+            and " REJECT " in event.detail
+        )
+    assert lost >= 5, f"only {lost} lost tails in 30 seeds: the fault is not exercised"
+    assert refused_heartbeats >= 1, "no follower ever missed the entry at a heartbeat commit"
+
+
 def test_cli_prints_seed_property_trace_and_reproduction_of_a_violation(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -50,8 +50,13 @@ Fault model
   off, heartbeat interval, and for half the seeds tiny size limits (one entry per message,
   8-byte snapshot chunks, one message in flight...) so batching, flow control and chunked
   snapshots run under the same faults.
-Not modelled: corrupted messages or disks (CRCs in the WAL and transport cover those; Raft
-assumes non-Byzantine peers), clock drift beyond +-10%.
+- disks: a crash may damage the newest WAL records, so the node restarts without its newest
+  fsynced, acknowledged entries (its leader's match index for it is then stale), but only
+  while every entry lost stays on a majority of the voters of each live configuration: that
+  is the premise of recovery from the peers (a committed entry on a majority, Raft §5.4.3).
+Not modelled: corrupted messages or otherwise corrupted disks (CRCs in the WAL and transport
+cover those; Raft assumes non-Byzantine peers), lost vote records, an overwritten log suffix
+coming back, clock drift beyond +-10%.
 
 Properties checked after every step (see `checker`)
 ---------------------------------------------------

@@ -142,6 +142,31 @@ class Disk:
         self._image = image
         self.writes += 1
 
+    def losable_entries(self) -> int:
+        """How many entries `lose_tail` may drop: those above the snapshot and the flushed
+        state machine image, whose data was made durable elsewhere (the snapshot file, the
+        engine) and is not lost with the log."""
+        floor = self.snapshot_index
+        if self._image is not None:
+            floor = max(floor, self._image.applied_index)
+        return max(0, self.last_index() - floor)
+
+    def lose_tail(self, count: int) -> int:
+        """The disk lost its newest `count` entries although they were fsynced (a damaged last
+        WAL record, cut on open as a torn tail). Returns the new last index.
+
+        Term and vote survive (a lost vote breaks Raft §5.2 whatever the core does: not
+        modelled); the commit index drops to the new last index, the newest commit a hard
+        state written before the lost entries could hold. The disk keeps no overwritten
+        entries, so an older suffix coming back is not modelled either: the log gets shorter.
+        """
+        assert 0 <= count <= self.losable_entries(), f"cannot lose {count} entries"
+        if count:
+            del self._entries[len(self._entries) - count :]
+            hard = self.hard_state
+            self.hard_state = HardState(hard.term, hard.vote, min(hard.commit, self.last_index()))
+        return self.last_index()
+
     # --- restart -------------------------------------------------------------------------------
 
     def rebuild_storage(self) -> MemoryStorage:

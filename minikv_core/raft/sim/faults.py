@@ -8,7 +8,9 @@ symmetric partitions between two random groups; one-way link cuts; loss bursts o
 healing; membership changes (add a fresh node as learner, promote a learner, remove a voter or
 learner) and leadership transfers, both proposed whatever else is broken at the time; and
 forced elections (a node campaigns at once); process pauses (SIGSTOP: ticks lost, messages
-queued until SIGCONT), only with ReadIndex reads since leases assume bounded clock drift.
+queued until SIGCONT), only with ReadIndex reads since leases assume bounded clock drift; and a
+crashed node's disk losing its newest, acknowledged entries (a damaged WAL tail), as far as
+every entry lost stays on a majority of voters (the runner checks).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FaultKind(enum.Enum):
     TRANSFER_LEADER = "transfer_leader"
     CAMPAIGN = "campaign"
     PAUSE = "pause"
+    LOSE_TAIL = "lose_tail"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Fault:
     others: tuple[int, ...] = ()  # the second group of a partition
     crash_after_persist: bool = False
     duration_ms: int = 0  # a pause's length; for a crash, restart after it (0: stay down)
+    entries_count: int = 0  # CRASH, LOSE_TAIL: how many newest entries the disk loses (at most)
 
     def describe(self) -> str:
         text = self.kind.value
@@ -54,6 +58,8 @@ class Fault:
         if self.duration_ms:
             verb = "restart after" if self.kind == FaultKind.CRASH else "for"
             text += f" ({verb} {self.duration_ms} ms)"
+        if self.entries_count:
+            text += f" (disk loses up to {self.entries_count} newest entries)"
         return text
 
 
@@ -83,6 +89,7 @@ _WEIGHTS: tuple[tuple[FaultKind, int], ...] = (
     (FaultKind.TRANSFER_LEADER, 2),
     (FaultKind.CAMPAIGN, 3),
     (FaultKind.PAUSE, 2),
+    (FaultKind.LOSE_TAIL, 3),
 )
 
 
@@ -115,6 +122,8 @@ class FaultSchedule:
             return bool(view.up)
         if kind == FaultKind.PAUSE:
             return self._pauses and len(view.up) > 1
+        if kind == FaultKind.LOSE_TAIL:
+            return bool(view.down)
         return True
 
     def choose(self, view: ClusterView) -> Fault:
@@ -149,7 +158,18 @@ class FaultSchedule:
             restart_ms = 0
             if rng.random() < limits.crash_quick_restart_probability:
                 restart_ms = rng.randint(1, limits.crash_quick_restart_ms_max)
-            return Fault(kind, (victim,), crash_after_persist=mid_ready, duration_ms=restart_ms)
+            # Some crashes damage the last WAL record: the node restarts without its newest
+            # acknowledged entries while its leader still counts them (stale match index).
+            lost = 0
+            if not mid_ready and rng.random() < limits.crash_lose_tail_probability:
+                lost = rng.randint(1, limits.lost_tail_entries_max)
+            return Fault(
+                kind,
+                (victim,),
+                crash_after_persist=mid_ready,
+                duration_ms=restart_ms,
+                entries_count=lost,
+            )
         if kind == FaultKind.RESTART:
             return Fault(kind, (self._pick(view.down),))
         if kind == FaultKind.PARTITION:
@@ -193,4 +213,7 @@ class FaultSchedule:
         if kind == FaultKind.PAUSE:
             victim = view.leader if view.leader and rng.random() < 0.5 else self._pick(view.up)
             return Fault(kind, (victim,), duration_ms=rng.randint(1, limits.pause_ms_max))
+        if kind == FaultKind.LOSE_TAIL:
+            count = rng.randint(1, limits.lost_tail_entries_max)
+            return Fault(kind, (self._pick(view.down),), entries_count=count)
         return Fault(kind)  # HEAL

@@ -35,6 +35,7 @@ from minikv_core.raft.sim.trace import Trace
 from minikv_core.raft.storage import MemoryStorage
 from minikv_core.raft.types import (
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     Message,
@@ -138,6 +139,8 @@ class Host:
         self._knobs = knobs
         self.node: RawNode | None = None
         self.storage: MemoryStorage | None = None
+        self.conf_state_at_crash = ConfState()
+        """The membership the node had when it last crashed (it resumes about that one)."""
         self.machine = KvStateMachine()
         self.incarnation = 0
         self.decommissioned = False  # removed from the group: stopped for good
@@ -211,6 +214,7 @@ class Host:
         """Lose everything not on disk: the core, the state machine, pending client requests."""
         if self.node is None:
             return
+        self.conf_state_at_crash = self.node.conf_state
         self.node = None
         self.storage = None
         self.machine = KvStateMachine()

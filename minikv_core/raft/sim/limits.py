@@ -58,6 +58,11 @@ crash_quick_restart_ms_max = 2 * election_timeout_ms
 # A paused process (SIGSTOP, a long GC) loses its ticks and finds its messages queued when it
 # resumes. Only in SAFE read mode: leases assume a bounded clock drift, which a pause breaks.
 pause_ms_max = 4 * election_timeout_ms
+# A crashed node's disk loses up to this many of its newest (fsynced, acknowledged) entries: a
+# damaged last WAL record cut as a torn tail. Only while each lost entry stays on a majority of
+# voters elsewhere (Raft's safety needs a committed entry on a majority, §5.4.3).
+lost_tail_entries_max = 4
+crash_lose_tail_probability = 0.4  # of immediate crashes (the LOSE_TAIL fault hits down nodes)
 paused_inbox_messages_max = 1_000  # the socket buffer of a stopped process
 
 # --- runner ----------------------------------------------------------------------------------
@@ -89,5 +94,7 @@ assert client_timeout_ms > 2 * election_timeout_ms, "an election fits within a c
 assert liveness_bound_ms >= 10 * client_timeout_ms
 assert 0 < fault_interval_ms_min <= fault_interval_ms_max
 assert trace_events_printed <= trace_events_max
+assert lost_tail_entries_max >= 1
+assert 0.0 <= crash_lose_tail_probability <= 1.0
 assert clients_count >= 1
 assert client_key_space_size >= 1

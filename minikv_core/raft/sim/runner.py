@@ -377,6 +377,8 @@ class Simulation:
                 host.crash_after_persist = True
             else:
                 host.crash("fault")
+                if fault.entries_count:
+                    self._lose_tail(host.node_id, fault.entries_count)
             if fault.duration_ms:
                 self.queue.schedule(fault.duration_ms, RestartDue(host.node_id))
         elif kind == FaultKind.RESTART:
@@ -393,6 +395,8 @@ class Simulation:
             host = self.hosts[fault.nodes[0]]
             host.pause()
             self.queue.schedule(fault.duration_ms, Resume(host.node_id, host.incarnation))
+        elif kind == FaultKind.LOSE_TAIL:
+            self._lose_tail(fault.nodes[0], fault.entries_count)
         elif kind == FaultKind.CAMPAIGN:
             for campaigner_id in fault.nodes:
                 campaigner = self.hosts[campaigner_id]
@@ -404,6 +408,55 @@ class Simulation:
                     campaigner.after_input()
         else:
             self._inject_on_leader(fault)
+
+    def _lose_tail(self, victim: int, count_max: int) -> None:
+        """The disk of crashed `victim` loses up to `count_max` of its newest entries, but only
+        entries that stay on a majority of the voters of every configuration a live node has.
+
+        That is the premise under which the core promises recovery from the peers: Raft's
+        Leader Completeness argument (§5.4.3) needs each committed entry on a majority of
+        voters; losing it on more servers is data loss no protocol recovers from. Entries
+        compacted into another node's snapshot are committed, so that node counts as holding
+        them. The checker is unchanged: it never assumed a log only grows (it reads each disk
+        when it checks, keys log matching by (index, term), and an entry the victim persists
+        again is the same entry).
+        """
+        host = self.hosts[victim]
+        if host.up or host.decommissioned:
+            return
+        voter_sets = sorted(
+            {
+                (
+                    other.node.conf_state if other.node is not None else other.conf_state_at_crash
+                ).voters
+                for other in self.hosts.values()
+                if not other.decommissioned
+            }
+            - {()}
+        )
+        disk = host.disk
+        count = 0
+        while count < min(count_max, disk.losable_entries()):
+            index = disk.last_index() - count
+            entry = disk.entry_at(index)
+            assert entry is not None
+            holders = {
+                node_id
+                for node_id, other in self.hosts.items()
+                if node_id != victim
+                and not other.decommissioned
+                and other.disk.term_at(index) in (entry.term, None)
+            }
+            if not voter_sets or not all(
+                len(holders.intersection(voters)) > len(voters) // 2 for voters in voter_sets
+            ):
+                break
+            count += 1
+        if count == 0:
+            self._record("refused", f"lose_tail {victim}: no entry of it is safe to lose")
+            return
+        last = disk.lose_tail(count)
+        self._record("lose_tail", f"node {victim}'s disk lost entries {last + 1}..{last + count}")
 
     def _inject_on_leader(self, fault: Fault) -> None:
         leader = self._leader()

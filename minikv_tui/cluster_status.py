@@ -14,14 +14,13 @@ and screenshots replay recorded cluster states deterministically.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal, cast
 
 from minikv_core.client import AsyncClient, ClientError
+from minikv_tui.node_process import CLOCK_TICKS, proc_usage
 
 ProcessState = Literal["up", "down", "paused", "stopped", "external"]
 """What the launcher knows of a node's process; "external": not started by us."""
@@ -215,7 +214,7 @@ class Poller:
         documents = await asyncio.gather(*(self._fetch(target, detail) for target in targets))
         now = time.time()
         usage = {
-            t.node_id: _proc_usage(t.pid) if t.pid is not None else (None, None) for t in targets
+            t.node_id: proc_usage(t.pid) if t.pid is not None else (None, None) for t in targets
         }
         nodes = [
             self._node_status(target, docs, now, usage[target.node_id])
@@ -298,7 +297,7 @@ class Poller:
         if previous is not None and cpu_ticks is not None and previous.cpu_ticks is not None:
             elapsed = now - previous.at
             if elapsed > 0 and cpu_ticks >= previous.cpu_ticks:
-                cpu_percent = 100.0 * (cpu_ticks - previous.cpu_ticks) / _CLOCK_TICKS / elapsed
+                cpu_percent = 100.0 * (cpu_ticks - previous.cpu_ticks) / CLOCK_TICKS / elapsed
         wal = status.get("wal") or {}
         return replace(
             base,
@@ -536,32 +535,6 @@ def _int_or_none(value: object) -> int | None:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
-
-
-# --------------------------------------------------------------------------- process usage
-
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def _proc_usage(pid: int) -> tuple[int | None, int | None]:
-    """CPU ticks (user+system) and resident bytes of a local process, from /proc (Linux).
-
-    Elsewhere, or for a process that is gone, both are None: shown as unknown, never as 0.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        statm = Path(f"/proc/{pid}/statm").read_text()
-    except OSError:
-        return None, None
-    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    try:
-        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        rss = int(statm.split()[1]) * _PAGE_SIZE
-    except (IndexError, ValueError):
-        return None, None
-    return ticks, rss
 
 
 # ------------------------------------------------------------------------------------ JSON

@@ -31,20 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from minikv_core.client import (
     AsyncClient,
@@ -54,6 +52,20 @@ from minikv_core.client import (
 )
 from minikv_tui.cluster_status import NodeTarget
 from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError
+from minikv_tui.node_process import (
+    CHILDREN,
+    LOOPBACK,
+    START_MARK,
+    ProcessState,
+    cmdline,
+    free_ports,
+    log_tail,
+    node_pid,
+    node_process_state,
+    port_in_use,
+    process_start_ticks,
+    signal_group,
+)
 from minikv_tui.registry import (
     ClusterRecord,
     ClusterSettings,
@@ -64,8 +76,20 @@ from minikv_tui.registry import (
     default_home,
 )
 
+__all__ = [  # the public API, and node_process_state re-exported for the dashboard
+    "DEFAULT_NAME",
+    "ClusterView",
+    "Launcher",
+    "LauncherError",
+    "NodeStartFailedError",
+    "NodeView",
+    "Step",
+    "UpResult",
+    "check_name",
+    "node_process_state",
+]
+
 DEFAULT_NAME: Final = "local"
-LOOPBACK: Final = "127.0.0.1"
 NAME_PATTERN: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 
 NODES_DEFAULT: Final = 3
@@ -88,13 +112,7 @@ LOCK_TIMEOUT_S: Final = 180.0
 ADMIN_TIMEOUT_S: Final = 2.0
 TRANSFER_TIMEOUT_S: Final = 10.0
 POLL_S: Final = 0.05
-LOG_TAIL_LINES: Final = 20
-START_MARK: Final = "=== minikv launcher: start"
 PARTITION_FILE: Final = "partition.json"
-
-ProcessState = Literal["up", "paused", "down", "stopped"]
-"""What a node's process is, as observed now: "down" = should run but does not (killed,
-crashed, failed to start); "stopped" = stopped on purpose (or never started)."""
 
 
 class LauncherError(UserError):
@@ -111,83 +129,6 @@ class NodeStartFailedError(LauncherError):
 
 # ----------------------------------------------------------------------------- processes
 
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-"""Nodes this process spawned: polled so that a long-lived parent (the dashboard) reaps the
-ones that exit instead of collecting zombies."""
-
-
-def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        del _CHILDREN[pid]
-
-
-def read_proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) of a live process, else None."""
-    _reap(pid)
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may hold spaces or ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    if len(fields) < 20:
-        return None
-    state, start_ticks = fields[0], int(fields[19])
-    if state in ("Z", "X", "x"):
-        return None
-    return state, start_ticks
-
-
-def process_start_ticks(pid: int) -> int | None:
-    stat = read_proc_stat(pid)
-    return stat[1] if stat is not None else None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _is_node_process(pid: int, pid_start: int | None, data_dir: Path) -> str | None:
-    """The /proc state letter if `pid` is still the node started on `data_dir`, else None."""
-    if pid_start is None:
-        return None
-    stat = read_proc_stat(pid)
-    if stat is None or stat[1] != pid_start:
-        return None
-    argv = _cmdline(pid)
-    if "minikv_core.server" not in argv:
-        return None
-    with contextlib.suppress(ValueError):
-        if argv[argv.index("--data-dir") + 1] == str(data_dir):
-            return stat[0]
-    return None
-
-
-def node_process_state(node: NodeRecord) -> ProcessState:
-    """What the node's process is now (re-checked from /proc, never taken from the registry
-    alone: a node can be killed, or its pid reused, behind our back)."""
-    if node.pid is not None:
-        letter = _is_node_process(node.pid, node.pid_start, node.data_dir)
-        if letter is not None:
-            return "paused" if letter in ("T", "t") else "up"
-    return "stopped" if node.state == "stopped" else "down"
-
-
-def node_pid(node: NodeRecord) -> int | None:
-    """The node's pid if that process is alive and is the node."""
-    return node.pid if node_process_state(node) in ("up", "paused") else None
-
-
-def _signal_group(pid: int, signum: int) -> None:
-    """Nodes lead their own process group (start_new_session): signal it all."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signum)
-
 
 async def _wait_gone(node: NodeRecord, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
@@ -203,56 +144,16 @@ async def _terminate(node: NodeRecord, grace_s: float) -> None:
     pid = node_pid(node)
     if pid is None:
         return
-    _signal_group(pid, signal.SIGCONT)
-    _signal_group(pid, signal.SIGTERM)
+    signal_group(pid, signal.SIGCONT)
+    signal_group(pid, signal.SIGTERM)
     if await _wait_gone(node, grace_s):
         return
-    _signal_group(pid, signal.SIGKILL)
+    signal_group(pid, signal.SIGKILL)
     if not await _wait_gone(node, KILL_WAIT_S):
         raise LauncherError(
             f"node {node.node_id} (pid {pid}) did not exit after SIGKILL",
             hint="Check `ps` for the process; it may be stuck in the kernel (D state).",
         )
-
-
-def port_in_use(port: int) -> bool:
-    """Whether a listener holds `port` on loopback. SO_REUSEADDR so that connections of a node
-    that just stopped (TIME_WAIT) do not count, as they do not for the node's own bind."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return True
-            raise
-    return False
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports the OS calls free now (all bound at once so they differ)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind((LOOPBACK, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines the node wrote since its most recent start."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    mark = text.rfind(START_MARK)
-    if mark >= 0:
-        text = text[text.find("\n", mark) + 1 :]
-    return text.splitlines()[-lines:]
 
 
 # ---------------------------------------------------------------------------------- views
@@ -558,7 +459,7 @@ class Launcher:
             await self._record(registry)
             node = await self._node(registry, node_id)
             pid = self._require_alive(node)
-            _signal_group(pid, signal.SIGKILL)
+            signal_group(pid, signal.SIGKILL)
             if not await _wait_gone(node, KILL_WAIT_S):
                 raise LauncherError(f"node {node_id} (pid {pid}) did not die after SIGKILL")
             await registry.update_node(self.name, node_id, state="killed", pid=None, pid_start=None)
@@ -573,7 +474,7 @@ class Launcher:
             pid = self._require_alive(node)
             if node_process_state(node) == "paused":
                 return f"node {node_id} is already paused"
-            _signal_group(pid, signal.SIGSTOP)
+            signal_group(pid, signal.SIGSTOP)
             deadline = time.monotonic() + KILL_WAIT_S
             while node_process_state(node) != "paused":
                 if time.monotonic() >= deadline:
@@ -593,7 +494,7 @@ class Launcher:
             pid = self._require_alive(node)
             if node_process_state(node) != "paused":
                 return f"node {node_id} is not paused"
-            _signal_group(pid, signal.SIGCONT)
+            signal_group(pid, signal.SIGCONT)
             await registry.update_node(
                 self.name, node_id, state="running", pid=pid, pid_start=node.pid_start
             )
@@ -1015,12 +916,12 @@ class Launcher:
                 cwd=record.directory,
                 start_new_session=True,
             )
-        _CHILDREN[child.pid] = child
+        CHILDREN[child.pid] = child
         pid_start = process_start_ticks(child.pid)
         # Popen returns when close-on-exec fired, a moment before the kernel publishes the new
         # command line: wait for it, or the node would look like a stranger to `node_pid`.
         deadline = time.monotonic() + EXEC_WAIT_S
-        while "minikv_core.server" not in _cmdline(child.pid):
+        while "minikv_core.server" not in cmdline(child.pid):
             if child.poll() is not None or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.005)
@@ -1030,7 +931,7 @@ class Launcher:
 
     @staticmethod
     def _exit_detail(node: NodeRecord) -> str:
-        child = _CHILDREN.get(node.pid) if node.pid is not None else None
+        child = CHILDREN.get(node.pid) if node.pid is not None else None
         code = child.poll() if child is not None else None
         return f"exited with status {code}" if code is not None else "exited"
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from minikv_tui.errors import EXIT_USAGE, UserError
-from minikv_tui.launcher import Launcher, check_name, node_process_state
+from minikv_tui.launcher import Launcher, check_name
+from minikv_tui.node_process import node_process_state
 from minikv_tui.registry import NodeRecord, Registry, RegistryError
 
 CLUSTER_ENV: Final = "MINIKV_CLUSTER"

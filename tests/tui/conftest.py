@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from minikv_tui.launcher import Launcher, log_tail
+from minikv_tui.launcher import Launcher
+from minikv_tui.node_process import log_tail
 
 CLUSTER_NAME = "t"
 TEARDOWN_GRACE_S = 5.0

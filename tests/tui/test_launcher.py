@@ -22,8 +22,8 @@ from minikv_tui.launcher import (
     LauncherError,
     NodeStartFailedError,
     node_process_state,
-    process_start_ticks,
 )
+from minikv_tui.node_process import process_start_ticks
 from minikv_tui.registry import NodeRecord, Registry
 from tests.tui.conftest import processes_under
 

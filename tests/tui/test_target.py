@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from minikv_tui.errors import UserError
-from minikv_tui.launcher import process_start_ticks
+from minikv_tui.node_process import process_start_ticks
 from minikv_tui.registry import ClusterRecord, ClusterSettings, NodeRecord, Registry
 from minikv_tui.target import Target, pick_local_cluster, resolve_target, resolve_target_async
 

@@ -1,0 +1,169 @@
+"""Node processes on this machine, as /proc shows them: is a pid still our node, is it paused,
+which ports are free, what did it log last.
+
+Pids are not trusted on their own: a node counts as alive only while its process start time
+(`/proc/<pid>/stat` field 22), its command line (`minikv_core.server`) and its `--data-dir`
+all match what the registry recorded, so a dead node whose pid was reused is never signalled.
+Linux-only (/proc); elsewhere every node reads as not running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import subprocess
+from pathlib import Path
+from typing import Final, Literal
+
+from minikv_tui.registry import NodeRecord
+
+LOOPBACK: Final = "127.0.0.1"
+LOG_TAIL_LINES: Final = 20
+START_MARK: Final = "=== minikv launcher: start"
+
+ProcessState = Literal["up", "paused", "down", "stopped"]
+"""What a node's process is, as observed now: "down" = should run but does not (killed,
+crashed, failed to start); "stopped" = stopped on purpose (or never started)."""
+
+CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Nodes this process spawned: polled so that a long-lived parent (the dashboard) reaps the
+ones that exit instead of collecting zombies."""
+
+
+def _reap(pid: int) -> None:
+    child = CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        del CHILDREN[pid]
+
+
+def read_proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks since boot) of a live process, else None."""
+    _reap(pid)
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces or ')'.
+    fields = text[text.rfind(")") + 2 :].split()
+    if len(fields) < 20:
+        return None
+    state, start_ticks = fields[0], int(fields[19])
+    if state in ("Z", "X", "x"):
+        return None
+    return state, start_ticks
+
+
+def process_start_ticks(pid: int) -> int | None:
+    stat = read_proc_stat(pid)
+    return stat[1] if stat is not None else None
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_node_process(pid: int, pid_start: int | None, data_dir: Path) -> str | None:
+    """The /proc state letter if `pid` is still the node started on `data_dir`, else None."""
+    if pid_start is None:
+        return None
+    stat = read_proc_stat(pid)
+    if stat is None or stat[1] != pid_start:
+        return None
+    argv = cmdline(pid)
+    if "minikv_core.server" not in argv:
+        return None
+    with contextlib.suppress(ValueError):
+        if argv[argv.index("--data-dir") + 1] == str(data_dir):
+            return stat[0]
+    return None
+
+
+def node_process_state(node: NodeRecord) -> ProcessState:
+    """What the node's process is now (re-checked from /proc, never taken from the registry
+    alone: a node can be killed, or its pid reused, behind our back)."""
+    if node.pid is not None:
+        letter = _is_node_process(node.pid, node.pid_start, node.data_dir)
+        if letter is not None:
+            return "paused" if letter in ("T", "t") else "up"
+    return "stopped" if node.state == "stopped" else "down"
+
+
+def node_pid(node: NodeRecord) -> int | None:
+    """The node's pid if that process is alive and is the node."""
+    return node.pid if node_process_state(node) in ("up", "paused") else None
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """Nodes lead their own process group (start_new_session): signal it all."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def port_in_use(port: int) -> bool:
+    """Whether a listener holds `port` on loopback. SO_REUSEADDR so that connections of a node
+    that just stopped (TIME_WAIT) do not count, as they do not for the node's own bind."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return True
+            raise
+    return False
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports the OS calls free now (all bound at once so they differ)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines the node wrote since its most recent start."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    mark = text.rfind(START_MARK)
+    if mark >= 0:
+        text = text[text.find("\n", mark) + 1 :]
+    return text.splitlines()[-lines:]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def proc_usage(pid: int) -> tuple[int | None, int | None]:
+    """CPU ticks (user+system) and resident bytes of a local process, from /proc (Linux).
+
+    Elsewhere, or for a process that is gone, both are None: shown as unknown, never as 0.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        statm = Path(f"/proc/{pid}/statm").read_text()
+    except OSError:
+        return None, None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+        rss = int(statm.split()[1]) * PAGE_SIZE
+    except (IndexError, ValueError):
+        return None, None
+    return ticks, rss

@@ -22,6 +22,11 @@ What it does for the caller:
   `DeadlineExceededError` (the deadline passed; a write's outcome is then unknown), and
   `PermissionDeniedError` (admin calls from a non-loopback client), all `ClientError`s.
 
+Transactions: `txn(compare=[...], success=[...], failure=[...])` with `Compare` and `TxnOp`
+(or `txn_document(json_document)`) returns a `TxnResponse`; the call goes to the leader of
+the first key's shard, so a transaction on one shard needs no forwarding. The node retries
+conflicts until the deadline; UnavailableError then means nothing was applied.
+
 Retried writes: a put or delete answered UNAVAILABLE may still have been proposed, so a retry
 can apply it twice. A put is idempotent in effect (the same value wins, with a newer version);
 a retried delete may report that the key did not exist when the first attempt deleted it.
@@ -49,7 +54,21 @@ import grpc.aio
 from minikv_core.cluster import service
 from minikv_core.cluster.service import Consistency, ScanItem, ScanResult, VersionedValue
 from minikv_core.cluster.shard_map import shard_for_key
-from minikv_core.net import limits
+from minikv_core.cluster.txn import (
+    Compare,
+    CompareOp,
+    CompareTarget,
+    OpKind,
+    OpResult,
+    TxnOp,
+    TxnRequest,
+    TxnResponse,
+    parse_document,
+    request_document,
+    response_document,
+    validate,
+)
+from minikv_core.net import api, limits
 from minikv_core.net.errors_map import error_from_grpc
 from minikv_core.net.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
@@ -59,17 +78,48 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ClientError",
+    "Compare",
+    "CompareOp",
+    "CompareTarget",
     "Consistency",
     "DeadlineExceededError",
     "InvalidRequestError",
     "NotFoundError",
+    "OpKind",
+    "OpResult",
     "PermissionDeniedError",
     "ScanItem",
     "ScanResult",
     "TooLargeError",
+    "TxnOp",
+    "TxnRequest",
+    "TxnResponse",
     "UnavailableError",
     "VersionedValue",
+    "parse_txn_document",
+    "txn_request_document",
+    "txn_response_document",
 ]
+
+
+def parse_txn_document(document: object) -> TxnRequest:
+    """A transaction from its JSON document (cluster/txn.py); InvalidRequestError or
+    TooLargeError name what is wrong."""
+    try:
+        return parse_document(document)
+    except service.ServiceError as error:
+        raise _client_error(error) from None
+
+
+def txn_request_document(request: TxnRequest) -> dict[str, Any]:
+    """The JSON document of a transaction (the inverse of `parse_txn_document`)."""
+    return request_document(request)
+
+
+def txn_response_document(response: TxnResponse) -> dict[str, Any]:
+    """The JSON answer of a transaction, as `POST /txn` gives it."""
+    return response_document(response)
+
 
 TIMEOUT_S_DEFAULT: Final = limits.REQUEST_TIMEOUT_MS_DEFAULT / 1000.0
 BACKOFF_INITIAL_S: Final = 0.05
@@ -365,6 +415,38 @@ class AsyncClient:
             return True
 
         return await self._routed(key, call, timeout_s)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> TxnResponse:
+        """If every compare holds, run the success ops, else the failure ops, atomically;
+        compares and gets read the state before the transaction."""
+        request = TxnRequest(tuple(compare), tuple(success), tuple(failure))
+        try:
+            validate(request)
+        except service.ServiceError as error:
+            raise _client_error(error) from None
+        return await self.txn_request(request, timeout_s=timeout_s)
+
+    async def txn_request(
+        self, request: TxnRequest, *, timeout_s: float | None = None
+    ) -> TxnResponse:
+        """`txn` for a request built already (e.g. by `parse_txn_document`)."""
+        keys = request.keys
+        if not keys:
+            raise InvalidRequestError("the transaction is empty")
+        message = api.txn_request_to_proto(request)
+
+        async def call(channel: grpc.aio.Channel, timeout: float) -> TxnResponse:
+            answer = await kv_pb2_grpc.KVStub(channel).Txn(message, timeout=timeout)
+            return api.txn_response_from_proto(answer)
+
+        return await self._routed(keys[0], call, timeout_s)
 
     async def scan(
         self,
@@ -696,6 +778,19 @@ class Client:
 
     def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         return self._run(self._async.delete(key, timeout_s=timeout_s))
+
+    def txn(
+        self,
+        compare: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+        *,
+        timeout_s: float | None = None,
+    ) -> TxnResponse:
+        return self._run(self._async.txn(compare, success, failure, timeout_s=timeout_s))
+
+    def txn_request(self, request: TxnRequest, *, timeout_s: float | None = None) -> TxnResponse:
+        return self._run(self._async.txn_request(request, timeout_s=timeout_s))
 
     def scan(
         self,

@@ -11,6 +11,7 @@ Layout (little-endian, unsigned; `struct`-packed, no per-byte Python loops):
     item     = PUT    kind u8 (= 1) | request_id u64 | key_len u32 | value_len u32 | key | value
              | DELETE kind u8 (= 2) | request_id u64 | key_len u32 | key
              | BATCH  kind u8 (= 3) | count u32 | count x (PUT or DELETE item)
+             | TXN    kind u8 (= 4) | request_id u64 | body_len u32 | body (txn_codec.py)
 
 Why a format byte: entries stay in Raft logs, WALs and snapshots across upgrades; a node must
 recognise an entry written by a newer format and fail that entry clearly instead of
@@ -26,6 +27,11 @@ share a version while only the second one's value is ever visible; etcd refuses 
 keys in one transaction for the same reason. A committed entry that does not decode raises
 `CommandDecodeError` naming the byte offset and the reason; the state machine turns that into
 a failed apply result, never a crash (the entry is committed on every replica alike).
+
+A TXN command (a shard's part of a transaction: one-phase, prepare, resolve, decide, forget)
+is always alone in its entry: its body is checked by `txn_codec` on both sides. Puts and
+deletes of keys under `txn.SYSTEM_KEY_PREFIX` (the shard's transaction state) are refused by
+the node's APIs, and by the state machine at apply time (a REJECTED result for that write).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import struct
 from dataclasses import dataclass
 
 from minikv_core.cluster import limits
+from minikv_core.cluster.txn_codec import TxnBody, TxnCodecError, decode_body, encode_body
 
 FORMAT_VERSION = 1
 """The first byte of every encoded command."""
@@ -44,6 +51,7 @@ class CommandKind(enum.IntEnum):
     PUT = 1
     DELETE = 2
     BATCH = 3
+    TXN = 4
 
 
 _U64_MAX = 2**64 - 1
@@ -51,6 +59,7 @@ _FORMAT = struct.Struct("<B")
 _PUT_ITEM = struct.Struct("<BQII")  # kind, request_id, key_len, value_len
 _DELETE_ITEM = struct.Struct("<BQI")  # kind, request_id, key_len
 _BATCH_ITEM = struct.Struct("<BI")  # kind, count
+_TXN_ITEM = struct.Struct("<BQI")  # kind, request_id, body_len
 
 # The real fixed overhead of the largest single command stays under the bound limits.py
 # reasons with.
@@ -60,6 +69,7 @@ _FORMAT_BYTE = _FORMAT.pack(FORMAT_VERSION)
 _PUT = CommandKind.PUT
 _DELETE = CommandKind.DELETE
 _BATCH = CommandKind.BATCH
+_TXN = CommandKind.TXN
 
 
 class CommandError(ValueError):
@@ -186,7 +196,28 @@ class BatchCommand:
         return _encode_top(self)
 
 
-Command = PutCommand | DeleteCommand | BatchCommand
+@dataclass(frozen=True, slots=True)
+class TxnCommand:
+    """A shard's part of a transaction (txn_codec.py), alone in its entry."""
+
+    body: TxnBody
+    request_id: int = 0
+
+    def _encode_item(self, parts: list[bytes]) -> int:
+        request_id = _check_request_id(self.request_id)
+        try:
+            body = encode_body(self.body)
+        except TxnCodecError as error:
+            raise CommandEncodeError(f"transaction command: {error}") from None
+        parts.append(_TXN_ITEM.pack(_TXN, request_id, len(body)))
+        parts.append(body)
+        return _TXN_ITEM.size + len(body)
+
+    def encode(self) -> bytes:
+        return _encode_top(self)
+
+
+Command = PutCommand | DeleteCommand | BatchCommand | TxnCommand
 
 
 def _encode_top(command: Command) -> bytes:
@@ -204,7 +235,7 @@ def _encode_top(command: Command) -> bytes:
 
 def encode_command(command: Command) -> bytes:
     """The entry data of `command`; raises CommandEncodeError if it is not valid."""
-    if not isinstance(command, PutCommand | DeleteCommand | BatchCommand):
+    if not isinstance(command, PutCommand | DeleteCommand | BatchCommand | TxnCommand):
         raise CommandEncodeError(f"not a command: {type(command).__name__}")
     return command.encode()
 
@@ -247,6 +278,8 @@ def _decode_write(view: memoryview, offset: int, size: int) -> tuple[WriteComman
         return DeleteCommand(bytes(view[start:end]), request_id), end
     if kind == _BATCH:
         raise CommandDecodeError(offset, "a BATCH inside a BATCH (batches do not nest)")
+    if kind == _TXN:
+        raise CommandDecodeError(offset, "a TXN inside a BATCH (a TXN is alone in its entry)")
     raise CommandDecodeError(offset, f"unknown command kind {kind}")
 
 
@@ -257,6 +290,21 @@ def _check_decoded_key(offset: int, key_len: int) -> None:
             f"key length {key_len} is outside {limits.COMMAND_KEY_SIZE_BYTES_MIN}.."
             f"{limits.COMMAND_KEY_SIZE_BYTES_MAX}",
         )
+
+
+def _decode_txn(view: memoryview, offset: int, size: int) -> tuple[TxnCommand, int]:
+    if offset + _TXN_ITEM.size > size:
+        raise CommandDecodeError(offset, "TXN header is cut short")
+    _, request_id, body_len = _TXN_ITEM.unpack_from(view, offset)
+    start = offset + _TXN_ITEM.size
+    end = start + body_len
+    if end > size:
+        raise CommandDecodeError(offset, f"TXN body of {body_len} bytes overruns the data")
+    try:
+        body = decode_body(view[start:end])
+    except TxnCodecError as error:
+        raise CommandDecodeError(start, f"TXN body: {error}") from None
+    return TxnCommand(body, request_id), end
 
 
 def decode_command(data: bytes | memoryview) -> Command:
@@ -293,6 +341,8 @@ def decode_command(data: bytes | memoryview) -> Command:
                 )
             commands.append(command)
         result: Command = BatchCommand(tuple(commands))
+    elif offset < size and view[offset] == _TXN:
+        result, offset = _decode_txn(view, offset, size)
     else:
         result, offset = _decode_write(view, offset, size)
     if offset != size:

@@ -52,6 +52,7 @@ from typing import Final
 from minikv_core.cluster.commands import (
     BatchCommand,
     CommandEncodeError,
+    TxnCommand,
     WriteCommand,
 )
 from minikv_core.cluster.config import fsync_directory
@@ -377,7 +378,7 @@ class ShardGroup(Group):
         self.state_machine = state_machine
         self.proposals: dict[int, _Bucket] = {}
         """Entry index -> the client writes it carries, waiting for its apply result."""
-        self._queued: list[tuple[WriteCommand, asyncio.Future[ApplyResult]]] = []
+        self._queued: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]] = []
         self.pending_dir = pending_dir
         """Where a received snapshot waits, durable, until the engine has installed it."""
         self.entries_rejected = 0
@@ -388,11 +389,12 @@ class ShardGroup(Group):
     def applied_index(self) -> int:
         return self.state_machine.applied_index
 
-    def enqueue(self, command: WriteCommand) -> asyncio.Future[ApplyResult]:
+    def enqueue(self, command: WriteCommand | TxnCommand) -> asyncio.Future[ApplyResult]:
         """Queue a client write for the next `propose_queued` (the host calls it at the
         start of its next loop iteration, which the caller wakes). Writes queued together
         are proposed as one entry (a BatchCommand) when their keys are distinct: one log
-        entry, one WAL record, one engine batch for many clients."""
+        entry, one WAL record, one engine batch for many clients. A transaction command is
+        proposed alone, in queue order."""
         future: asyncio.Future[ApplyResult] = asyncio.get_running_loop().create_future()
         self._queued.append((command, future))
         return future
@@ -406,10 +408,16 @@ class ShardGroup(Group):
         between ready() and advance(): RawNode allows proposals at any time)."""
         queued = [(c, f) for c, f in self._queued if not f.done()]
         self._queued.clear()
-        batch: list[tuple[WriteCommand, asyncio.Future[ApplyResult]]] = []
+        batch: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]] = []
         keys: set[bytes] = set()
         size = 0
         for command, future in queued:
+            if isinstance(command, TxnCommand):
+                if batch:
+                    self._propose_batch(batch)
+                    batch, keys, size = [], set(), 0
+                self._propose_batch([(command, future)])
+                continue
             cost = _PUT_ITEM_BYTES + len(command.key) + len(getattr(command, "value", b""))
             if batch and (
                 command.key in keys
@@ -424,13 +432,17 @@ class ShardGroup(Group):
         if batch:
             self._propose_batch(batch)
 
-    def _propose_batch(self, batch: list[tuple[WriteCommand, asyncio.Future[ApplyResult]]]) -> None:
+    def _propose_batch(
+        self, batch: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]]
+    ) -> None:
         error: Exception | None = None
         try:
             if len(batch) == 1:
                 data = batch[0][0].encode()
             else:
-                data = BatchCommand(tuple(command for command, _ in batch)).encode()
+                writes = tuple(c for c, _ in batch if not isinstance(c, TxnCommand))
+                assert len(writes) == len(batch), "a transaction command is proposed alone"
+                data = BatchCommand(writes).encode()
             term, index = self.raw.propose(data)
         except CommandEncodeError as refused:
             error = InvalidRequestError(str(refused))

@@ -85,3 +85,53 @@ assert (
     RAFT_LOG_REAPPEND_BATCH_BYTES_MAX + wal_limits.WAL_FRAMING_BYTES_MAX
     <= wal_limits.WAL_SEGMENT_SIZE_BYTES_DEFAULT
 )
+
+# =============================================================================================
+# Transactions (txn*.py): one transaction's size, its locks' lifetime, a shard's lock table
+# =============================================================================================
+
+# Operations of one transaction: compares + success ops + failure ops together. Every op of a
+# shard's part is evaluated inside one apply (the engine's write lock is held meanwhile), and
+# every key locked is one entry of the shard's in-memory lock table.
+TXN_OPS_MAX = 128
+
+# Key and value bytes of one transaction, all ops and compares together. A shard's part of a
+# transaction is ONE Raft entry (one-phase, or a prepare staging both branches), so the whole
+# of it must fit one entry with its framing, and well under the 1 MiB a node proposes
+# (net/limits.py ENTRY_DATA_BYTES_MAX asserts the relation, since cluster cannot import net).
+TXN_BYTES_MAX = 512 * KIB
+
+# Fixed bytes around one op or compare in a transaction command (kind, lengths, version,
+# op index): generous upper bound, checked against the real struct sizes in txn_codec.py.
+TXN_OP_OVERHEAD_BYTES_MAX = 32
+
+# Fixed bytes of a transaction command besides its ops (format, kind, request id, txn id,
+# home shard, expiry, counts): generous upper bound, checked in txn_codec.py.
+TXN_COMMAND_HEADER_BYTES_MAX = 128
+
+# The largest encoded transaction command (every op of the transaction on one shard).
+TXN_COMMAND_BYTES_MAX = (
+    TXN_COMMAND_HEADER_BYTES_MAX + TXN_OPS_MAX * TXN_OP_OVERHEAD_BYTES_MAX + TXN_BYTES_MAX
+)
+
+# How long a prepared transaction's intents may block others before anyone who meets them may
+# resolve them from the transaction record (proposing an abort when it is undecided). A live
+# coordinator normally decides within a few Raft rounds; one that is slower past this is
+# aborted by the first resolver, which is safe (the first decision wins) but costs a retry.
+TXN_INTENT_TTL_MS = 2_000
+
+# Prepared transactions one shard holds at once. Past it, a prepare is refused like a conflict
+# (retryable): bounds the lock table's memory and the intent records scanned at start.
+TXN_INTENTS_PER_SHARD_MAX = 10_000
+
+# A transaction id: 16 random bytes chosen by the coordinator (collision odds negligible).
+TXN_ID_BYTES = 16
+
+assert TXN_OPS_MAX >= 2, "a transaction moves at least two keys"
+assert TXN_BYTES_MAX >= COMMAND_KEY_SIZE_BYTES_MAX, "at least one maximal key fits"
+assert TXN_COMMAND_BYTES_MAX <= COMMAND_BYTES_MAX
+# A prepare's intent record (both branches staged) is one engine value.
+assert TXN_COMMAND_BYTES_MAX + STORED_VERSION_BYTES <= lsm_limits.LSM_VALUE_SIZE_BYTES_MAX
+assert TXN_OPS_MAX <= COMMAND_BATCH_COMMANDS_MAX, "a part's writes are one engine batch"
+assert TXN_INTENT_TTL_MS > 0
+assert TXN_INTENTS_PER_SHARD_MAX > 0

@@ -20,6 +20,15 @@ which never forward again (they raise UnavailableError with the leader hint), so
 cannot bounce between two nodes with different views of the leader. The forwarding node
 follows one hint.
 
+Transactions: `txn` runs the coordinator (txn_coordinator.py) on this node; each shard's
+part is a transaction command run on that shard's leader by `run_txn_command` (proposed here
+when this node leads the shard, else forwarded with `forward_txn_command` and served there by
+`local_txn_command`, which never forwards again). A put or delete whose key is locked by a
+prepared transaction gets a CONFLICT apply result: it waits the lock out (or resolves it once
+expired, txn_resolver.py) and is proposed again. A linearizable get or scan that finds a
+write-locked key waits the same way before answering: that transaction may already be
+committed on its home shard, and answering the old value would then be a stale read.
+
 Errors: UnavailableError(leader_hint) when no leader is known or reachable, and
 DeadlineExceededError when the deadline passes; nothing waits longer than its deadline.
 """
@@ -33,9 +42,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
-from minikv_core.cluster.commands import DeleteCommand, PutCommand
+from minikv_core.cluster.commands import DeleteCommand, PutCommand, TxnCommand
 from minikv_core.cluster.config import NodeConfig
 from minikv_core.cluster.group import ShardGroup
 from minikv_core.cluster.host import MultiRaftHost, TransportFactory
@@ -57,6 +66,20 @@ from minikv_core.cluster.service import (
 )
 from minikv_core.cluster.shard_map import META_GROUP_ID, shard_for_key
 from minikv_core.cluster.state_machine import ApplyResult, ResultKind
+from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX, TxnRequest, TxnResponse, validate
+from minikv_core.cluster.txn_codec import (
+    Blocker,
+    Conflict,
+    TxnBody,
+    TxnCodecError,
+    TxnResult,
+    decode_body,
+    decode_result,
+    encode_body,
+    encode_result,
+)
+from minikv_core.cluster.txn_coordinator import TxnCoordinator, fault_from_env
+from minikv_core.cluster.txn_resolver import wait_out
 from minikv_core.net.fault import FaultFilter, FaultRules, FaultRulesError
 from minikv_core.raft import NONE, NotLeaderError, ProposalDroppedError, Role
 from minikv_core.storage.engine import EngineOptions
@@ -98,6 +121,18 @@ class Forwarder(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TxnForwarder(Protocol):
+    """A Forwarder that can also carry a shard's transaction command to its leader (the gRPC
+    forwarder does; a forwarder without it makes cross-node transactions unavailable)."""
+
+    async def forward_txn_command(
+        self, node_id: int, shard: int, body: bytes, deadline: float
+    ) -> bytes:
+        """The encoded `TxnResult` of the encoded `TxnBody`, applied on `node_id`'s shard."""
+        ...
 
 
 ForwarderFactory = Callable[[NodeConfig, FaultFilter], Forwarder]
@@ -143,6 +178,8 @@ class Node:
         self._read_contexts = itertools.count(1)
         self._leader_hints: dict[int, int] = {}
         """Shard -> last leader learned by forwarding (for shards this node does not hold)."""
+        self._txn_rng = random.Random(random.SystemRandom().getrandbits(64))
+        self.txn_coordinator = TxnCoordinator(self, self._shard_of, self._txn_rng, fault_from_env())
 
     @property
     def node_id(self) -> int:
@@ -184,6 +221,7 @@ class Node:
                     grace_s,
                 )
         try:
+            await self.txn_coordinator.close()
             await self.host.stop()
         finally:
             if self.forwarder is not None:
@@ -228,6 +266,10 @@ class Node:
         limit = self.config.key_size_bytes_max
         if len(key) > limit:
             raise TooLargeError(f"the {what} is {len(key)} bytes; the limit is {limit} bytes")
+        if key.startswith(SYSTEM_KEY_PREFIX):
+            raise InvalidRequestError(
+                f"the {what} starts with {SYSTEM_KEY_PREFIX!r}, which is reserved for transactions"
+            )
 
     def _check_value(self, value: bytes) -> None:
         if not isinstance(value, bytes):
@@ -358,15 +400,96 @@ class Node:
     async def _propose(
         self, group: ShardGroup, command: PutCommand | DeleteCommand, deadline: float
     ) -> ApplyResult:
+        """Propose a plain write; when it meets a transaction's lock (CONFLICT, nothing
+        applied), wait the lock out or resolve it, and propose it again (a new request id:
+        the refused entry is done with)."""
+        attempt = 0
+        while True:
+            result = await self._propose_once(group, command, deadline)
+            if result.kind is ResultKind.REJECTED:
+                raise InvalidRequestError(f"the write was rejected: {result.error}")
+            if result.kind is not ResultKind.CONFLICT:
+                assert result.kind in (ResultKind.PUT, ResultKind.DELETE), result
+                return result
+            assert isinstance(result.txn, Conflict), result
+            await self._wait_out(result.txn.blockers, group.shard, deadline, attempt)
+            attempt += 1
+            if isinstance(command, PutCommand):
+                command = PutCommand(command.key, command.value, next(self._request_ids))
+            else:
+                command = DeleteCommand(command.key, next(self._request_ids))
+
+    async def _propose_once(
+        self, group: ShardGroup, command: PutCommand | DeleteCommand | TxnCommand, deadline: float
+    ) -> ApplyResult:
         future = group.enqueue(command)
         self.host.note_queued(group)
         try:
-            result = await self._wait(future, deadline, f"write to shard {group.shard}")
+            return await self._wait(future, deadline, f"write to shard {group.shard}")
         except DeadlineExceededError:
             group.forget_proposals()
             raise
-        assert result.kind in (ResultKind.PUT, ResultKind.DELETE), result
-        return result
+
+    async def _wait_out(
+        self, blockers: Sequence[Blocker], shard: int, deadline: float, attempt: int
+    ) -> None:
+        await wait_out(blockers, shard, self, deadline, attempt=attempt, rng=self._txn_rng)
+
+    # ------------------------------------------------------------------- transactions
+
+    async def txn(self, request: TxnRequest, deadline: float) -> TxnResponse:
+        validate(
+            request,
+            key_size_bytes_max=self.config.key_size_bytes_max,
+            value_size_bytes_max=self.config.value_size_bytes_max,
+        )
+        self._writes += 1
+        return await self._serve(deadline, lambda: self.txn_coordinator.execute(request, deadline))
+
+    async def run_txn_command(self, shard: int, body: TxnBody, deadline: float) -> TxnResult:
+        """Apply one transaction command on shard `shard` through its leader (txn_resolver's
+        ShardRunner): proposed here when this node leads it, else forwarded."""
+        group = self.host.shard_groups.get(shard)
+        if group is not None and group.is_leader:
+            return await self._propose_txn(group, body, deadline)
+        forwarder = self.forwarder
+        if not isinstance(forwarder, TxnForwarder):
+            raise UnavailableError(
+                f"node {self.node_id} does not lead shard {shard} and cannot forward "
+                "transaction commands"
+            )
+        data = encode_body(body)
+
+        async def call(_: Forwarder, node: int) -> bytes:
+            return await forwarder.forward_txn_command(node, shard, data, deadline)
+
+        answer = await self._forward(shard, call, deadline)
+        try:
+            return decode_result(answer)
+        except TxnCodecError as error:
+            raise UnavailableError(f"shard {shard} answered a malformed result: {error}") from None
+
+    async def local_txn_command(self, shard: int, data: bytes, deadline: float) -> bytes:
+        """A transaction command forwarded by another node: proposed on this node's replica
+        (refused with the leader hint when it does not lead), never forwarded again."""
+        if isinstance(shard, bool) or not 0 <= shard < self.config.shards:
+            raise InvalidRequestError(f"shard must be in 0..{self.config.shards - 1}")
+        try:
+            body = decode_body(data)
+        except TxnCodecError as error:
+            raise InvalidRequestError(f"malformed transaction command: {error}") from None
+
+        async def work() -> bytes:
+            return encode_result(await self._propose_txn(self._shard_group(shard), body, deadline))
+
+        return await self._serve(deadline, work)
+
+    async def _propose_txn(self, group: ShardGroup, body: TxnBody, deadline: float) -> TxnResult:
+        result = await self._propose_once(
+            group, TxnCommand(body, next(self._request_ids)), deadline
+        )
+        assert result.kind is ResultKind.TXN and result.txn is not None, result
+        return result.txn
 
     # ------------------------------------------------------------------------- reads
 
@@ -394,6 +517,10 @@ class Node:
         group = self._shard_group(shard)
         if consistency is Consistency.LINEARIZABLE:
             await self._read_barrier(group, deadline)
+            attempt = 0
+            while (blocker := group.state_machine.txn.read_blocker(key)) is not None:
+                await self._wait_out([blocker], shard, deadline, attempt)
+                attempt += 1
         found = group.state_machine.get(key)
         if found is None:
             raise NotFoundError("the key does not exist")
@@ -459,14 +586,29 @@ class Node:
                 deadline,
             )
         group = self._shard_group(shard)
-        if request.consistency is Consistency.LINEARIZABLE:
+        linearizable = request.consistency is Consistency.LINEARIZABLE
+        if linearizable:
             await self._read_barrier(group, deadline)
-        rows = group.state_machine.scan(
-            request.start or None,
-            request.end or None,
-            request.prefix or None,
-            request.limit + 1,
-        )
+        attempt = 0
+        while True:
+            rows = group.state_machine.scan(
+                request.start or None,
+                request.end or None,
+                request.prefix or None,
+                request.limit + 1,
+            )
+            if not linearizable or not group.state_machine.txn.write_locks:
+                break
+            last = rows[request.limit - 1].key if len(rows) > request.limit else None
+            blockers = [
+                blocker
+                for key, blocker in group.state_machine.txn.write_locked_keys()
+                if _in_scan(key, request, last)
+            ]
+            if not blockers:
+                break
+            await self._wait_out(blockers, shard, deadline, attempt)
+            attempt += 1
         items = tuple(ScanItem(row.key, row.value, row.version) for row in rows[: request.limit])
         return ScanResult(items, len(rows) > request.limit)
 
@@ -547,6 +689,13 @@ class Node:
                 "requests_in_flight": self._in_flight,
             },
             "requests": {"reads": self._reads, "writes": self._writes},
+            "txn": {
+                "coordinator": self.txn_coordinator.stats.document(),
+                "shards": {
+                    str(shard): group.state_machine.txn.status()
+                    for shard, group in sorted(host.shard_groups.items())
+                },
+            },
             "fault": transport.fault_filter.rules.to_dict() if transport is not None else {},
         }
         return AdminDocument(body)
@@ -749,6 +898,17 @@ class Node:
             return AdminDocument({"compacted": results})
 
         return await self._serve(deadline, work)
+
+
+def _in_scan(key: bytes, request: ScanRequest, last: bytes | None) -> bool:
+    """Whether a scan page ending at `last` (None: the whole range) covers `key`."""
+    if request.prefix and not key.startswith(request.prefix):
+        return False
+    if request.start and key < request.start:
+        return False
+    if request.end and key >= request.end:
+        return False
+    return last is None or key <= last
 
 
 def merge_shard_scans(

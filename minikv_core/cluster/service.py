@@ -15,7 +15,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from minikv_core.cluster.txn import TxnRequest, TxnResponse
 
 
 class Consistency(enum.Enum):
@@ -140,6 +143,10 @@ class NodeService(Protocol):
         """Across all shards in key order."""
         ...
 
+    async def txn(self, request: TxnRequest, deadline: float) -> TxnResponse:
+        """Atomically: if every compare holds, the success ops, else the failure ops."""
+        ...
+
     # --- admin
     def status(self) -> AdminDocument: ...
     def shard_map(self) -> AdminDocument: ...
@@ -151,3 +158,8 @@ class NodeService(Protocol):
     async def transfer_leader(self, shard: int, target_node: int, deadline: float) -> None: ...
     async def snapshot(self, shards: Sequence[int] | None, deadline: float) -> AdminDocument: ...
     async def compact(self, shards: Sequence[int] | None, deadline: float) -> AdminDocument: ...
+
+
+class TxnConflictError(UnavailableError):
+    """A transaction kept meeting other transactions' locks until its deadline: nothing of it
+    was applied; retry it (503 + Retry-After, UNAVAILABLE: a conflict is transient)."""

@@ -30,6 +30,14 @@ Entries and results:
   crashing would take the whole group down forever. It advances the applied index and yields
   one REJECTED result naming the reason (the proposer matches it by index and term).
 
+Transactions (txn_locks.py): a TXN entry is applied by the shard's `TxnLockTable` as one
+engine batch (its writes, intent and record changes together) and yields one TXN result. A
+plain put or delete of a key locked by a prepared transaction is not applied: it yields a
+CONFLICT result naming the lock holders (the proposer waits or resolves them, then retries),
+so plain writes serialize with transactions. The transaction state lives in the engine under
+`txn.SYSTEM_KEY_PREFIX`; `scan` never returns those keys and the lock table is rebuilt from
+them at open and after a snapshot install.
+
 Idempotence guard (decided: skip, don't refuse). Entries at or below `applied_index` are
 skipped and counted (`entries_skipped`), yielding no result. The engine already holds their
 effects: a host that restarts a RawNode with a lower applied index than the engine's (say the
@@ -55,9 +63,13 @@ from minikv_core.cluster.commands import (
     CommandDecodeError,
     DeleteCommand,
     PutCommand,
+    TxnCommand,
     WriteCommand,
     decode_command,
 )
+from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
+from minikv_core.cluster.txn_codec import Conflict, TxnResult
+from minikv_core.cluster.txn_locks import TxnLockTable
 from minikv_core.raft.types import Entry, EntryType
 from minikv_core.storage.engine import (
     Delete,
@@ -68,6 +80,7 @@ from minikv_core.storage.engine import (
     Put,
     SnapshotInfo,
     StateChecksum,
+    prefix_successor,
 )
 from minikv_core.storage.errors import StorageError
 
@@ -81,6 +94,8 @@ class ResultKind(enum.Enum):
     NOOP = "noop"  # the leader's empty entry
     CONF_CHANGE = "conf_change"
     REJECTED = "rejected"  # the entry's data is not a valid command
+    TXN = "txn"  # a transaction command: see `txn`
+    CONFLICT = "conflict"  # a put/delete refused: the key is locked (see `txn`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +113,8 @@ class ApplyResult:
     """DELETE: whether the key had a value."""
     error: str | None = None
     """REJECTED: why the entry's data is not a command."""
+    txn: TxnResult | None = None
+    """TXN: the transaction command's result. CONFLICT: the `Conflict` (lock holders)."""
 
 
 class VersionedValue(NamedTuple):
@@ -146,11 +163,14 @@ class ShardStateMachine:
     each batch atomically).
     """
 
-    __slots__ = ("_engine", "_entries_skipped")
+    __slots__ = ("_engine", "_entries_skipped", "txn")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._entries_skipped = 0
+        self.txn = TxnLockTable()
+        """Prepared transactions and their locks: an index over replicated state."""
+        self.txn.load(engine)
 
     @property
     def engine(self) -> Engine:
@@ -215,13 +235,45 @@ class ShardStateMachine:
         except CommandDecodeError as exc:
             self._reject(entry, str(exc), results)
             return
+        if isinstance(command, TxnCommand):
+            self._apply_txn(entry, command, results)
+            return
         writes: tuple[WriteCommand, ...] = (
             command.commands if isinstance(command, BatchCommand) else (command,)
         )
         ops: list[Op] = []
         entry_results: list[ApplyResult] = []
         get = self._engine.get
+        locks = self.txn
         for write in writes:
+            if write.key.startswith(SYSTEM_KEY_PREFIX):
+                # The shard's transaction state lives there: a plain write must never
+                # change it (the APIs refuse such keys; this guards the log itself).
+                entry_results.append(
+                    ApplyResult(
+                        ResultKind.REJECTED,
+                        index,
+                        entry.term,
+                        request_id=write.request_id,
+                        error=f"keys starting with {SYSTEM_KEY_PREFIX!r} are reserved",
+                    )
+                )
+                continue
+            if locks.intents:
+                blockers = locks.write_blockers(write.key)
+                if blockers:
+                    # The key is locked by a prepared transaction: writing it now would change
+                    # what that transaction read or is about to write (txn_locks.py).
+                    entry_results.append(
+                        ApplyResult(
+                            ResultKind.CONFLICT,
+                            index,
+                            entry.term,
+                            request_id=write.request_id,
+                            txn=Conflict(tuple(blockers), "the key is locked by a transaction"),
+                        )
+                    )
+                    continue
             if isinstance(write, PutCommand):
                 ops.append(Put(write.key, _VERSION.pack(index) + write.value))
                 entry_results.append(
@@ -257,6 +309,28 @@ class ShardStateMachine:
             return
         results.extend(entry_results)
 
+    def _apply_txn(self, entry: Entry, command: TxnCommand, results: list[ApplyResult]) -> None:
+        applied = self.txn.apply(command.body, entry.index, self._engine, self._read_client)
+        try:
+            self._engine.apply(applied.ops, entry.index)
+        except (InvalidKeyError, InvalidValueError) as exc:
+            self._reject(entry, f"the engine refused the transaction: {exc}", results)
+            return
+        applied.commit()
+        results.append(
+            ApplyResult(
+                ResultKind.TXN,
+                entry.index,
+                entry.term,
+                request_id=command.request_id,
+                txn=applied.result,
+            )
+        )
+
+    def _read_client(self, key: bytes) -> tuple[bytes, int] | None:
+        found = self.get(key)
+        return None if found is None else (found.value, found.version)
+
     def _reject(self, entry: Entry, reason: str, results: list[ApplyResult]) -> None:
         self._engine.apply((), entry.index)
         results.append(ApplyResult(ResultKind.REJECTED, entry.index, entry.term, error=reason))
@@ -278,11 +352,21 @@ class ShardStateMachine:
         limit: int | None = None,
         reverse: bool = False,
     ) -> list[KeyValue]:
-        """Live keys with start <= key < end and the prefix, in key order (see Engine.scan)."""
-        return [
-            KeyValue(key, *decode_stored_value(key, stored))
-            for key, stored in self._engine.scan(start, end, prefix, limit, reverse)
-        ]
+        """Live client keys with start <= key < end and the prefix, in key order (see
+        Engine.scan). The reserved transaction space is skipped: the range is cut around it."""
+        ranges = _without_system_space(start, end)
+        if reverse:
+            ranges.reverse()
+        rows: list[KeyValue] = []
+        for low, high in ranges:
+            want = None if limit is None else limit - len(rows)
+            if want is not None and want <= 0:
+                break
+            rows.extend(
+                KeyValue(key, *decode_stored_value(key, stored))
+                for key, stored in self._engine.scan(low, high, prefix, want, reverse)
+            )
+        return rows
 
     # -------------------------------------------------------------------------- snapshots
 
@@ -291,10 +375,30 @@ class ShardStateMachine:
         return self._engine.snapshot(dest_dir)
 
     def install_snapshot(self, snapshot_dir: Path | str) -> SnapshotInfo:
-        """Replace the whole state with a snapshot's (its applied index becomes ours)."""
-        return self._engine.install_snapshot(snapshot_dir)
+        """Replace the whole state with a snapshot's (its applied index becomes ours); the
+        lock table is rebuilt from the snapshot's intent records."""
+        info = self._engine.install_snapshot(snapshot_dir)
+        self.txn.load(self._engine)
+        return info
 
     def checksum(self) -> StateChecksum:
         """A digest of every live key, value *and version* at the applied index: replicas
         that applied the same entries agree on it."""
         return self._engine.checksum()
+
+
+_SYSTEM_END = prefix_successor(SYSTEM_KEY_PREFIX)
+
+
+def _without_system_space(
+    start: bytes | None, end: bytes | None
+) -> list[tuple[bytes | None, bytes | None]]:
+    """[start, end) minus the reserved transaction key space, as up to two ranges in order."""
+    low_part = (start, SYSTEM_KEY_PREFIX if end is None or end > SYSTEM_KEY_PREFIX else end)
+    ranges: list[tuple[bytes | None, bytes | None]] = []
+    if low_part[0] is None or low_part[1] is None or low_part[0] < low_part[1]:
+        ranges.append(low_part)
+    if _SYSTEM_END is not None and (end is None or end > _SYSTEM_END):
+        high_start = _SYSTEM_END if start is None or start < _SYSTEM_END else start
+        ranges.append((high_start, end))
+    return ranges

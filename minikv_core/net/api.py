@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from minikv_core.cluster import limits as cluster_limits
 from minikv_core.cluster.service import (
@@ -23,8 +23,20 @@ from minikv_core.cluster.service import (
     ScanResult,
     TooLargeError,
 )
+from minikv_core.cluster.txn import (
+    SYSTEM_KEY_PREFIX,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    OpKind,
+    OpResult,
+    TxnOp,
+    TxnRequest,
+    TxnResponse,
+)
 from minikv_core.net import limits
 from minikv_core.net.fault import FaultRules, FaultRulesError
+from minikv_core.net.proto import kv_pb2
 
 T = TypeVar("T")
 
@@ -111,6 +123,10 @@ def check_key(key: bytes, config: ApiConfig) -> None:
         raise TooLargeError(
             f"the key is {len(key)} bytes; the limit is {config.key_size_bytes_max} bytes"
         )
+    if key.startswith(SYSTEM_KEY_PREFIX):
+        raise InvalidRequestError(
+            f"keys starting with {SYSTEM_KEY_PREFIX!r} are reserved for transactions"
+        )
 
 
 def check_value_size(size_bytes: int, config: ApiConfig) -> None:
@@ -191,3 +207,111 @@ def fault_document(fault: FaultSpec) -> dict[str, object]:
         "delay_ms": fault.delay_ms,
         "loss": fault.loss,
     }
+
+
+# ------------------------------------------------------------------- transactions on gRPC
+
+_TARGET_TO_WIRE: Final = {
+    CompareTarget.VALUE: kv_pb2.COMPARE_TARGET_VALUE,
+    CompareTarget.VERSION: kv_pb2.COMPARE_TARGET_VERSION,
+    CompareTarget.EXISTS: kv_pb2.COMPARE_TARGET_EXISTS,
+}
+_OP_TO_WIRE: Final = {
+    CompareOp.EQUAL: kv_pb2.COMPARE_OP_EQUAL,
+    CompareOp.NOT_EQUAL: kv_pb2.COMPARE_OP_NOT_EQUAL,
+    CompareOp.LESS: kv_pb2.COMPARE_OP_LESS,
+    CompareOp.GREATER: kv_pb2.COMPARE_OP_GREATER,
+}
+_KIND_TO_WIRE: Final = {
+    OpKind.PUT: kv_pb2.TXN_OP_PUT,
+    OpKind.DELETE: kv_pb2.TXN_OP_DELETE,
+    OpKind.GET: kv_pb2.TXN_OP_GET,
+}
+_TARGET_FROM_WIRE: Final[Mapping[int, CompareTarget]] = {
+    int(wire): target for target, wire in _TARGET_TO_WIRE.items()
+}
+_OP_FROM_WIRE: Final[Mapping[int, CompareOp]] = {int(wire): op for op, wire in _OP_TO_WIRE.items()}
+_KIND_FROM_WIRE: Final[Mapping[int, OpKind]] = {
+    int(wire): kind for kind, wire in _KIND_TO_WIRE.items()
+}
+
+
+def _from_wire(table: Mapping[int, T], value: int, what: str) -> T:
+    found = table.get(int(value))
+    if found is None:
+        raise InvalidRequestError(f"unknown {what} {value}")
+    return found
+
+
+def txn_request_to_proto(request: TxnRequest) -> kv_pb2.TxnRequest:
+    return kv_pb2.TxnRequest(
+        compare=[
+            kv_pb2.TxnCompare(
+                key=c.key,
+                target=_TARGET_TO_WIRE[c.target],
+                op=_OP_TO_WIRE[c.op],
+                value=c.value,
+                version=c.version,
+                exists=c.exists,
+            )
+            for c in request.compare
+        ],
+        success=[_op_to_proto(op) for op in request.success],
+        failure=[_op_to_proto(op) for op in request.failure],
+    )
+
+
+def _op_to_proto(op: TxnOp) -> kv_pb2.TxnOp:
+    return kv_pb2.TxnOp(kind=_KIND_TO_WIRE[op.kind], key=op.key, value=op.value)
+
+
+def txn_request_from_proto(message: kv_pb2.TxnRequest) -> TxnRequest:
+    """The request's model (not yet validated: the node validates against its limits)."""
+    count = len(message.compare) + len(message.success) + len(message.failure)
+    if count > cluster_limits.TXN_OPS_MAX:
+        raise TooLargeError(
+            f"the transaction has {count} compares and ops; the limit is "
+            f"{cluster_limits.TXN_OPS_MAX}"
+        )
+    compares = []
+    for c in message.compare:
+        target = _from_wire(_TARGET_FROM_WIRE, c.target, "compare target")
+        op = _from_wire(_OP_FROM_WIRE, c.op, "compare op")
+        compares.append(Compare(c.key, target, op, c.value, c.version, c.exists))
+    return TxnRequest(
+        tuple(compares),
+        tuple(_op_from_proto(op) for op in message.success),
+        tuple(_op_from_proto(op) for op in message.failure),
+    )
+
+
+def _op_from_proto(op: kv_pb2.TxnOp) -> TxnOp:
+    kind = _from_wire(_KIND_FROM_WIRE, op.kind, "op kind")
+    if kind is not OpKind.PUT and op.value:
+        raise InvalidRequestError(f"a {kind.value} takes no value")
+    return TxnOp(kind, op.key, op.value)
+
+
+def txn_response_to_proto(response: TxnResponse) -> kv_pb2.TxnResponse:
+    return kv_pb2.TxnResponse(
+        succeeded=response.succeeded,
+        results=[
+            kv_pb2.TxnOpResult(
+                kind=_KIND_TO_WIRE[r.kind],
+                version=r.version,
+                deleted=r.deleted,
+                found=r.value is not None,
+                value=r.value or b"",
+            )
+            for r in response.results
+        ],
+    )
+
+
+def txn_response_from_proto(message: kv_pb2.TxnResponse) -> TxnResponse:
+    results = []
+    for r in message.results:
+        kind = _from_wire(_KIND_FROM_WIRE, r.kind, "op kind")
+        value = r.value if (kind is OpKind.GET and r.found) else None
+        results.append(OpResult(kind, r.version, r.deleted, value))
+    return TxnResponse(message.succeeded, tuple(results))

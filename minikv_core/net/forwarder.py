@@ -162,6 +162,21 @@ class GrpcForwarder:
 
         return await self._forward(node_id, f"scan of shard {shard}", call, deadline)
 
+    async def forward_txn_command(
+        self, node_id: int, shard: int, body: bytes, deadline: float
+    ) -> bytes:
+        """One transaction command for `shard`, applied by `node_id` (its leader): the
+        encoded result (`KV.TxnShard`)."""
+        message = kv_pb2.TxnShardRequest(shard=shard, command=body)
+
+        async def call(stub: kv_pb2_grpc.KVAsyncStub, timeout: float) -> bytes:
+            answer = await stub.TxnShard(message, timeout=timeout, metadata=self._metadata)
+            return bytes(answer.result)
+
+        return await self._forward(
+            node_id, f"transaction command for shard {shard}", call, deadline
+        )
+
     # --- machinery ------------------------------------------------------------------------
 
     @property

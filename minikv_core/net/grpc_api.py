@@ -225,6 +225,14 @@ class LocalService(Protocol):
     ) -> ScanResult: ...
 
 
+@runtime_checkable
+class LocalTxnService(Protocol):
+    """The node side of `KV.TxnShard`: one transaction command forwarded by a peer, applied
+    by this node's replica of the shard (`cluster.node_service.Node` implements it)."""
+
+    async def local_txn_command(self, shard: int, data: bytes, deadline: float) -> bytes: ...
+
+
 PeerFilter = Callable[[int], str | None]
 """`filter(peer_id)`: why traffic with that peer is cut by fault injection, or None. A call
 forwarded by a cut-off peer is refused: the fault filter covers forwarding too."""
@@ -344,6 +352,31 @@ class KvServicer(kv_pb2_grpc.KVServicer):
             )
 
         return await self._calls.serve("Scan", context, call)
+
+    async def Txn(  # noqa: N802
+        self, request: kv_pb2.TxnRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.TxnResponse:
+        async def call(deadline: float) -> kv_pb2.TxnResponse:
+            txn = api.txn_request_from_proto(request)
+            response = await self._service.txn(txn, deadline)
+            return api.txn_response_to_proto(response)
+
+        return await self._calls.serve("Txn", context, call)
+
+    async def TxnShard(  # noqa: N802
+        self, request: kv_pb2.TxnShardRequest, context: grpc.aio.ServicerContext
+    ) -> kv_pb2.TxnShardResponse:
+        async def call(deadline: float) -> kv_pb2.TxnShardResponse:
+            local = self._local_for(context)
+            if local is None or not isinstance(local, LocalTxnService):
+                raise InvalidRequestError(
+                    "KV.TxnShard is for nodes forwarding a transaction's part to its shard "
+                    "leader (x-minikv-forwarded-by); clients use KV.Txn"
+                )
+            result = await local.local_txn_command(request.shard, request.command, deadline)
+            return kv_pb2.TxnShardResponse(result=result)
+
+        return await self._calls.serve("TxnShard", context, call)
 
     async def ShardMap(  # noqa: N802
         self, request: kv_pb2.ShardMapRequest, context: grpc.aio.ServicerContext

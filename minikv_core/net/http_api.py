@@ -10,6 +10,10 @@ status of `errors_map.ERROR_TABLE`):
     DELETE /kv/{key}        -> 204 when the key existed, 404 when it did not
     GET    /kv?prefix=&start=&end=&limit=&consistency=
                             -> 200 {"items": [{"key", "value", "version"}], "more": bool}
+    POST   /txn {"compare": [...], "success": [...], "failure": [...]}
+                            -> 200 {"succeeded": bool, "results": [...]} (cluster/txn.py has
+                            the document; 413 over the limits; 503 + Retry-After when
+                            conflicts persist to the deadline: nothing applied, retry)
     GET    /admin/status | /admin/shards | /admin/wal | /admin/sstables   -> JSON documents
     POST   /admin/fault {"drop_to": [ids], "drop_from": [ids], "delay_ms": n, "loss": p}
     DELETE /admin/fault     heal
@@ -61,8 +65,10 @@ from minikv_core.cluster.service import (
     ScanRequest,
     ScanResult,
     ServiceError,
+    TooLargeError,
     UnavailableError,
 )
+from minikv_core.cluster.txn import parse_document, response_document
 from minikv_core.net import api, limits
 from minikv_core.net.api import ApiConfig
 from minikv_core.net.errors_map import (
@@ -254,6 +260,7 @@ class HttpApi:
         router.add_get(KEY_ROUTE, self._get)
         router.add_put(KEY_ROUTE, self._put)
         router.add_delete(KEY_ROUTE, self._delete)
+        router.add_post("/txn", self._txn)
         admin = self._admin_only
         router.add_get("/admin/status", admin(self._status), allow_head=False)
         router.add_get("/admin/shards", admin(self._shards), allow_head=False)
@@ -449,6 +456,34 @@ class HttpApi:
         )
         result = await api.call_with_deadline(self._service.scan(scan, deadline), deadline, "scan")
         return _json_response(200, scan_document(api.cut_scan(result)))
+
+    async def _txn(self, request: web.Request) -> web.StreamResponse:
+        params = _query(request, ("timeout_ms",))
+        deadline = self._deadline(params)
+        declared = request.content_length
+        if declared is not None and declared > limits.TXN_BODY_BYTES_MAX:
+            raise TooLargeError(
+                f"the transaction body is {declared} bytes; the limit is "
+                f"{limits.TXN_BODY_BYTES_MAX} bytes"
+            )
+        data = bytearray()
+        while chunk := await request.content.readany():
+            data += chunk
+            if len(data) > limits.TXN_BODY_BYTES_MAX:
+                raise TooLargeError(
+                    f"the transaction body is over the limit of {limits.TXN_BODY_BYTES_MAX} bytes"
+                )
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+        txn = parse_document(
+            document,
+            key_size_bytes_max=self._config.key_size_bytes_max,
+            value_size_bytes_max=self._config.value_size_bytes_max,
+        )
+        response = await api.call_with_deadline(self._service.txn(txn, deadline), deadline, "txn")
+        return _json_response(200, response_document(response))
 
     # --- admin ------------------------------------------------------------------------------
 

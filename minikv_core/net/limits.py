@@ -11,6 +11,7 @@ Names carry their unit last (`..._BYTES_MAX`, `..._MS`).
 
 from __future__ import annotations
 
+from minikv_core.cluster import limits as cluster_limits
 from minikv_core.raft import limits as raft_limits
 
 KIB = 1024
@@ -154,6 +155,10 @@ returned) and `more` is set, so a scan of large values never builds an unbounded
 ADMIN_BODY_BYTES_MAX = 64 * KIB
 """JSON bodies of admin requests (fault rules, shard lists)."""
 
+TXN_BODY_BYTES_MAX = 2 * MIB
+"""The JSON body of `POST /txn`: a transaction at its byte limit (512 KiB of keys and values)
+written as base64 (4/3) with JSON escapes and field names around 128 ops fits; more is 413."""
+
 HTTP_REQUEST_LINE_BYTES_MAX = 3 * 4 * KIB + 4 * KIB
 """The HTTP request line: a 4 KiB key percent-encoded (3 bytes per byte) plus the query, so
 an over-long key is answered 413 by the API rather than 400 by the HTTP parser."""
@@ -180,3 +185,10 @@ assert CLIENT_MESSAGE_BYTES_MAX < 2**31, "gRPC channel options are C ints"
 assert API_SHUTDOWN_GRACE_S * 1000 >= REQUEST_TIMEOUT_MS_DEFAULT, (
     "a request with the default deadline can finish during a graceful stop"
 )
+assert cluster_limits.TXN_COMMAND_BYTES_MAX + 64 <= ENTRY_DATA_BYTES_MAX, (
+    "a shard's part of a transaction is one entry, with its command framing"
+)
+assert cluster_limits.TXN_BYTES_MAX * 2 <= TXN_BODY_BYTES_MAX, (
+    "a transaction at its byte limit fits a JSON body even in base64"
+)
+assert TXN_BODY_BYTES_MAX <= CLIENT_MESSAGE_BYTES_MAX

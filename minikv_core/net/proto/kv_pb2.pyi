@@ -49,6 +49,67 @@ CONSISTENCY_STALE: Consistency.ValueType  # 1
 """Whatever this replica has applied; may be behind the leader."""
 Global___Consistency: typing_extensions.TypeAlias = Consistency
 
+class _CompareTarget:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _CompareTargetEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_CompareTarget.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    COMPARE_TARGET_VALUE: _CompareTarget.ValueType  # 0
+    COMPARE_TARGET_VERSION: _CompareTarget.ValueType  # 1
+    COMPARE_TARGET_EXISTS: _CompareTarget.ValueType  # 2
+
+class CompareTarget(_CompareTarget, metaclass=_CompareTargetEnumTypeWrapper):
+    """--- Transactions: if every compare holds, the success ops run, else the failure ops, all
+    atomically (across shards with two-phase commit). Compares and gets read the state before
+    the transaction. A missing key has version 0. Limits: 128 compares and ops, 512 KiB of
+    keys and values (RESOURCE_EXHAUSTED above). A conflict that persists until the deadline is
+    UNAVAILABLE (nothing applied; retry).
+    """
+
+COMPARE_TARGET_VALUE: CompareTarget.ValueType  # 0
+COMPARE_TARGET_VERSION: CompareTarget.ValueType  # 1
+COMPARE_TARGET_EXISTS: CompareTarget.ValueType  # 2
+Global___CompareTarget: typing_extensions.TypeAlias = CompareTarget
+
+class _CompareOp:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _CompareOpEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_CompareOp.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    COMPARE_OP_EQUAL: _CompareOp.ValueType  # 0
+    COMPARE_OP_NOT_EQUAL: _CompareOp.ValueType  # 1
+    COMPARE_OP_LESS: _CompareOp.ValueType  # 2
+    """Versions only."""
+    COMPARE_OP_GREATER: _CompareOp.ValueType  # 3
+
+class CompareOp(_CompareOp, metaclass=_CompareOpEnumTypeWrapper): ...
+
+COMPARE_OP_EQUAL: CompareOp.ValueType  # 0
+COMPARE_OP_NOT_EQUAL: CompareOp.ValueType  # 1
+COMPARE_OP_LESS: CompareOp.ValueType  # 2
+"""Versions only."""
+COMPARE_OP_GREATER: CompareOp.ValueType  # 3
+Global___CompareOp: typing_extensions.TypeAlias = CompareOp
+
+class _TxnOpKind:
+    ValueType = typing.NewType("ValueType", builtins.int)
+    V: typing_extensions.TypeAlias = ValueType
+
+class _TxnOpKindEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._EnumTypeWrapper[_TxnOpKind.ValueType], builtins.type):
+    DESCRIPTOR: google.protobuf.descriptor.EnumDescriptor
+    TXN_OP_PUT: _TxnOpKind.ValueType  # 0
+    TXN_OP_DELETE: _TxnOpKind.ValueType  # 1
+    TXN_OP_GET: _TxnOpKind.ValueType  # 2
+
+class TxnOpKind(_TxnOpKind, metaclass=_TxnOpKindEnumTypeWrapper): ...
+
+TXN_OP_PUT: TxnOpKind.ValueType  # 0
+TXN_OP_DELETE: TxnOpKind.ValueType  # 1
+TXN_OP_GET: TxnOpKind.ValueType  # 2
+Global___TxnOpKind: typing_extensions.TypeAlias = TxnOpKind
+
 @typing.final
 class GetRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
@@ -269,3 +330,179 @@ class ShardMapResponse(google.protobuf.message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
 
 Global___ShardMapResponse: typing_extensions.TypeAlias = ShardMapResponse
+
+@typing.final
+class TxnCompare(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: builtins.int
+    TARGET_FIELD_NUMBER: builtins.int
+    OP_FIELD_NUMBER: builtins.int
+    VALUE_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    EXISTS_FIELD_NUMBER: builtins.int
+    key: builtins.bytes
+    target: Global___CompareTarget.ValueType
+    op: Global___CompareOp.ValueType
+    value: builtins.bytes
+    """COMPARE_TARGET_VALUE."""
+    version: builtins.int
+    """COMPARE_TARGET_VERSION."""
+    exists: builtins.bool
+    """COMPARE_TARGET_EXISTS: whether the key must exist (with COMPARE_OP_EQUAL)."""
+    def __init__(
+        self,
+        *,
+        key: builtins.bytes = ...,
+        target: Global___CompareTarget.ValueType = ...,
+        op: Global___CompareOp.ValueType = ...,
+        value: builtins.bytes = ...,
+        version: builtins.int = ...,
+        exists: builtins.bool = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["exists", b"exists", "key", b"key", "op", b"op", "target", b"target", "value", b"value", "version", b"version"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnCompare: typing_extensions.TypeAlias = TxnCompare
+
+@typing.final
+class TxnOp(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    KEY_FIELD_NUMBER: builtins.int
+    VALUE_FIELD_NUMBER: builtins.int
+    kind: Global___TxnOpKind.ValueType
+    key: builtins.bytes
+    value: builtins.bytes
+    """TXN_OP_PUT only."""
+    def __init__(
+        self,
+        *,
+        kind: Global___TxnOpKind.ValueType = ...,
+        key: builtins.bytes = ...,
+        value: builtins.bytes = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["key", b"key", "kind", b"kind", "value", b"value"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnOp: typing_extensions.TypeAlias = TxnOp
+
+@typing.final
+class TxnRequest(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    COMPARE_FIELD_NUMBER: builtins.int
+    SUCCESS_FIELD_NUMBER: builtins.int
+    FAILURE_FIELD_NUMBER: builtins.int
+    @property
+    def compare(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TxnCompare]: ...
+    @property
+    def success(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TxnOp]: ...
+    @property
+    def failure(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TxnOp]: ...
+    def __init__(
+        self,
+        *,
+        compare: collections.abc.Iterable[Global___TxnCompare] | None = ...,
+        success: collections.abc.Iterable[Global___TxnOp] | None = ...,
+        failure: collections.abc.Iterable[Global___TxnOp] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["compare", b"compare", "failure", b"failure", "success", b"success"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnRequest: typing_extensions.TypeAlias = TxnRequest
+
+@typing.final
+class TxnOpResult(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: builtins.int
+    VERSION_FIELD_NUMBER: builtins.int
+    DELETED_FIELD_NUMBER: builtins.int
+    FOUND_FIELD_NUMBER: builtins.int
+    VALUE_FIELD_NUMBER: builtins.int
+    kind: Global___TxnOpKind.ValueType
+    version: builtins.int
+    """Put: the new version. Get: the key's version (0 when missing)."""
+    deleted: builtins.bool
+    """Delete: whether the key existed."""
+    found: builtins.bool
+    """Get: whether the key exists, and its value."""
+    value: builtins.bytes
+    def __init__(
+        self,
+        *,
+        kind: Global___TxnOpKind.ValueType = ...,
+        version: builtins.int = ...,
+        deleted: builtins.bool = ...,
+        found: builtins.bool = ...,
+        value: builtins.bytes = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["deleted", b"deleted", "found", b"found", "kind", b"kind", "value", b"value", "version", b"version"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnOpResult: typing_extensions.TypeAlias = TxnOpResult
+
+@typing.final
+class TxnResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SUCCEEDED_FIELD_NUMBER: builtins.int
+    RESULTS_FIELD_NUMBER: builtins.int
+    succeeded: builtins.bool
+    """Whether every compare held (the success ops ran)."""
+    @property
+    def results(self) -> google.protobuf.internal.containers.RepeatedCompositeFieldContainer[Global___TxnOpResult]:
+        """One per op of the branch that ran, in order."""
+
+    def __init__(
+        self,
+        *,
+        succeeded: builtins.bool = ...,
+        results: collections.abc.Iterable[Global___TxnOpResult] | None = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["results", b"results", "succeeded", b"succeeded"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnResponse: typing_extensions.TypeAlias = TxnResponse
+
+@typing.final
+class TxnShardRequest(google.protobuf.message.Message):
+    """Node to node only (the call must carry `x-minikv-forwarded-by`): one transaction command
+    (prepare, resolve, decide, ...) in minikv's binary form, applied by the receiver's replica
+    of `shard` when it leads it (UNAVAILABLE with a leader hint otherwise).
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SHARD_FIELD_NUMBER: builtins.int
+    COMMAND_FIELD_NUMBER: builtins.int
+    shard: builtins.int
+    command: builtins.bytes
+    def __init__(
+        self,
+        *,
+        shard: builtins.int = ...,
+        command: builtins.bytes = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["command", b"command", "shard", b"shard"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnShardRequest: typing_extensions.TypeAlias = TxnShardRequest
+
+@typing.final
+class TxnShardResponse(google.protobuf.message.Message):
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: builtins.int
+    result: builtins.bytes
+    def __init__(
+        self,
+        *,
+        result: builtins.bytes = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["result", b"result"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___TxnShardResponse: typing_extensions.TypeAlias = TxnShardResponse

@@ -59,6 +59,16 @@ class KVStub:
                 request_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.SerializeToString,
                 response_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.FromString,
                 _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/minikv.v1.KV/Txn',
+                request_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.TxnShard = channel.unary_unary(
+                '/minikv.v1.KV/TxnShard',
+                request_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardRequest.SerializeToString,
+                response_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -94,6 +104,18 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Txn(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TxnShard(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.ShardMap,
                     request_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.FromString,
                     response_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'TxnShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.TxnShard,
+                    request_deserializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardRequest.FromString,
+                    response_serializer=minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class KV:
             '/minikv.v1.KV/ShardMap',
             minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapRequest.SerializeToString,
             minikv__core_dot_net_dot_proto_dot_kv__pb2.ShardMapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minikv.v1.KV/Txn',
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnRequest.SerializeToString,
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TxnShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/minikv.v1.KV/TxnShard',
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardRequest.SerializeToString,
+            minikv__core_dot_net_dot_proto_dot_kv__pb2.TxnShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class KVStub:
     Delete: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.DeleteRequest, minikv_core.net.proto.kv_pb2.DeleteResponse]
     Scan: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ScanRequest, minikv_core.net.proto.kv_pb2.ScanResponse]
     ShardMap: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ShardMapRequest, minikv_core.net.proto.kv_pb2.ShardMapResponse]
+    Txn: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.TxnRequest, minikv_core.net.proto.kv_pb2.TxnResponse]
+    TxnShard: grpc.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.TxnShardRequest, minikv_core.net.proto.kv_pb2.TxnShardResponse]
 
 @typing.type_check_only
 class KVAsyncStub(KVStub):
@@ -50,6 +52,8 @@ class KVAsyncStub(KVStub):
     Delete: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.DeleteRequest, minikv_core.net.proto.kv_pb2.DeleteResponse]  # type: ignore[assignment]
     Scan: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ScanRequest, minikv_core.net.proto.kv_pb2.ScanResponse]  # type: ignore[assignment]
     ShardMap: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.ShardMapRequest, minikv_core.net.proto.kv_pb2.ShardMapResponse]  # type: ignore[assignment]
+    Txn: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.TxnRequest, minikv_core.net.proto.kv_pb2.TxnResponse]  # type: ignore[assignment]
+    TxnShard: grpc.aio.UnaryUnaryMultiCallable[minikv_core.net.proto.kv_pb2.TxnShardRequest, minikv_core.net.proto.kv_pb2.TxnShardResponse]  # type: ignore[assignment]
 
 class KVServicer(metaclass=abc.ABCMeta):
     @abc.abstractmethod
@@ -86,5 +90,19 @@ class KVServicer(metaclass=abc.ABCMeta):
         request: minikv_core.net.proto.kv_pb2.ShardMapRequest,
         context: _ServicerContext,
     ) -> typing.Union[minikv_core.net.proto.kv_pb2.ShardMapResponse, collections.abc.Awaitable[minikv_core.net.proto.kv_pb2.ShardMapResponse]]: ...
+
+    @abc.abstractmethod
+    def Txn(
+        self,
+        request: minikv_core.net.proto.kv_pb2.TxnRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[minikv_core.net.proto.kv_pb2.TxnResponse, collections.abc.Awaitable[minikv_core.net.proto.kv_pb2.TxnResponse]]: ...
+
+    @abc.abstractmethod
+    def TxnShard(
+        self,
+        request: minikv_core.net.proto.kv_pb2.TxnShardRequest,
+        context: _ServicerContext,
+    ) -> typing.Union[minikv_core.net.proto.kv_pb2.TxnShardResponse, collections.abc.Awaitable[minikv_core.net.proto.kv_pb2.TxnShardResponse]]: ...
 
 def add_KVServicer_to_server(servicer: KVServicer, server: typing.Union[grpc.Server, grpc.aio.Server]) -> None: ...

@@ -1,0 +1,379 @@
+"""The transaction coordinator: the node that received a transaction drives it to its end.
+
+One shard: the whole transaction is ONE_PHASE, a single Raft entry of that shard, evaluated
+and applied atomically at apply time (no locks held across entries).
+
+Several shards: two-phase commit whose decision is a Raft-replicated record.
+
+1. **Prepare**, in parallel, a PREPARE entry on each participant shard: locks, compares and
+   gets under those locks, both branches staged (txn_locks.py). Any conflict or failure: the
+   attempt is abandoned (RESOLVE ABORT to every participant, best effort) and retried with a
+   new transaction id after a backoff, resolving expired blockers on the way (no-wait: a
+   prepare never waits while holding locks, so there is no deadlock).
+2. **Decide**: COMMIT_SUCCESS if every participant's compares held, else COMMIT_FAILURE, as a
+   DECIDE entry on the home shard (the smallest participant). That entry is the commit point.
+   If a resolver's ABORT got there first, the attempt lost: abort and retry. A read-only
+   transaction needs no decision: its reads were all taken under locks held at once, so it
+   just releases them.
+3. **Commit**: RESOLVE with the decision on every participant (applies the staged branch,
+   releases the locks), then FORGET the record once all have resolved (a record is only
+   forgotten when no intent of it remains anywhere, so no resolver can ever find it missing
+   and abort a committed transaction).
+
+The answer comes from the prepare results (versions are the prepare entries' indexes, known
+then) once the decision is committed. A coordinator killed at any point leaves nothing stuck:
+its intents expire and whoever meets them resolves them from the record (txn_resolver.py).
+An outcome that is unknown at the deadline (the DECIDE was proposed but not seen applied) is
+DeadlineExceededError, as for a put.
+
+Fault points for tests: `MINIKV_TXN_FAULT=after-prepare|after-decision|mid-commit` makes the
+process exit at once (no cleanup, like SIGKILL) at that point of its next cross-shard
+transaction with writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from minikv_core.cluster import limits
+from minikv_core.cluster.service import (
+    DeadlineExceededError,
+    ServiceError,
+    TxnConflictError,
+    UnavailableError,
+)
+from minikv_core.cluster.txn import OpKind, OpResult, TxnRequest, TxnResponse
+from minikv_core.cluster.txn_codec import (
+    Blocker,
+    Conflict,
+    Decide,
+    Decided,
+    Decision,
+    Forget,
+    OnePhase,
+    PartDone,
+    Prepare,
+    Prepared,
+    Resolve,
+    Resolved,
+    ShardPart,
+    split_by_shard,
+)
+from minikv_core.cluster.txn_resolver import ShardRunner, backoff_s, resolve, wall_ms
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV: Final = "MINIKV_TXN_FAULT"
+FAULT_EXIT_CODE: Final = 86
+"""The exit status of a process stopped at a fault point (tests check it)."""
+ATTEMPT_RESERVE_S: Final = 0.25
+"""No new attempt starts with less than this left before the deadline: an attempt (prepare,
+release) takes a few Raft rounds, and a conflict answered in time beats a deadline miss."""
+CLEANUP_S: Final = 3.0
+"""Releases and record deletions run in the background after the answer, each bounded by
+this (what they do not finish, resolvers do once the intents expire)."""
+
+
+class FaultPoint(enum.Enum):
+    AFTER_PREPARE = "after-prepare"
+    AFTER_DECISION = "after-decision"
+    MID_COMMIT = "mid-commit"
+
+
+def fault_from_env(environ: dict[str, str] | None = None) -> FaultPoint | None:
+    """The armed fault point, from MINIKV_TXN_FAULT; ValueError names the choices."""
+    text = (environ if environ is not None else dict(os.environ)).get(FAULT_ENV, "")
+    if not text:
+        return None
+    try:
+        return FaultPoint(text)
+    except ValueError:
+        choices = ", ".join(p.value for p in FaultPoint)
+        raise ValueError(f"{FAULT_ENV} must be one of {choices}, got {text!r}") from None
+
+
+@dataclass(slots=True)
+class CoordinatorStats:
+    started: int = 0
+    one_phase: int = 0
+    committed: int = 0
+    read_only: int = 0
+    aborted_attempts: int = 0
+    conflicts: int = 0
+    in_flight: int = 0
+    forgets_pending: int = 0
+
+    def document(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class _Retry:
+    """The attempt applied nothing; try again after waiting out `blockers`."""
+
+    reason: str
+    blockers: dict[int, list[Blocker]] = field(default_factory=dict)
+    """Shard where they were met -> blockers."""
+
+
+class TxnCoordinator:
+    def __init__(
+        self,
+        runner: ShardRunner,
+        shard_of: Callable[[bytes], int],
+        rng: random.Random,
+        fault: FaultPoint | None = None,
+    ) -> None:
+        self._runner = runner
+        self._shard_of = shard_of
+        self._rng = rng
+        self._fault = fault
+        self.stats = CoordinatorStats()
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def execute(self, request: TxnRequest, deadline: float) -> TxnResponse:
+        """Run `request` (validated by the caller) to completion, retrying conflicts until
+        `deadline`; raises TxnConflictError when they persist past it."""
+        parts = split_by_shard(request, self._shard_of)
+        self.stats.started += 1
+        self.stats.in_flight += 1
+        try:
+            attempt = 0
+            while True:
+                if len(parts) == 1:
+                    ((shard, part),) = parts.items()
+                    outcome = await self._one_phase(shard, part, deadline)
+                else:
+                    outcome = await self._two_phase(request, parts, deadline)
+                if isinstance(outcome, TxnResponse):
+                    return outcome
+                self.stats.conflicts += 1
+                logger.debug("transaction attempt %d retried: %s", attempt, outcome.reason)
+                await self._wait_out(outcome, deadline, attempt)
+                attempt += 1
+        finally:
+            self.stats.in_flight -= 1
+
+    async def _wait_out(self, retry: _Retry, deadline: float, attempt: int) -> None:
+        now_ms = wall_ms()
+        for shard, blockers in retry.blockers.items():
+            for blocker in blockers:
+                if blocker.expiry_ms <= now_ms:
+                    # A failure here is retried by the next attempt, until the deadline.
+                    with contextlib.suppress(UnavailableError, DeadlineExceededError):
+                        await resolve(blocker, shard, self._runner, deadline)
+        pause = backoff_s(attempt + 2, self._rng)
+        if time.monotonic() + pause + ATTEMPT_RESERVE_S >= deadline:
+            raise TxnConflictError(
+                f"the transaction did not complete before its deadline: {retry.reason}; "
+                "nothing of it was applied, retry it",
+                retry_after_s=0.05,
+            )
+        await asyncio.sleep(pause)
+
+    # --------------------------------------------------------------------------- one phase
+
+    async def _one_phase(
+        self, shard: int, part: ShardPart, deadline: float
+    ) -> TxnResponse | _Retry:
+        try:
+            result = await self._runner.run_txn_command(shard, OnePhase(part), deadline)
+        except UnavailableError as error:
+            # Not applied as far as anyone can tell (a lost answer is the put caveat).
+            if time.monotonic() >= deadline:
+                raise
+            return _Retry(str(error))
+        if isinstance(result, Conflict):
+            return _Retry(f"shard {shard}: {result.reason}", {shard: list(result.blockers)})
+        assert isinstance(result, PartDone), result
+        self.stats.one_phase += 1
+        ordered = sorted(result.results, key=lambda item: item[0])
+        return TxnResponse(result.succeeded, tuple(r for _, r in ordered))
+
+    # --------------------------------------------------------------------------- two phase
+
+    async def _two_phase(
+        self, request: TxnRequest, parts: dict[int, ShardPart], deadline: float
+    ) -> TxnResponse | _Retry:
+        txn_id = self._rng.randbytes(limits.TXN_ID_BYTES)
+        home = min(parts)
+        expiry_ms = wall_ms() + limits.TXN_INTENT_TTL_MS
+        shards = sorted(parts)
+        answers = await asyncio.gather(
+            *(
+                self._runner.run_txn_command(
+                    shard, Prepare(txn_id, home, expiry_ms, parts[shard]), deadline
+                )
+                for shard in shards
+            ),
+            return_exceptions=True,
+        )
+        prepared: dict[int, Prepared] = {}
+        retry = _Retry("")
+        failure: BaseException | None = None
+        for shard, answer in zip(shards, answers, strict=True):
+            if isinstance(answer, Prepared):
+                prepared[shard] = answer
+            elif isinstance(answer, Conflict):
+                retry.blockers[shard] = list(answer.blockers)
+                retry.reason = f"shard {shard}: {answer.reason}"
+            elif isinstance(answer, BaseException):
+                # The most telling failure wins: a bug over a bad request over unavailability.
+                if (
+                    not isinstance(answer, ServiceError)
+                    or failure is None
+                    or isinstance(failure, UnavailableError)
+                ):
+                    failure = answer
+                retry.reason = retry.reason or f"shard {shard}: {answer}"
+            else:
+                failure = AssertionError(f"shard {shard} answered a prepare with {answer!r}")
+        if len(prepared) != len(shards):
+            # Abandon the attempt: nothing was decided, so aborting is always right. Every
+            # participant is told (a prepare whose answer was lost may still apply; if it
+            # applies after this, its intent expires and is resolved from the missing record).
+            self.stats.aborted_attempts += 1
+            await self._release(txn_id, shards, Decision.ABORT, deadline)
+            if failure is not None and not isinstance(failure, UnavailableError):
+                raise failure
+            if time.monotonic() >= deadline:
+                raise DeadlineExceededError(f"the transaction's prepare timed out: {retry.reason}")
+            return retry
+        self._crash_at(FaultPoint.AFTER_PREPARE)
+        holds = all(answer.compares_hold for answer in prepared.values())
+        branch = request.success if holds else request.failure
+        if all(op.kind is OpKind.GET for op in branch):
+            # Read-only: every read was taken under locks held at the same time on every
+            # participant, which is a serializable point; no record, just release.
+            self.stats.read_only += 1
+            await self._release(txn_id, shards, Decision.ABORT, deadline)
+            return _answer(holds, prepared)
+        decision = Decision.COMMIT_SUCCESS if holds else Decision.COMMIT_FAILURE
+        decided = await self._decide(txn_id, home, decision, deadline)
+        if decided is Decision.ABORT:
+            # A resolver found our intents expired and aborted the record first.
+            self.stats.aborted_attempts += 1
+            await self._release(txn_id, shards, Decision.ABORT, deadline)
+            return _Retry("the transaction's intents expired before it was decided")
+        self._crash_at(FaultPoint.AFTER_DECISION)
+        self.stats.committed += 1
+        await self._commit(txn_id, home, shards, decided, deadline)
+        return _answer(holds, prepared)
+
+    async def _decide(
+        self, txn_id: bytes, home: int, decision: Decision, deadline: float
+    ) -> Decision:
+        """Propose the decision until it is seen applied (DECIDE is idempotent: the record
+        keeps the first one), or raise DeadlineExceededError (outcome unknown)."""
+        attempt = 0
+        while True:
+            try:
+                decided = await self._runner.run_txn_command(
+                    home, Decide(txn_id, decision), deadline
+                )
+            except (UnavailableError, DeadlineExceededError) as error:
+                if time.monotonic() + 0.01 >= deadline:
+                    raise DeadlineExceededError(
+                        f"the transaction's decision was not confirmed before the deadline "
+                        f"({error}); its outcome is unknown (intents resolve from its record)"
+                    ) from None
+                await asyncio.sleep(backoff_s(attempt + 3, self._rng))
+                attempt += 1
+                continue
+            assert isinstance(decided, Decided), decided
+            return decided.decision
+
+    async def _commit(
+        self, txn_id: bytes, home: int, shards: list[int], decision: Decision, deadline: float
+    ) -> None:
+        if self._fault is FaultPoint.MID_COMMIT:
+            await self._resolve_one(txn_id, shards[0], decision, deadline)
+            self._crash_at(FaultPoint.MID_COMMIT)
+        done = await asyncio.gather(
+            *(self._resolve_one(txn_id, shard, decision, deadline) for shard in shards)
+        )
+        if all(done):
+            self._background_task(self._forget(txn_id, home, time.monotonic() + CLEANUP_S))
+
+    async def _resolve_one(
+        self, txn_id: bytes, shard: int, decision: Decision, deadline: float
+    ) -> bool:
+        """RESOLVE on one participant, retried until the deadline; False if not confirmed
+        (its intent then expires and is resolved from the record by whoever meets it)."""
+        attempt = 0
+        while True:
+            try:
+                answer = await self._runner.run_txn_command(
+                    shard, Resolve(txn_id, decision), deadline
+                )
+            except (UnavailableError, DeadlineExceededError):
+                if time.monotonic() + 0.01 >= deadline:
+                    return False
+                await asyncio.sleep(backoff_s(attempt + 3, self._rng))
+                attempt += 1
+                continue
+            return isinstance(answer, Resolved)
+
+    async def _forget(self, txn_id: bytes, home: int, deadline: float) -> None:
+        try:
+            await self._runner.run_txn_command(home, Forget(txn_id), deadline)
+        except ServiceError as error:
+            logger.debug("forgetting transaction %s failed: %s", txn_id.hex(), error)
+
+    async def _release(
+        self, txn_id: bytes, shards: list[int], decision: Decision, deadline: float
+    ) -> None:
+        """Resolve every participant before going on: a retry (or the client's next
+        transaction) must not meet this attempt's own locks. What is not confirmed within
+        the bound is left to resolvers (the intents expire)."""
+        bound = min(deadline, time.monotonic() + CLEANUP_S)
+        await asyncio.gather(
+            *(self._resolve_one(txn_id, shard, decision, bound) for shard in shards)
+        )
+
+    def _background_task(self, work: object) -> None:
+        assert asyncio.iscoroutine(work)
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        self.stats.forgets_pending = len(self._background)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            self.stats.forgets_pending = len(self._background)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.debug("transaction cleanup failed: %s", finished.exception())
+
+        task.add_done_callback(done)
+
+    async def close(self) -> None:
+        """Wait briefly for background releases; cancel what is left (intents expire)."""
+        tasks = list(self._background)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=1.0)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _crash_at(self, point: FaultPoint) -> None:
+        if self._fault is point:
+            logger.error("transaction fault point %s reached: exiting now", point.value)
+            logging.shutdown()
+            os._exit(FAULT_EXIT_CODE)
+
+
+def _answer(holds: bool, prepared: dict[int, Prepared]) -> TxnResponse:
+    results: list[tuple[int, OpResult]] = []
+    for answer in prepared.values():
+        results.extend(answer.success if holds else answer.failure)
+    results.sort(key=lambda item: item[0])
+    return TxnResponse(holds, tuple(r for _, r in results))

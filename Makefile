@@ -11,7 +11,7 @@ PROTO_DIR     := minikv_core/net/proto
 PROTOS        := $(wildcard $(PROTO_DIR)/*.proto)
 PYTEST_ARGS   ?=
 
-.PHONY: tui test test-slow lint bench proto clean
+.PHONY: tui test test-slow lint bench bench-etcd screenshots proto clean
 
 $(PY):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "minikv needs Python >= 3.11; set PYTHON=python3.11 or newer")'
@@ -47,6 +47,15 @@ bench: $(DEV_STAMP)
 	$(BIN)/minikv bench engine
 	$(PY) -m minikv_core.raft.bench --entries 500000
 	$(BIN)/minikv wal bench
+
+# minikv vs a 3-member etcd 3.4 (Debian's etcd-server; --install fetches it with apt-get).
+bench-etcd: $(DEV_STAMP)
+	$(PY) bench/cluster_vs_etcd.py --install
+
+# screenshots/*.svg from the recorded demo scenarios (tools/screenshots.py --record re-records
+# them from a real cluster); the README shows them.
+screenshots: $(DEV_STAMP)
+	$(PY) tools/screenshots.py
 
 # The generated modules are committed; tests/test_proto_generated.py fails if they drift.
 proto: $(DEV_STAMP)

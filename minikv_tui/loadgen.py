@@ -9,6 +9,12 @@ that routes to leaders), minikv over HTTP (`MinikvHttpTarget`) or etcd over its 
 (`EtcdHttpTarget`). The generator, key choice, value bytes and timing are the same code whatever
 the target, which is what makes a side-by-side comparison fair.
 
+Transactions: `txn` puts the same value to two keys on two different shards in one
+transaction (minikv's two-phase commit), `txn1` to two keys on one shard (one Raft entry).
+The key space is grouped by shard with the node's own shard function, so the generator needs
+the cluster's shard count. A transaction counts as one write, timed whole; one that the store
+refuses (a conflict past its deadline: UNAVAILABLE, HTTP 503) counts as an error.
+
 Reproducible: worker `i` draws its keys and read/write choices from `Random(f"{seed}/{i}")`,
 and values are fixed bytes derived from the seed; the same seed gives the same request stream
 per worker (the interleaving across workers is the event loop's).
@@ -33,10 +39,21 @@ from typing import Any, Final, Literal, Protocol, get_args
 
 import aiohttp
 
-from minikv_core.client import AsyncClient, NotFoundError
+from minikv_core.client import (
+    AsyncClient,
+    NotFoundError,
+    OpKind,
+    TxnOp,
+    TxnRequest,
+    txn_request_document,
+)
+from minikv_core.cluster.shard_map import shard_for_key
 
-Workload = Literal["put", "get", "mixed"]
+Workload = Literal["put", "get", "mixed", "txn", "txn1"]
 WORKLOADS: Final[tuple[str, ...]] = get_args(Workload)
+TXN_WORKLOADS: Final = frozenset({"txn", "txn1"})
+TXN_KEYS: Final = 2
+"""Keys per transaction of the txn workloads."""
 
 READ_FRACTION_DEFAULT: Final = 0.5
 CLIENTS_MAX: Final = 4096
@@ -135,6 +152,10 @@ class LoadTarget(Protocol):
         """True when the key was found; False when the store answered that it is absent."""
         ...
 
+    async def txn(self, worker: int, keys: Sequence[bytes], value: bytes) -> None:
+        """Put `value` to every key of `keys` in one atomic transaction."""
+        ...
+
 
 class TargetError(Exception):
     """A request the target answered with an error (the message is the answer)."""
@@ -155,6 +176,9 @@ class GrpcTarget:
         except NotFoundError:
             return False
         return True
+
+    async def txn(self, worker: int, keys: Sequence[bytes], value: bytes) -> None:
+        await self.client.txn(success=[TxnOp(OpKind.PUT, key, value) for key in keys])
 
 
 class _HttpTarget:
@@ -202,6 +226,23 @@ class MinikvHttpTarget(_HttpTarget):
                 return False
             raise _http_error(response.status, body)
 
+    async def txn(self, worker: int, keys: Sequence[bytes], value: bytes) -> None:
+        """`POST /txn` with the puts as the success branch (no compares: it always succeeds
+        unless it is refused, e.g. 503 after conflicting until its deadline)."""
+        request = TxnRequest(success=tuple(TxnOp(OpKind.PUT, key, value) for key in keys))
+        body = json.dumps(txn_request_document(request))
+        async with self.session.post(
+            f"{self.url(worker)}/txn",
+            data=body,
+            headers={"Content-Type": "application/json"},
+            timeout=self.timeout,
+        ) as response:
+            answer = await response.read()
+            if response.status != 200:
+                raise _http_error(response.status, answer)
+        if json.loads(answer).get("succeeded") is not True:
+            raise TargetError(f"the transaction did not succeed: {answer[:200]!r}")
+
 
 class EtcdHttpTarget(_HttpTarget):
     """etcd's v3 JSON gateway: `POST /v3/kv/put` and `POST /v3/kv/range`, keys and values in
@@ -215,7 +256,14 @@ class EtcdHttpTarget(_HttpTarget):
         answer = await self._post(worker, "/v3/kv/range", {"key": _b64(key)})
         return int(answer.get("count", 0)) > 0
 
-    async def _post(self, worker: int, path: str, document: dict[str, str]) -> dict[str, Any]:
+    async def txn(self, worker: int, keys: Sequence[bytes], value: bytes) -> None:
+        """`POST /v3/kv/txn` with no compares and one `requestPut` per key."""
+        puts = [{"requestPut": {"key": _b64(key), "value": _b64(value)}} for key in keys]
+        answer = await self._post(worker, "/v3/kv/txn", {"success": puts})
+        if answer.get("succeeded") is not True:
+            raise TargetError(f"etcd's transaction did not succeed: {answer!r:.200}")
+
+    async def _post(self, worker: int, path: str, document: dict[str, Any]) -> dict[str, Any]:
         async with self.session.post(
             self.url(worker) + path, data=json.dumps(document), timeout=self.timeout
         ) as response:
@@ -314,6 +362,55 @@ def key_bytes(prefix: bytes, index: int) -> bytes:
     return prefix + b"%08d" % index
 
 
+class ShardedKeys:
+    """The key space grouped by shard, for the transaction workloads: `pair()` draws two
+    distinct keys on two different shards (`spread`) or on one shard. The first key is drawn
+    uniformly from the key space, so the load spreads over the shards as a put workload's does.
+    """
+
+    def __init__(self, prefix: bytes, keys: int, shard_count: int, *, spread: bool) -> None:
+        assert keys >= 1 and shard_count >= 1, (keys, shard_count)
+        self.spread = spread
+        self._keys = [key_bytes(prefix, index) for index in range(keys)]
+        self._shard = [shard_for_key(key, shard_count) for key in self._keys]
+        self._by_shard: dict[int, list[bytes]] = {}
+        self._position: list[int] = []
+        for key, shard in zip(self._keys, self._shard, strict=True):
+            same = self._by_shard.setdefault(shard, [])
+            self._position.append(len(same))
+            same.append(key)
+        if spread:
+            if len(self._by_shard) < 2:
+                raise ValueError(
+                    f"the txn workload needs keys on 2 or more shards; {keys} keys fall on "
+                    f"{len(self._by_shard)} of the cluster's {shard_count} shards"
+                )
+            self._others = {
+                shard: sorted(set(self._by_shard) - {shard}) for shard in self._by_shard
+            }
+        else:
+            self._firsts = [
+                index for index, shard in enumerate(self._shard) if len(self._by_shard[shard]) > 1
+            ]
+            if not self._firsts:
+                raise ValueError(
+                    f"the txn1 workload needs 2 or more keys on one shard; {keys} keys over "
+                    f"{shard_count} shards have none"
+                )
+
+    def pair(self, rng: random.Random) -> tuple[bytes, bytes]:
+        if self.spread:
+            index = rng.randrange(len(self._keys))
+            other = rng.choice(self._others[self._shard[index]])
+            return self._keys[index], rng.choice(self._by_shard[other])
+        index = rng.choice(self._firsts)
+        same = self._by_shard[self._shard[index]]
+        position = rng.randrange(len(same) - 1)
+        if position >= self._position[index]:
+            position += 1  # any key of the shard but the first one
+        return self._keys[index], same[position]
+
+
 class LoadGenerator:
     """Closed-loop clients on the caller's event loop; start/stop any number of times."""
 
@@ -328,7 +425,9 @@ class LoadGenerator:
         seed: int = 0,
         prefix: bytes = b"load/",
         read_fraction: float = READ_FRACTION_DEFAULT,
+        shard_count: int | None = None,
     ) -> None:
+        """`shard_count`: the cluster's, needed by the transaction workloads to place keys."""
         if workload not in WORKLOADS:
             raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}, got {workload!r}")
         if not 1 <= clients <= CLIENTS_MAX:
@@ -346,7 +445,12 @@ class LoadGenerator:
         self.value_size = value_size
         self.seed = seed
         self.prefix = prefix
-        self.read_fraction = {"put": 0.0, "get": 1.0, "mixed": read_fraction}[workload]
+        self.read_fraction = {"get": 1.0, "mixed": read_fraction}.get(workload, 0.0)
+        self.pairs: ShardedKeys | None = None
+        if workload in TXN_WORKLOADS:
+            if shard_count is None or shard_count < 1:
+                raise ValueError(f"the {workload} workload needs the cluster's shard count")
+            self.pairs = ShardedKeys(prefix, keys, shard_count, spread=workload == "txn")
         self._value = value_bytes(value_size, seed)
         self._tasks: list[asyncio.Task[None]] = []
         now = time.monotonic()
@@ -448,17 +552,21 @@ class LoadGenerator:
     async def _worker(self, worker: int) -> None:
         rng = random.Random(f"{self.seed}/{worker}")
         target, value, read_fraction = self.target, self._value, self.read_fraction
+        pairs = self.pairs
         backoff_s = ERROR_BACKOFF_INITIAL_S
         while True:
-            key = key_bytes(self.prefix, rng.randrange(self.keys))
+            keys = pairs.pair(rng) if pairs is not None else None
+            key = key_bytes(self.prefix, rng.randrange(self.keys)) if keys is None else b""
             is_read = read_fraction >= 1.0 or (read_fraction > 0.0 and rng.random() < read_fraction)
             started = time.perf_counter()
             try:
-                if is_read:
+                found = True
+                if keys is not None:
+                    await target.txn(worker, keys, value)
+                elif is_read:
                     found = await target.get(worker, key)
                 else:
                     await target.put(worker, key, value)
-                    found = True
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -69,18 +69,20 @@ def run_repl(
         executor = Executor(client, state, renderer, KeyIndex(None))
         _check_reachable(client, endpoints, timeout_s)
         chunks = [("", command)] if command is not None else _numbered_lines(stdin)
-        return 0 if run_script(executor, renderer, chunks) else EXIT_FAILURE
+        return 0 if run_script(executor, chunks) else EXIT_FAILURE
 
 
-def run_script(executor: Executor, renderer: Renderer, chunks: Iterable[tuple[str, str]]) -> bool:
+def run_script(executor: Executor, chunks: Iterable[tuple[str, str]]) -> bool:
     """Run each (where, text) chunk in order; True when every command succeeded. A chunk that
-    does not parse runs none of its commands; later chunks still run; EXIT stops all."""
+    does not parse runs none of its commands; later chunks still run; EXIT stops all. Input
+    that ends inside MULTI fails (its queued commands are never sent)."""
     succeeded = True
+    where = ""
     for where, text in chunks:
         try:
             statements = parse(text)
         except ParseError as error:
-            renderer.error(error, where)
+            executor.parse_failed(error, where)
             succeeded = False
             continue
         for statement in statements:
@@ -88,8 +90,8 @@ def run_script(executor: Executor, renderer: Renderer, chunks: Iterable[tuple[st
             if outcome is Outcome.FAILED:
                 succeeded = False
             elif outcome is Outcome.EXIT:
-                return succeeded
-    return succeeded
+                return executor.finish(where) and succeeded
+    return executor.finish(where) and succeeded
 
 
 def _check_reachable(client: Client, endpoints: Sequence[str], timeout_s: float) -> None:

@@ -3,6 +3,10 @@
 Every failure a command can meet, from a missing file to a cluster with no leader, leaves as
 a `ReplError` printed on one line; `run` returns whether the command failed so scripted runs
 can set their exit status, and never raises (short of Ctrl-C, which the session handles).
+
+Inside MULTI the table (repl_grammar) says what each command does: queued for EXEC, run at
+once, or refused. Any failure while MULTI is open marks the transaction, and EXEC then refuses
+it whole (redis's EXECABORT): a script whose third line had a typo must not commit the rest.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,15 +25,21 @@ from minikv_core.client import (
     ClientError,
     DeadlineExceededError,
     NotFoundError,
+    OpKind,
+    OpResult,
     PermissionDeniedError,
     ShardRouting,
+    TxnOp,
+    TxnRequest,
     UnavailableError,
 )
 from minikv_core.cluster.shard_map import shard_for_key
 from minikv_core.net.limits import CLIENT_MESSAGE_BYTES_MAX
+from minikv_tui import repl_grammar
 from minikv_tui import repl_parser as p
-from minikv_tui.repl_errors import ReplError, from_client_error
+from minikv_tui.repl_errors import ParseError, ReplError, from_client_error, from_txn_error
 from minikv_tui.repl_keys import KeyIndex
+from minikv_tui.repl_multi import MultiQueue, Watched, watching
 from minikv_tui.repl_render import NodeReport, Renderer
 from minikv_tui.repl_state import Connection, SessionState
 from minikv_tui.repl_tokens import quote_bytes
@@ -70,22 +80,59 @@ class Executor:
                 return Outcome.EXIT
             self._dispatch(statement)
         except ReplError as error:
-            self._render.error(error, where)
+            self._render.error(self._failed(error), where)
             return Outcome.FAILED
         except Exception as error:  # the REPL's last line of defence: no traceback, ever
             self._render.error(
-                ReplError(
-                    f"internal error: {type(error).__name__}: {error}",
-                    "This is a bug in minikv; please report it with the command you ran.",
+                self._failed(
+                    ReplError(
+                        f"internal error: {type(error).__name__}: {error}",
+                        "This is a bug in minikv; please report it with the command you ran.",
+                    )
                 ),
                 where,
             )
             return Outcome.FAILED
         return Outcome.OK
 
+    def parse_failed(self, error: ParseError, where: str = "") -> None:
+        """Print a line that did not parse; inside MULTI it counts as a failed command."""
+        self._render.error(self._failed(error), where)
+
+    def finish(self, where: str = "") -> bool:
+        """The session ends (end of a script, EXIT, Ctrl-D): False, with an error, when it
+        ends inside MULTI, whose queued commands are then dropped unsent."""
+        multi = self._state.multi
+        self._state.multi = None
+        self._state.watched = ()
+        if multi is None:
+            return True
+        count = len(multi.ops)
+        self._render.error(
+            ReplError(
+                f"the session ended inside MULTI: {count} queued "
+                f"command{'s were' if count != 1 else ' was'} not executed",
+                "End a transaction with EXEC (or DISCARD) before the input ends.",
+            ),
+            where,
+        )
+        return False
+
+    def _failed(self, error: ReplError) -> ReplError:
+        """`error`, marking the open transaction failed (and saying so) if there is one."""
+        multi = self._state.multi
+        if multi is None:
+            return error
+        self._state.multi = multi.failed()
+        consequence = "EXEC will refuse this transaction: DISCARD, then MULTI again."
+        hint = f"{error.hint} {consequence}" if error.hint else consequence
+        return ReplError(error.message, hint)
+
     # --- dispatch ---------------------------------------------------------------------------
 
     def _dispatch(self, statement: p.Statement) -> None:
+        if self._state.multi is not None and self._in_multi(statement):
+            return
         match statement:
             case p.Get(key):
                 self._get(key)
@@ -97,6 +144,18 @@ class Executor:
                 self._scan(prefix, limit)
             case p.Exists(key):
                 self._exists(key)
+            case p.Multi():
+                self._state.multi = MultiQueue()
+                self._render.ok()
+            case p.Exec():
+                self._exec()
+            case p.Discard():
+                self._discard()
+            case p.Watch(keys):
+                self._watch(keys)
+            case p.Unwatch():
+                self._state.watched = ()
+                self._render.ok()
             case p.Status():
                 self._status()
             case p.ShardOf(key):
@@ -119,7 +178,13 @@ class Executor:
                 raise AssertionError(f"unhandled statement {statement!r}")
 
     @contextmanager
-    def _request(self, what: str, *, cluster_wide: bool = False) -> Iterator[None]:
+    def _request(
+        self,
+        what: str,
+        *,
+        cluster_wide: bool = False,
+        translate: Callable[..., ReplError] = from_client_error,
+    ) -> Iterator[None]:
         """Time a client call and translate its errors for `what` ("GET user/1").
         `cluster_wide`: the call may be answered by any node (a shard map), so failing to
         reach one means the cluster does not answer, whatever the watcher last saw."""
@@ -129,7 +194,7 @@ class Executor:
         except ClientError as error:
             self._state.last_latency_ms = (self._clock() - started) * 1000.0
             down = cluster_wide or self._state.connection is Connection.LOST
-            raise from_client_error(error, what, cluster_down=down) from None
+            raise translate(error, what, cluster_down=down) from None
         latency_ms = (self._clock() - started) * 1000.0
         self._state.last_latency_ms = latency_ms
         if self._state.timing:
@@ -185,6 +250,118 @@ class Executor:
             else:
                 self._render.note("yes")
 
+    # --- transactions -----------------------------------------------------------------------
+
+    def _in_multi(self, statement: p.Statement) -> bool:
+        """Inside MULTI: queue `statement` (True), refuse it, or let it run (False)."""
+        spec = repl_grammar.lookup(p.command_of(statement))
+        assert spec is not None, statement
+        multi = self._state.multi
+        assert multi is not None
+        if not spec.in_multi:
+            if spec.name == "MULTI":
+                raise ReplError(
+                    f"MULTI: a transaction is already open ({_commands(len(multi.ops))} "
+                    "queued); transactions do not nest",
+                    "EXEC or DISCARD it first.",
+                )
+            if spec.name in ("WATCH", "UNWATCH"):
+                raise ReplError(
+                    f"{spec.name} inside MULTI is not allowed: it must come before MULTI",
+                    "DISCARD, WATCH the keys, then MULTI again.",
+                )
+            raise ReplError(
+                f"{spec.name} cannot be used inside MULTI: a transaction holds "
+                f"{', '.join(s.name for s in repl_grammar.COMMANDS if s.queued)} only",
+                "EXEC or DISCARD first, or queue a GET.",
+            )
+        if not spec.queued:
+            return False
+        match statement:
+            case p.Get(key):
+                op = TxnOp(OpKind.GET, key)
+            case p.Put(key, value):
+                data = _read_value_file(value) if isinstance(value, p.FileValue) else value
+                op = TxnOp(OpKind.PUT, key, data)
+            case p.Delete(key):
+                op = TxnOp(OpKind.DELETE, key)
+            case _:
+                raise AssertionError(f"{spec.name} is queued but has no transaction op")
+        self._state.last_key = op.key
+        self._state.multi = multi.queued(op, self._state.watched)
+        info = self._state.shard_of(op.key)
+        self._render.queued(len(multi.ops) + 1, info.shard if info is not None else None)
+        return True
+
+    def _exec(self) -> None:
+        multi, watched = self._state.multi, self._state.watched
+        if multi is None:
+            raise ReplError(
+                "EXEC without MULTI: no transaction is open",
+                "MULTI starts one; queue PUT, DEL and GET; then EXEC.",
+            )
+        # EXEC ends the transaction and forgets the watches, whatever happens next.
+        self._state.multi = None
+        self._state.watched = ()
+        if multi.aborted:
+            raise ReplError(
+                f"EXEC: transaction discarded, {_commands(multi.failures)} failed while it "
+                "was open; nothing was applied",
+                "Start again with MULTI.",
+            )
+        request = multi.request(watched)
+        if not request.success and not request.compare:
+            self._render.exec_results((), (), ())
+            return
+        with self._request("EXEC", translate=from_txn_error):
+            response = self._client.txn_request(request)
+            if not response.succeeded:
+                keys = ", ".join(quote_bytes(item.key) for item in watched)
+                raise ReplError(
+                    f"EXEC: aborted, a watched key changed since WATCH ({keys}); nothing was "
+                    "applied",
+                    "WATCH the keys again, read them, and queue the transaction anew.",
+                )
+            self._note_results(request.success, response.results)
+            self._render.exec_results(request.success, response.results, self._shards(request))
+
+    def _note_results(self, ops: Sequence[TxnOp], results: Sequence[OpResult]) -> None:
+        for op, result in zip(ops, results, strict=True):
+            if op.kind is OpKind.PUT:
+                self._keys.wrote(op.key)
+            elif op.kind is OpKind.DELETE:
+                self._keys.deleted(op.key)
+            elif result.value is not None:
+                self._keys.saw((op.key,))
+
+    def _shards(self, request: TxnRequest) -> tuple[int, ...]:
+        """The shards the transaction touched, by the last known map (() when none)."""
+        routing = self._state.routing
+        if routing is None:
+            return ()
+        return tuple(sorted({shard_for_key(key, routing.shard_count) for key in request.keys}))
+
+    def _discard(self) -> None:
+        multi = self._state.multi
+        if multi is None:
+            raise ReplError("DISCARD without MULTI: no transaction is open", "MULTI starts one.")
+        self._state.multi = None
+        self._state.watched = ()
+        self._render.ok(f"{_commands(len(multi.ops))} dropped")
+
+    def _watch(self, keys: tuple[bytes, ...]) -> None:
+        found: list[Watched] = []
+        for key in keys:
+            self._state.last_key = key
+            with self._request(f"WATCH {quote_bytes(key)}"):
+                try:
+                    version = self._client.get_versioned(key).version
+                except NotFoundError:
+                    version = 0  # a missing key's version, as transactions compare it
+            found.append(Watched(key, version))
+        self._state.watched = watching(self._state.watched, found)
+        self._render.ok(f"watching {len(self._state.watched)}")
+
     # --- cluster ----------------------------------------------------------------------------
 
     def _routing(self, what: str) -> ShardRouting:
@@ -234,6 +411,10 @@ class Executor:
         with ThreadPoolExecutor(workers, thread_name_prefix="minikv-repl-status") as pool:
             reports = list(pool.map(lambda pair: ask(*pair), nodes))
         self._render.status(self._state.label, routing, reports)
+
+
+def _commands(count: int) -> str:
+    return f"{count} command{'s' if count != 1 else ''}"
 
 
 def _read_value_file(value: p.FileValue) -> bytes:

@@ -220,7 +220,7 @@ def _argument_kind(spec: CommandSpec, context: _Context) -> ArgKind | None:
         if position == 0:
             return ArgKind.PREFIX
         return ArgKind.LIMIT_CLAUSE if position == 1 else None
-    return spec.args[position] if position < len(spec.args) else None
+    return repl_grammar.argument_kind(spec, position)
 
 
 def _command_meta(word: str) -> str:

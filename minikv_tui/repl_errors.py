@@ -77,3 +77,16 @@ def from_client_error(error: ClientError, what: str, *, cluster_down: bool = Fal
             "Admin calls are answered to clients on the node's own machine; run the REPL there.",
         )
     return ReplError(f"{what}: {error}", STATUS_HINT)
+
+
+def from_txn_error(error: ClientError, what: str, *, cluster_down: bool = False) -> ReplError:
+    """`from_client_error` for EXEC: an UNAVAILABLE transaction is usually one that kept
+    meeting other transactions' locks until its deadline, and then nothing of it applied."""
+    if isinstance(error, UnavailableError) and not cluster_down:
+        return ReplError(
+            f"{what}: the transaction did not commit ({error})",
+            "Its keys stayed locked by other transactions, or a shard had no leader, until the "
+            "deadline; nothing was applied unless a leader was lost mid-request. GET the keys "
+            f"to check, then run it again. {STATUS_HINT}",
+        )
+    return from_client_error(error, what, cluster_down=cluster_down)

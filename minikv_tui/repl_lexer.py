@@ -32,8 +32,6 @@ KEY: Final = Name.Variable
 VALUE: Final = String
 FILE_REFERENCE: Final = String.Other
 COMMAND: Final = Keyword
-RESERVED: Final = Keyword.Reserved
-"""Words of features that do not exist yet (MULTI, EXEC, DISCARD)."""
 
 _DOUBLE_ESCAPE: Final = re.compile(r"\\(?:x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _SINGLE_ESCAPE: Final = re.compile(r"\\['\\]")
@@ -101,8 +99,6 @@ def _classify(statement: list[Token]) -> dict[int, _TokenType]:
     spec = repl_grammar.lookup(word) if head.kind is TokenKind.WORD else None
     if spec is not None:
         kinds[head.start] = COMMAND
-    elif head.kind is TokenKind.WORD and word in repl_grammar.NOT_AVAILABLE:
-        kinds[head.start] = RESERVED
     elif head.kind is TokenKind.WORD and args == [] and _is_command_prefix(word):
         kinds[head.start] = Text  # still being typed
     else:
@@ -115,10 +111,11 @@ def _classify(statement: list[Token]) -> dict[int, _TokenType]:
         kinds.update(_classify_scan(args))
         return kinds
     for index, token in enumerate(args):
-        if index >= len(spec.args) or token.error:
+        kind = repl_grammar.argument_kind(spec, index)
+        if kind is None or token.error:
             kinds[token.start] = Error
             continue
-        kinds[token.start] = _argument_type(spec, spec.args[index], token)
+        kinds[token.start] = _argument_type(spec, kind, token)
     return kinds
 
 
@@ -137,8 +134,7 @@ def _argument_type(spec: repl_grammar.CommandSpec, kind: ArgKind, token: Token) 
             return Name.Constant
         return Text if any(c.startswith(text.lower()) for c in spec.choices) else Error
     if kind is ArgKind.COMMAND:
-        known = repl_grammar.lookup(text) is not None or text.upper() in repl_grammar.NOT_AVAILABLE
-        return COMMAND if known else Text
+        return COMMAND if repl_grammar.lookup(text) is not None else Text
     return Error  # LIMIT_CLAUSE: only SCAN has one, and _classify_scan lexes it
 
 

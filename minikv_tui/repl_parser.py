@@ -54,6 +54,31 @@ class Exists:
 
 
 @dataclass(frozen=True, slots=True)
+class Multi:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Exec:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unwatch:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     pass
 
@@ -102,6 +127,11 @@ Statement = (
     | Delete
     | Scan
     | Exists
+    | Multi
+    | Exec
+    | Discard
+    | Watch
+    | Unwatch
     | Status
     | ShardOf
     | Leader
@@ -130,10 +160,6 @@ def parse_tokens(tokens: list[Token]) -> Statement:
             head.start + 1,
         )
     word = head.raw.upper()
-    if word in repl_grammar.NOT_AVAILABLE:
-        raise ParseError(
-            repl_grammar.NOT_AVAILABLE[word], repl_grammar.NOT_AVAILABLE_HINT, head.start + 1
-        )
     spec = repl_grammar.lookup(word)
     if spec is None:
         close = difflib.get_close_matches(word, repl_grammar.command_words(), n=1)
@@ -241,6 +267,33 @@ def _parse_exists(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statemen
     return Exists(_key(args[0]))
 
 
+def _parse_multi(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
+    _arity(spec, args, 0, 0)
+    return Multi()
+
+
+def _parse_exec(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
+    _arity(spec, args, 0, 0)
+    return Exec()
+
+
+def _parse_discard(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
+    _arity(spec, args, 0, 0)
+    return Discard()
+
+
+def _parse_watch(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
+    if not args:
+        raise ParseError("WATCH takes 1 or more keys, got none", f"Usage: {spec.usage}.")
+    keys = [_key(token) for token in args]
+    return Watch(tuple(dict.fromkeys(keys)))  # a key named twice is watched once
+
+
+def _parse_unwatch(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
+    _arity(spec, args, 0, 0)
+    return Unwatch()
+
+
 def _parse_status(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
     _arity(spec, args, 0, 0)
     return Status()
@@ -285,8 +338,6 @@ def _parse_help(spec: repl_grammar.CommandSpec, args: list[Token]) -> Statement:
     found = repl_grammar.lookup(word)
     if found is not None:
         return Help(found.name)
-    if word in repl_grammar.NOT_AVAILABLE:
-        return Help(word)
     raise ParseError(f"no command named '{args[0].raw}'", "HELP lists the commands.")
 
 
@@ -306,6 +357,11 @@ _PARSERS: Final = {
     "DEL": _parse_delete,
     "SCAN": _parse_scan,
     "EXISTS": _parse_exists,
+    "MULTI": _parse_multi,
+    "EXEC": _parse_exec,
+    "DISCARD": _parse_discard,
+    "WATCH": _parse_watch,
+    "UNWATCH": _parse_unwatch,
     "STATUS": _parse_status,
     "SHARD": _parse_shard,
     "LEADER": _parse_leader,
@@ -316,3 +372,31 @@ _PARSERS: Final = {
     "EXIT": _parse_exit,
 }
 assert set(_PARSERS) == {spec.name for spec in repl_grammar.COMMANDS}, "a command has no parser"
+
+
+_COMMAND_OF: Final[dict[type, str]] = {
+    Get: "GET",
+    Put: "PUT",
+    Delete: "DEL",
+    Scan: "SCAN",
+    Exists: "EXISTS",
+    Multi: "MULTI",
+    Exec: "EXEC",
+    Discard: "DISCARD",
+    Watch: "WATCH",
+    Unwatch: "UNWATCH",
+    Status: "STATUS",
+    ShardOf: "SHARD",
+    Leader: "LEADER",
+    SetConsistency: "CONSISTENCY",
+    SetTiming: "TIMING",
+    Help: "HELP",
+    Clear: "CLEAR",
+    Exit: "EXIT",
+}
+assert set(_COMMAND_OF.values()) == set(_PARSERS), "a command has no statement"
+
+
+def command_of(statement: Statement) -> str:
+    """The name (in the command table) of the command `statement` came from."""
+    return _COMMAND_OF[type(statement)]

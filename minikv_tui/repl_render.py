@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from minikv_core.client import ScanItem, ShardRouting
+from minikv_core.client import OpKind, OpResult, ScanItem, ShardRouting, TxnOp
 from minikv_core.net.limits import SCAN_LIMIT_MAX
 from minikv_tui import repl_grammar
 from minikv_tui.repl_errors import ReplError
@@ -70,6 +70,49 @@ class Renderer:
 
     def note(self, text: str, style: str = "") -> None:
         self.out.print(Text(text, style=style), soft_wrap=True)
+
+    def queued(self, count: int, shard: int | None) -> None:
+        """A command queued inside MULTI (`count` queued now, this one on `shard`)."""
+        if not self.interactive:
+            self.out.print(Text("QUEUED", style="bold yellow"))
+            return
+        detail = f" ({count} queued" + (f", shard {shard})" if shard is not None else ")")
+        self.out.print(Text.assemble(("QUEUED", "bold yellow"), (detail, "dim")))
+
+    def exec_results(
+        self, ops: Sequence[TxnOp], results: Sequence[OpResult], shards: Sequence[int]
+    ) -> None:
+        """EXEC's answer, one line per queued command in order (as redis's EXEC): numbered
+        in a terminal; in scripts the line the command alone prints, and an empty line for a
+        GET of a missing key (a real value never prints empty: "" is quoted)."""
+        if not ops:
+            if self.interactive:
+                self.note("(nothing was queued)", "dim")
+            return
+        for number, (op, result) in enumerate(zip(ops, results, strict=True), start=1):
+            prefix = (f"{number}) ", "dim") if self.interactive else ("", "")
+            if result.kind is OpKind.PUT:
+                detail = f" (version {result.version})" if self.interactive else ""
+                self.out.print(Text.assemble(prefix, ("OK", "bold green"), (detail, "dim")))
+            elif result.kind is OpKind.DELETE:
+                if result.deleted:
+                    self.out.print(Text.assemble(prefix, ("deleted", "green")))
+                else:
+                    self.out.print(Text.assemble(prefix, ("not found (nothing deleted)", "yellow")))
+            elif result.value is None:
+                self.out.print(Text.assemble(prefix, ("(nil)" if self.interactive else "", "dim")))
+            elif self.raw:
+                self._raw_line(result.value)
+            else:
+                self.out.print(Text.assemble(prefix, display_bytes(result.value)), soft_wrap=True)
+            assert result.kind is op.kind, (op, result)
+        if self.interactive and shards:
+            count = f"{len(ops)} command{'s' if len(ops) != 1 else ''}"
+            if len(shards) == 1:
+                where = f"on shard {shards[0]} (one Raft entry)"
+            else:
+                where = f"across shards {', '.join(map(str, shards))} (two-phase commit)"
+            self.note(f"atomic: {count} {where}", "dim")
 
     def timing(self, latency_ms: float) -> None:
         self.out.print(Text(f"({latency_ms:.2f} ms)", style="dim"))
@@ -167,9 +210,6 @@ class Renderer:
                 "dim",
             )
             return
-        if topic in repl_grammar.NOT_AVAILABLE:
-            self.note(repl_grammar.NOT_AVAILABLE[topic] + ".", "yellow")
-            return
         spec = repl_grammar.lookup(topic)
         assert spec is not None, topic
         self.out.print(Text(spec.usage, style="bold cyan"))
@@ -178,6 +218,8 @@ class Renderer:
         self.note(spec.summary)
         if spec.details:
             self.note(spec.details, "dim")
+        if spec.name == "MULTI":
+            self.note(repl_grammar.multi_rules(), "dim")
 
     def clear(self) -> None:
         if self.interactive:

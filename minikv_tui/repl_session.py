@@ -113,8 +113,10 @@ class InteractiveRepl:
                 except KeyboardInterrupt:
                     continue
                 except EOFError:
+                    self._executor.finish()
                     return
                 if self._execute(text) is Outcome.EXIT:
+                    self._executor.finish()
                     return
         finally:
             self._watcher.stop()
@@ -124,7 +126,7 @@ class InteractiveRepl:
         try:
             statements = parse(text)
         except ParseError as error:
-            self._renderer.error(error)
+            self._executor.parse_failed(error)
             return Outcome.FAILED
         outcome = Outcome.OK
         for statement in statements:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from minikv_core.client import Consistency, ShardRouting
 from minikv_core.cluster.shard_map import shard_for_key
+from minikv_tui.repl_multi import MultiQueue, Watched
 
 
 class Connection(enum.Enum):
@@ -42,6 +43,9 @@ class SessionState:
     last_key: bytes | None = None
     connection: Connection = Connection.CONNECTING
     routing: ShardRouting | None = field(default=None)
+    multi: MultiQueue | None = None
+    """The open transaction (MULTI ... EXEC), None outside one."""
+    watched: tuple[Watched, ...] = ()
 
     def shard_of(self, key: bytes) -> ShardInfo | None:
         """The shard holding `key` by the last known map (None before any map arrived)."""

@@ -38,7 +38,6 @@ STYLE: Final = merge_styles(
         style_from_pygments_dict(
             {
                 Keyword: "bold ansicyan",
-                Keyword.Reserved: "ansibrightblack",
                 Name.Variable: "ansiwhite",
                 Name.Constant: "ansiyellow",
                 String: "ansigreen",
@@ -54,6 +53,8 @@ STYLE: Final = merge_styles(
             {
                 "prompt.name": "bold ansicyan",
                 "prompt": "",
+                "prompt.multi": "bold ansiyellow",
+                "prompt.aborted": "bold ansired",
                 "bottom-toolbar": "noreverse bg:#202020 #c0c0c0",
                 "toolbar.dim": "#808080",
                 "toolbar.key": "#e0e0e0",
@@ -67,7 +68,17 @@ STYLE: Final = merge_styles(
 
 
 def prompt_message(state: SessionState) -> FormattedText:
-    return FormattedText([("class:prompt.name", state.label), ("class:prompt", "> ")])
+    """`name> `, or inside MULTI `name(multi 2)> ` (red, and saying so, once a command failed:
+    EXEC will refuse the transaction)."""
+    parts = [("class:prompt.name", state.label)]
+    multi = state.multi
+    if multi is not None:
+        if multi.aborted:
+            parts.append(("class:prompt.aborted", f"(multi {len(multi.ops)}, failed)"))
+        else:
+            parts.append(("class:prompt.multi", f"(multi {len(multi.ops)})"))
+    parts.append(("class:prompt", "> "))
+    return FormattedText(parts)
 
 
 def toolbar(state: SessionState) -> FormattedText:
@@ -101,6 +112,9 @@ def toolbar(state: SessionState) -> FormattedText:
             mode.value,
         )
     )
+    if state.watched:
+        parts.append(("class:toolbar.dim", "  │  "))
+        parts.append(("class:toolbar.warn", f"watching {len(state.watched)}"))
     parts.append(("class:toolbar.dim", "  │  "))
     parts.append((_CONNECTION_STYLE[state.connection], f"● {state.connection.value} "))
     return FormattedText(parts)

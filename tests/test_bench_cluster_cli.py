@@ -36,6 +36,7 @@ def run_minikv(*args: str) -> subprocess.CompletedProcess[str]:
         (("--value-size", "-1"), "--value-size must be in 0.."),
         (("--keys", "0"), "--keys must be >= 1"),
         (("--workload", "scan"), "Invalid value for '--workload'"),
+        (("--workload", "txn2"), "Invalid value for '--workload'"),
         (("--clients", "many"), "Invalid value for '--clients'"),
     ],
 )
@@ -64,7 +65,7 @@ def test_unreachable_cluster_is_one_line_and_exit_1() -> None:
 def test_help_shows_the_cluster_options_and_the_engine_subcommand() -> None:
     result = run_minikv("bench", "--help")
     assert result.returncode == 0, result.stderr
-    for text in ("--endpoints", "--clients", "--duration", "--workload", "engine"):
+    for text in ("--endpoints", "--clients", "--duration", "--workload", "engine", "txn1"):
         assert text in result.stdout
     engine = run_minikv("bench", "engine", "--help")
     assert engine.returncode == 0, engine.stderr
@@ -121,3 +122,53 @@ def test_short_json_run_prints_parseable_numbers(cluster: Cluster) -> None:
     assert 0.9 <= document["seconds"] <= 5.0
     assert 0 < document["p50_ms"] <= document["p90_ms"] <= document["p99_ms"]
     assert document["p99_ms"] <= document["max_ms"]
+
+
+def bench_json(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_minikv(
+        "bench",
+        "--endpoints",
+        ",".join(cluster.grpc_endpoints),
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--clients",
+        "4",
+        "--json",
+        *args,
+    )
+
+
+@pytest.mark.integration
+def test_transaction_workloads_report_transactions_as_writes(cluster: Cluster) -> None:
+    for workload in ("txn", "txn1"):
+        result = bench_json(cluster, "--workload", workload, "--keys", "100")
+        assert result.returncode == 0, result.stdout + result.stderr
+        document = json.loads(result.stdout)
+        assert document["workload"] == workload
+        assert document["errors"] == 0, document["last_error"]
+        assert document["ops"] > 0 and document["writes"] == document["ops"]
+        assert document["reads"] == 0
+        assert 0 < document["p50_ms"] <= document["p99_ms"] <= document["max_ms"]
+    table = run_minikv(
+        "bench",
+        "--endpoints",
+        ",".join(cluster.grpc_endpoints),
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--clients",
+        "2",
+        "--workload",
+        "txn",
+    )
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "transaction of 2 puts on 2 shards" in " ".join(table.stdout.split())
+    # One key cannot be on two shards: a usage error, before any load.
+    too_few = bench_json(cluster, "--workload", "txn", "--keys", "1")
+    assert too_few.returncode == 2, too_few.stdout + too_few.stderr
+    assert "needs keys on 2 or more shards" in too_few.stderr
+    assert "Raise --keys" in too_few.stderr
+    assert "Traceback" not in too_few.stdout + too_few.stderr

@@ -1,9 +1,11 @@
 """`minikv bench …`: benchmarks that print comparable numbers.
 
 `minikv bench --endpoints …` (no sub-command) puts closed-loop load on a running cluster and
-reports throughput and latency percentiles; `minikv bench engine` measures the storage engine
-against sqlite3 in the same run. The side-by-side run against etcd is `bench/cluster_vs_etcd.py`,
-which drives both systems with the same generator (`minikv_tui.loadgen`).
+reports throughput and latency percentiles (`--workload txn` / `txn1`: transactions of two
+puts on two shards / on one shard, each counted as one op); `minikv bench engine` measures the
+storage engine against sqlite3 in the same run. The side-by-side run against etcd is
+`bench/cluster_vs_etcd.py`, which drives both systems with the same generator
+(`minikv_tui.loadgen`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from rich.table import Table
 
 from minikv_core.storage.bench import BenchConfig, WorkloadResult, run
 from minikv_tui.errors import EXIT_USAGE, UserError
-from minikv_tui.loadgen import CLIENTS_MAX, LoadGenerator, LoadSummary
+from minikv_tui.loadgen import CLIENTS_MAX, TXN_WORKLOADS, LoadGenerator, LoadSummary
 
 T = TypeVar("T")
 
@@ -37,7 +39,8 @@ app = typer.Typer(
     help=(
         "Benchmarks. Without a sub-command: closed-loop load on a running cluster "
         "(`minikv bench --endpoints 127.0.0.1:9001 --clients 64 --duration 10 --workload put`), "
-        "throughput and p50/p90/p99/max latency. `minikv bench engine`: the storage engine "
+        "throughput and p50/p90/p99/max latency; --workload txn / txn1 times transactions. "
+        "`minikv bench engine`: the storage engine "
         "against sqlite3."
     ),
     invoke_without_command=True,
@@ -50,6 +53,11 @@ class WorkloadChoice(StrEnum):
     put = "put"
     get = "get"
     mixed = "mixed"
+    txn = "txn"
+    txn1 = "txn1"
+
+
+PRELOADED: Final = frozenset({WorkloadChoice.get, WorkloadChoice.mixed})
 
 
 @app.callback(invoke_without_command=True)
@@ -70,7 +78,10 @@ def cluster(
     duration: Annotated[float, typer.Option(help="Measured seconds (after the warm-up).")] = 10.0,
     workload: Annotated[
         WorkloadChoice,
-        typer.Option(help="put, get (linearizable, keys preloaded) or mixed (50/50)."),
+        typer.Option(
+            help="put, get (linearizable, keys preloaded), mixed (50/50), txn (transactions "
+            "putting 2 keys on 2 different shards) or txn1 (2 keys on one shard)."
+        ),
     ] = WorkloadChoice.mixed,
     value_size: Annotated[int, typer.Option("--value-size", help="Value size in bytes.")] = 100,
     keys: Annotated[
@@ -162,7 +173,7 @@ async def _measure(
     keys: int,
     seed: int,
 ) -> LoadSummary:
-    from minikv_core.client import AsyncClient, ClientError
+    from minikv_core.client import AsyncClient, ClientError, ShardRouting
 
     stderr = Console(stderr=True)
     try:
@@ -171,23 +182,37 @@ async def _measure(
         raise UserError(f"--endpoints: {error}", exit_code=EXIT_USAGE) from None
     async with client:
         try:
-            await client.shard_map(timeout_s=CONNECT_TIMEOUT_S)
+            document = await client.shard_map(timeout_s=CONNECT_TIMEOUT_S)
         except ClientError as error:
             raise UserError(
                 f"cannot reach the cluster at {', '.join(endpoints)}: {error}",
                 hint="Is it running? Check the addresses (gRPC ports) given to --endpoints.",
             ) from None
-        generator = LoadGenerator(
-            client,
-            workload=workload,  # type: ignore[arg-type]  # checked by WorkloadChoice
-            clients=clients,
-            keys=keys,
-            value_size=value_size,
-            seed=seed,
-            prefix=KEY_PREFIX,
-        )
+        try:
+            shard_count = ShardRouting.from_document(document).shard_count
+        except ValueError as error:
+            raise UserError(f"the cluster answered a bad shard map: {error}") from None
+        if workload == WorkloadChoice.txn and shard_count < 2:
+            raise UserError(
+                "the txn workload puts keys on two shards, and this cluster has one",
+                hint="Use --workload txn1 (two keys on one shard).",
+                exit_code=EXIT_USAGE,
+            )
+        try:
+            generator = LoadGenerator(
+                client,
+                workload=workload,  # type: ignore[arg-type]  # checked by WorkloadChoice
+                clients=clients,
+                keys=keys,
+                value_size=value_size,
+                seed=seed,
+                prefix=KEY_PREFIX,
+                shard_count=shard_count,
+            )
+        except ValueError as error:  # too few keys to place transactions as asked
+            raise UserError(str(error), hint="Raise --keys.", exit_code=EXIT_USAGE) from None
         with stderr.status("starting") as status:
-            if workload != "put":
+            if workload in PRELOADED:
                 status.update(f"preloading {keys:,} keys")
                 try:
                     await generator.preload()
@@ -242,6 +267,9 @@ def summary_table(summary: LoadSummary, target: str, value_size: int) -> Table:
         ms(summary.max_ms),
         f"{summary.errors:,}",
     )
+    if summary.workload in TXN_WORKLOADS:
+        where = "2 shards" if summary.workload == "txn" else "one shard"
+        table.caption = f"{table.caption}; one op = one transaction of 2 puts on {where}"
     if summary.misses:
         table.caption = f"{table.caption}; {summary.misses:,} reads found no key"
     if summary.last_error:

@@ -17,18 +17,21 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from minikv_core.client import AsyncClient
+from minikv_core.client import AsyncClient, ShardRouting
+from minikv_core.cluster.shard_map import shard_for_key
 from minikv_tui.loadgen import (
     EtcdHttpTarget,
+    GrpcTarget,
     LatencyHistogram,
     LoadGenerator,
     MinikvHttpTarget,
+    ShardedKeys,
     key_bytes,
     value_bytes,
 )
@@ -206,6 +209,10 @@ class RecordingTarget:
         await asyncio.sleep(0)
         return True
 
+    async def txn(self, worker: int, keys: Sequence[bytes], value: bytes) -> None:
+        self.streams.setdefault(worker, []).append(("txn", b"+".join(keys)))
+        await asyncio.sleep(0)
+
 
 def test_arguments_out_of_range_are_refused() -> None:
     target = RecordingTarget()
@@ -234,6 +241,151 @@ async def test_the_seed_fixes_each_workers_request_stream() -> None:
     assert first != other
     kinds = [kind for stream in first.values() for kind, _ in stream]
     assert 0.3 < kinds.count("get") / len(kinds) < 0.7  # mixed is about half reads
+
+
+# ---------------------------------------------------------------------------- transactions
+
+
+@pytest.mark.parametrize("shard_count", [2, 3, 8])
+def test_txn_pairs_are_two_keys_on_two_shards_and_txn1_pairs_share_one(shard_count: int) -> None:
+    rng = random.Random(7)
+    spread = ShardedKeys(b"k/", 200, shard_count, spread=True)
+    single = ShardedKeys(b"k/", 200, shard_count, spread=False)
+    firsts: set[bytes] = set()
+    for _ in range(2000):
+        first, second = spread.pair(rng)
+        assert shard_for_key(first, shard_count) != shard_for_key(second, shard_count)
+        firsts.add(first)
+        first, second = single.pair(rng)
+        assert first != second
+        assert shard_for_key(first, shard_count) == shard_for_key(second, shard_count)
+    assert len(firsts) > 150  # drawn from the whole key space, not a corner of it
+    assert all(key.startswith(b"k/") for key in firsts)
+
+
+def test_transaction_workloads_refuse_key_spaces_they_cannot_place() -> None:
+    with pytest.raises(ValueError, match="needs keys on 2 or more shards"):
+        ShardedKeys(b"k/", 5, 1, spread=True)
+    with pytest.raises(ValueError, match="needs keys on 2 or more shards"):
+        ShardedKeys(b"k/", 1, 8, spread=True)
+    with pytest.raises(ValueError, match="needs 2 or more keys on one shard"):
+        ShardedKeys(b"k/", 1, 8, spread=False)
+    with pytest.raises(ValueError, match="needs the cluster's shard count"):
+        LoadGenerator(RecordingTarget(), workload="txn")
+    assert len(ShardedKeys(b"k/", 2, 1, spread=False).pair(random.Random(1))) == 2
+
+
+async def test_the_seed_fixes_each_workers_transactions() -> None:
+    async def streams(seed: int) -> dict[int, list[tuple[str, bytes]]]:
+        target = RecordingTarget()
+        generator = LoadGenerator(
+            target, workload="txn", clients=2, keys=100, seed=seed, shard_count=4
+        )
+        generator.start()
+        try:
+            await wait_for(lambda: all(len(target.streams.get(w, [])) >= 20 for w in (0, 1)), "")
+        finally:
+            await generator.stop()
+        return {worker: stream[:20] for worker, stream in target.streams.items()}
+
+    first, again = await streams(3), await streams(3)
+    assert first == again
+    assert {kind for stream in first.values() for kind, _ in stream} == {"txn"}
+    assert first != await streams(4)
+
+
+async def shard_count_of(client: AsyncClient) -> int:
+    return ShardRouting.from_document(await client.shard_map()).shard_count
+
+
+async def coordinated(client: AsyncClient, cluster: Cluster) -> dict[str, int]:
+    """Transaction coordinator counters summed over the nodes."""
+    total: dict[str, int] = {}
+    for address in cluster.grpc_endpoints:
+        counters = (await client.status(address))["txn"]["coordinator"]
+        for name, value in counters.items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
+
+
+@pytest.mark.parametrize(("workload", "counter"), [("txn", "committed"), ("txn1", "one_phase")])
+async def test_txn_load_commits_transactions_of_the_kind_asked(
+    client: AsyncClient, cluster: Cluster, workload: str, counter: str
+) -> None:
+    """txn runs two-phase commits and txn1 one-phase ones, each counted as one write; the
+    cluster's coordinators count the same transactions."""
+    prefix = f"t-{workload}/".encode()
+    shard_count = await shard_count_of(client)
+    before = await coordinated(client, cluster)
+    generator = LoadGenerator(
+        client,
+        workload=workload,  # type: ignore[arg-type]
+        clients=3,
+        keys=20,
+        value_size=16,
+        seed=9,
+        prefix=prefix,
+        shard_count=shard_count,
+    )
+    generator.start()
+    try:
+        await wait_for(lambda: generator.totals().ops >= 12, f"12 {workload} transactions")
+    finally:
+        await generator.stop()
+    totals = generator.totals()
+    after = await coordinated(client, cluster)
+    assert totals.errors == 0, totals.last_error
+    assert totals.writes == totals.ops and totals.reads == 0
+    assert totals.p50_ms is not None and totals.p50_ms > 0
+    # Every answered transaction was counted by a coordinator as the kind asked (abandoned
+    # in-flight ones at stop() may add a few).
+    other = "one_phase" if counter == "committed" else "committed"
+    assert totals.ops <= after[counter] - before[counter] <= totals.ops + 3
+    assert after[other] == before[other]
+    # The transactions wrote: the keys drawn hold the generator's value, and only that.
+    written = (await client.scan(prefix=prefix, limit=100)).items
+    assert len(written) >= 2
+    assert {item.value for item in written} == {value_bytes(16, 9)}
+
+
+async def test_txn_over_http_and_grpc_write_both_keys(
+    client: AsyncClient, cluster: Cluster
+) -> None:
+    shard_count = await shard_count_of(client)
+    pair = ShardedKeys(b"t-txn-http/", 10, shard_count, spread=True).pair(random.Random(2))
+    await GrpcTarget(client).txn(0, pair, b"grpc")
+    assert [await client.get(key) for key in pair] == [b"grpc", b"grpc"]
+    async with aiohttp.ClientSession() as session:
+        target = MinikvHttpTarget(session, [n.url for n in cluster.nodes.values()])
+        await target.txn(1, pair, b"\xffhttp")  # binary values go as value_b64
+        assert [await client.get(key) for key in pair] == [b"\xffhttp", b"\xffhttp"]
+        generator = LoadGenerator(
+            target, workload="txn", clients=2, keys=10, prefix=b"t-txn-http/", shard_count=2
+        )
+        generator.start()
+        try:
+            await wait_for(lambda: generator.totals().ops >= 6, "6 transactions over HTTP")
+        finally:
+            await generator.stop()
+        assert generator.totals().errors == 0, generator.totals().last_error
+
+
+async def test_a_refused_transaction_is_counted_as_an_error(cluster: Cluster) -> None:
+    """A key the store refuses (the reserved transaction prefix) makes every transaction
+    fail: each is an error with the store's answer, none an op."""
+    async with aiohttp.ClientSession() as session:
+        target = MinikvHttpTarget(session, [cluster.nodes[1].url])
+        generator = LoadGenerator(
+            target, workload="txn1", clients=1, keys=4, prefix=b"\xff\xffminikv/txn/", shard_count=1
+        )
+        generator.start()
+        try:
+            await wait_for(lambda: generator.totals().errors >= 2, "2 refused transactions")
+        finally:
+            await generator.stop()
+    totals = generator.totals()
+    assert totals.ops == 0
+    assert totals.last_error is not None and "HTTP 400" in totals.last_error
 
 
 def test_histogram_percentiles_are_within_its_precision() -> None:
@@ -331,3 +483,5 @@ async def test_etcd_target_speaks_the_v3_json_gateway(etcd_member: str) -> None:
         totals = generator.totals()
         assert totals.errors == 0, totals.last_error
         assert totals.misses == 0
+        await target.txn(1, [b"e/t1", b"e/t2"], b"\x00both")
+        assert await target.get(0, b"e/t1") is True and await target.get(0, b"e/t2") is True

@@ -19,13 +19,14 @@ from pathlib import Path
 import aiohttp
 import pexpect
 import pytest
+from prompt_toolkit.formatted_text import to_plain_text
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 from typer.testing import CliRunner
 
-from minikv_core.client import Client, ShardRouting
+from minikv_core.client import Client, OpKind, ShardRouting, TxnOp
 from minikv_core.cluster.shard_map import shard_for_key
 from minikv_tui.cli import app
 from minikv_tui.errors import EXIT_USAGE, UserError
@@ -33,6 +34,7 @@ from minikv_tui.repl_keys import KeyIndex
 from minikv_tui.repl_render import Renderer
 from minikv_tui.repl_session import InteractiveRepl
 from minikv_tui.repl_state import Connection, SessionState
+from minikv_tui.repl_toolbar import prompt_message
 from minikv_tui.repl_watcher import ClusterEvent, ClusterWatcher, EventKind
 from tests.integration.conftest import Cluster, reserve_ports
 
@@ -148,10 +150,127 @@ def test_a_value_is_read_from_a_file_with_at_path(endpoints: str, tmp_path: Path
     assert f"cannot read @{tmp_path}/missing: No such file or directory" in err
 
 
-def test_transaction_commands_say_they_are_not_available_yet(endpoints: str) -> None:
-    code, out, err, _ = repl(endpoints, "-c", "MULTI")
-    assert (code, out) == (1, "")
-    assert "MULTI is not available yet" in err
+# ---------------------------------------------------------------------------- transactions
+
+
+def keys_on_both_shards(cluster: Cluster, prefix: str) -> tuple[str, str]:
+    """A key on shard 0 and a key on shard 1 (the module's cluster has two shards)."""
+    with Client(cluster.grpc_endpoints) as client:
+        count = ShardRouting.from_document(client.shard_map()).shard_count
+    assert count == 2
+    found: dict[int, str] = {}
+    for number in range(100):
+        key = f"{prefix}{number}"
+        found.setdefault(shard_for_key(key.encode(), count), key)
+        if len(found) == 2:
+            return found[0], found[1]
+    raise AssertionError("no keys on both shards among 100 candidates")
+
+
+def coordinator_counters(client: Client, cluster: Cluster) -> dict[str, int]:
+    """The transaction coordinators' counters, summed over every node (whichever node a
+    transaction reached coordinated it)."""
+    total: dict[str, int] = {}
+    for address in cluster.grpc_endpoints:
+        counters = client.status(address)["txn"]["coordinator"]
+        for name, value in counters.items():
+            total[name] = total.get(name, 0) + int(value)
+    return total
+
+
+def test_exec_sends_the_queue_as_one_transaction_across_two_shards(
+    endpoints: str, cluster: Cluster
+) -> None:
+    first, second = keys_on_both_shards(cluster, "multi/a")
+    with Client(cluster.grpc_endpoints) as client:
+        client.put(b"multi/read", b"before")
+        before = coordinator_counters(client, cluster)
+        code, out, err, _ = repl(
+            endpoints,
+            "-c",
+            f"MULTI; PUT {first} one; SET {second} two; GET multi/read; DEL multi/read; "
+            "GET multi/absent; EXEC",
+        )
+        after = coordinator_counters(client, cluster)
+        assert (code, err) == (0, "")
+        # redis's shape: OK, QUEUED per command, then each command's result in order.
+        assert out.splitlines() == ["OK", *["QUEUED"] * 5, "OK", "OK", "before", "deleted", ""]
+        assert client.get(first.encode()) == b"one"
+        assert client.get(second.encode()) == b"two"
+        assert not client.txn(success=[TxnOp(OpKind.GET, b"multi/read")]).results[0].value
+        # One transaction, committed by two-phase commit: not five requests, not one per shard.
+        assert after["started"] - before["started"] == 1
+        assert after["committed"] - before["committed"] == 1
+        assert after["one_phase"] == before["one_phase"]
+
+
+def test_readers_never_see_half_of_an_exec(endpoints: str, cluster: Cluster) -> None:
+    """Atomic visibility through the REPL: while EXECs write the same value to a key on each
+    shard, a reader's transactions (one consistent state of both keys) always see the two
+    keys equal."""
+    first, second = keys_on_both_shards(cluster, "multi/pair")
+    keys = (first.encode(), second.encode())
+    with Client(cluster.grpc_endpoints) as client:
+        client.txn(success=[TxnOp(OpKind.PUT, key, b"0") for key in keys])
+        seen: list[tuple[bytes | None, bytes | None]] = []
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set():
+                response = client.txn(success=[TxnOp(OpKind.GET, key) for key in keys])
+                seen.append((response.results[0].value, response.results[1].value))
+
+        reader = threading.Thread(target=read, name="pair-reader")
+        reader.start()
+        try:
+            script = "; ".join(
+                f"MULTI; PUT {first} {n}; PUT {second} {n}; EXEC" for n in range(1, 6)
+            )
+            code, _, err, _ = repl(endpoints, "-c", script)
+            until(lambda: len(seen) >= 3, "three reads")
+        finally:
+            stop.set()
+            reader.join(WAIT_S)
+        assert (code, err) == (0, "")
+        assert not reader.is_alive()
+    torn = [pair for pair in seen if pair[0] != pair[1]]
+    assert torn == [], f"reads saw half a transaction: {torn[:5]}"
+    assert seen[-1] == (b"5", b"5")
+
+
+def test_discard_applies_nothing(endpoints: str, cluster: Cluster) -> None:
+    first, second = keys_on_both_shards(cluster, "multi/discard")
+    code, out, err, _ = repl(
+        endpoints,
+        "-c",
+        f"MULTI; PUT {first} x; PUT {second} y; DISCARD; EXISTS {first}; EXISTS {second}",
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["OK", "QUEUED", "QUEUED", "OK", "no", "no"]
+
+
+def test_a_watched_key_that_changed_makes_exec_apply_nothing(
+    endpoints: str, cluster: Cluster
+) -> None:
+    first, second = keys_on_both_shards(cluster, "multi/watch")
+    code, out, err, _ = repl(
+        endpoints,
+        "-c",
+        f"PUT {first} a; WATCH {first} {second}; PUT {first} b; "
+        f"MULTI; PUT {first} mine; PUT {second} mine; EXEC; GET {first}; EXISTS {second}",
+    )
+    assert code == 1
+    assert out.splitlines() == ["OK", "OK", "OK", "OK", "QUEUED", "QUEUED", "b", "no"]
+    assert err.startswith(f"error: EXEC: aborted, a watched key changed since WATCH ({first}, ")
+    code, out, err, _ = repl(
+        endpoints,
+        "-c",
+        f"WATCH {first} {second}; MULTI; PUT {first} mine; PUT {second} mine; EXEC",
+    )
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-2:] == ["OK", "OK"]
+    with Client(cluster.grpc_endpoints) as client:
+        assert client.get(second.encode()) == b"mine"
 
 
 def test_shard_leader_and_status_describe_the_cluster(endpoints: str, cluster: Cluster) -> None:
@@ -253,6 +372,54 @@ def test_the_interactive_loop_survives_errors_ctrl_c_clears_and_ctrl_d_exits(
     assert "Traceback" not in out.getvalue() + err.getvalue()
 
 
+def test_an_interactive_transaction_shows_its_queue_in_the_prompt(cluster: Cluster) -> None:
+    first, second = keys_on_both_shards(cluster, "multi/tty")
+    out, err = io.StringIO(), io.StringIO()
+    renderer = Renderer(
+        Console(file=out, width=200), Console(file=err, width=200), interactive=True, raw=False
+    )
+    state = SessionState(label="test", endpoints=tuple(cluster.grpc_endpoints))
+    with Client(cluster.grpc_endpoints) as client, create_pipe_input() as pipe:
+        session = InteractiveRepl(
+            client,
+            state,
+            renderer,
+            KeyIndex(None),
+            InMemoryHistory(),
+            input=pipe,
+            output=DummyOutput(),
+        )
+        thread = threading.Thread(target=session.run, name="repl-under-test")
+        thread.start()
+        try:
+            until(lambda: state.connection is Connection.CONNECTED, "the first shard map")
+            pipe.send_text("MULTI\r")
+            until(lambda: to_plain_text(prompt_message(state)) == "test(multi 0)> ", "MULTI")
+            pipe.send_text(f"PUT {first} 1\r")
+            pipe.send_text(f"PUT {second} 2\r")
+            until(lambda: "QUEUED (2 queued, shard" in out.getvalue(), "two queued commands")
+            assert to_plain_text(prompt_message(state)) == "test(multi 2)> "
+            pipe.send_text("EXEC\r")
+            until(lambda: "atomic: 2 commands across shards 0, 1" in out.getvalue(), "EXEC")
+            assert to_plain_text(prompt_message(state)) == "test> "
+            assert re.search(
+                r"^1\) OK \(version \d+\)\n2\) OK \(version \d+\)$", out.getvalue(), re.M
+            )
+            pipe.send_text("MULTI\r")
+            pipe.send_text(f"PUT {first} 3\r")
+            until(lambda: to_plain_text(prompt_message(state)) == "test(multi 1)> ", "queue")
+            pipe.send_text("\x04")  # Ctrl-D inside MULTI: nothing is sent, and it says so
+            thread.join(WAIT_S)
+            assert not thread.is_alive(), "Ctrl-D did not end the session"
+        finally:
+            if thread.is_alive():
+                pipe.send_text("\x04")
+                thread.join(WAIT_S)
+        assert client.get(first.encode()) == b"1"
+    assert "the session ended inside MULTI: 1 queued command was not executed" in err.getvalue()
+    assert "Traceback" not in out.getvalue() + err.getvalue()
+
+
 # --------------------------------------------------------------------------------- watcher
 
 
@@ -350,6 +517,13 @@ def test_an_interactive_session_in_a_terminal(endpoints: str, tmp_path: Path) ->
         expect(PROMPT)
         child.sendline("SCAN user/")
         expect("1 key")
+        expect(PROMPT)
+        child.sendline("MULTI")
+        expect("(multi 0)")
+        child.sendline("PUT user/2 bob")
+        expect("(multi 1)")
+        child.sendline("EXEC")
+        expect(re.compile(r"1\) (?:\x1b\[[0-9;]*m)*OK"))  # coloured: escapes between
         expect(PROMPT)
         child.sendline("GET user/404")
         expect("error: ")

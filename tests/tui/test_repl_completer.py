@@ -102,14 +102,26 @@ def test_arguments_complete_by_their_kind() -> None:
     assert texts(complete(completer, "CONSISTENCY s")) == ["stale"]
     assert texts(complete(completer, "TIMING ")) == ["on", "off"]
     assert texts(complete(completer, "LEADER ")) == ["0", "1", "2"]
-    assert texts(complete(completer, "HELP EX")) == ["EXISTS", "EXIT"]
-    assert texts(complete(completer, "help ex")) == ["exists", "exit"]
+    assert texts(complete(completer, "HELP EX")) == ["EXISTS", "EXEC", "EXIT"]
+    assert texts(complete(completer, "help ex")) == ["exists", "exec", "exit"]
     assert texts(complete(completer, "SCAN user/ ")) == ["LIMIT"]
     assert texts(complete(completer, "SCAN user/ LIMIT ")) == []
     assert texts(complete(completer, "GET a ")) == []  # GET takes one argument
     assert texts(complete(completer, "FROB ")) == []
     assert texts(complete(completer, "GET a; TIMING o")) == ["on", "off"]
     assert texts(complete(completer, "# TIMING o")) == []
+
+
+def test_transaction_commands_complete_and_watch_completes_every_key() -> None:
+    keys = KeyIndex(None)
+    keys.saw([b"acct/1", b"acct/2"])
+    completer = ReplCompleter(keys)
+    assert texts(complete(completer, "MU")) == ["MULTI"]
+    assert texts(complete(completer, "ex")) == ["exists", "exec", "exit"]
+    assert texts(complete(completer, "HELP WA")) == ["WATCH"]
+    assert texts(complete(completer, "WATCH acct/1 acct/")) == ["acct/2", "acct/1"]
+    assert texts(complete(completer, "EXEC ")) == []
+    assert texts(complete(completer, "UNWATCH ")) == []
 
 
 def test_leader_offers_no_shards_before_the_shard_map_is_known() -> None:

@@ -18,7 +18,7 @@ from pygments.token import (
     _TokenType,
 )
 
-from minikv_tui.repl_lexer import COMMAND, FILE_REFERENCE, KEY, RESERVED, VALUE, MinikvLexer
+from minikv_tui.repl_lexer import COMMAND, FILE_REFERENCE, KEY, VALUE, MinikvLexer
 
 
 def lex(text: str) -> list[tuple[_TokenType, str]]:
@@ -73,8 +73,26 @@ def test_a_command_being_typed_is_not_shown_as_an_error() -> None:
     assert lex("GE x")[0] == (Error, "GE")
 
 
-def test_transaction_words_are_reserved_not_errors() -> None:
-    assert lex("MULTI") == [(RESERVED, "MULTI")]
+def test_transaction_commands_are_commands_and_watch_takes_any_number_of_keys() -> None:
+    assert lex("MULTI; put a 1; EXEC; discard") == [
+        (COMMAND, "MULTI"),
+        (Punctuation, ";"),
+        (COMMAND, "put"),
+        (KEY, "a"),
+        (VALUE, "1"),
+        (Punctuation, ";"),
+        (COMMAND, "EXEC"),
+        (Punctuation, ";"),
+        (COMMAND, "discard"),
+    ]
+    assert lex("WATCH a b 'c d'") == [
+        (COMMAND, "WATCH"),
+        (KEY, "a"),
+        (KEY, "b"),
+        (String.Single, "'c d'"),
+    ]
+    assert lex("EXEC now")[1] == (Error, "now")
+    assert lex("UNWATCH a")[1] == (Error, "a")
 
 
 def test_scan_limit_clause() -> None:

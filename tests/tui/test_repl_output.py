@@ -9,12 +9,13 @@ import pytest
 from prompt_toolkit.formatted_text import to_plain_text
 from rich.console import Console
 
-from minikv_core.client import Consistency, ScanItem, ShardRouting
+from minikv_core.client import Consistency, OpKind, OpResult, ScanItem, ShardRouting, TxnOp
 from minikv_core.cluster.shard_map import shard_for_key
 from minikv_tui.repl_errors import ReplError
+from minikv_tui.repl_multi import MultiQueue, Watched
 from minikv_tui.repl_render import Renderer, display_bytes
 from minikv_tui.repl_state import Connection, SessionState
-from minikv_tui.repl_toolbar import toolbar
+from minikv_tui.repl_toolbar import prompt_message, toolbar
 from minikv_tui.repl_watcher import ClusterEvent, EventKind
 
 ROUTING = ShardRouting(
@@ -111,3 +112,72 @@ def test_events_print_one_line_each() -> None:
     made, _, err = renderer()
     made.event(ClusterEvent(EventKind.LEADER_CHANGED, "shard 0: leader n1 → n2 (127.0.0.1:9002)"))
     assert err.getvalue() == "* shard 0: leader n1 → n2 (127.0.0.1:9002)\n"
+
+
+def test_the_prompt_shows_an_open_transaction_and_whether_exec_will_refuse_it() -> None:
+    state = SessionState(label="dev", endpoints=("127.0.0.1:9001",))
+    assert to_plain_text(prompt_message(state)) == "dev> "
+    state.multi = MultiQueue()
+    assert to_plain_text(prompt_message(state)) == "dev(multi 0)> "
+    state.multi = state.multi.queued(TxnOp(OpKind.PUT, b"a", b"1"))
+    state.multi = state.multi.queued(TxnOp(OpKind.GET, b"b"))
+    assert to_plain_text(prompt_message(state)) == "dev(multi 2)> "
+    state.multi = state.multi.failed()
+    assert to_plain_text(prompt_message(state)) == "dev(multi 2, failed)> "
+
+
+def test_the_toolbar_counts_watched_keys() -> None:
+    state = SessionState(label="dev", endpoints=("dev",))
+    state.watched = (Watched(b"a", 3), Watched(b"b", 0))
+    assert "│  watching 2  │" in to_plain_text(toolbar(state))
+
+
+EXEC_OPS = [
+    TxnOp(OpKind.PUT, b"a", b"1"),
+    TxnOp(OpKind.GET, b"b"),
+    TxnOp(OpKind.GET, b"c"),
+    TxnOp(OpKind.DELETE, b"d"),
+    TxnOp(OpKind.DELETE, b"e"),
+]
+EXEC_RESULTS = [
+    OpResult(OpKind.PUT, version=812),
+    OpResult(OpKind.GET, version=5, value=b"two words"),
+    OpResult(OpKind.GET),
+    OpResult(OpKind.DELETE, deleted=True),
+    OpResult(OpKind.DELETE, deleted=False),
+]
+
+
+def test_exec_results_are_numbered_lines_with_the_shards_in_a_terminal() -> None:
+    made, out, _ = renderer()
+    made.exec_results(EXEC_OPS, EXEC_RESULTS, (0, 1))
+    assert out.getvalue().splitlines() == [
+        "1) OK (version 812)",
+        "2) two words",
+        "3) (nil)",
+        "4) deleted",
+        "5) not found (nothing deleted)",
+        "atomic: 5 commands across shards 0, 1 (two-phase commit)",
+    ]
+    made, out, _ = renderer()
+    made.exec_results(EXEC_OPS[:1], EXEC_RESULTS[:1], (1,))
+    assert out.getvalue().splitlines()[-1] == "atomic: 1 command on shard 1 (one Raft entry)"
+
+
+def test_scripted_exec_results_are_one_plain_line_per_command_nil_empty() -> None:
+    made, out, _ = renderer(interactive=False)
+    made.exec_results(EXEC_OPS, EXEC_RESULTS, (0, 1))
+    assert out.getvalue() == "OK\ntwo words\n\ndeleted\nnot found (nothing deleted)\n"
+    made, out, _ = renderer(interactive=False)
+    made.exec_results([], [], ())
+    assert out.getvalue() == ""
+
+
+def test_queued_commands_answer_queued_with_their_shard_in_a_terminal() -> None:
+    made, out, _ = renderer()
+    made.queued(2, 1)
+    made.queued(3, None)
+    assert out.getvalue().splitlines() == ["QUEUED (2 queued, shard 1)", "QUEUED (3 queued)"]
+    made, out, _ = renderer(interactive=False)
+    made.queued(2, 1)
+    assert out.getvalue() == "QUEUED\n"

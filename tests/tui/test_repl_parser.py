@@ -14,18 +14,24 @@ from minikv_tui.repl_errors import ParseError
 from minikv_tui.repl_parser import (
     Clear,
     Delete,
+    Discard,
+    Exec,
     Exists,
     Exit,
     FileValue,
     Get,
     Help,
     Leader,
+    Multi,
     Put,
     Scan,
     SetConsistency,
     SetTiming,
     ShardOf,
     Status,
+    Unwatch,
+    Watch,
+    command_of,
     parse,
 )
 from minikv_tui.repl_tokens import TokenKind, escape_bytes, quote_bytes, tokenize
@@ -160,6 +166,12 @@ def test_any_text_round_trips_through_escape_and_a_double_quoted_string(text: st
         ("SCAN LIMIT 7", Scan(b"", 7, limit_given=True)),
         ('SCAN "LIMIT"', Scan(b"LIMIT", repl_grammar.SCAN_LIMIT_DEFAULT, limit_given=False)),
         ("EXISTS a", Exists(b"a")),
+        ("MULTI", Multi()),
+        ("exec", Exec()),
+        ("Discard", Discard()),
+        ("WATCH a", Watch((b"a",))),
+        ("watch a 'b c' a", Watch((b"a", b"b c"))),
+        ("UNWATCH", Unwatch()),
         ("STATUS", Status()),
         ("SHARD a", ShardOf(b"a")),
         ("LEADER", Leader(None)),
@@ -173,6 +185,7 @@ def test_any_text_round_trips_through_escape_and_a_double_quoted_string(text: st
         ("HELP", Help(None)),
         ("help set", Help("PUT")),
         ("HELP multi", Help("MULTI")),
+        ("HELP watch", Help("WATCH")),
         ("CLEAR", Clear()),
         ("EXIT", Exit()),
         ("quit", Exit()),
@@ -205,6 +218,13 @@ def test_each_command_parses_to_its_statement(source: str, statement: object) ->
         ("TIMING maybe", "TIMING takes on or off", "Usage"),
         ("HELP frob", "no command named 'frob'", "HELP lists"),
         ("PUT k @", "@ needs a file path", 'Quote it to store a lone "@"'),
+        ("MULTI now", "MULTI takes no arguments, got 1", "Usage: MULTI"),
+        ("EXEC a", "EXEC takes no arguments, got 1", "Usage: EXEC"),
+        ("DISCARD a b", "DISCARD takes no arguments, got 2", "Usage: DISCARD"),
+        ("WATCH", "WATCH takes 1 or more keys, got none", "Usage: WATCH key [key ...]"),
+        ('WATCH a ""', "a key cannot be empty", "1 byte or more"),
+        ("UNWATCH a", "UNWATCH takes no arguments, got 1", "Usage: UNWATCH"),
+        ("EXECC", "unknown command 'EXECC'", "Did you mean EXEC?"),
     ],
 )
 def test_bad_commands_are_refused_with_what_to_do(source: str, message: str, hint: str) -> None:
@@ -214,13 +234,15 @@ def test_bad_commands_are_refused_with_what_to_do(source: str, message: str, hin
     assert hint in caught.value.hint
 
 
-@pytest.mark.parametrize("word", ["MULTI", "exec", "Discard"])
-def test_transaction_words_say_they_are_not_available_yet(word: str) -> None:
-    with pytest.raises(ParseError) as caught:
-        parse(word)
-    assert "is not available yet" in caught.value.message
-    assert "transactions" in caught.value.message
-    assert "one by one" in caught.value.hint
+def test_a_transaction_typed_on_one_line_parses_in_order() -> None:
+    assert parse("MULTI; PUT a 1; SET b 2; GET c; DEL d; EXEC") == [
+        Multi(),
+        Put(b"a", b"1"),
+        Put(b"b", b"2"),
+        Get(b"c"),
+        Delete(b"d"),
+        Exec(),
+    ]
 
 
 def test_a_line_with_any_bad_command_runs_none_of_it() -> None:
@@ -234,3 +256,40 @@ def test_every_command_in_the_table_has_usage_and_summary() -> None:
         assert spec.summary.endswith(".")
         for word in (spec.name, *spec.aliases):
             assert repl_grammar.lookup(word.lower()) is spec
+
+
+ONE_OF_EACH = {
+    "GET": "GET a",
+    "PUT": "SET a 1",
+    "DEL": "DELETE a",
+    "SCAN": "SCAN",
+    "EXISTS": "EXISTS a",
+    "MULTI": "MULTI",
+    "EXEC": "EXEC",
+    "DISCARD": "DISCARD",
+    "WATCH": "WATCH a b",
+    "UNWATCH": "UNWATCH",
+    "STATUS": "STATUS",
+    "SHARD": "SHARD a",
+    "LEADER": "LEADER",
+    "CONSISTENCY": "CONSISTENCY",
+    "TIMING": "TIMING",
+    "HELP": "HELP",
+    "CLEAR": "CLEAR",
+    "EXIT": "QUIT",
+}
+
+
+def test_every_statement_names_the_command_it_came_from() -> None:
+    """The executor looks up what a statement may do inside MULTI by this name."""
+    assert set(ONE_OF_EACH) == {spec.name for spec in repl_grammar.COMMANDS}
+    for name, source in ONE_OF_EACH.items():
+        assert command_of(parse(source)[0]) == name
+
+
+def test_the_multi_rules_are_drawn_from_the_table() -> None:
+    rules = repl_grammar.multi_rules()
+    assert "GET, PUT, DEL are queued" in rules
+    assert "SCAN, EXISTS, MULTI, WATCH, UNWATCH are refused" in rules
+    for spec in repl_grammar.COMMANDS:
+        assert spec.name in rules

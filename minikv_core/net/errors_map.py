@@ -105,6 +105,13 @@ def error_from_grpc(
     or report "no leader reachable" rather than crash.
     """
     text = details or code.name
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        # Not a transient failure: the node runs a minikv without this RPC (one started
+        # before an upgrade). Retrying until the deadline would only hide that.
+        return InvalidRequestError(
+            f"the node does not implement this call ({text}): it runs an older minikv; "
+            "restart it with this version (`minikv cluster down` then `up`)"
+        )
     error_type = _BY_GRPC_CODE.get(code)
     if error_type is None or error_type is UnavailableError:
         hints = dict(metadata or ())

@@ -358,3 +358,10 @@ async def test_admin_calls_from_non_loopback_peers_are_permission_denied(tmp_pat
         assert ready.ready, "readiness answers everyone"
         shard_map = await kv_pb2_grpc.KVStub(remote).ShardMap(kv_pb2.ShardMapRequest(), timeout=10)
         assert json.loads(shard_map.json)["shard_count"] == 1, "clients route from anywhere"
+
+
+def test_an_unimplemented_rpc_is_not_retried_as_unavailable() -> None:
+    # A node started by an older minikv: the call can never succeed there, so say so at once.
+    error = error_from_grpc(grpc.StatusCode.UNIMPLEMENTED, "Method not found!", None)
+    assert isinstance(error, InvalidRequestError)
+    assert "older minikv" in str(error)

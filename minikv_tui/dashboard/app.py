@@ -1,0 +1,614 @@
+"""The dashboard app: composes the widgets, runs the poll loop, maps keys to actions.
+
+One worker owns the session: it connects (creating or starting a local cluster with visible
+progress), then polls in a loop, one poll in flight at a time, sleeping only what is left of
+the refresh period, and posts a `FrameFetched` per poll. Handlers apply frames to the widgets,
+which do no I/O. Actions run in their own workers and report back as notifications: a failed
+action is a red toast, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from textual import on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Container
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker
+
+from minikv_tui.cluster_status import ClusterSnapshot, observe_changes
+from minikv_tui.dashboard.control import ActionError, ClusterControl, PartitionPlan
+from minikv_tui.dashboard.journal import LogEvent
+from minikv_tui.dashboard.palette import Palette
+from minikv_tui.dashboard.screens.confirm import ConfirmScreen
+from minikv_tui.dashboard.screens.help import HelpScreen
+from minikv_tui.dashboard.screens.kv import KvScreen
+from minikv_tui.dashboard.screens.partition import PartitionRequest, PartitionScreen
+from minikv_tui.dashboard.screens.quit import QuitChoice, QuitScreen
+from minikv_tui.dashboard.session import Session
+from minikv_tui.dashboard.source import Frame
+from minikv_tui.dashboard.themes import HIGH_CONTRAST_THEME, THEMES, palette_for
+from minikv_tui.dashboard.widgets.event_log import EventLog
+from minikv_tui.dashboard.widgets.header import ClusterHeader
+from minikv_tui.dashboard.widgets.load_panel import LoadPanel
+from minikv_tui.dashboard.widgets.nodes_table import NodesTable
+from minikv_tui.dashboard.widgets.shard_map import ShardMap
+from minikv_tui.dashboard.widgets.shard_matrix import ShardMatrix
+from minikv_tui.dashboard.widgets.storage import StoragePanel
+from minikv_tui.errors import UserError
+from minikv_tui.loadgen import LoadWindow
+
+WIDE_COLUMNS = 120
+"""From here every panel shows at once."""
+NODES_DETAIL_COLUMNS = 156
+"""From here the nodes table has a column per figure (address, pid, each index)."""
+PANELS = ("matrix", "shard-map", "storage", "load")
+POLL_FAILURE_BACKOFF_S = 1.0
+
+OnExit = Literal["ask", "keep", "stop"]
+
+
+@dataclass(frozen=True)
+class DashboardOptions:
+    refresh_hz: float = 4.0
+    confirm: bool = True
+    """Ask before destructive actions (False: demo mode)."""
+    on_exit: OnExit = "ask"
+    """What happens to a local cluster on quit."""
+    theme: str = "dark"
+    tz: dt.tzinfo | None = None
+    """Zone for the times shown (None: local)."""
+    clock: Callable[[], float] = time.time
+    """For the dashboard's own notes; frames carry their own times."""
+    screenshot_dir: Path | None = None
+
+
+class DashboardApp(App[str | None]):
+    """`minikv tui`."""
+
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "minikv"
+    HORIZONTAL_BREAKPOINTS = [  # noqa: RUF012 (Textual declares it so)
+        (0, "-narrow"),
+        (WIDE_COLUMNS, "-wide"),
+    ]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("k", "kill", "kill"),
+        Binding("s", "stop_node", "stop", show=False),
+        Binding("u", "start_node", "start"),
+        Binding("p", "pause_resume", "pause"),
+        Binding("n", "partition", "partition"),
+        Binding("i", "isolate_meta_leader", "isolate", show=False),
+        Binding("h", "heal", "heal"),
+        Binding("t", "transfer", "transfer", show=False),
+        Binding("a", "snapshot", "snapshot", show=False),
+        Binding("c", "compact", "compact", show=False),
+        Binding("l", "toggle_load", "load"),
+        Binding("g", "kv", "put/get", show=False),
+        Binding("1", "panel(0)", "shards", show=False),
+        Binding("2", "panel(1)", "map", show=False),
+        Binding("3", "panel(2)", "storage", show=False),
+        Binding("4", "panel(3)", "load", show=False),
+        Binding("ctrl+s", "save_screenshot", "screenshot", show=False),
+        Binding("question_mark", "help", "help"),
+        Binding("q", "quit", "quit"),
+    ]
+
+    class FrameFetched(Message):
+        def __init__(
+            self, frame: Frame, events: list[LogEvent], load: LoadWindow | None, load_on: bool
+        ) -> None:
+            super().__init__()
+            self.frame = frame
+            self.events = events
+            self.load = load
+            self.load_on = load_on
+
+    class SessionProgressed(Message):
+        def __init__(self, message: str) -> None:
+            super().__init__()
+            self.message = message
+
+    class SessionFailed(Message):
+        def __init__(self, message: str, hint: str) -> None:
+            super().__init__()
+            self.message = message
+            self.hint = hint
+
+    class PollFailed(Message):
+        def __init__(self, message: str) -> None:
+            super().__init__()
+            self.message = message
+
+    def __init__(self, session: Session, options: DashboardOptions | None = None) -> None:
+        super().__init__()
+        self._session = session
+        self.options = options or DashboardOptions()
+        self._palette: Palette = palette_for("", True)
+        self._snapshot: ClusterSnapshot | None = None
+        self._frames_applied = 0
+        self._connected = False
+        self._failure: tuple[str, str] | None = None
+        self._load_on = False
+        self._panel = 0
+        self._poll_worker: Worker[None] | None = None
+        self._quitting = False
+        self._session_closed = False
+
+    # --- what tests and tools may read -----------------------------------------------------
+
+    @property
+    def frames_applied(self) -> int:
+        return self._frames_applied
+
+    @property
+    def snapshot(self) -> ClusterSnapshot | None:
+        return self._snapshot
+
+    @property
+    def replay_finished(self) -> bool:
+        """A recorded session has shown its last frame (always False when live)."""
+        source = self._session.source
+        return (
+            source is not None
+            and not source.live
+            and source.exhausted
+            and self._frames_applied == source.frames
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def failure(self) -> tuple[str, str] | None:
+        """Why the session could not connect (message, hint), for the CLI to report."""
+        return self._failure
+
+    @property
+    def load_on(self) -> bool:
+        return self._load_on
+
+    # --- composition -----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield ClusterHeader(self._session.title, id="header")
+        nodes = NodesTable(id="nodes")
+        nodes.border_title = "nodes"
+        yield nodes
+        with Container(id="panels"):
+            yield ShardMatrix(id="matrix", classes="panel -shown")
+            yield ShardMap(id="shard-map", classes="panel")
+            yield EventLog(id="events")
+            yield StoragePanel(id="storage", classes="panel")
+            yield LoadPanel(id="load", classes="panel")
+        yield Footer(show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self.register_theme(HIGH_CONTRAST_THEME)
+        self.theme = THEMES.get(self.options.theme, self.options.theme)
+        self._palette = palette_for(self.theme, self.current_theme.dark)
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        self.query_one(ClusterHeader).show_status("connecting…")
+        self.query_one(NodesTable).focus()
+        self._poll_worker = self._run_session()
+
+    def _on_theme_changed(self, _theme: object) -> None:
+        self._palette = palette_for(self.theme, self.current_theme.dark)
+        if self._snapshot is not None:
+            self._show(Frame(self._snapshot, detailed=True), None)
+
+    def on_resize(self) -> None:
+        if self._snapshot is not None:
+            self.query_one(NodesTable).show(self._snapshot, self._palette, wide=self._wide)
+
+    @property
+    def _wide(self) -> bool:
+        return self.size.width >= NODES_DETAIL_COLUMNS
+
+    # --- the session worker ----------------------------------------------------------------
+
+    @work(exclusive=True, group="session")
+    async def _run_session(self) -> None:
+        session = self._session
+
+        def progress(message: str) -> None:
+            self.post_message(self.SessionProgressed(message))
+
+        try:
+            await session.connect(progress)
+        except UserError as error:
+            self.post_message(self.SessionFailed(error.message, error.hint))
+            return
+        except Exception as error:  # the session's own failure, shown: never a traceback
+            self.post_message(self.SessionFailed(f"{type(error).__name__}: {error}", ""))
+            return
+        source = session.source
+        assert source is not None
+        self._connected = True
+        interval_s = 1.0 / self.options.refresh_hz if source.live else 0.0
+        previous: ClusterSnapshot | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                frame = await source.fetch()
+                for recorded in frame.events:
+                    await session.journal.record(
+                        recorded.kind, recorded.detail, recorded.node, recorded.at
+                    )
+                for change in observe_changes(previous, frame.snapshot):
+                    await session.journal.record(
+                        change.kind, change.detail, change.node, frame.snapshot.taken_at
+                    )
+                previous = frame.snapshot
+                events = await session.journal.new_events()
+                load = frame.load
+                loadgen = session.loadgen
+                load_on = loadgen is not None and loadgen.running
+                if load is None and loadgen is not None and (load_on or self._load_on):
+                    load = loadgen.take_window()
+                self.post_message(self.FrameFetched(frame, events, load, load_on))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # one bad poll must not end the dashboard
+                self.post_message(self.PollFailed(f"{type(error).__name__}: {error}"))
+                await asyncio.sleep(POLL_FAILURE_BACKOFF_S)
+            await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    @on(SessionProgressed)
+    def _progressed(self, message: SessionProgressed) -> None:
+        self.query_one(ClusterHeader).show_status(message.message)
+        self.query_one(EventLog).note(
+            message.message, self.options.clock(), self._palette, self.options.tz
+        )
+
+    @on(SessionFailed)
+    def _session_failed(self, message: SessionFailed) -> None:
+        self._failure = (message.message, message.hint)
+        self.query_one(ClusterHeader).show_status(f"not connected: {message.message}")
+        text = message.message + (f"\n{message.hint}" if message.hint else "")
+        self.notify(text, title="cannot reach the cluster", severity="error", timeout=30)
+        self.query_one(EventLog).note(
+            f"error: {message.message}", self.options.clock(), self._palette, self.options.tz
+        )
+
+    @on(PollFailed)
+    def _poll_failed(self, message: PollFailed) -> None:
+        self.notify(message.message, title="poll failed", severity="warning", timeout=3)
+
+    @on(FrameFetched)
+    def _frame_fetched(self, message: FrameFetched) -> None:
+        self._load_on = message.load_on
+        self._show(message.frame, message.load)
+        log = self.query_one(EventLog)
+        for event in message.events:
+            log.add(event, self._palette, self.options.tz)
+        self._frames_applied += 1
+
+    def _show(self, frame: Frame, load: LoadWindow | None) -> None:
+        snapshot = frame.snapshot
+        self._snapshot = snapshot
+        palette = self._palette
+        self.query_one(ClusterHeader).show(snapshot, palette, self.options.tz, self._load_on)
+        self.query_one(NodesTable).show(snapshot, palette, wide=self._wide, detailed=frame.detailed)
+        self.query_one(ShardMatrix).show(snapshot, palette)
+        self.query_one(ShardMap).show(snapshot, palette, detailed=frame.detailed)
+        self.query_one(StoragePanel).show(snapshot, palette, detailed=frame.detailed)
+        self.query_one(LoadPanel).show_window(
+            load, self._load_on or frame.load is not None, palette
+        )
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def _control(self) -> ClusterControl | None:
+        control = self._session.control
+        if control is None:
+            reason = "still connecting" if self._failure is None else "not connected"
+            if self._connected:
+                reason = "this is a recording: nothing to act on"
+            self.notify(reason, severity="warning")
+        return control
+
+    def _selected_node(self) -> int | None:
+        node = self.query_one(NodesTable).selected_node
+        if node is None:
+            self.notify("no node selected", severity="warning")
+        return node
+
+    def _act(
+        self,
+        label: str,
+        action: Callable[[ClusterControl], Awaitable[str]],
+        *,
+        confirm: str | None = None,
+    ) -> None:
+        control = self._control()
+        if control is None:
+            return
+        if confirm is not None and self.options.confirm:
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self._run_action(label, control, action)
+
+            self.push_screen(ConfirmScreen(confirm, yes=label.capitalize()), answered)
+            return
+        self._run_action(label, control, action)
+
+    @work(group="actions")
+    async def _run_action(
+        self,
+        label: str,
+        control: ClusterControl,
+        action: Callable[[ClusterControl], Awaitable[str]],
+    ) -> None:
+        self.notify(f"{label}…", timeout=2)
+        try:
+            result = await action(control)
+        except ActionError as error:
+            self.notify(str(error), title=f"{label} failed", severity="error", timeout=8)
+            return
+        except Exception as error:  # reported, never a traceback
+            self.notify(
+                f"{type(error).__name__}: {error}", title=f"{label} failed", severity="error"
+            )
+            return
+        self.notify(result, title=label, timeout=4)
+
+    def action_kill(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._act(
+                f"kill node {node}", lambda c: c.kill(node), confirm=f"Kill node {node} (SIGKILL)?"
+            )
+
+    def action_stop_node(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._act(
+                f"stop node {node}", lambda c: c.stop(node), confirm=f"Stop node {node} (SIGTERM)?"
+            )
+
+    def action_start_node(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._act(f"start node {node}", lambda c: c.start(node))
+
+    def action_pause_resume(self) -> None:
+        node = self._selected_node()
+        if node is None:
+            return
+        status = self._snapshot.node(node) if self._snapshot is not None else None
+        if status is not None and status.process == "paused":
+            self._act(f"resume node {node}", lambda c: c.resume(node))
+        else:
+            self._act(
+                f"pause node {node}",
+                lambda c: c.pause(node),
+                confirm=f"Pause node {node} (SIGSTOP)?",
+            )
+
+    def action_partition(self) -> None:
+        if self._control() is None:
+            return
+        screen = PartitionScreen(
+            selected_node=self.query_one(NodesTable).selected_node,
+            selected_shard=self.query_one(ShardMatrix).selected_shard,
+        )
+        self.push_screen(screen, self._partition_chosen)
+
+    def _partition_chosen(self, request: PartitionRequest | None) -> None:
+        if request is None:
+            return
+        snapshot = self._snapshot
+        if request.kind == "isolate-meta-leader":
+            self.action_isolate_meta_leader(confirm=False)
+        elif request.kind == "isolate-shard-leader":
+            shard = next(
+                (s for s in (snapshot.shards if snapshot else ()) if s.shard == request.shard),
+                None,
+            )
+            if shard is None or shard.leader is None:
+                self.notify(f"shard {request.shard} has no known leader", severity="warning")
+                return
+            leader = shard.leader
+            self._act(f"isolate node {leader}", lambda c: c.isolate(leader))
+        elif request.kind == "isolate-node" and request.node is not None:
+            node = request.node
+            self._act(f"isolate node {node}", lambda c: c.isolate(node))
+        elif request.plan is not None:
+            plan: PartitionPlan = request.plan
+            self._act("partition", lambda c: c.partition(plan))
+
+    def action_isolate_meta_leader(self, confirm: bool = True) -> None:
+        leader = self._snapshot.meta_leader if self._snapshot is not None else None
+        if leader is None:
+            self.notify("the meta group has no leader right now", severity="warning")
+            return
+        self._act(
+            f"isolate node {leader}",
+            lambda c: c.isolate(leader),
+            confirm=f"Cut the meta leader, node {leader}, off from the others?"
+            if confirm
+            else None,
+        )
+
+    def action_heal(self) -> None:
+        self._act("heal", lambda c: c.heal())
+
+    def action_transfer(self) -> None:
+        node = self._selected_node()
+        shard_id = self.query_one(ShardMatrix).selected_shard
+        snapshot = self._snapshot
+        if node is None or shard_id is None or snapshot is None:
+            return
+        shard = next((s for s in snapshot.shards if s.shard == shard_id), None)
+        if shard is None or node not in shard.replicas:
+            self.notify(
+                f"node {node} holds no replica of shard {shard_id}: select one of its replicas",
+                severity="warning",
+            )
+            return
+        via = shard.leader
+        self._act(
+            f"transfer shard {shard_id} to node {node}",
+            lambda c: c.transfer_leader(shard_id, node, via),
+        )
+
+    def action_snapshot(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._act(f"snapshot node {node}", lambda c: c.snapshot(node))
+
+    def action_compact(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._act(f"compact node {node}", lambda c: c.compact(node))
+
+    def action_toggle_load(self) -> None:
+        loadgen = self._session.loadgen
+        if loadgen is None:
+            self.notify("no load generator here (a recording)", severity="warning")
+            return
+        self._toggle_load()
+
+    @work(exclusive=True, group="load")
+    async def _toggle_load(self) -> None:
+        loadgen = self._session.loadgen
+        assert loadgen is not None
+        if loadgen.running:
+            await loadgen.stop()
+            self._load_on = False
+            self.notify("load generator stopped", timeout=2)
+            await self._session.journal.record("load", "load generator off", None, time.time())
+        else:
+            loadgen.start()
+            self._load_on = True
+            detail = f"load generator on: {loadgen.clients} clients, {loadgen.workload}"
+            self.notify(detail, timeout=2)
+            await self._session.journal.record("load", detail, None, time.time())
+
+    def action_kv(self) -> None:
+        control = self._control()
+        if control is None:
+            return
+
+        async def run(operation: str, key: bytes, value: bytes) -> str:
+            try:
+                if operation == "put":
+                    return await control.put(key, value)
+                return await control.get(key)
+            except ActionError as error:
+                raise RuntimeError(str(error)) from None
+
+        self.push_screen(KvScreen(run))
+
+    def action_panel(self, index: int) -> None:
+        self._panel = index
+        for position, panel_id in enumerate(PANELS):
+            self.query_one(f"#{panel_id}").set_class(position == index, "-shown")
+
+    def action_save_screenshot(self) -> None:
+        directory = self.options.screenshot_dir
+        path = self.save_screenshot(path=str(directory) if directory is not None else None)
+        self.notify(f"saved {path}", title="screenshot", timeout=4)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    # --- quitting --------------------------------------------------------------------------
+
+    async def action_quit(self) -> None:
+        if self._quitting:
+            return
+        session = self._session
+        if not session.manages_processes or not self._connected:
+            self._close_and_exit(stop=False)
+            return
+        if self.options.on_exit != "ask":
+            self._close_and_exit(stop=self.options.on_exit == "stop")
+            return
+
+        def chosen(choice: QuitChoice | None) -> None:
+            if choice in ("keep", "stop"):
+                self._close_and_exit(stop=choice == "stop")
+
+        self.push_screen(QuitScreen(session.title), chosen)
+
+    @work(exclusive=True, group="shutdown")
+    async def _close_and_exit(self, stop: bool) -> None:
+        self._quitting = True
+        worker = self._poll_worker
+        if worker is not None:
+            worker.cancel()
+            await asyncio.wait_for(_settled(worker), timeout=5.0)
+        self.query_one(ClusterHeader).show_status("stopping the cluster…" if stop else "closing…")
+        message: str | None = None
+        self._session_closed = True
+        try:
+            message = await self._session.close(stop_cluster=stop)
+        except ActionError as error:
+            message = f"could not stop the cluster: {error}"
+        except Exception as error:  # reported after exit, never a traceback
+            message = f"closing failed: {type(error).__name__}: {error}"
+        if message is None and self._session.manages_processes and self._connected:
+            message = f"cluster {self._session.title} left running (`minikv cluster down` stops it)"
+        self.exit(message)
+
+    async def on_unmount(self) -> None:
+        """Every other way out (an error, a test's end, Ctrl-C): the session's clients, load
+        generator and registry connection are still released. The registry's aiosqlite thread
+        is not a daemon: left open, it would keep the process alive after the screen is gone.
+        The cluster is left running: only an explicit choice stops it."""
+        if self._session_closed:
+            return
+        self._session_closed = True
+        with contextlib.suppress(Exception):
+            await self._session.close(stop_cluster=False)
+
+    # --- command palette -------------------------------------------------------------------
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        commands = (
+            ("Kill node", "SIGKILL the selected node", self.action_kill),
+            ("Stop node", "SIGTERM the selected node", self.action_stop_node),
+            ("Start node", "start the selected node", self.action_start_node),
+            (
+                "Pause / resume node",
+                "SIGSTOP / SIGCONT the selected node",
+                self.action_pause_resume,
+            ),
+            ("Partition…", "cut the network into groups, or one way", self.action_partition),
+            (
+                "Isolate meta leader",
+                "cut the meta group's leader off",
+                self.action_isolate_meta_leader,
+            ),
+            ("Heal", "remove every partition", self.action_heal),
+            ("Transfer leadership", "selected shard to the selected node", self.action_transfer),
+            ("Snapshot node", "flush and snapshot the selected node", self.action_snapshot),
+            ("Compact node", "full compaction on the selected node", self.action_compact),
+            ("Toggle load", "start or stop the load generator", self.action_toggle_load),
+            ("Put / get", "the quick key-value box", self.action_kv),
+            ("Save screenshot", "write an SVG of the screen", self.action_save_screenshot),
+            ("Help", "every key", self.action_help),
+        )
+        for title, help_text, callback in commands:
+            yield SystemCommand(title, help_text, callback)
+
+
+async def _settled(worker: Worker[None]) -> None:
+    while worker.is_running:
+        await asyncio.sleep(0.01)

@@ -1,0 +1,271 @@
+"""What the dashboard's keys do to a cluster.
+
+Process actions (kill, stop, start, pause, resume) need the launcher: only it knows which
+process is which node. Everything else is an admin call any client can make, so a cluster the
+dashboard merely attached to (`--endpoints`) can still be partitioned, healed, snapshotted and
+compacted. When the launcher is there, partitions go through it so they outlive restarts and
+land in the registry's journal like the CLI's; a one-way cut, which the launcher does not
+model, is set directly on the nodes and journalled here.
+
+Every method returns one line for the UI, or raises `ActionError` with one that says what went
+wrong; nothing here prints or raises a traceback at a person.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from minikv_core.client import AsyncClient, ClientError, NotFoundError
+from minikv_tui.errors import UserError
+from minikv_tui.launcher import Launcher
+
+ADMIN_TIMEOUT_S = 5.0
+SNAPSHOT_TIMEOUT_S = 30.0
+
+T = TypeVar("T")
+
+Journal = Callable[[str, str, int | None], Awaitable[None]]
+"""Records an action the launcher does not journal itself: (kind, detail, node)."""
+
+
+class ActionError(Exception):
+    """An action that failed or cannot be done here; the message is for the person."""
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What the partition dialog asks for. `groups`: a symmetric cut (nodes not named form one
+    more group). `one_way`: traffic from the first set to the second is dropped, the reverse
+    still flows."""
+
+    groups: tuple[tuple[int, ...], ...] = ()
+    one_way: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def describe(self) -> str:
+        if self.one_way is not None:
+            source, sink = self.one_way
+            return f"cut {_ids(source)} -> {_ids(sink)} (one way)"
+        return " | ".join(_ids(group) for group in self.groups)
+
+
+class ClusterControl:
+    """The actions, with or without a launcher. `addresses()` maps node id to gRPC address
+    (the dashboard's latest view), so admin calls go to the right node."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        addresses: Callable[[], Mapping[int, str]],
+        *,
+        launcher: Launcher | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self._client = client
+        self._addresses = addresses
+        self._launcher = launcher
+        self._journal = journal
+
+    @property
+    def manages_processes(self) -> bool:
+        return self._launcher is not None
+
+    # --- processes -------------------------------------------------------------------------
+
+    async def kill(self, node: int) -> str:
+        return await self._launched(lambda launcher: launcher.kill(node))
+
+    async def stop(self, node: int) -> str:
+        return await self._launched(lambda launcher: launcher.stop(node))
+
+    async def start(self, node: int) -> str:
+        return await self._launched(lambda launcher: launcher.start(node))
+
+    async def pause(self, node: int) -> str:
+        return await self._launched(lambda launcher: launcher.pause(node))
+
+    async def resume(self, node: int) -> str:
+        return await self._launched(lambda launcher: launcher.resume(node))
+
+    async def stop_cluster(self) -> str:
+        stopped = await self._launched(lambda launcher: launcher.down())
+        return f"stopped nodes {_ids(stopped)}" if stopped else "no node was running"
+
+    # --- network ---------------------------------------------------------------------------
+
+    async def partition(self, plan: PartitionPlan) -> str:
+        if plan.one_way is not None:
+            return await self._one_way(*plan.one_way)
+        if self._launcher is not None:
+            launcher = self._launcher
+            groups = await self._launched(lambda _: launcher.partition(plan.groups))
+            return f"partitioned: {' | '.join(_ids(g) for g in groups)}"
+        addresses = self._addresses()
+        groups = _complete(plan.groups, sorted(addresses))
+        for group in groups:
+            others = sorted(set(addresses) - set(group))
+            for node in group:
+                await self._admin(
+                    f"set the fault rules of node {node}",
+                    self._client.set_fault(
+                        addresses[node], drop_to=others, drop_from=others, timeout_s=ADMIN_TIMEOUT_S
+                    ),
+                )
+        detail = " | ".join(_ids(g) for g in groups)
+        await self._record("partition", detail, None)
+        return f"partitioned: {detail}"
+
+    async def isolate(self, node: int) -> str:
+        if self._launcher is not None:
+            launcher = self._launcher
+            await self._launched(lambda _: launcher.isolate(node))
+            return f"node {node} cut off from the others"
+        return await self.partition(PartitionPlan(groups=((node,),)))
+
+    async def heal(self) -> str:
+        if self._launcher is not None:
+            launcher = self._launcher
+            cleared = await self._launched(lambda _: launcher.heal())
+            return f"healed: fault rules cleared on nodes {_ids(cleared)}"
+        addresses = self._addresses()
+        failed: list[str] = []
+        for node, address in sorted(addresses.items()):
+            try:
+                await self._client.clear_fault(address, timeout_s=ADMIN_TIMEOUT_S)
+            except ClientError as error:
+                failed.append(f"node {node}: {error}")
+        await self._record("heal", f"cleared nodes {_ids(sorted(addresses))}", None)
+        if failed:
+            raise ActionError("heal incomplete: " + "; ".join(failed))
+        return f"healed: fault rules cleared on nodes {_ids(sorted(addresses))}"
+
+    async def _one_way(self, source: Sequence[int], sink: Sequence[int]) -> str:
+        addresses = self._addresses()
+        unknown = sorted(set(source) | set(sink) - set(addresses))
+        if unknown:
+            raise ActionError(f"no node {_ids(unknown)} in this cluster")
+        if set(source) & set(sink):
+            raise ActionError("a one-way cut needs two disjoint sets of nodes")
+        for node in source:
+            await self._admin(
+                f"set the fault rules of node {node}",
+                self._client.set_fault(addresses[node], drop_to=sink, timeout_s=ADMIN_TIMEOUT_S),
+            )
+        for node in sink:
+            await self._admin(
+                f"set the fault rules of node {node}",
+                self._client.set_fault(
+                    addresses[node], drop_from=source, timeout_s=ADMIN_TIMEOUT_S
+                ),
+            )
+        detail = f"{_ids(source)} -> {_ids(sink)} dropped (one way)"
+        await self._record("partition", detail, None)
+        return f"cut {detail}"
+
+    # --- leadership and storage ------------------------------------------------------------
+
+    async def transfer_leader(self, shard: int, to_node: int, via_node: int | None) -> str:
+        if self._launcher is not None:
+            launcher = self._launcher
+            return await self._launched(lambda _: launcher.transfer_leader(shard, to_node))
+        addresses = self._addresses()
+        via = via_node if via_node is not None and via_node in addresses else to_node
+        await self._admin(
+            f"transfer shard {shard} to node {to_node}",
+            self._client.transfer_leader(addresses[via], shard, to_node, timeout_s=ADMIN_TIMEOUT_S),
+        )
+        await self._record("transfer-leader", f"shard {shard}: -> {to_node}", to_node)
+        return f"asked node {via} to hand shard {shard} to node {to_node}"
+
+    async def snapshot(self, node: int) -> str:
+        address = self._address(node)
+        await self._admin(
+            f"snapshot node {node}",
+            self._client.snapshot(address, timeout_s=SNAPSHOT_TIMEOUT_S),
+        )
+        await self._record("snapshot", "all replicas flushed and snapshotted", node)
+        return f"node {node}: replicas flushed and snapshotted"
+
+    async def compact(self, node: int) -> str:
+        address = self._address(node)
+        await self._admin(
+            f"compact node {node}",
+            self._client.compact(address, timeout_s=SNAPSHOT_TIMEOUT_S),
+        )
+        await self._record("compact", "full compaction of every replica", node)
+        return f"node {node}: replicas compacted"
+
+    # --- data ------------------------------------------------------------------------------
+
+    async def put(self, key: bytes, value: bytes) -> str:
+        version = await self._admin("put", self._client.put(key, value, timeout_s=ADMIN_TIMEOUT_S))
+        return f"put {key!r}: version {version}"
+
+    async def get(self, key: bytes) -> str:
+        try:
+            value = await self._client.get(key, timeout_s=ADMIN_TIMEOUT_S)
+        except NotFoundError:
+            return f"{key!r}: not found"
+        except ClientError as error:
+            raise ActionError(f"get {key!r} failed: {error}") from None
+        return f"{key!r} = {value!r}"
+
+    # --- machinery -------------------------------------------------------------------------
+
+    async def _launched(self, action: Callable[[Launcher], Awaitable[T]]) -> T:
+        if self._launcher is None:
+            raise ActionError(
+                "process actions need a cluster started by minikv on this machine "
+                "(attached by --endpoints: signal the process where it runs)"
+            )
+        try:
+            return await action(self._launcher)
+        except UserError as error:
+            raise ActionError(error.message + (f" ({error.hint})" if error.hint else "")) from None
+        except (ClientError, OSError) as error:
+            raise ActionError(str(error)) from None
+
+    async def _admin(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except ClientError as error:
+            raise ActionError(f"{what} failed: {error}") from None
+
+    def _address(self, node: int) -> str:
+        address = self._addresses().get(node)
+        if address is None:
+            raise ActionError(f"no node {node} in this cluster")
+        return address
+
+    async def _record(self, kind: str, detail: str, node: int | None) -> None:
+        if self._journal is not None:
+            await self._journal(kind, detail, node)
+
+
+def _complete(
+    groups: Sequence[Sequence[int]], node_ids: Sequence[int]
+) -> tuple[tuple[int, ...], ...]:
+    """As the launcher does it: the groups given, plus one of every node left out."""
+    seen: set[int] = set()
+    result: list[tuple[int, ...]] = []
+    for group in groups:
+        members = tuple(sorted(set(group)))
+        unknown = [n for n in members if n not in node_ids]
+        if unknown:
+            raise ActionError(f"no node {_ids(unknown)} in this cluster")
+        if seen.intersection(members):
+            raise ActionError("a node is in two groups: each belongs to one side")
+        seen.update(members)
+        if members:
+            result.append(members)
+    rest = tuple(n for n in node_ids if n not in seen)
+    if rest:
+        result.append(rest)
+    if len(result) < 2:
+        raise ActionError("a partition needs at least two groups")
+    return tuple(result)
+
+
+def _ids(ids: Sequence[int]) -> str:
+    return ",".join(str(i) for i in ids) or "none"

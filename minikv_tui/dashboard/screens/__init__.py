@@ -1,0 +1,1 @@
+"""The dashboard's dialogs: each returns its answer with `dismiss`, the app acts on it."""

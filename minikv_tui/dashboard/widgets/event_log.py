@@ -1,0 +1,58 @@
+"""The story of the demo: what the launcher did and what the cluster did in response."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from minikv_tui.dashboard import format as fmt
+from minikv_tui.dashboard.journal import LogEvent
+from minikv_tui.dashboard.palette import Palette
+
+MAX_LINES = 500
+
+_ACTIONS = {"kill", "stop", "pause", "partition", "isolate", "destroy", "down", "failed"}
+_RECOVERIES = {"start", "resume", "heal", "up", "node-up", "repair"}
+_ELECTIONS = {"leader-change", "meta-leader-change", "term-change", "role-change"}
+_SELF_DESCRIBED = _ELECTIONS | {"node-down", "node-up"}
+
+
+class EventLog(RichLog):
+    DEFAULT_CSS = """
+    EventLog { height: 1fr; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(
+            id=id,
+            classes=classes,
+            max_lines=MAX_LINES,
+            wrap=True,
+            min_width=20,
+            markup=False,
+            auto_scroll=True,
+        )
+        self.border_title = "events"
+
+    def add(self, event: LogEvent, palette: Palette, tz: dt.tzinfo | None) -> None:
+        style = palette.dim
+        if event.kind in _ACTIONS or event.kind == "node-down":
+            style = palette.down
+        elif event.kind in _RECOVERIES:
+            style = palette.up
+        elif event.kind in _ELECTIONS:
+            style = palette.candidate
+        if event.kind in _SELF_DESCRIBED:
+            # Observed changes already say what happened: "shard 3: leader 1 -> 2 (term 4)".
+            body = Text(event.detail, style)
+        else:
+            subject = f" node {event.node}" if event.node is not None else ""
+            body = Text.assemble((f"{event.kind}{subject}", style), f" {event.detail}")
+        line = Text.assemble((fmt.clock(event.at, tz), palette.dim), " ", body)
+        self.write(line)
+
+    def note(self, message: str, at: float, palette: Palette, tz: dt.tzinfo | None) -> None:
+        """A line of the dashboard's own (progress while starting a cluster)."""
+        self.write(Text.assemble((fmt.clock(at, tz), palette.dim), " ", (message, palette.dim)))

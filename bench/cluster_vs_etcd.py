@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from minikv_tui.loadgen import (
     MinikvHttpTarget,
     Workload,
 )
+from minikv_tui.node_process import free_ports
 
 SIZE: Final = 3
 START_TIMEOUT_S: Final = 60.0
@@ -62,20 +62,6 @@ CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------- processes
-
-
-def reserve_ports(count: int) -> list[int]:
-    """Distinct free loopback ports, all bound at once so they differ, released on return."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -173,7 +159,7 @@ class Cluster:
 
 async def start_minikv(root: Path, session: aiohttp.ClientSession, shards: int) -> Cluster:
     cluster = Cluster("minikv")
-    ports = reserve_ports(SIZE)
+    ports = free_ports(SIZE)
     peers = ",".join(f"{i}=127.0.0.1:{port}" for i, port in enumerate(ports, start=1))
     for node_id, port in enumerate(ports, start=1):
         ready = root / f"minikv{node_id}.ready.json"
@@ -234,7 +220,7 @@ async def start_minikv(root: Path, session: aiohttp.ClientSession, shards: int) 
 
 async def start_etcd(root: Path, session: aiohttp.ClientSession, etcd: str) -> Cluster:
     cluster = Cluster("etcd")
-    ports = reserve_ports(2 * SIZE)
+    ports = free_ports(2 * SIZE)
     client_ports, peer_ports = ports[:SIZE], ports[SIZE:]
     initial = ",".join(f"m{i}=http://127.0.0.1:{p}" for i, p in enumerate(peer_ports, start=1))
     token = f"minikv-bench-{os.getpid()}-{time.time_ns()}"

@@ -4,19 +4,31 @@ DESIGN "A write, end to end", step 3, is this module's driver loop. Each iterati
 
 1. tick every group once if a tick is due (the ticker task marks it every `tick_ms`);
 2. apply queued log compactions (snapshot marks) and truncate the WAL when possible;
-3. collect the Ready of every group that has one;
-4. apply right away the committed entries that were durable before this round (all of them
-   on a leader; see Group.apply_entries), so their clients do not wait for this fsync;
-5. persist ALL Readies with ONE `NodeRaftLog.persist_async` (one write + one fdatasync,
-   on the WAL's thread, so the event loop keeps serving while the disk syncs);
-6. send all messages, batched per peer: ONE `PeerTransport.send(peer, [(group, msg), ...])`
-   per peer, so the heartbeats of every group this node leads reach a peer in one frame;
+3. collect the Ready of every group that may have one: only groups that got an input since
+   they were last asked (a frame, a proposal, a read) or had a Ready last round, and every
+   group after a tick (asking costs a leader a walk over its followers' progress);
+4. send a leader's appends and heartbeats at once, before its own fsync (thesis §10.2.1;
+   `_route_messages` says why that is safe); apply right away the committed entries that
+   were durable before this round (all of them on a leader; see Group.apply_entries), so
+   their clients do not wait for this fsync;
+5. persist ALL Readies with ONE `NodeRaftLog.persist_async` (one write + one fdatasync) - on
+   the WAL's thread when a leader's new entries are in the round, so client writes keep
+   arriving meanwhile and form the next batch; otherwise right here, blocking the loop for
+   the sync, which costs less than the two thread hand-offs. A Ready whose only change is
+   its commit index writes nothing (raft_log.py, "Sync policy");
+6. send the other messages, batched per peer: ONE `PeerTransport.send(peer, [(group, msg),
+   ...])` per peer, so the heartbeats of every group this node leads reach a peer in one frame;
 7. apply the remaining committed entries, answer proposals and read states, `advance`.
 
 The loop sleeps until something happens: a tick, an inbound frame (stepped into its group on
 arrival), a proposal or a read. So a write waits for one fsync, not for the next tick. While
 one round's fsync is in flight, new proposals and messages accumulate in the cores and form
 the next round: that is the group commit.
+
+Leader leases (`lease_read_index`): a leader whose heartbeats a quorum acknowledged recently
+enough, by its own monotonic clock, serves linearizable reads, its own and those its
+followers forward (READ_INDEX), without a heartbeat round. The clock assumption and why it
+is safe are on `lease_read_index`; a restarted node's part is `_ignores_vote`.
 
 Storage layout (`NodeConfig`): data_dir/identity.json, data_dir/wal/ (NodeRaftLog),
 data_dir/shards/<n>/ (shard n's Engine), data_dir/meta.snap (meta group state),
@@ -70,7 +82,9 @@ from minikv_core.cluster.shard_map import (
 from minikv_core.cluster.state_machine import ShardStateMachine
 from minikv_core.net.peer_transport import FrameHandler, PeerTransport
 from minikv_core.raft import (
+    CAMPAIGN_TRANSFER_CONTEXT,
     NONE,
+    CompactedError,
     CompactionError,
     Config,
     ConfState,
@@ -82,6 +96,7 @@ from minikv_core.raft import (
     RawNode,
     Ready,
 )
+from minikv_core.raft import UnavailableError as RaftUnavailableError
 from minikv_core.storage.block_cache import BlockCache
 from minikv_core.storage.engine import Engine, EngineLockedError, EngineOptions
 from minikv_core.storage.errors import StorageError, WalLockedError
@@ -95,6 +110,37 @@ BLOCK_CACHE_BYTES: Final = 4 * LSM_BLOCK_CACHE_BYTES_DEFAULT
 """One block cache shared by every shard engine of the node."""
 
 _TIMEOUT_NOW: Final = MessageType.TIMEOUT_NOW
+
+
+LEASE_CLOCK_RATE_ERROR_MAX: Final = 0.10
+"""Lease reads assume no node's clock runs more than 10% faster or slower than another's
+(see `MultiRaftHost.lease_read_index`)."""
+LEASE_HEARTBEATS_REMEMBERED_MAX: Final = 64
+"""Heartbeat send times a leader keeps per group to credit acknowledgements with (one per
+tick is sent, so this covers several lease lengths)."""
+
+_HEARTBEAT: Final = MessageType.HEARTBEAT
+_READ_INDEX: Final = MessageType.READ_INDEX
+_HEARTBEAT_RESPONSE: Final = MessageType.HEARTBEAT_RESPONSE
+_VOTE_REQUESTS: Final = frozenset((MessageType.VOTE, MessageType.PRE_VOTE))
+_EARLY_TYPES: Final = frozenset((MessageType.APPEND, MessageType.HEARTBEAT))
+"""What a leader may send before its round's persist (see `MultiRaftHost._route_messages`)."""
+
+_Batches = dict[int, list[tuple[int, Message]]]
+"""Messages per peer: (group id, message) in the order the groups produced them."""
+
+
+def _group_id(group: Group) -> int:
+    return group.group_id
+
+
+def _keeps_term_and_vote(group: Group, ready: Ready) -> bool:
+    hard_state = ready.hard_state
+    if hard_state is None:
+        return True
+    stored = group.storage.hard_state()
+    return hard_state.term == stored.term and hard_state.vote == stored.vote
+
 
 TransportFactory = Callable[[NodeConfig, FrameHandler, random.Random], PeerTransport]
 """Builds the node's peer transport (unstarted) for `on_frame`; the host starts and stops it."""
@@ -135,6 +181,19 @@ class _Compaction:
 
 
 @dataclass(slots=True)
+class _Lease:
+    """A leader's lease on one group for one term: when its heartbeats were handed to the
+    transport, and, per peer, the hand-off time of the latest one that peer answered."""
+
+    term: int
+    sent_at_s: dict[int, float]
+    """Heartbeat stamp (the leader's tick count, echoed in the answer) -> first hand-off."""
+    acked_at_s: dict[int, float]
+    revoked: bool = False
+    """A TimeoutNow went out: its target's election ignores leases (thesis §3.10)."""
+
+
+@dataclass(slots=True)
 class HostCounters:
     rounds: int = 0
     readies: int = 0
@@ -150,6 +209,8 @@ class HostCounters:
     transfers_started: int = 0
     maintenance_runs: int = 0
     snapshots_received: int = 0
+    lease_reads: int = 0
+    votes_ignored_after_restart: int = 0
 
 
 class MultiRaftHost:
@@ -183,6 +244,9 @@ class MultiRaftHost:
         self.failure: str | None = None
         """Set when the driver loop failed (a WAL write error): the node serves nothing."""
         self._wake_event = asyncio.Event()
+        self._dirty: set[Group] = set()
+        """Groups whose core got an input since their last Ready check (see `_round`)."""
+        self._all_dirty = True
         self._tick_due = False
         self._ticks = 0
         self._compactions: list[_Compaction] = []
@@ -197,6 +261,17 @@ class MultiRaftHost:
         self._compaction_waiters: list[asyncio.Future[None]] = []
         self._planning = asyncio.Lock()
         self._connected_peers: set[int] | None = None
+        self._leases: dict[int, _Lease] = {}
+        tick_s = config.tick_ms / 1000.0
+        self._lease_s = (
+            (config.election_timeout_ticks - 2) * tick_s * (1.0 - LEASE_CLOCK_RATE_ERROR_MAX)
+        )
+        """How long a heartbeat acknowledged by a quorum keeps this node's lease (see
+        `lease_read_index`); 0 or less disables lease reads."""
+        self._votes_ignored_until = 0.0
+        self._restarted_groups: set[int] = set()
+        """Groups that had a term before this start: for one election timeout, they ignore
+        vote requests (see `_on_frame`)."""
         self.segment_entries: dict[int, dict[int, tuple[int, int]]] = {}
         """WAL segment -> group -> (first, last) entry index written to it during this run
         (for the admin WAL view; segments replayed at start are not described)."""
@@ -232,7 +307,20 @@ class MultiRaftHost:
             return self.meta.state_machine.shard_map
         return self.bootstrap_map
 
+    @property
+    def lease_duration_s(self) -> float:
+        """How long after its hand-off a heartbeat acknowledged by a quorum keeps this node's
+        leader lease (`lease_read_index`); 0 or less: no lease reads."""
+        return self._lease_s
+
     def wake(self) -> None:
+        """Something may have changed in any group: the next round looks at every group."""
+        self._all_dirty = True
+        self._wake_event.set()
+
+    def wake_group(self, group: Group) -> None:
+        """`group`'s core got an input (a read, a transfer): the next round looks at it."""
+        self._dirty.add(group)
         self._wake_event.set()
 
     def note_queued(self, group: ShardGroup) -> None:
@@ -293,6 +381,9 @@ class MultiRaftHost:
             await self._close_storage()
             raise
         self.started_at = time.monotonic()
+        self._votes_ignored_until = (
+            self.started_at + config.election_timeout_ticks * config.tick_ms / 1000.0
+        )
         self._running = True
         self._campaign_preferred_fresh_groups()
         loop = asyncio.get_running_loop()
@@ -338,6 +429,8 @@ class MultiRaftHost:
         for group_id in log.groups():
             storage = log.storage(group_id)
             hard_state = storage.hard_state()
+            if hard_state.term > 0:
+                self._restarted_groups.add(group_id)
             snapshot_index = storage.snapshot_metadata().index
             committed = max(hard_state.commit, snapshot_index)
             rng = random.Random(self._rng.getrandbits(64))
@@ -442,11 +535,21 @@ class MultiRaftHost:
         counters.frames_received += 1
         counters.messages_received += len(messages)
         groups = self.groups
+        dirty = self._dirty
         for group_id, message in messages:
             group = groups.get(group_id)
             if group is None:
                 counters.messages_unknown_group += 1
                 continue
+            kind = message.type
+            if kind is _HEARTBEAT_RESPONSE:
+                self._note_heartbeat_ack(group, message)
+            elif kind is _READ_INDEX and self._answer_read_index_by_lease(group, message):
+                continue
+            elif kind in _VOTE_REQUESTS and self._ignores_vote(group, message):
+                counters.votes_ignored_after_restart += 1
+                continue
+            dirty.add(group)
             if message.type is _TIMEOUT_NOW:
                 # Leadership is being handed to us on purpose (an admin transfer, or a
                 # rebalance toward us): do not hand it back automatically.
@@ -465,6 +568,132 @@ class MultiRaftHost:
                     from_node,
                 )
         self._wake_event.set()
+
+    def _ignores_vote(self, group: Group, message: Message) -> bool:
+        """A restarted node ignores (pre-)vote requests for one election timeout after
+        start, as if it still heard from the leader it had before the restart (thesis
+        §6.4.1): that leader may hold a lease counting an acknowledgement this node sent just
+        before it went down, and the memory of it (the core's election timer) did not
+        survive. Without this, the lease would rest on a vote this node could now give."""
+        return (
+            group.group_id in self._restarted_groups
+            and message.term > group.raw.term
+            and message.context != CAMPAIGN_TRANSFER_CONTEXT
+            and time.monotonic() < self._votes_ignored_until
+        )
+
+    # ------------------------------------------------------------------------ leases
+
+    def lease_read_index(self, group: Group) -> int | None:
+        """The index a linearizable read of `group` on this node can be served at without a
+        heartbeat round (wait until applied >= it, then read local state), or None when this
+        node holds no valid lease (use ReadIndex).
+
+        Leader lease (Raft thesis §6.4.1): a follower that hears a heartbeat resets its
+        election timer and, with check-quorum, neither campaigns nor votes for anyone else
+        (pre-vote included) for an election timeout, unless it is told to by a TimeoutNow.
+        So from the moment a heartbeat that a quorum acknowledged was *handed to the
+        transport* (before any follower received it), no other leader can be elected for
+        (election timeout - 1 tick) - that is what the tick-driven timers guarantee - and
+        this node's commit index covers every write acknowledged anywhere. The lease lasts
+        `(election_timeout_ticks - 2) * tick_ms * (1 - LEASE_CLOCK_RATE_ERROR_MAX)`: one
+        more tick of margin, and the clock assumption: **no node's clock (the monotonic
+        clock, which drives the tick timers too) runs more than 10% faster or slower than
+        another's**, and every node runs with the same `tick_ms` and
+        `election_timeout_ticks` (as the Raft core's Config already requires). The lease is
+        measured on this node's monotonic clock, not in ticks, so a paused or blocked leader
+        (SIGSTOP, a long GC) finds it expired when it resumes; pauses elsewhere only slow
+        followers' timers (safe). A restarted follower honours what it acknowledged before
+        the restart (`_ignores_vote`).
+
+        Also required: this node leads in the lease's term and has committed an entry of
+        that term (before that its commit index may trail the previous leader's, thesis
+        §6.4), and no transfer is under way.
+        """
+        if self._lease_s <= 0 or not group.is_leader:
+            return None
+        raw = group.raw
+        lease = self._leases.get(group.group_id)
+        if lease is None or lease.term != raw.term or lease.revoked:
+            return None
+        voters = raw.conf_state.voters
+        node_id = self.config.node_id
+        if node_id not in voters:
+            return None
+        horizon = time.monotonic() - self._lease_s
+        acked = lease.acked_at_s
+        holders = 1 + sum(
+            1 for voter in voters if voter != node_id and acked.get(voter, -1.0) > horizon
+        )
+        if holders <= len(voters) // 2:
+            return None
+        status = raw.status()
+        if status.lead_transferee != NONE or status.term != lease.term:
+            return None
+        try:
+            if group.storage.term(status.commit) != lease.term:
+                return None
+        except (CompactedError, RaftUnavailableError):
+            return None
+        self.counters.lease_reads += 1
+        return status.commit
+
+    def _answer_read_index_by_lease(self, group: Group, message: Message) -> bool:
+        """A follower forwarded a read (READ_INDEX): if this leader holds a lease, answer it
+        now with the read index, as the core would after a heartbeat round (thesis §6.4.1:
+        with a lease, no round is needed). The answer promises nothing about this node's
+        disk (the commit index is durable on a quorum), so it needs no persist first."""
+        if message.term != group.raw.term:
+            return False
+        index = self.lease_read_index(group)
+        if index is None:
+            return False
+        answer = Message(
+            MessageType.READ_INDEX_RESPONSE,
+            message.sender,
+            self.config.node_id,
+            group.raw.term,
+            index=index,
+            context=message.context,
+        )
+        self.counters.messages_sent += 1
+        self.transport.send(message.sender, [(group.group_id, answer)])
+        return True
+
+    def _note_heartbeats_sent(self, taken: list[tuple[Group, Ready]], now_s: float) -> None:
+        for group, ready in taken:
+            if not group.is_leader:
+                continue
+            lease: _Lease | None = None
+            for message in ready.messages:
+                kind = message.type
+                if kind is _HEARTBEAT:
+                    if lease is None:
+                        lease = self._lease_of(group)
+                    sent = lease.sent_at_s
+                    if message.index not in sent:
+                        sent[message.index] = now_s
+                        if len(sent) > LEASE_HEARTBEATS_REMEMBERED_MAX:
+                            del sent[min(sent)]
+                elif kind is _TIMEOUT_NOW:
+                    if lease is None:
+                        lease = self._lease_of(group)
+                    lease.revoked = True
+
+    def _lease_of(self, group: Group) -> _Lease:
+        term = group.raw.term
+        lease = self._leases.get(group.group_id)
+        if lease is None or lease.term != term:
+            lease = self._leases[group.group_id] = _Lease(term, {}, {})
+        return lease
+
+    def _note_heartbeat_ack(self, group: Group, message: Message) -> None:
+        lease = self._leases.get(group.group_id)
+        if lease is None or lease.term != message.term or not group.is_leader:
+            return
+        sent = lease.sent_at_s.get(message.index)
+        if sent is not None and sent > lease.acked_at_s.get(message.sender, -1.0):
+            lease.acked_at_s[message.sender] = sent
 
     # ------------------------------------------------------------------------ loops
 
@@ -492,17 +721,20 @@ class MultiRaftHost:
                 if self._tick_due:
                     self._tick_due = False
                     self._ticks += 1
+                    self._all_dirty = True
                     for group in self._group_list:
                         group.raw.tick()
                 if self._compactions or self._force_truncate:
+                    self._all_dirty = True
                     await self._apply_compactions()
                 if self._queued_groups:
                     queued, self._queued_groups = self._queued_groups, set()
+                    self._dirty.update(queued)
                     for group in queued:
                         group.propose_queued()
                 if await self._round():
-                    self._wake_event.set()  # advance() may have produced more work
-                elif self._idle_rounds:
+                    self._wake_event.set()  # advance() left more work
+                elif self._idle_rounds and not self._wake_event.is_set():
                     for waiter in self._idle_rounds:
                         if not waiter.done():
                             waiter.set_result(None)
@@ -520,9 +752,24 @@ class MultiRaftHost:
                 group.fail_all(failed)
 
     async def _round(self) -> bool:
-        """One persist + send + apply round over every group with a Ready."""
+        """One persist + send + apply round over every group with a Ready; True when a
+        group is known to have more work right away.
+
+        Only groups that may have one are asked (`has_ready` walks a leader's progress, so
+        asking all of them costs a node with many groups more than the round itself): those
+        whose core got an input since they were last asked (a frame, a proposal, a read via
+        `wake_group`), those that had a Ready last round (`advance` may leave more work), and
+        every group after a tick or a plain `wake()`.
+        """
+        if self._all_dirty:
+            self._all_dirty = False
+            self._dirty.clear()
+            candidates = self._group_list
+        else:
+            candidates = sorted(self._dirty, key=_group_id)
+            self._dirty.clear()
         taken: list[tuple[Group, Ready]] = []
-        for group in self._group_list:
+        for group in candidates:
             ready = group.take_ready()
             if ready is not None:
                 taken.append((group, ready))
@@ -531,6 +778,20 @@ class MultiRaftHost:
         counters = self.counters
         counters.rounds += 1
         counters.readies += len(taken)
+        # Persist only when some Ready has something durable; inline (blocking the loop for
+        # the fsync, see Wal.append) unless a leader's new entries are in the round: while a
+        # leader's fsync runs, client writes must keep arriving to form its next batch.
+        persist = any(
+            ready.entries or ready.hard_state is not None or not ready.snapshot.is_empty
+            for _, ready in taken
+        )
+        inline = not any(ready.entries and group.is_leader for group, ready in taken)
+        early, late = self._route_messages(taken)
+        self._note_heartbeats_sent(taken, time.monotonic())
+        if early:
+            self._send_batches(early)  # a leader's appends and heartbeats: before its fsync
+            if persist and inline:
+                await asyncio.sleep(0)  # the peer senders start their writes before we block
         try:
             for group, ready in taken:
                 if not ready.snapshot.is_empty:
@@ -541,29 +802,60 @@ class MultiRaftHost:
                 ):
                     group.apply_entries(ready)
                     counters.early_applies += 1
-            await self.log.persist_async([(group.group_id, ready) for group, ready in taken])
-            self._note_segment(taken)
+            if persist:
+                await self.log.persist_async(
+                    [(group.group_id, ready) for group, ready in taken], inline=inline
+                )
+                self._note_segment(taken)
         except BaseException:
             for group, _ in taken:
                 group.abandon_ready()
             raise
-        batches: dict[int, list[tuple[int, Message]]] = {}
+        self._send_batches(late)
+        more = False
+        for group, ready in taken:
+            group.finish_ready(ready)
+            # advance() may leave work behind (more committed entries, reissued reads):
+            # look again in the next round, without a loop iteration when there is none.
+            if group.raw.has_ready():
+                self._dirty.add(group)
+                more = True
+        return more
+
+    @staticmethod
+    def _route_messages(taken: list[tuple[Group, Ready]]) -> tuple[_Batches, _Batches]:
+        """Split the round's messages, batched per peer, into those that may leave before
+        the round's persist and those that must wait for it (the Ready contract, step 2).
+
+        A leader may send its appends and heartbeats before its own entries are durable
+        (Raft thesis §10.2.1; etcd does the same): the core counts the leader's own log
+        toward a commit only at `advance()`, after the persist, so an entry still commits
+        only once a quorum holds it durably, and nothing is acknowledged earlier. It saves
+        the leader's fsync on every write's critical path. Everything else waits: a
+        follower's acknowledgement or vote promises durable state, and a Ready that changes
+        the term or vote (a leader that just stepped down) sends nothing early.
+        """
+        early: _Batches = {}
+        late: _Batches = {}
         for group, ready in taken:
             group_id = group.group_id
+            may_send_early = group.is_leader and _keeps_term_and_vote(group, ready)
             for message in ready.messages:
                 if message.type is _TIMEOUT_NOW:
                     group.rebalance_wanted = False  # this leader hands over on purpose
+                batches = early if may_send_early and message.type in _EARLY_TYPES else late
                 batch = batches.get(message.to)
                 if batch is None:
                     batch = batches[message.to] = []
                 batch.append((group_id, message))
+        return early, late
+
+    def _send_batches(self, batches: _Batches) -> None:
         transport = self.transport
+        counters = self.counters
         for peer, batch in batches.items():
             counters.messages_sent += len(batch)
             transport.send(peer, batch)
-        for group, ready in taken:
-            group.finish_ready(ready)
-        return True
 
     def _note_segment(self, taken: list[tuple[Group, Ready]]) -> None:
         segment = self.log.wal.end_position.segment

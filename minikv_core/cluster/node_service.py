@@ -529,14 +529,18 @@ class Node:
     async def _read_barrier(self, group: ShardGroup, deadline: float) -> None:
         """ReadIndex (thesis §6.4): learn the leader's commit index once it has confirmed its
         leadership with a quorum, then wait until this replica has applied it. After this,
-        the local state reflects every write acknowledged before the read began."""
-        context = self._read_incarnation + next(self._read_contexts).to_bytes(8, "big")
-        future = group.read_index(context)
-        self.host.wake()
-        try:
-            index = await self._wait(future, deadline, f"read index of shard {group.shard}")
-        finally:
-            group.forget_read(context)
+        the local state reflects every write acknowledged before the read began. A leader
+        holding a lease knows that index without a heartbeat round (thesis §6.4.1; the
+        clock assumption is on MultiRaftHost.lease_read_index)."""
+        index = self.host.lease_read_index(group)
+        if index is None:
+            context = self._read_incarnation + next(self._read_contexts).to_bytes(8, "big")
+            future = group.read_index(context)
+            self.host.wake_group(group)
+            try:
+                index = await self._wait(future, deadline, f"read index of shard {group.shard}")
+            finally:
+                group.forget_read(context)
         applied = group.wait_applied(index)
         if applied is not None:
             await self._wait(applied, deadline, f"apply of shard {group.shard}")

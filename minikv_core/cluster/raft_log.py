@@ -8,13 +8,20 @@ their new entries, hard states and snapshot marks as one batch: one write, one f
 
 The Ready contract (raft/types.py) is kept by construction: `persist` returns only after the
 batch is durable, and only then applies each Ready to its group's MemoryStorage (the cache the
-Raft core reads); the host sends the Readies' messages after `persist` returns.
+Raft core reads); the host sends the Readies' messages after `persist` returns (all but a
+leader's appends and heartbeats, which promise nothing about its disk: cluster/host.py).
 
-Sync policy: every append is fdatasynced, including a round whose only change is a commit
-index (`Ready.must_sync=False`). The Raft core would allow skipping that sync, but `Wal`
-offers no non-syncing append, so we always sync. With group commit the cost is small: a
-round of a busy node almost always carries some group's entries or vote, which need the sync
-anyway.
+Sync policy: every append is fdatasynced, and a Ready that needs no sync writes nothing. A
+Ready whose only durable change is its commit index (`Ready.must_sync=False`, etcd's
+MustSync) is applied to the group's storage but not written: the commit index is persisted
+only as an optimization (a restarted node re-applies without waiting for a leader), and a
+lost one is learned again from the leader (Raft Figure 2 lists commitIndex as volatile). This
+is what a follower does after every write (the leader's empty append that carries the commit)
+and what the leader does when it learns a commit, so it saves each of them an append, a
+thread hop and an fdatasync per committed write. The record is not even written without a
+sync: an unsynced record followed by a synced one could reach the disk out of order (page
+writeback has no order), leaving a hole that replay would call corruption. The commit index
+reaches the WAL with the group's next record that does need the sync.
 
 Records (storage/wal_records.py), written per group in this order within a batch:
 
@@ -399,6 +406,7 @@ class _ReadyPlan:
     entries_ordinal: int  # ordinal of the first entry record in the call's record list
     hard_state_ordinal: int  # -1: none
     mark_ordinal: int  # -1: none
+    volatile_commit: bool = False  # a commit-only hard state: applied, not written
 
 
 @dataclass(slots=True)
@@ -513,7 +521,9 @@ class NodeRaftLog:
 
     def persist(self, readies: Sequence[tuple[int, Ready]]) -> None:
         """Make every Ready's snapshot, entries and hard state durable with one append (one
-        write + one fdatasync), then apply each to its group's storage.
+        write + one fdatasync), then apply each to its group's storage. A hard state that
+        changes only the commit index of a Ready needing no sync is applied, not written
+        ("Sync policy" in the module docstring); a call with nothing else writes nothing.
 
         Raises RaftLogInputError, writing nothing, if a Ready would break a Raft invariant.
         Blocks on fsync: from an event loop use `persist_async`.
@@ -526,12 +536,16 @@ class NodeRaftLog:
         finally:
             self._busy = None
 
-    async def persist_async(self, readies: Sequence[tuple[int, Ready]]) -> None:
-        """`persist` without blocking the event loop (the WAL fsyncs on its own thread)."""
+    async def persist_async(
+        self, readies: Sequence[tuple[int, Ready]], *, inline: bool = False
+    ) -> None:
+        """`persist` without blocking the event loop (the WAL fsyncs on its own thread), or,
+        with `inline=True`, blocking it for the write and fsync when that is cheaper than
+        the hand-off to the thread (see `Wal.append`)."""
         self._enter("persist_async")
         try:
             records, plans = self._plan_readies(readies)
-            positions = await self._append_async(records)
+            positions = await self._append_async(records, inline=inline)
             self._finish_readies(plans, positions)
         finally:
             self._busy = None
@@ -644,9 +658,23 @@ class NodeRaftLog:
                     f"group {group_id}: commit index {hard_state.commit} is outside "
                     f"[{stored.commit}, {last}] (stored commit, last index)"
                 )
-            plan.hard_state_ordinal = len(records)
-            records.append(_hard_state_record(group_id, hard_state))
-        if plan.mark_ordinal < 0 and plan.entries_first == 0 and plan.hard_state_ordinal < 0:
+            if (
+                ready.must_sync
+                or plan.install
+                or plan.entries_first
+                or hard_state.term != stored.term
+                or hard_state.vote != stored.vote
+            ):
+                plan.hard_state_ordinal = len(records)
+                records.append(_hard_state_record(group_id, hard_state))
+            else:
+                plan.volatile_commit = True  # see "Sync policy" in the module docstring
+        if (
+            plan.mark_ordinal < 0
+            and plan.entries_first == 0
+            and plan.hard_state_ordinal < 0
+            and not plan.volatile_commit
+        ):
             return None
         return plan
 
@@ -944,14 +972,14 @@ class NodeRaftLog:
             raise
         return _Positions(_chunk_starts(chunks), segments)
 
-    async def _append_async(self, records: list[Record]) -> _Positions:
+    async def _append_async(self, records: list[Record], *, inline: bool = False) -> _Positions:
         if not records:
             return _Positions([], [])
         chunks = self._chunks(records)
         segments: list[int] = []
         try:
             for chunk in chunks:
-                segments.append((await self._wal.append(chunk)).segment)
+                segments.append((await self._wal.append(chunk, inline=inline)).segment)
         except BaseException as exc:
             # Includes cancellation: the batch may still be written after we stop waiting.
             self._failure = f"a WAL append failed: {type(exc).__name__}: {exc}"

@@ -51,10 +51,10 @@ from minikv_core.net.proto import raft_pb2
 from minikv_core.net.raft_codec import (
     CodecError,
     decode_frame,
-    encode_frame,
+    encode_frame_pieces,
     encode_group_message,
     frame_header_size_bytes,
-    frame_message_size_bytes,
+    frame_piece,
 )
 from minikv_core.raft.types import Message
 
@@ -272,6 +272,8 @@ class _PeerSender:
         self.counters = transport._counters_for_peer(node_id)
         self.connected = False
         self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        """Bytes of `_pending` (frames cut but not written are in `buffered_bytes` too)."""
         self._held: deque[_HeldFrame] = deque()
         self.buffered_messages = 0
         self.buffered_bytes = 0
@@ -282,15 +284,17 @@ class _PeerSender:
 
     # --- called by PeerTransport (synchronous) -------------------------------------------
 
-    def enqueue(self, encoded: bytes) -> None:
-        size = frame_message_size_bytes(encoded)
+    def enqueue(self, piece: bytes) -> None:
+        """Queue one message as its `frame_piece` (its size in a frame is its length)."""
+        size = len(piece)
         if (
             self.buffered_messages + 1 > self._config.queue_messages_max
             or self.buffered_bytes + size > self._config.queue_bytes_max
         ):
             self.counters.drops[DropReason.QUEUE_FULL] += 1
             return
-        self._pending.append(encoded)
+        self._pending.append(piece)
+        self._pending_bytes += size
         self.buffered_messages += 1
         self.buffered_bytes += size
         self._wakeup.set()
@@ -323,6 +327,7 @@ class _PeerSender:
         if self.buffered_messages:
             self.counters.drops[reason] += self.buffered_messages
         self._pending.clear()
+        self._pending_bytes = 0
         self._held.clear()
         self.buffered_messages = 0
         self.buffered_bytes = 0
@@ -457,13 +462,22 @@ class _PeerSender:
         while pending:
             messages: list[bytes] = []
             frame_bytes = self._header_bytes
+            if (
+                len(pending) <= config.frame_messages_max
+                and frame_bytes + self._pending_bytes <= config.frame_bytes_max
+            ):
+                # Everything queued fits one frame (the usual case): take it whole.
+                messages = list(pending)
+                frame_bytes += self._pending_bytes
+                pending.clear()
             while pending and len(messages) < config.frame_messages_max:
-                size = frame_message_size_bytes(pending[0])
+                size = len(pending[0])
                 if messages and frame_bytes + size > config.frame_bytes_max:
                     break
                 messages.append(pending.popleft())
                 frame_bytes += size
             buffered = frame_bytes - self._header_bytes
+            self._pending_bytes -= buffered
             verdict = self._transport.fault_filter.outbound(self.node_id)
             if verdict.action is not OutboundAction.DELIVER:
                 reason = (
@@ -475,11 +489,12 @@ class _PeerSender:
                 self.buffered_messages -= len(messages)
                 self.buffered_bytes -= buffered
                 continue
-            data = encode_frame(self._transport.node_id, self.node_id, messages)
+            data = encode_frame_pieces(self._transport.node_id, self.node_id, messages)
             assert len(data) == frame_bytes <= config.frame_bytes_max, (len(data), frame_bytes)
             self._held.append(
                 _HeldFrame(now + verdict.delay_ms / 1000.0, data, len(messages), buffered)
             )
+        assert self._pending_bytes == 0, self._pending_bytes
 
     async def _write(self, call: grpc.aio.StreamUnaryCall, frame: _HeldFrame) -> None:
         try:
@@ -691,21 +706,21 @@ class PeerTransport:
                 reason = DropReason.STOPPED if self._stopped else DropReason.UNKNOWN_PEER
                 self._counters_for_other(to_node).drops[reason] += 1
                 continue
-            encoded = encode_group_message(group_id, message)
-            if frame_message_size_bytes(encoded) > message_bytes_max:
+            piece = frame_piece(encode_group_message(group_id, message))
+            if len(piece) > message_bytes_max:
                 sender.counters.drops[DropReason.OVERSIZE] += 1
                 logger.warning(
                     "node %d: dropped a %d-byte %s message of group %d to node %d: over the "
                     "%d-byte message bound",
                     self.node_id,
-                    len(encoded),
+                    len(piece),
                     message.type.name,
                     group_id,
                     to_node,
                     message_bytes_max,
                 )
                 continue
-            sender.enqueue(encoded)
+            sender.enqueue(piece)
 
     # --- receiving -------------------------------------------------------------------------
 

@@ -10,7 +10,15 @@ Frames are assembled from already-encoded group messages (`encode_frame`) instea
 a RaftFrame object: the sender encodes each message once when it is queued (it needs the size
 for its byte bound anyway), and a frame's bytes are then a concatenation. Protobuf defines a
 message's encoding as the concatenation of its fields' encodings, and the tests check the
-result is byte-identical to `RaftFrame.SerializeToString()`.
+result is byte-identical to `RaftFrame.SerializeToString()`. The transport goes one step
+further: `frame_piece` gives the bytes one message adds to a frame (field tag, length, the
+message), computed once at `send()`, so its byte accounting and `encode_frame_pieces` need no
+further varint.
+
+Speed matters here: every heartbeat and acknowledgement of every group passes through both
+directions, many times a second per node even when idle. So `encode_group_message` sets only
+the fields that differ from their default on one GroupMessage (what SerializeToString would
+emit anyway) rather than building a Message with every field and copying it into place.
 """
 
 from __future__ import annotations
@@ -48,9 +56,14 @@ _FRAME_MESSAGES_TAG = bytes([3 << 3 | _WIRE_TYPE_LEN])
 _UINT64_MAX = (1 << 64) - 1
 
 
+_ONE_BYTE_VARINTS = tuple(bytes([value]) for value in range(0x80))
+
+
 def encode_varint(value: int) -> bytes:
     """Protobuf base-128 varint of an unsigned 64-bit value."""
     assert 0 <= value <= _UINT64_MAX, value
+    if value < 0x80:
+        return _ONE_BYTE_VARINTS[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -110,12 +123,67 @@ def message_to_proto(message: Message) -> raft_pb2.Message:
 
 
 def encode_group_message(group_id: int, message: Message) -> bytes:
-    """The wire bytes of one GroupMessage (what a frame's `messages` field repeats)."""
+    """The wire bytes of one GroupMessage (what a frame's `messages` field repeats).
+
+    Raises CodecError if a number does not fit its uint64 field (a host bug)."""
+    proto = _GroupMessage()
     try:
-        proto = raft_pb2.GroupMessage(group_id=group_id, message=message_to_proto(message))
+        proto.group_id = group_id
     except (ValueError, TypeError) as error:
         raise CodecError(f"cannot encode group id {group_id!r}: {error}") from None
+    try:
+        out = proto.message
+        out.type = message.type  # type: ignore[assignment]  # equal numbers, checked by tests
+        out.to = message.to
+        out.sender = message.sender
+        if message.term:
+            out.term = message.term
+        if message.log_term:
+            out.log_term = message.log_term
+        if message.index:
+            out.index = message.index
+        if message.entries:
+            add = out.entries.add
+            for entry in message.entries:
+                add(term=entry.term, index=entry.index, type=entry.type, data=entry.data)
+        if message.commit:
+            out.commit = message.commit
+        if message.reject:
+            out.reject = True
+        if message.reject_hint:
+            out.reject_hint = message.reject_hint
+        if message.context:
+            out.context = message.context
+        snapshot = message.snapshot
+        if snapshot is not None:
+            target = out.snapshot
+            target.SetInParent()  # present even when every field is zero
+            target.index = snapshot.index
+            target.term = snapshot.term
+            conf_state = snapshot.conf_state
+            members = target.conf_state
+            members.SetInParent()  # as snapshot_metadata_to_proto: always present
+            if conf_state.voters:
+                members.voters.extend(conf_state.voters)
+            if conf_state.learners:
+                members.learners.extend(conf_state.learners)
+        if message.chunk_offset:
+            out.chunk_offset = message.chunk_offset
+        if message.chunk_data:
+            out.chunk_data = message.chunk_data
+        if message.chunk_done:
+            out.chunk_done = True
+    except (ValueError, TypeError) as error:
+        raise CodecError(f"cannot encode {message.type.name} message: {error}") from None
     return proto.SerializeToString()
+
+
+_GroupMessage = raft_pb2.GroupMessage
+
+
+def frame_piece(encoded_group_message: bytes) -> bytes:
+    """The bytes one encoded group message adds to a frame: its tag, its length, itself."""
+    return _FRAME_MESSAGES_TAG + encode_varint(len(encoded_group_message)) + encoded_group_message
 
 
 def frame_message_size_bytes(encoded_group_message: bytes) -> int:
@@ -138,6 +206,11 @@ def _frame_header(from_node: int, to_node: int) -> bytes:
     if to_node:
         header += _FRAME_TO_NODE_TAG + encode_varint(to_node)
     return header
+
+
+def encode_frame_pieces(from_node: int, to_node: int, pieces: Sequence[bytes]) -> bytes:
+    """The bytes of `RaftFrame(from_node, to_node, messages)` from `frame_piece`s."""
+    return _frame_header(from_node, to_node) + b"".join(pieces)
 
 
 def encode_frame(from_node: int, to_node: int, encoded_group_messages: Sequence[bytes]) -> bytes:
@@ -172,6 +245,25 @@ def entry_from_proto(proto: raft_pb2.Entry) -> Entry:
     return Entry(term=proto.term, index=proto.index, type=entry_type, data=proto.data)
 
 
+_SNAPSHOT_METADATA_SHARED_MAX = 256
+_snapshot_metadata_shared: dict[bytes, SnapshotMetadata] = {}
+
+
+def _shared_snapshot_metadata(proto: raft_pb2.SnapshotMetadata) -> SnapshotMetadata:
+    """`snapshot_metadata_from_proto`, shared between equal values: every heartbeat carries
+    its leader's log base, the same one until the leader compacts, and decoding it anew
+    (two dataclasses, two tuples) would be most of a heartbeat's decoding cost. The values
+    are immutable, so sharing them is invisible to the caller."""
+    key = proto.SerializeToString()
+    metadata = _snapshot_metadata_shared.get(key)
+    if metadata is None:
+        metadata = snapshot_metadata_from_proto(proto)
+        if len(_snapshot_metadata_shared) >= _SNAPSHOT_METADATA_SHARED_MAX:
+            _snapshot_metadata_shared.clear()
+        _snapshot_metadata_shared[key] = metadata
+    return metadata
+
+
 def message_from_proto(proto: raft_pb2.Message) -> Message:
     message_type = _MESSAGE_TYPES.get(proto.type)
     if message_type is None:
@@ -183,14 +275,12 @@ def message_from_proto(proto: raft_pb2.Message) -> Message:
         term=proto.term,
         log_term=proto.log_term,
         index=proto.index,
-        entries=tuple(entry_from_proto(entry) for entry in proto.entries),
+        entries=tuple(map(entry_from_proto, proto.entries)) if proto.entries else (),
         commit=proto.commit,
         reject=proto.reject,
         reject_hint=proto.reject_hint,
         context=proto.context,
-        snapshot=(
-            snapshot_metadata_from_proto(proto.snapshot) if proto.HasField("snapshot") else None
-        ),
+        snapshot=_shared_snapshot_metadata(proto.snapshot) if proto.HasField("snapshot") else None,
         chunk_offset=proto.chunk_offset,
         chunk_data=proto.chunk_data,
         chunk_done=proto.chunk_done,

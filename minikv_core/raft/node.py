@@ -42,10 +42,11 @@ through the `Storage` protocol. The host drives it:
             node.advance(ready)
 
 The Ready contract (see `Ready`): everything durable in a Ready is made durable before any of
-its messages is sent. We chose this simple rule over etcd's "a leader may send appends in
-parallel with its own write": it costs a leader one fsync of latency per round but makes every
-outgoing message a statement about durable state. The leader counts its own log toward the
-commit quorum only at `advance()`, i.e. after its own persist.
+its messages is sent, except a leader's appends and heartbeats, which a host may send in
+parallel with its own write (etcd's rule, thesis §10.2.1): they state nothing about the
+leader's disk, and the leader counts its own log toward the commit quorum only at `advance()`,
+i.e. after its own persist. Every other message (votes, acknowledgements) is a statement
+about durable state.
 
 Membership changes take effect when applied (etcd's rule, not the thesis' "when appended"):
 the core applies a committed ConfChange inside `advance()` for the Ready that delivered it.

@@ -263,9 +263,12 @@ class Ready:
 
     1. `snapshot`, `entries` and `hard_state`: make durable (write + fsync), then make them
        visible through the Storage the core reads (MemoryStorage.persist(ready) does that).
-    2. `messages`: send, only after step 1 completed. This one simple rule (no exception for a
-       leader's own appends) makes every message a promise about durable state: a vote is
-       never granted, nor an append acknowledged, before it survives a crash (Raft Figure 2).
+    2. `messages`: send only after step 1 completed, so that no vote is granted, nor an append
+       acknowledged, before it survives a crash (Raft Figure 2). One exception: a leader's
+       APPEND and HEARTBEAT messages (from a Ready that changes neither term nor vote) may be
+       sent before its own entries are durable (thesis §10.2.1, as etcd does): they promise
+       nothing about the leader's disk, and the leader counts its own log toward a commit
+       only at `advance()`. minikv's host does so (cluster/host.py).
     3. `committed_entries`: apply to the state machine, in order, after step 1 (they are
        committed on a quorum, and this node's own copy is durable from this or an earlier
        Ready). `read_states`: answer each read once applied index >= its index.

@@ -260,6 +260,16 @@ def log_fingerprints(log: NodeRaftLog) -> dict[int, Fingerprint]:
     return {group_id: fingerprint(log.storage(group_id)) for group_id in log.groups()}
 
 
+def durable_fingerprints(log: NodeRaftLog) -> dict[int, Fingerprint]:
+    """What a reopen must find: the storage's log with the hard state last *written* (a
+    commit-only hard state of a Ready that needs no sync is applied but not written)."""
+    written = {info.group_id: info.hard_state for info in log.describe()}
+    return {
+        group_id: (written[group_id], *fingerprint(log.storage(group_id))[1:])
+        for group_id in log.groups()
+    }
+
+
 def assert_log_matches(log: NodeRaftLog, expected: dict[int, Fingerprint], context: str) -> None:
     actual = log_fingerprints(log)
     for group_id in sorted(set(actual) | set(expected)):
@@ -361,6 +371,45 @@ def test_persist_of_readies_with_nothing_durable_writes_nothing(wal_dir: Path) -
         log.persist([(1, make_ready()), (2, make_ready())])
         log.persist([])
         assert log.stats == before
+
+
+def test_commit_only_hard_state_needing_no_sync_is_applied_but_not_written(
+    wal_dir: Path,
+) -> None:
+    """etcd's MustSync: a Ready that only moves the commit index needs no fsync. The log
+    writes nothing for it (no append, no sync); the storage sees the new commit at once; a
+    reopen finds the last *written* commit, and the next record that is written carries it."""
+    commit_only = replace(make_ready(hard_state=HardState(1, 1, 3)), must_sync=False)
+    with open_log(wal_dir) as log:
+        log.persist([(1, make_ready(entries=entries(1, 1, 4), hard_state=HardState(1, 1, 1)))])
+        before = log.stats
+        log.persist([(1, commit_only)])
+        assert log.stats == before, "a commit-only Ready needing no sync wrote something"
+        assert log.storage(1).hard_state() == HardState(1, 1, 3)
+        assert log.describe()[0].hard_state == HardState(1, 1, 1)
+    with open_log(wal_dir) as log:
+        assert log.storage(1).hard_state() == HardState(1, 1, 1)
+        log.persist([(1, commit_only)])
+        log.persist([(1, make_ready(entries=entries(1, 5, 5), hard_state=HardState(1, 1, 4)))])
+    with open_log(wal_dir) as log:
+        assert log.storage(1).hard_state() == HardState(1, 1, 4)
+
+
+@pytest.mark.parametrize(
+    "hard_state", [HardState(2, 1, 3), HardState(1, 2, 3)], ids=["new term", "new vote"]
+)
+def test_a_term_or_vote_change_is_written_even_if_the_ready_claims_no_sync(
+    wal_dir: Path, hard_state: HardState
+) -> None:
+    """Only a commit-only change may skip the disk: a term or vote is written and synced
+    whatever `must_sync` says (Raft §5.2: a vote survives crashes)."""
+    with open_log(wal_dir) as log:
+        log.persist([(1, make_ready(entries=entries(1, 1, 4), hard_state=HardState(1, 0, 1)))])
+        before = log.stats
+        log.persist([(1, replace(make_ready(hard_state=hard_state), must_sync=False))])
+        assert log.stats.syncs == before.syncs + 1
+    with open_log(wal_dir) as log:
+        assert log.storage(1).hard_state() == hard_state
 
 
 async def test_persist_async_is_one_append_and_applies_only_after_durability(
@@ -877,14 +926,16 @@ def test_raw_node_restarts_from_the_node_log(wal_dir: Path) -> None:
         storage = log.storage(3)
         restarted = RawNode(Config(node_id=1), storage, random.Random(2))
         again = restarted.status()
-        assert (again.term, again.commit, again.last_index) == (
-            status.term,
-            status.commit,
-            status.last_index,
-        )
+        assert (again.term, again.last_index) == (status.term, status.last_index)
+        # The last commit-only hard state was not written (it needs no sync): the commit
+        # index comes back behind, and the group commits everything again once it leads.
+        assert again.commit < status.commit
         assert again.conf_state == ConfState((1,))
         data = [e.data for e in storage.entries(indexes[0], indexes[-1] + 1, 1 << 20)]
         assert data == [b"command %d" % n for n in range(5)]
+        restarted.campaign()
+        drive(restarted, log, 3)
+        assert restarted.status().commit == status.last_index + 1  # its new term's no-op
 
 
 @dataclass
@@ -975,10 +1026,10 @@ def test_three_raw_nodes_over_node_logs_survive_loss_restarts_and_compaction(
                     seen.add((entry.term, entry.data))
             assert len(seen) <= 1, f"{context}: committed entry {index} differs: {seen}"
         for i in ids:
-            live = log_fingerprints(logs[i])
+            durable = durable_fingerprints(logs[i])
             logs[i].close()
             logs[i] = open_log(tmp_path / f"n{i}", SMALL_SEGMENT_BYTES)
-            assert log_fingerprints(logs[i]) == live, f"{context}: node {i} after reopen"
+            assert log_fingerprints(logs[i]) == durable, f"{context}: node {i} after reopen"
     finally:
         for log in logs.values():
             log.close()

@@ -240,6 +240,8 @@ def test_value_out_of_uint64_range_is_a_codec_error() -> None:
         message_to_proto(Message(MessageType.APPEND, to=2, sender=1, term=1 << 64))
     with pytest.raises(CodecError, match="cannot encode group id -1"):
         encode_group_message(-1, Message(MessageType.APPEND, to=2, sender=1, term=1))
+    with pytest.raises(CodecError, match="cannot encode HEARTBEAT message"):
+        encode_group_message(7, Message(MessageType.HEARTBEAT, 2, 1, 1, commit=1 << 64))
 
 
 def test_entry_framing_limit_covers_the_worst_case_entry() -> None:

@@ -155,3 +155,59 @@ async def test_stats_are_readable_from_the_loop_while_a_group_commits(tmp_path: 
         await pending
         assert observed == sorted(observed)
         assert wal.stats.appends == 8
+
+
+# ------------------------------------------------------------------------- inline appends
+
+
+async def test_inline_append_is_durable_before_the_loop_runs_anything_else(
+    tmp_path: Path,
+) -> None:
+    """`inline=True` with nothing queued writes and syncs in the caller's own step: the
+    task is done after one pass of the loop, where a hand-off to the sync thread would still
+    be waiting for the thread's answer."""
+    async with Wal.open(tmp_path, segment_size_bytes=TEST_SEGMENT_BYTES) as wal:
+        before = wal.stats
+        inline = asyncio.ensure_future(wal.append([(RecordType.KV_BATCH, b"a")], inline=True))
+        await asyncio.sleep(0)
+        assert inline.done(), "an inline append waited for something"
+        queued = asyncio.ensure_future(wal.append([(RecordType.KV_BATCH, b"b")]))
+        await asyncio.sleep(0)
+        assert not queued.done(), "the default append no longer uses the sync thread"
+        first, second = inline.result(), await queued
+        assert first < second
+        assert wal.stats.syncs - before.syncs == 2
+        assert wal.end_position > second
+    with Wal.open(tmp_path, segment_size_bytes=TEST_SEGMENT_BYTES) as reopened:
+        assert [e.payload for e in reopened.read()] == [b"a", b"b"]
+
+
+async def test_inline_append_queues_behind_appends_already_waiting(tmp_path: Path) -> None:
+    """Log order is call order: an inline append made while others wait for the flusher
+    joins the queue instead of overtaking them."""
+    async with Wal.open(tmp_path, segment_size_bytes=TEST_SEGMENT_BYTES) as wal:
+        waiting = [wal.append([(RecordType.KV_BATCH, b"%d" % i)]) for i in range(5)]
+        tasks = [asyncio.ensure_future(call) for call in waiting]
+        await asyncio.sleep(0)  # the five are queued, the flusher is running
+        last = await wal.append([(RecordType.KV_BATCH, b"inline")], inline=True)
+        positions = await asyncio.gather(*tasks)
+        assert max(positions) < last
+        assert [e.payload for e in wal.read()] == [b"0", b"1", b"2", b"3", b"4", b"inline"]
+
+
+async def test_inline_appends_across_a_segment_boundary_land_whole_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """A batch that does not fit the active segment is not written inline (the rotation may
+    wait for the next segment's zero-fill); it still lands, whole, in the next segment."""
+    payload = bytes(range(256)) * 4
+    async with Wal.open(tmp_path, segment_size_bytes=SMALL_SEGMENT_BYTES) as wal:
+        positions = [
+            await wal.append([(RecordType.KV_BATCH, payload)], inline=True) for _ in range(6)
+        ]
+        assert wal.stats.rotations >= 1
+        assert len({p.segment for p in positions}) > 1
+    with Wal.open(tmp_path, segment_size_bytes=SMALL_SEGMENT_BYTES) as reopened:
+        entries = list(reopened.read())
+    assert [e.position for e in entries] == positions
+    assert all(e.payload == payload for e in entries)

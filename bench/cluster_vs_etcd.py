@@ -50,7 +50,7 @@ from minikv_tui.loadgen import (
     MinikvHttpTarget,
     Workload,
 )
-from minikv_tui.node_process import free_ports
+from minikv_tui.node_process import CLOCK_TICKS, free_ports, proc_usage
 
 SIZE: Final = 3
 START_TIMEOUT_S: Final = 60.0
@@ -58,7 +58,6 @@ STOP_TIMEOUT_S: Final = 20.0
 POLL_S: Final = 0.05
 SYSTEMS: Final = ("minikv-http", "etcd-http", "minikv-grpc")
 RUNS_DEFAULT: Final = "put:64,get:64,mixed:64,put:1"
-CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------- processes
@@ -97,11 +96,8 @@ class Member:
         """User + system CPU of the process so far (from /proc), 0 when it is gone."""
         if self.process is None:
             return 0.0
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S
+        ticks, _ = proc_usage(self.process.pid)
+        return 0.0 if ticks is None else ticks / CLOCK_TICKS
 
     def stop(self) -> None:
         process = self.process

@@ -68,7 +68,7 @@ from minikv_core.cluster.txn import (
     response_document,
     validate,
 )
-from minikv_core.net import api, limits
+from minikv_core.net import api, limits, maintenance_rpc
 from minikv_core.net.errors_map import error_from_grpc
 from minikv_core.net.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
@@ -549,6 +549,35 @@ class AsyncClient:
         request = admin_pb2.ShardsRequest(shards=list(shards))
         return await self._admin(endpoint, "Compact", request, timeout_s)
 
+    async def maintain(
+        self,
+        operation: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        endpoint: str | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Cluster maintenance (`minikv.v1.Cluster/Operate`, forwarded to the meta leader):
+        "repair" {dry_run, dead}, "rebalance" {dry_run}, "remove_node" {node, dry_run},
+        "verify" {} start a job and answer its document ({"id", "state", "steps": [...]});
+        "job" {id?} reads one; "wait": true waits for the job up to the timeout."""
+        address = _check_endpoint(endpoint) if endpoint is not None else self._router.seeds[0]
+        deadline = self._deadline(timeout_s)
+        channel = self._channel(address)
+        rpc = channel.unary_unary(
+            f"/{maintenance_rpc.SERVICE}/{maintenance_rpc.OPERATE_METHOD}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            raw = await rpc(
+                maintenance_rpc.encode_request(operation, dict(args or {})),
+                timeout=max(0.0, deadline - time.monotonic()),
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _from_rpc(error) from None
+        return _json_object(raw.decode("utf-8", errors="replace"), f"{operation} of {address}")
+
     async def _admin(
         self, endpoint: str | None, method: str, request: Any, timeout_s: float | None
     ) -> dict[str, Any]:
@@ -867,6 +896,18 @@ class Client:
         self, endpoint: str, shards: Sequence[int] = (), *, timeout_s: float | None = None
     ) -> dict[str, Any]:
         return self._run(self._async.compact(endpoint, shards, timeout_s=timeout_s))
+
+    def maintain(
+        self,
+        operation: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        endpoint: str | None = None,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        return self._run(
+            self._async.maintain(operation, args, endpoint=endpoint, timeout_s=timeout_s)
+        )
 
 
 async def _make_async(

@@ -54,7 +54,9 @@ from minikv_core.cluster.config import (
     NodeConfig,
 )
 from minikv_core.cluster.host import NodeStartError
+from minikv_core.cluster.join import resolve_join
 from minikv_core.cluster.node_service import Node
+from minikv_core.cluster.shard_map import ShardMap
 from minikv_core.net import limits
 from minikv_core.net.api import ApiConfig
 from minikv_core.net.fault import FaultFilter
@@ -100,6 +102,10 @@ OPTIONS: Final = (
     _Option("http", str, "HTTP API address host:port (port 0 picks a free one)"),
     _Option("grpc", str, "gRPC address host:port: clients and peers (default: --peers[id])"),
     _Option("peers", str, "every node of the cluster: 1=host:port,2=host:port,..."),
+    _Option("join", str, "join a running cluster through this node's gRPC host:port"),
+    _Option(
+        "repair_after_s", int, "replace replicas of a node down this long (default 60; 0: never)"
+    ),
     _Option("shards", int, f"shards at cluster creation (default {SHARDS_DEFAULT})"),
     _Option("replicas", int, f"replicas per shard (default {REPLICAS_DEFAULT})"),
     _Option("value_size_max", int, "largest value in bytes (default 1 MiB)"),
@@ -123,6 +129,9 @@ class ServerConfig:
     api: ApiConfig = field(default_factory=ApiConfig)
     ready_file: Path | None = None
     log_level: str = "info"
+    join: str | None = None
+    """`--join`: a member's gRPC address; this node joins that cluster on its first start
+    (the peers, shard count and replicas then come from the cluster, see `join.py`)."""
 
     @property
     def node_id(self) -> int:
@@ -265,9 +274,29 @@ def _validate(values: Mapping[str, object]) -> ServerConfig:
     assert isinstance(node_id, int)
     if node_id <= 0:
         raise ConfigError(f"--id must be a positive integer, got {node_id}")
-    peers_text = required("peers")
-    assert isinstance(peers_text, str)
-    peers = parse_peers(peers_text)
+    join = values.get("join")
+    if join is not None:
+        assert isinstance(join, str)
+        split_address(join, "--join")
+        if "peers" in values:
+            raise ConfigError(
+                "--join and --peers exclude each other: a joining node learns its peers"
+            )
+        if "grpc" not in values:
+            raise ConfigError(
+                "--join needs --grpc: the address the cluster will reach this node at"
+            )
+        given = [name for name in ("shards", "replicas", "cluster_id") if name in values]
+        if given:
+            raise ConfigError(
+                f"--join takes {', '.join('--' + g.replace('_', '-') for g in given)} from the "
+                "cluster; leave them out"
+            )
+        peers = {node_id: str(values["grpc"])}
+    else:
+        peers_text = required("peers")
+        assert isinstance(peers_text, str)
+        peers = parse_peers(peers_text)
     if node_id not in peers:
         raise ConfigError(f"--peers must list this node (id {node_id}); it lists {sorted(peers)}")
     grpc_address = str(values.get("grpc") or peers[node_id])
@@ -291,9 +320,13 @@ def _validate(values: Mapping[str, object]) -> ServerConfig:
         ("value_size_max", "value_size_bytes_max"),
         ("request_timeout_ms", "request_timeout_ms"),
         ("cluster_id", "cluster_id"),
+        ("repair_after_s", "repair_after_s"),
     ):
         if name in values:
             optional[field_name] = values[name]
+    if join is not None:
+        # Provisional until the cluster answers the join (server.resolve_join).
+        optional["replicas"] = 1
     try:
         node = NodeConfig(
             node_id=node_id,
@@ -320,6 +353,7 @@ def _validate(values: Mapping[str, object]) -> ServerConfig:
         api=api,
         ready_file=Path(str(ready_file)) if ready_file else None,
         log_level=log_level,
+        join=str(join) if join is not None else None,
     )
 
 
@@ -436,9 +470,20 @@ def _write_ready_file(path: Path, document: Mapping[str, object]) -> None:
         os.close(fd)
 
 
-def _make_node(config: NodeConfig, server: grpc.aio.Server) -> Node:
-    """The node, its peer transport on the node's one gRPC server, and its gRPC forwarder."""
+def _make_node(
+    config: NodeConfig, server: grpc.aio.Server, join_map: ShardMap | None = None
+) -> Node:
+    """The node, its peer transport on the node's one gRPC server, and its gRPC forwarder
+    (which finds peers in the node's current shard map: nodes come and go, issue #10)."""
     host, port = split_address(config.grpc_address, "--grpc")
+    made: list[Node] = []
+
+    def address_of(node_id: int) -> str | None:
+        if made:
+            address = made[0].host.shard_map.nodes.get(node_id)
+            if address is not None:
+                return str(address)
+        return config.peers.get(node_id)
 
     def transport_factory(
         node_config: NodeConfig, on_frame: FrameHandler, rng: random.Random
@@ -457,7 +502,7 @@ def _make_node(config: NodeConfig, server: grpc.aio.Server) -> Node:
     def forwarder_factory(node_config: NodeConfig, fault_filter: FaultFilter) -> GrpcForwarder:
         return GrpcForwarder(
             node_config.node_id,
-            node_config.peers,
+            address_of,
             fault_filter,
             message_bytes_max=ApiConfig(
                 key_size_bytes_max=node_config.key_size_bytes_max,
@@ -465,7 +510,14 @@ def _make_node(config: NodeConfig, server: grpc.aio.Server) -> Node:
             ).grpc_message_bytes_max,
         )
 
-    return Node(config, transport_factory=transport_factory, forwarder_factory=forwarder_factory)
+    node = Node(
+        config,
+        transport_factory=transport_factory,
+        forwarder_factory=forwarder_factory,
+        join_map=join_map,
+    )
+    made.append(node)
+    return node
 
 
 class NodeServer:
@@ -549,7 +601,8 @@ class NodeServer:
             config.node, grpc_address=self.grpc_address, http_address=self.http_address
         )
         try:
-            self.node = _make_node(node_config, self._grpc.server)
+            node_config, join_map = await resolve_join(node_config, config.join)
+            self.node = _make_node(node_config, self._grpc.server, join_map)
             await self.node.start()
         except BaseException as error:
             self.node = None
@@ -567,9 +620,9 @@ class NodeServer:
                 raise ConfigError(str(error)) from None
             raise
         try:
-            self._grpc.add_api(self.node, self._peer_cut)
+            self._grpc.add_api(self.node, self._peer_cut, self.node.maintenance)
             await self._grpc.start()
-            self._http = HttpApi(self.node, config.api, self.metrics)
+            self._http = HttpApi(self.node, config.api, self.metrics, self.node.maintenance)
             await self._http.start_on(http_socket)
         except BaseException:
             http_socket.close()
@@ -625,9 +678,16 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
     stop.install(asyncio.get_running_loop())
     server = NodeServer(config)
     await server.start()
+    assert server.node is not None
+    decommissioned = asyncio.ensure_future(server.node.host.decommissioned.wait())
+    stopped = asyncio.ensure_future(stop.event.wait())
     try:
-        await stop.event.wait()
+        await asyncio.wait((decommissioned, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if decommissioned.done():
+            logger.info("node %d was removed from the cluster: stopping", config.node_id)
     finally:
+        decommissioned.cancel()
+        stopped.cancel()
         await server.stop()
     return EXIT_OK
 

@@ -12,6 +12,12 @@ Layout (little-endian, unsigned; `struct`-packed, no per-byte Python loops):
              | DELETE kind u8 (= 2) | request_id u64 | key_len u32 | key
              | BATCH  kind u8 (= 3) | count u32 | count x (PUT or DELETE item)
              | TXN    kind u8 (= 4) | request_id u64 | body_len u32 | body (txn_codec.py)
+             | CHECKSUM kind u8 (= 5) | request_id u64
+
+A CHECKSUM command (issue #10, `minikv cluster verify`) writes nothing: every replica
+computes the checksum of its state when it applies it, so all replicas checksum the state at
+one agreed log index without stopping writes (CockroachDB's ComputeChecksum does the same).
+It is always alone in its entry.
 
 Why a format byte: entries stay in Raft logs, WALs and snapshots across upgrades; a node must
 recognise an entry written by a newer format and fail that entry clearly instead of
@@ -52,6 +58,7 @@ class CommandKind(enum.IntEnum):
     DELETE = 2
     BATCH = 3
     TXN = 4
+    CHECKSUM = 5
 
 
 _U64_MAX = 2**64 - 1
@@ -60,6 +67,7 @@ _PUT_ITEM = struct.Struct("<BQII")  # kind, request_id, key_len, value_len
 _DELETE_ITEM = struct.Struct("<BQI")  # kind, request_id, key_len
 _BATCH_ITEM = struct.Struct("<BI")  # kind, count
 _TXN_ITEM = struct.Struct("<BQI")  # kind, request_id, body_len
+_CHECKSUM_ITEM = struct.Struct("<BQ")  # kind, request_id
 
 # The real fixed overhead of the largest single command stays under the bound limits.py
 # reasons with.
@@ -70,6 +78,7 @@ _PUT = CommandKind.PUT
 _DELETE = CommandKind.DELETE
 _BATCH = CommandKind.BATCH
 _TXN = CommandKind.TXN
+_CHECKSUM = CommandKind.CHECKSUM
 
 
 class CommandError(ValueError):
@@ -217,7 +226,21 @@ class TxnCommand:
         return _encode_top(self)
 
 
-Command = PutCommand | DeleteCommand | BatchCommand | TxnCommand
+@dataclass(frozen=True, slots=True)
+class ChecksumCommand:
+    """Checksum the shard's state at this entry's index on every replica."""
+
+    request_id: int = 0
+
+    def _encode_item(self, parts: list[bytes]) -> int:
+        parts.append(_CHECKSUM_ITEM.pack(_CHECKSUM, _check_request_id(self.request_id)))
+        return _CHECKSUM_ITEM.size
+
+    def encode(self) -> bytes:
+        return _encode_top(self)
+
+
+Command = PutCommand | DeleteCommand | BatchCommand | TxnCommand | ChecksumCommand
 
 
 def _encode_top(command: Command) -> bytes:
@@ -235,7 +258,9 @@ def _encode_top(command: Command) -> bytes:
 
 def encode_command(command: Command) -> bytes:
     """The entry data of `command`; raises CommandEncodeError if it is not valid."""
-    if not isinstance(command, PutCommand | DeleteCommand | BatchCommand | TxnCommand):
+    if not isinstance(
+        command, PutCommand | DeleteCommand | BatchCommand | TxnCommand | ChecksumCommand
+    ):
         raise CommandEncodeError(f"not a command: {type(command).__name__}")
     return command.encode()
 
@@ -343,6 +368,12 @@ def decode_command(data: bytes | memoryview) -> Command:
         result: Command = BatchCommand(tuple(commands))
     elif offset < size and view[offset] == _TXN:
         result, offset = _decode_txn(view, offset, size)
+    elif offset < size and view[offset] == _CHECKSUM:
+        if offset + _CHECKSUM_ITEM.size > size:
+            raise CommandDecodeError(offset, "CHECKSUM command is cut short")
+        _, request_id = _CHECKSUM_ITEM.unpack_from(view, offset)
+        result = ChecksumCommand(request_id)
+        offset += _CHECKSUM_ITEM.size
     else:
         result, offset = _decode_write(view, offset, size)
     if offset != size:

@@ -102,6 +102,10 @@ def derive_cluster_id(peers: Mapping[int, str]) -> str:
     return "minikv-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
+REPAIR_AFTER_S_DEFAULT: Final = 60.0
+REPAIR_AFTER_S_MAX: Final = 86_400.0
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One node's configuration. Construction validates every field (ValueError naming it)."""
@@ -125,6 +129,9 @@ class NodeConfig:
     snapshot_entries_threshold: int = SNAPSHOT_ENTRIES_THRESHOLD_DEFAULT
     cluster_id: str = ""
     """Empty: derived from the sorted peer list (`derive_cluster_id`)."""
+    repair_after_s: float = REPAIR_AFTER_S_DEFAULT
+    """The meta leader replaces the replicas of a node down this long (0: never on its
+    own; `minikv cluster repair` still does)."""
     seed: int | None = None
     """Seed of the election-timeout randomness; None draws one from the OS (production).
     Tests pass a seed so a run can be reproduced."""
@@ -198,6 +205,15 @@ class NodeConfig:
         elif len(self.cluster_id) > 128 or not self.cluster_id.isprintable():
             raise ValueError(
                 f"cluster_id must be at most 128 printable characters, got {self.cluster_id!r}"
+            )
+        if (
+            isinstance(self.repair_after_s, bool)
+            or not isinstance(self.repair_after_s, int | float)
+            or not 0 <= self.repair_after_s <= REPAIR_AFTER_S_MAX
+        ):
+            raise ValueError(
+                f"repair_after_s must be in 0..{REPAIR_AFTER_S_MAX} seconds, "
+                f"got {self.repair_after_s!r}"
             )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)

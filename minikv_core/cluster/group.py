@@ -51,6 +51,7 @@ from typing import Final
 
 from minikv_core.cluster.commands import (
     BatchCommand,
+    ChecksumCommand,
     CommandEncodeError,
     TxnCommand,
     WriteCommand,
@@ -85,6 +86,10 @@ _PUT_ITEM_BYTES: Final = 17
 assert PROPOSAL_BATCH_BYTES_MAX <= raft_limits.MESSAGE_BYTES_MAX
 INCOMING_SUFFIX: Final = ".incoming"
 PENDING_SUFFIX: Final = ".snapshot"
+
+
+AloneCommand = TxnCommand | ChecksumCommand
+"""Commands proposed alone in their entry."""
 
 
 class SnapshotArchiveError(ValueError):
@@ -378,7 +383,10 @@ class ShardGroup(Group):
         self.state_machine = state_machine
         self.proposals: dict[int, _Bucket] = {}
         """Entry index -> the client writes it carries, waiting for its apply result."""
-        self._queued: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]] = []
+        self._queued: list[tuple[WriteCommand | AloneCommand, asyncio.Future[ApplyResult]]] = []
+        self.corrupt = ""
+        """Why this replica is known corrupt (verify found a bad table or a checksum
+        mismatch); repair rebuilds it from the leader. Memory only: a restart re-verifies."""
         self.pending_dir = pending_dir
         """Where a received snapshot waits, durable, until the engine has installed it."""
         self.entries_rejected = 0
@@ -389,7 +397,7 @@ class ShardGroup(Group):
     def applied_index(self) -> int:
         return self.state_machine.applied_index
 
-    def enqueue(self, command: WriteCommand | TxnCommand) -> asyncio.Future[ApplyResult]:
+    def enqueue(self, command: WriteCommand | AloneCommand) -> asyncio.Future[ApplyResult]:
         """Queue a client write for the next `propose_queued` (the host calls it at the
         start of its next loop iteration, which the caller wakes). Writes queued together
         are proposed as one entry (a BatchCommand) when their keys are distinct: one log
@@ -408,11 +416,11 @@ class ShardGroup(Group):
         between ready() and advance(): RawNode allows proposals at any time)."""
         queued = [(c, f) for c, f in self._queued if not f.done()]
         self._queued.clear()
-        batch: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]] = []
+        batch: list[tuple[WriteCommand | AloneCommand, asyncio.Future[ApplyResult]]] = []
         keys: set[bytes] = set()
         size = 0
         for command, future in queued:
-            if isinstance(command, TxnCommand):
+            if isinstance(command, TxnCommand | ChecksumCommand):
                 if batch:
                     self._propose_batch(batch)
                     batch, keys, size = [], set(), 0
@@ -433,14 +441,16 @@ class ShardGroup(Group):
             self._propose_batch(batch)
 
     def _propose_batch(
-        self, batch: list[tuple[WriteCommand | TxnCommand, asyncio.Future[ApplyResult]]]
+        self, batch: list[tuple[WriteCommand | AloneCommand, asyncio.Future[ApplyResult]]]
     ) -> None:
         error: Exception | None = None
         try:
             if len(batch) == 1:
                 data = batch[0][0].encode()
             else:
-                writes = tuple(c for c, _ in batch if not isinstance(c, TxnCommand))
+                writes = tuple(
+                    c for c, _ in batch if not isinstance(c, TxnCommand | ChecksumCommand)
+                )
                 assert len(writes) == len(batch), "a transaction command is proposed alone"
                 data = BatchCommand(writes).encode()
             term, index = self.raw.propose(data)
@@ -551,6 +561,11 @@ class ShardGroup(Group):
             if not future.done():
                 future.set_exception(error)
         self._queued.clear()
+
+    def status(self) -> dict[str, object]:
+        document = super().status()
+        document["corrupt"] = self.corrupt
+        return document
 
     def snapshot_data(self, scratch_dir: Path) -> Callable[[SnapshotMetadata], bytes]:
         """The GroupStorage data source: the engine's current state, packed (blocking)."""

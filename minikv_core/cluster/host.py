@@ -58,6 +58,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from minikv_core.cluster.config import IdentityError, NodeConfig, NodeIdentity
@@ -69,7 +70,12 @@ from minikv_core.cluster.group import (
     ShardGroup,
     install_snapshot_dir,
 )
-from minikv_core.cluster.meta import MetaDecodeError, MetaStateMachine, encode_set_shard_map
+from minikv_core.cluster.meta import (
+    MetaDecodeError,
+    MetaSnapshot,
+    MetaStateMachine,
+    encode_set_shard_map,
+)
 from minikv_core.cluster.placement import place_meta
 from minikv_core.cluster.raft_log import GroupStorage, NodeRaftLog, RaftLogError
 from minikv_core.cluster.service import UnavailableError
@@ -146,6 +152,16 @@ TransportFactory = Callable[[NodeConfig, FrameHandler, random.Random], PeerTrans
 """Builds the node's peer transport (unstarted) for `on_frame`; the host starts and stops it."""
 
 
+def _remove_shard_files(directory: Path) -> None:
+    """Delete a shard replica's engine and any snapshot being received for it (blocking)."""
+    for path in (
+        directory,
+        directory.with_name(directory.name + PENDING_SUFFIX),
+        directory.with_name(directory.name + INCOMING_SUFFIX),
+    ):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def split_address(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
@@ -211,6 +227,8 @@ class HostCounters:
     snapshots_received: int = 0
     lease_reads: int = 0
     votes_ignored_after_restart: int = 0
+    replicas_created: int = 0
+    replicas_dropped: int = 0
 
 
 class MultiRaftHost:
@@ -222,8 +240,13 @@ class MultiRaftHost:
         *,
         transport_factory: TransportFactory | None = None,
         engine_options: EngineOptions | None = None,
+        join_map: ShardMap | None = None,
     ) -> None:
+        """`join_map`: this node joins a running cluster (`minikv serve --join`) whose meta
+        leader answered with this map (it lists this node): the node starts with an empty
+        meta replica that the meta leader catches up, instead of founding groups."""
         self.config = config
+        self._join_map = join_map
         self._transport_factory = transport_factory or default_transport_factory
         cache = BlockCache(BLOCK_CACHE_BYTES)
         if engine_options is None:
@@ -272,6 +295,12 @@ class MultiRaftHost:
         self._restarted_groups: set[int] = set()
         """Groups that had a term before this start: for one election timeout, they ignore
         vote requests (see `_on_frame`)."""
+        self._replica_changes: list[tuple[int, bool, asyncio.Future[None]]] = []
+        """(shard, create?, done) for the driver loop: replicas come and go between rounds."""
+        self._peer_map: dict[int, str] = dict(config.peers)
+        self.decommissioned = asyncio.Event()
+        """Set when the applied shard map no longer lists this node (`remove-node` finished):
+        the server stops."""
         self.segment_entries: dict[int, dict[int, tuple[int, int]]] = {}
         """WAL segment -> group -> (first, last) entry index written to it during this run
         (for the admin WAL view; segments replayed at start are not described)."""
@@ -370,7 +399,11 @@ class MultiRaftHost:
                 f"cannot open the Raft log in {config.wal_dir}: {error}"
             ) from error
         try:
-            if not identity.bootstrapped:
+            if not identity.bootstrapped and self._join_map is not None:
+                await self._join_as_learner(self._join_map)
+                identity = NodeIdentity.of(config, bootstrapped=True)
+                await asyncio.to_thread(identity.store, config.identity_path)
+            elif not identity.bootstrapped:
                 await self._bootstrap()
                 identity = NodeIdentity.of(config, bootstrapped=True)
                 await asyncio.to_thread(identity.store, config.identity_path)
@@ -411,6 +444,17 @@ class MultiRaftHost:
             if node_id in assignment.replicas and group_id not in existing:
                 voters = tuple(sorted(assignment.replicas))
                 await log.bootstrap_group_async(group_id, ConfState(voters, ()))
+
+    async def _join_as_learner(self, join_map: ShardMap) -> None:
+        """Create the empty meta replica of a node joining a running cluster, and record the
+        map the meta leader answered with, so a restart before the first snapshot arrives
+        still knows its peers (the meta group's applied state replaces it as it catches up)."""
+        log = self.log
+        if META_GROUP_ID not in log.groups():
+            await log.create_group_async(META_GROUP_ID)
+        state = MetaStateMachine(self.config.data_dir, self.bootstrap_map)
+        if state.applied_index == 0:
+            await asyncio.to_thread(state.persist, MetaSnapshot(0, join_map))
 
     def _raft_config(self, applied_index: int) -> Config:
         return Config(
@@ -458,19 +502,42 @@ class MultiRaftHost:
                     f"the Raft log holds group {group_id}, but the cluster has {config.shards} "
                     "shards"
                 )
-            state_machine = await asyncio.to_thread(self._open_shard, shard, snapshot_index)
-            self._engines.append(state_machine.engine)
-            applied = min(state_machine.applied_index, committed)
-            raw = self._raw_node(group_id, applied, storage, rng)
-            pending = config.shard_dir(shard).with_name(f"{shard}{PENDING_SUFFIX}")
-            group = ShardGroup(group_id, shard, raw, storage, state_machine, pending)
-            group.preferred_leader = self.shard_map.shards[shard].preferred_leader
-            storage.snapshot_data_source = group.snapshot_data(config.shards_dir)
-            self.groups[group_id] = group
-            self.shard_groups[shard] = group
+            await self._open_shard_group(shard, storage, snapshot_index, committed, rng)
         if self.meta is None:
             raise NodeStartError(f"the Raft log in {config.wal_dir} has no meta group (group 0)")
         self._group_list = [self.groups[g] for g in sorted(self.groups)]
+        # A replica dropped by a run that crashed before deleting its files (the log's
+        # REMOVED mark is written first): nothing can use those files any more.
+        for shard in range(config.shards):
+            if shard not in self.shard_groups:
+                await asyncio.to_thread(_remove_shard_files, config.shard_dir(shard))
+
+    async def _open_shard_group(
+        self,
+        shard: int,
+        storage: GroupStorage,
+        snapshot_index: int,
+        committed: int,
+        rng: random.Random,
+    ) -> ShardGroup:
+        config = self.config
+        group_id = group_of_shard(shard)
+        state_machine = await asyncio.to_thread(self._open_shard, shard, snapshot_index)
+        self._engines.append(state_machine.engine)
+        applied = min(state_machine.applied_index, committed)
+        try:
+            raw = self._raw_node(group_id, applied, storage, rng)
+        except BaseException:
+            self._engines.remove(state_machine.engine)
+            await asyncio.to_thread(state_machine.engine.close)
+            raise
+        pending = config.shard_dir(shard).with_name(f"{shard}{PENDING_SUFFIX}")
+        group = ShardGroup(group_id, shard, raw, storage, state_machine, pending)
+        group.preferred_leader = self.shard_map.shards[shard].preferred_leader
+        storage.snapshot_data_source = group.snapshot_data(config.shards_dir)
+        self.groups[group_id] = group
+        self.shard_groups[shard] = group
+        return group
 
     def _raw_node(
         self, group_id: int, applied: int, storage: GroupStorage, rng: random.Random
@@ -727,6 +794,9 @@ class MultiRaftHost:
                 if self._compactions or self._force_truncate:
                     self._all_dirty = True
                     await self._apply_compactions()
+                if self._replica_changes:
+                    self._all_dirty = True
+                    await self._apply_replica_changes()
                 if self._queued_groups:
                     queued, self._queued_groups = self._queued_groups, set()
                     self._dirty.update(queued)
@@ -891,6 +961,7 @@ class MultiRaftHost:
             self.counters.maintenance_runs += 1
             try:
                 self._propose_bootstrap_epoch()
+                await self.reconcile_replicas()
                 self._transfer_to_preferred_leaders()
                 await self.plan_compactions(force_shards=None)
             except (StorageError, RaftError, OSError) as error:
@@ -926,7 +997,7 @@ class MultiRaftHost:
         node_id = self.config.node_id
         transport = self.transport
         connected = {
-            peer for peer in self.config.peers if peer != node_id and transport.is_connected(peer)
+            peer for peer in self._peer_map if peer != node_id and transport.is_connected(peer)
         }
         joined = connected - self._connected_peers if self._connected_peers is not None else set()
         self._connected_peers = connected
@@ -957,6 +1028,104 @@ class MultiRaftHost:
                 continue
             self.counters.transfers_started += 1
             self.wake()
+
+    # ---------------------------------------------------------------- replicas (#10)
+
+    async def reconcile_replicas(self) -> None:
+        """Make this node's replicas and peers match the meta group's applied shard map.
+
+        The map is the desired state and the maintenance executor keeps the invariant
+        "every member of a group's Raft configuration is listed in the map" (a replica is
+        listed before it is added, and unlisted only after its removal committed): so a
+        listed shard without a local replica gets an empty one (it joins as a learner and
+        is caught up by its leader), and a local replica the map no longer lists was removed
+        from its group and is deleted. A node the map no longer lists at all was
+        decommissioned: `decommissioned` is set and the server stops."""
+        meta = self.meta
+        if meta is None or self.failure is not None or not self._running:
+            return
+        shard_map = meta.state_machine.shard_map
+        if shard_map.epoch == 0:
+            return  # the bootstrap map: the founding groups already match it
+        node_id = self.config.node_id
+        peers = dict(shard_map.nodes)
+        if peers != self._peer_map:
+            self._peer_map = peers
+            self.transport.set_peers(peers)
+        if node_id not in shard_map.nodes:
+            self.decommissioned.set()
+            return
+        for shard, group in self.shard_groups.items():
+            group.preferred_leader = shard_map.shards[shard].preferred_leader
+        wanted = shard_map.hosted_by(node_id)
+        changes: list[tuple[int, bool]] = [
+            (shard, True) for shard in sorted(wanted - set(self.shard_groups))
+        ]
+        for shard, group in sorted(self.shard_groups.items()):
+            # Never drop a replica this node leads (the executor moves leadership first; a
+            # map lagging this group's log must not take a working leader down).
+            if shard not in wanted and not group.is_leader:
+                changes.append((shard, False))
+        if not changes:
+            return
+        async with self._planning:
+            loop = asyncio.get_running_loop()
+            waiters = []
+            for shard, create in changes:
+                future: asyncio.Future[None] = loop.create_future()
+                self._replica_changes.append((shard, create, future))
+                waiters.append(future)
+            self.wake()
+            await asyncio.gather(*waiters)
+
+    async def _apply_replica_changes(self) -> None:
+        """In the driver loop (no Ready outstanding): create and drop replicas."""
+        queued, self._replica_changes = self._replica_changes, []
+        try:
+            for shard, create, future in queued:
+                if create and shard not in self.shard_groups:
+                    await self._create_replica(shard)
+                elif not create and shard in self.shard_groups:
+                    await self._drop_replica(shard)
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            for _, _, future in queued:
+                if not future.done():
+                    future.set_exception(UnavailableError("replica change interrupted"))
+        self._group_list = [self.groups[g] for g in sorted(self.groups)]
+
+    async def _create_replica(self, shard: int) -> None:
+        await asyncio.to_thread(_remove_shard_files, self.config.shard_dir(shard))
+        storage = await self.log.create_group_async(group_of_shard(shard))
+        rng = random.Random(self._rng.getrandbits(64))
+        await self._open_shard_group(shard, storage, 0, 0, rng)
+        self.counters.replicas_created += 1
+        logger.info("node %d: created an empty replica of shard %d", self.config.node_id, shard)
+
+    async def _drop_replica(self, shard: int) -> None:
+        group = self.shard_groups.pop(shard)
+        del self.groups[group.group_id]
+        self._dirty.discard(group)
+        self._queued_groups.discard(group)
+        self._leases.pop(group.group_id, None)
+        group.fail_all(
+            UnavailableError(
+                f"shard {shard}'s replica left node {self.config.node_id}",
+                leader_hint=group.leader_id,
+                retry_after_s=0.05,
+            )
+        )
+        await self.log.remove_group_async(group.group_id)
+        engine = group.state_machine.engine
+        self._engines.remove(engine)
+        try:
+            await asyncio.to_thread(engine.close)
+        except (StorageError, OSError) as error:
+            logger.warning("shard %d: closing the dropped replica's engine: %s", shard, error)
+        await asyncio.to_thread(_remove_shard_files, self.config.shard_dir(shard))
+        self.counters.replicas_dropped += 1
+        logger.info("node %d: dropped its replica of shard %d", self.config.node_id, shard)
 
     async def compact_logs(self, shards: list[int]) -> list[tuple[int, int]]:
         """Admin "snapshot": flush the given shards' engines, compact their logs to their
@@ -1032,7 +1201,9 @@ class MultiRaftHost:
                 highest[compaction.group_id] = compaction
         marks = []
         for compaction in highest.values():
-            group = self.groups[compaction.group_id]
+            group = self.groups.get(compaction.group_id)
+            if group is None:
+                continue  # the replica was dropped since the compaction was planned
             group.compaction_pending = False
             if compaction.index <= group.snapshot_index:
                 continue

@@ -48,6 +48,7 @@ from minikv_core.cluster.commands import DeleteCommand, PutCommand, TxnCommand
 from minikv_core.cluster.config import NodeConfig
 from minikv_core.cluster.group import ShardGroup
 from minikv_core.cluster.host import MultiRaftHost, TransportFactory
+from minikv_core.cluster.maintenance import Maintenance
 from minikv_core.cluster.service import (
     AdminDocument,
     Consistency,
@@ -64,7 +65,7 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
-from minikv_core.cluster.shard_map import META_GROUP_ID, shard_for_key
+from minikv_core.cluster.shard_map import META_GROUP_ID, ShardMap, shard_for_key
 from minikv_core.cluster.state_machine import ApplyResult, ResultKind
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX, TxnRequest, TxnResponse, validate
 from minikv_core.cluster.txn_codec import (
@@ -152,10 +153,15 @@ class Node:
         transport_factory: TransportFactory | None = None,
         forwarder_factory: ForwarderFactory | None = None,
         engine_options: EngineOptions | None = None,
+        join_map: ShardMap | None = None,
     ) -> None:
+        """`join_map`: the node joins a running cluster (MultiRaftHost explains)."""
         self.config = config
         self.host = MultiRaftHost(
-            config, transport_factory=transport_factory, engine_options=engine_options
+            config,
+            transport_factory=transport_factory,
+            engine_options=engine_options,
+            join_map=join_map,
         )
         self._forwarder_factory = forwarder_factory
         self.forwarder: Forwarder | None = None
@@ -180,6 +186,11 @@ class Node:
         """Shard -> last leader learned by forwarding (for shards this node does not hold)."""
         self._txn_rng = random.Random(random.SystemRandom().getrandbits(64))
         self.txn_coordinator = TxnCoordinator(self, self._shard_of, self._txn_rng, fault_from_env())
+        self.maintenance = Maintenance(self)
+
+    def next_request_id(self) -> int:
+        """A fresh id for a command this node proposes (see `_request_ids`)."""
+        return next(self._request_ids)
 
     @property
     def node_id(self) -> int:
@@ -200,6 +211,7 @@ class Node:
             except BaseException:
                 await self.host.stop()
                 raise
+        self.maintenance.start()
         self._accepting = True
 
     async def stop(self) -> None:
@@ -221,6 +233,7 @@ class Node:
                     grace_s,
                 )
         try:
+            await self.maintenance.stop()
             await self.txn_coordinator.close()
             await self.host.stop()
         finally:
@@ -690,6 +703,10 @@ class Node:
                 "transfers_started": counters.transfers_started,
                 "maintenance_runs": counters.maintenance_runs,
                 "snapshots_received": counters.snapshots_received,
+                "lease_reads": counters.lease_reads,
+                "votes_ignored_after_restart": counters.votes_ignored_after_restart,
+                "replicas_created": counters.replicas_created,
+                "replicas_dropped": counters.replicas_dropped,
                 "requests_in_flight": self._in_flight,
             },
             "requests": {"reads": self._reads, "writes": self._writes},

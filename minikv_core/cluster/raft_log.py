@@ -50,6 +50,14 @@ Group bootstrap: `bootstrap_group(group_id, conf_state)` writes a mark at index 
 the founding membership, so a restarted founding member knows its group without anyone
 telling it again.
 
+Groups come and go at run time (issue #10: repair, rebalance, membership).
+`create_group(group_id)` registers a replica that joins an existing group: it has no
+membership yet (it learns it from the leader, usually with a snapshot) and is made durable by
+an empty hard state record, so a restart still knows the node hosts it. `remove_group` writes
+a REMOVED mark (the same two records as any mark, index and term 0): replay drops the group's
+state at that point. Truncation needs nothing more: every record of the removed incarnation
+precedes the REMOVED mark, so a prefix of segments that deletes the mark deletes them too.
+
 Replay (open) reads the WAL once, in order, per group:
 - an entry at index i <= snapshot index: covered, ignored;
 - otherwise it overwrites index i and drops every entry after it (Raft §5.3); if the group
@@ -154,6 +162,9 @@ class MarkKind(enum.IntEnum):
     """The host compacted its log: entries <= index are dropped, later ones stay."""
     INSTALL = 2
     """A snapshot from the leader (Raft §7) replaced the whole log."""
+    REMOVED = 3
+    """The group left this node (its replica was moved or rebuilt): replay forgets every
+    record of it written before this mark. A group created again later starts fresh."""
 
 
 # ------------------------------------------------------------------------------- errors
@@ -818,6 +829,36 @@ class NodeRaftLog:
             self._busy = None
         return self._groups[group_id].storage
 
+    async def create_group_async(self, group_id: int) -> GroupStorage:
+        """Durably register a replica joining an existing group (empty membership: it learns
+        it from the group's leader). Raises RaftLogInputError if the group exists here."""
+        self._enter("create_group_async")
+        try:
+            if group_id in self._groups:
+                raise RaftLogInputError(f"group {group_id} already exists on this node")
+            group = self._lookup(group_id)
+            positions = await self._append_async([_hard_state_record(group_id, HardState())])
+            group.hard_state = HardState()
+            group.hard_state_segment = positions.segment_of(0)
+            self._groups[group_id] = group
+        finally:
+            self._busy = None
+        return group.storage
+
+    async def remove_group_async(self, group_id: int) -> None:
+        """Durably forget the group (a REMOVED mark); its records become dead weight that
+        truncation deletes with their segments. Raises RaftLogInputError if unknown."""
+        self._enter("remove_group_async")
+        try:
+            if group_id not in self._groups:
+                raise RaftLogInputError(f"group {group_id} does not exist on this node")
+            await self._append_async(
+                _snapshot_records(group_id, SnapshotMetadata(0, 0, ConfState()), MarkKind.REMOVED)
+            )
+            del self._groups[group_id]
+        finally:
+            self._busy = None
+
     def _plan_bootstrap(
         self, group_id: int, conf_state: ConfState
     ) -> tuple[list[Record], list[_MarkPlan]]:
@@ -1072,7 +1113,9 @@ def _replay(wal: Wal) -> dict[int, _Group]:
                 state.group.hard_state_segment = position.segment
                 state.hard_state_position = position
             elif record_type == _RAFT_SNAPSHOT:
-                _replay_mark(state_of, RaftSnapshotMark.decode(payload), position)
+                mark = RaftSnapshotMark.decode(payload)
+                if _replay_mark(state_of, mark, position):
+                    del states[mark.group_id]
             else:
                 raise ValueError(
                     f"a {RecordType(record_type).name} record is not part of a Raft log "
@@ -1117,7 +1160,8 @@ def _replay_entry(
 
 def _replay_mark(
     state_of: Callable[[int], _ReplayGroup], record: RaftSnapshotMark, position: Position
-) -> None:
+) -> bool:
+    """Apply a mark; True if it is a REMOVED mark (the caller forgets the group)."""
     state = state_of(record.group_id)
     group = state.group
     group_id, index, term = record.group_id, record.index, record.term
@@ -1129,6 +1173,8 @@ def _replay_mark(
             "metadata record"
         )
     kind, conf_state = meta[2], meta[3]
+    if kind is MarkKind.REMOVED:
+        return True
     current = group.mark
     if current is not None and (
         index < current.index or (index == current.index and kind is MarkKind.INSTALL)
@@ -1153,6 +1199,7 @@ def _replay_mark(
         group.runs.drop_through(index)
     group.mark = SnapshotMetadata(index, term, conf_state)
     group.mark_segment = position.segment
+    return False
 
 
 def _build(directory: Path, group_id: int, state: _ReplayGroup) -> _Group:

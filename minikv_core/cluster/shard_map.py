@@ -56,6 +56,15 @@ class ShardAssignment:
     """Distinct node ids holding the shard."""
     preferred_leader: int
     """Where the node moves leadership once elected (spreads leaders evenly)."""
+    learners: tuple[int, ...] = ()
+    """Replicas being added (issue #10): listed here *before* the group's leader adds them as
+    Raft learners, so the node creates its empty replica first. Invariant kept by the
+    maintenance executor: every member of the group's Raft configuration is in `replicas` or
+    `learners` (a node drops a replica the map no longer lists; see host.py)."""
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        return (*self.replicas, *self.learners)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,11 @@ class ShardMap:
                 raise ShardMapError(f"shard {assignment.shard} listed at position {number}")
             if not assignment.replicas or len(set(assignment.replicas)) != len(assignment.replicas):
                 raise ShardMapError(f"shard {number}: replicas must be distinct and non-empty")
-            unknown = [r for r in assignment.replicas if r not in self.nodes]
+            if set(assignment.learners) & set(assignment.replicas) or len(
+                set(assignment.learners)
+            ) != len(assignment.learners):
+                raise ShardMapError(f"shard {number}: learners must be distinct and not replicas")
+            unknown = [r for r in assignment.members if r not in self.nodes]
             if unknown:
                 raise ShardMapError(f"shard {number}: replicas {unknown} are not cluster nodes")
             if assignment.preferred_leader not in assignment.replicas:
@@ -97,6 +110,18 @@ class ShardMap:
 
     def shards_of_node(self, node_id: int) -> list[int]:
         return [a.shard for a in self.shards if node_id in a.replicas]
+
+    def hosted_by(self, node_id: int) -> set[int]:
+        """Shards `node_id` should hold a replica of (voter or incoming learner)."""
+        return {a.shard for a in self.shards if node_id in a.members}
+
+    def with_shard(self, assignment: ShardAssignment) -> ShardMap:
+        shards = list(self.shards)
+        shards[assignment.shard] = assignment
+        return ShardMap(self.epoch, self.nodes, tuple(shards))
+
+    def with_nodes(self, nodes: Mapping[int, str]) -> ShardMap:
+        return ShardMap(self.epoch, nodes, self.shards)
 
     @classmethod
     def bootstrap(cls, peers: Mapping[int, str], shards: int, replicas: int) -> ShardMap:
@@ -125,6 +150,7 @@ class ShardMap:
                     "shard": a.shard,
                     "replicas": list(a.replicas),
                     "preferred_leader": a.preferred_leader,
+                    "learners": list(a.learners),
                 }
                 for a in self.shards
             ],
@@ -147,6 +173,7 @@ class ShardMap:
                     int(item["shard"]),
                     tuple(int(r) for r in item["replicas"]),
                     int(item["preferred_leader"]),
+                    tuple(int(r) for r in item.get("learners", ())),
                 )
                 for item in document["shards"]
             )
@@ -180,6 +207,7 @@ class ShardMap:
                     "group": group_of_shard(a.shard),
                     "replicas": list(a.replicas),
                     "preferred_leader": a.preferred_leader,
+                    "learners": list(a.learners),
                     "leader": leaders.get(a.shard, 0),
                 }
                 for a in self.shards

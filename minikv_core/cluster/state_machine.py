@@ -60,6 +60,7 @@ from typing import NamedTuple
 from minikv_core.cluster import limits
 from minikv_core.cluster.commands import (
     BatchCommand,
+    ChecksumCommand,
     CommandDecodeError,
     DeleteCommand,
     PutCommand,
@@ -71,6 +72,7 @@ from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
 from minikv_core.cluster.txn_codec import Conflict, TxnResult
 from minikv_core.cluster.txn_locks import TxnLockTable
 from minikv_core.raft.types import Entry, EntryType
+from minikv_core.storage import verify
 from minikv_core.storage.engine import (
     Delete,
     Engine,
@@ -115,6 +117,26 @@ class ApplyResult:
     """REJECTED: why the entry's data is not a command."""
     txn: TxnResult | None = None
     """TXN: the transaction command's result. CONFLICT: the `Conflict` (lock holders)."""
+
+
+CHECKSUMS_KEPT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ChecksumRecord:
+    """A replica's checksum of its state at a CHECKSUM entry (or why it could not read it)."""
+
+    index: int
+    checksum: verify.StateChecksum | None
+    error: str
+    """Non-empty when reading the state failed (a corrupt table): names file and offset."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "checksum": self.checksum.to_json() if self.checksum is not None else None,
+            "error": self.error,
+        }
 
 
 class VersionedValue(NamedTuple):
@@ -163,7 +185,7 @@ class ShardStateMachine:
     each batch atomically).
     """
 
-    __slots__ = ("_engine", "_entries_skipped", "txn")
+    __slots__ = ("_engine", "_entries_skipped", "checksums", "txn")
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -171,6 +193,9 @@ class ShardStateMachine:
         self.txn = TxnLockTable()
         """Prepared transactions and their locks: an index over replicated state."""
         self.txn.load(engine)
+        self.checksums: dict[int, ChecksumRecord] = {}
+        """Checksums of the applied state taken at CHECKSUM entries, by entry index (the
+        newest CHECKSUMS_KEPT; memory only: a restarted replica is simply checked again)."""
 
     @property
     def engine(self) -> Engine:
@@ -220,6 +245,18 @@ class ShardStateMachine:
             self._apply_entry(entry, results)
         return results
 
+    def _record_checksum(self, index: int) -> None:
+        """Checksum the state as of `index` now, between two entries, so every replica hashes
+        the same logical state. A corrupt table is a finding, not a crash: the replica keeps
+        applying and verify reports it (repair then rebuilds the replica)."""
+        try:
+            record = ChecksumRecord(index, verify.state_checksum(self._engine), "")
+        except StorageError as error:
+            record = ChecksumRecord(index, None, str(error))
+        self.checksums[index] = record
+        while len(self.checksums) > CHECKSUMS_KEPT:
+            del self.checksums[min(self.checksums)]
+
     def _apply_entry(self, entry: Entry, results: list[ApplyResult]) -> None:
         index = entry.index
         if entry.type == EntryType.CONF_CHANGE:
@@ -237,6 +274,13 @@ class ShardStateMachine:
             return
         if isinstance(command, TxnCommand):
             self._apply_txn(entry, command, results)
+            return
+        if isinstance(command, ChecksumCommand):
+            self._engine.apply((), index)
+            self._record_checksum(index)
+            results.append(
+                ApplyResult(ResultKind.NOOP, index, entry.term, request_id=command.request_id)
+            )
             return
         writes: tuple[WriteCommand, ...] = (
             command.commands if isinstance(command, BatchCommand) else (command,)

@@ -45,6 +45,7 @@ from minikv_core.net import api, limits
 from minikv_core.net.api import ApiConfig
 from minikv_core.net.errors_map import hint_metadata, mapping_for
 from minikv_core.net.forwarder import forwarded_by
+from minikv_core.net.maintenance_rpc import MaintenanceEndpoint, cluster_handler
 from minikv_core.net.metrics import NodeMetrics
 from minikv_core.net.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
@@ -586,17 +587,34 @@ class GrpcServer:
         self.port = port
         return port
 
-    def add_api(self, service: NodeService, peer_filter: PeerFilter | None = None) -> None:
-        """Register KV and Admin over `service` (before `start()`)."""
+    def add_api(
+        self,
+        service: NodeService,
+        peer_filter: PeerFilter | None = None,
+        maintenance: MaintenanceEndpoint | None = None,
+    ) -> None:
+        """Register KV and Admin over `service`, and `minikv.v1.Cluster` over `maintenance`
+        when given (before `start()`)."""
         assert not self._started, "services must be registered before the server starts"
         kv = KvServicer(service, self._config, self._metrics, self._in_flight, peer_filter)
         admin = AdminServicer(service, self._config, self._metrics, self._in_flight)
-        self.server.add_generic_rpc_handlers(
-            (
-                service_handler(kv_pb2, "KV", kv, self._metrics),
-                service_handler(admin_pb2, "Admin", admin, self._metrics),
-            )
-        )
+        handlers = [
+            service_handler(kv_pb2, "KV", kv, self._metrics),
+            service_handler(admin_pb2, "Admin", admin, self._metrics),
+        ]
+        if maintenance is not None:
+            calls = _Calls(self._config, self._metrics, "Cluster", self._in_flight)
+
+            async def serve(
+                method: str,
+                context: grpc.aio.ServicerContext,
+                call: Callable[[float], Awaitable[bytes]],
+                admin: bool,
+            ) -> bytes:
+                return await calls.serve(method, context, call, admin=admin)
+
+            handlers.append(cluster_handler(maintenance, serve))
+        self.server.add_generic_rpc_handlers(tuple(handlers))
 
     async def start(self) -> None:
         assert self.port != 0, "bind() before start()"

@@ -19,6 +19,9 @@ status of `errors_map.ERROR_TABLE`):
     DELETE /admin/fault     heal
     POST   /admin/transfer-leader {"shard": s, "node": n}
     POST   /admin/snapshot {"shards": [..]} | /admin/compact {"shards": [..]} (body optional)
+    POST   /admin/repair {"dry_run", "dead": [ids], "wait"} | /admin/rebalance {"dry_run", "wait"}
+           | /admin/remove-node {"node": n, "dry_run", "wait"} | /admin/verify {"wait"}
+    GET    /admin/maintenance[?id=]   the latest (or named) maintenance job and its steps
     GET    /metrics         Prometheus text
     GET    /health/live     200 while the process serves
     GET    /health/ready    200, or 503 {"error": "not_ready", "detail": reason}
@@ -77,6 +80,7 @@ from minikv_core.net.errors_map import (
     mapping_for,
     retry_after_header_s,
 )
+from minikv_core.net.maintenance_rpc import MaintenanceEndpoint
 from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
 
 logger = logging.getLogger(__name__)
@@ -208,8 +212,15 @@ class HttpApi:
     API_SHUTDOWN_GRACE_S), then closes.
     """
 
-    def __init__(self, service: NodeService, config: ApiConfig, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        service: NodeService,
+        config: ApiConfig,
+        metrics: NodeMetrics,
+        maintenance: MaintenanceEndpoint | None = None,
+    ) -> None:
         self._service = service
+        self._maintenance = maintenance
         self._config = config
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
@@ -271,6 +282,10 @@ class HttpApi:
         router.add_post("/admin/transfer-leader", admin(self._transfer_leader))
         router.add_post("/admin/snapshot", admin(self._snapshot))
         router.add_post("/admin/compact", admin(self._compact))
+        if self._maintenance is not None:
+            for operation in ("repair", "rebalance", "remove-node", "verify"):
+                router.add_post(f"/admin/{operation}", admin(self._maintain(operation)))
+            router.add_get("/admin/maintenance", admin(self._maintenance_job), allow_head=False)
         router.add_get("/metrics", self._render_metrics, allow_head=False)
         router.add_get("/health/live", self._live, allow_head=False)
         router.add_get("/health/ready", self._ready, allow_head=False)
@@ -529,6 +544,36 @@ class HttpApi:
             self._service.transfer_leader(shard, node, deadline), deadline, "transfer-leader"
         )
         return _json_response(200, {"shard": shard, "leader": node})
+
+    def _maintain(self, route: str) -> Handler:
+        """POST /admin/<operation>: start a maintenance job on the meta leader (forwarded
+        there) and answer its document; `"wait": true` in the body waits for the job up to
+        the request's deadline (`?timeout_ms=`, at most 60 s), `"dry_run": true` answers the
+        plan without doing anything."""
+        operation = route.replace("-", "_")
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            assert self._maintenance is not None
+            params = _query(request, ("timeout_ms",))
+            deadline = self._deadline(params)
+            body = await self._read_json(request)
+            document = await api.call_with_deadline(
+                self._maintenance.operate(operation, body, deadline), deadline, route
+            )
+            return _json_response(200, document)
+
+        return handler
+
+    async def _maintenance_job(self, request: web.Request) -> web.StreamResponse:
+        """GET /admin/maintenance[?id=]: the latest (or the named) maintenance job."""
+        assert self._maintenance is not None
+        params = _query(request, ("timeout_ms", "id"))
+        deadline = self._deadline(params)
+        args = {"id": params["id"].decode(errors="replace")} if "id" in params else {}
+        document = await api.call_with_deadline(
+            self._maintenance.operate("job", args, deadline), deadline, "maintenance"
+        )
+        return _json_response(200, document)
 
     async def _snapshot(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))

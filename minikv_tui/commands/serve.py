@@ -43,6 +43,16 @@ def serve(
         typer.Option(help="gRPC address host:port for clients and peers (default: --peers[id])."),
     ] = None,
     peers: Annotated[str | None, typer.Option(help="Every node: 1=host:port,2=host:port,…")] = None,
+    join: Annotated[
+        str | None,
+        typer.Option(help="Join a running cluster through a member's gRPC host:port."),
+    ] = None,
+    repair_after_s: Annotated[
+        int | None,
+        typer.Option(
+            "--repair-after-s", help="Replace replicas of a node down this long (60; 0: never)."
+        ),
+    ] = None,
     shards: Annotated[int | None, typer.Option(help="Shards at cluster creation (8).")] = None,
     replicas: Annotated[int | None, typer.Option(help="Replicas per shard (3).")] = None,
     value_size_max: Annotated[
@@ -83,6 +93,8 @@ def serve(
         "http": http,
         "grpc": grpc,
         "peers": peers,
+        "join": join,
+        "repair_after_s": repair_after_s,
         "shards": shards,
         "replicas": replicas,
         "value_size_max": value_size_max,

@@ -1,0 +1,771 @@
+"""Cluster maintenance (issue #10): membership, repair, verify and rebalance, run by the meta
+group's leader as background *jobs* that operators start and watch.
+
+Why the meta leader: the shard map lives in the meta group, and every replica move changes
+it, so the node that can propose the map is the one that drives the moves; one leader means
+one driver, and `operate` on any other node forwards there. Why jobs: a repair that catches a
+replica up by snapshot can outlast any request deadline; a job runs on, and `operate job`
+reports its steps as they finish (the CLI's progress bar, the dashboard, `GET /admin/...`).
+A job is lost if its node loses the meta leadership; every step is safe to interrupt, and
+running the operation again re-plans from what the cluster now is.
+
+How a replica moves (the order is the safety argument; see also host.reconcile_replicas):
+  add(shard s, node n):  map lists n as learner of s  ->  n creates an empty replica  ->
+                         s's leader adds n as a Raft learner (thesis §4.2.1)  ->  n catches
+                         up (entries, or a snapshot)  ->  the leader promotes n to voter  ->
+                         the map lists n as a replica.
+  remove(s, n):          leadership moves off n if it leads  ->  the leader removes n (§4.1,
+                         one server at a time)  ->  the map drops n  ->  n deletes its replica.
+Invariant: every member of a group's configuration is listed in the map (so no node deletes
+a replica its group still counts), and a shard never has fewer healthy voters than before a
+step (the planner adds before it removes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from minikv_core.cluster.config import META_VOTERS_MAX
+from minikv_core.cluster.maintenance_local import LocalMaintenance, int_arg
+from minikv_core.cluster.maintenance_plan import (
+    Plan,
+    Step,
+    StepKind,
+    plan_rebalance,
+    plan_remove_node,
+    plan_repair,
+)
+from minikv_core.cluster.maintenance_view import ClusterView, ViewBuilder
+from minikv_core.cluster.service import (
+    DeadlineExceededError,
+    InvalidRequestError,
+    ServiceError,
+    UnavailableError,
+)
+from minikv_core.cluster.shard_map import (
+    META_GROUP_ID,
+    ShardAssignment,
+    ShardMap,
+    group_of_shard,
+)
+from minikv_core.net.maintenance_rpc import MaintenanceClient
+
+if TYPE_CHECKING:
+    from minikv_core.cluster.node_service import Node
+
+logger = logging.getLogger(__name__)
+
+JsonObject = dict[str, Any]
+
+CALL_TIMEOUT_S: Final = 10.0
+CATCH_UP_TIMEOUT_S: Final = 120.0
+STEP_TIMEOUT_S: Final = 180.0
+AUTO_PERIOD_S: Final = 2.0
+JOBS_KEPT: Final = 16
+PLAN_ROUNDS_MAX: Final = 3
+"""A job re-plans after its steps (the cluster may have changed meanwhile), this often."""
+OPERATIONS: Final = ("repair", "rebalance", "remove_node", "verify", "job", "join")
+
+
+@dataclass(slots=True)
+class StepRecord:
+    doc: JsonObject
+    step: Step | None = None
+    state: str = "pending"
+    detail: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> JsonObject:
+        return {
+            **self.doc,
+            "state": self.state,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    kind: str
+    args: JsonObject
+    auto: bool = False
+    state: str = "running"
+    plan: Plan | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    error: str = ""
+    results: list[JsonObject] = field(default_factory=list)
+    """verify: one document per shard."""
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> JsonObject:
+        document: JsonObject = {
+            "id": self.id,
+            "kind": self.kind,
+            "args": self.args,
+            "auto": self.auto,
+            "state": self.state,
+            "error": self.error,
+            "steps": [s.to_json() for s in self.steps],
+            "steps_done": sum(1 for s in self.steps if s.state == "done"),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+        if self.plan is not None:
+            plan = self.plan.to_json()
+            document["under_replicated"] = plan["under_replicated"]
+            document["blocked"] = plan["blocked"]
+        if self.kind == "verify":
+            document["shards"] = self.results
+            document["corrupt"] = [c for r in self.results for c in r.get("corrupt", [])]
+            document["clean"] = self.state == "done" and not document["corrupt"]
+        return document
+
+
+class Maintenance:
+    """Serves `minikv.v1.Cluster` (net/maintenance_rpc.py) for one node."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self.local = LocalMaintenance(node)
+        self._client = MaintenanceClient()
+        self._views = ViewBuilder(self._poll_status, node.config.repair_after_s)
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._job_ids = itertools.count(1)
+        self._running: Job | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._auto: asyncio.Task[None] | None = None
+
+    @property
+    def _host(self):  # type: ignore[no-untyped-def]  # MultiRaftHost; avoids an import cycle
+        return self._node.host
+
+    def start(self) -> None:
+        self._auto = asyncio.get_running_loop().create_task(
+            self._auto_loop(), name=f"node{self._node.node_id}-maintenance-auto"
+        )
+
+    async def stop(self) -> None:
+        tasks = [*self._tasks, *([self._auto] if self._auto is not None else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                logger.debug("maintenance task ended with an error", exc_info=True)
+        await self._client.close()
+
+    # ------------------------------------------------------------------ peer calls
+
+    async def handle_call(self, method: str, args: JsonObject, deadline: float) -> JsonObject:
+        local = self.local
+        if method == "status":
+            body: JsonObject = dict(self._node.status().body)
+            return body
+        if method == "change_replicas":
+            return await local.change_replicas(args, deadline)
+        if method == "progress":
+            return local.progress(args)
+        if method == "transfer_leader":
+            return await local.transfer_leader(args, deadline)
+        if method == "checksum_propose":
+            return await local.propose_checksum(args, deadline)
+        if method == "checksum":
+            return await local.checksum(args, deadline)
+        if method == "mark_corrupt":
+            return local.mark_corrupt(args)
+        if method == "operate":
+            operation = args.get("operation")
+            inner = args.get("args", {})
+            hops = args.get("hops", 0)
+            if not isinstance(operation, str) or not isinstance(inner, dict):
+                raise InvalidRequestError('"operate" needs "operation" (string) and "args"')
+            if not isinstance(hops, int) or hops > 2:
+                raise UnavailableError("the meta leader keeps moving; try again", retry_after_s=1)
+            return await self._operate(operation, inner, deadline, hops + 1)
+        raise InvalidRequestError(f"unknown maintenance call {method!r}")
+
+    # ------------------------------------------------------------------- operator
+
+    async def operate(self, operation: str, args: JsonObject, deadline: float) -> JsonObject:
+        """repair {dry_run, dead: [ids]} | rebalance {dry_run} | remove_node {node, dry_run}
+        | verify {} | job {id?} | join {address, node_id?}: start a job (answers its document
+        at once, or when it ends if `wait` is true and it ends before the deadline) or read
+        one. Runs on the meta leader; any other node forwards there."""
+        return await self._operate(operation, args, deadline, 0)
+
+    async def _operate(
+        self, operation: str, args: JsonObject, deadline: float, hops: int
+    ) -> JsonObject:
+        if operation not in OPERATIONS and operation != "decommission":
+            raise InvalidRequestError(
+                f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}"
+            )
+        meta = self._host.meta
+        if meta is None or not meta.is_leader:
+            leader = meta.leader_id if meta is not None else 0
+            forward = {"operation": operation, "args": args, "hops": hops}
+            if leader:
+                return await self._client.call(self._address(leader), "operate", forward, deadline)
+            # No leader known here (a node that just joined or restarted): another member
+            # may know it.
+            for node_id in self.local.shard_map().nodes:
+                if node_id == self._node.node_id or hops >= 2:
+                    continue
+                try:
+                    return await self._client.call(
+                        self._address(node_id), "operate", forward, min(deadline, _soon())
+                    )
+                except UnavailableError:
+                    continue
+            raise UnavailableError("the meta group has no leader right now", retry_after_s=1)
+        if operation == "job":
+            return self._job_document(args)
+        if operation == "join":
+            return await self._join(args, deadline)
+        if operation == "decommission":
+            await self._decommission(int_arg(args, "node", low=1), deadline)
+            return {"decommissioned": args["node"]}
+        dry_run = bool(args.get("dry_run", False))
+        planner = None if operation == "verify" else self._planner(operation, args)
+        if operation == "remove_node" and not dry_run and args["node"] == self._node.node_id:
+            # The job would end with its own node: run it on another meta voter instead, so
+            # its document outlives this node.
+            target = await self._hand_over_meta(deadline)
+            forward = {"operation": operation, "args": args, "hops": hops + 1}
+            return await self._client.call(self._address(target), "operate", forward, deadline)
+        if dry_run:
+            if planner is None:
+                raise InvalidRequestError("verify has no dry run: it changes nothing but marks")
+            view = await self._observe(args)
+            return {"kind": operation, "dry_run": True, **planner(view).to_json()}
+        job = self._start_job(operation, args, planner, auto=False)
+        if args.get("wait"):
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic() - 0.2)):
+                    await job.done.wait()
+            except TimeoutError:
+                pass
+        return job.to_json()
+
+    def _planner(self, operation: str, args: JsonObject) -> Callable[[ClusterView], Plan]:
+        replicas = self._node.config.replicas
+        if operation == "repair":
+            return lambda view: plan_repair(view.nodes, view.shards, replicas)
+        if operation == "rebalance":
+            return lambda view: plan_rebalance(view.nodes, view.shards, replicas)
+        node = int_arg(args, "node", low=1)
+        if node not in self.local.shard_map().nodes:
+            raise InvalidRequestError(f"node {node} is not a member of the cluster")
+        return lambda view: plan_remove_node(view.nodes, view.shards, replicas, node)
+
+    def _job_document(self, args: JsonObject) -> JsonObject:
+        job_id = args.get("id")
+        if job_id is None:
+            if not self._jobs:
+                return {"id": "", "state": "none"}
+            return next(reversed(self._jobs.values())).to_json()
+        job = self._jobs.get(str(job_id))
+        if job is None:
+            raise InvalidRequestError(
+                f"no job {job_id!r} on this meta leader (jobs end with a leader change: "
+                "run the operation again)"
+            )
+        return job.to_json()
+
+    # ----------------------------------------------------------------------- jobs
+
+    def _start_job(
+        self,
+        kind: str,
+        args: JsonObject,
+        planner: Callable[[ClusterView], Plan] | None,
+        *,
+        auto: bool,
+    ) -> Job:
+        if self._running is not None:
+            raise UnavailableError(
+                f"job {self._running.id} ({self._running.kind}) is running; wait for it "
+                "(`operate job`) and try again",
+                retry_after_s=2,
+            )
+        job = Job(f"{self._node.node_id}-{next(self._job_ids)}", kind, dict(args), auto=auto)
+        self._jobs[job.id] = job
+        while len(self._jobs) > JOBS_KEPT:
+            self._jobs.popitem(last=False)
+        self._running = job
+        task = asyncio.get_running_loop().create_task(self._run_job(job, planner))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        logger.info("maintenance job %s (%s) started", job.id, kind)
+        return job
+
+    async def _run_job(self, job: Job, planner: Callable[[ClusterView], Plan] | None) -> None:
+        try:
+            if planner is None:
+                await self._verify(job)
+            else:
+                await self._run_plan(job, planner)
+                if job.kind == "remove_node":
+                    await self._finish_removal(job)
+            job.state = "done"
+        except asyncio.CancelledError:
+            job.state = "failed"
+            job.error = "the node stopped"
+            raise
+        except ServiceError as error:
+            job.state = "failed"
+            job.error = str(error)
+        except Exception as error:
+            logger.exception("maintenance job %s failed", job.id)
+            job.state = "failed"
+            job.error = f"{type(error).__name__}: {error}"
+        finally:
+            job.finished_at = time.time()
+            self._running = None
+            job.done.set()
+            logger.info("maintenance job %s %s %s", job.id, job.state, job.error)
+
+    async def _run_plan(self, job: Job, planner: Callable[[ClusterView], Plan]) -> None:
+        for _ in range(PLAN_ROUNDS_MAX):
+            view = await self._observe(job.args)
+            plan = planner(view)
+            if job.plan is None:
+                job.plan = plan
+            if not plan.steps:
+                return
+            first = len(job.steps)
+            job.steps.extend(StepRecord(step.to_json(), step) for step in plan.steps)
+            for record in job.steps[first:]:
+                await self._run_step(record)
+
+    async def _run_step(self, record: StepRecord) -> None:
+        step = record.step
+        assert step is not None
+        record.state = "running"
+        started = time.monotonic()
+        deadline = started + STEP_TIMEOUT_S
+        try:
+            if step.kind is StepKind.ADD_REPLICA:
+                record.detail = await self._add_replica(step.shard, step.node, deadline)
+            elif step.kind is StepKind.REMOVE_REPLICA:
+                record.detail = await self._remove_replica(step.shard, step.node, deadline)
+            else:
+                record.detail = await self._transfer(step.shard, step.node, deadline)
+            record.state = "done"
+        except BaseException as error:
+            record.state = "failed"
+            record.detail = str(error) or type(error).__name__
+            raise
+        finally:
+            record.seconds = time.monotonic() - started
+
+    # ---------------------------------------------------------------------- steps
+
+    async def _add_replica(self, shard: int, node: int, deadline: float) -> str:
+        group_id = group_of_shard(shard)
+        state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
+        if node in state["voters"]:
+            await self._sync_map(shard, state, deadline)
+            return f"node {node} already votes in shard {shard}"
+        if node not in state["learners"]:
+            await self.local.update_map(lambda m: _with_learner(m, shard, node), deadline)
+            await self._on_leader(
+                group_id,
+                "change_replicas",
+                {"group": group_id, "op": "add_learner", "node": node},
+                deadline,
+            )
+        started = time.monotonic()
+        await self._wait_caught_up(group_id, node, min(deadline, started + CATCH_UP_TIMEOUT_S))
+        caught_up_s = time.monotonic() - started
+        state = await self._on_leader(
+            group_id,
+            "change_replicas",
+            {"group": group_id, "op": "promote", "node": node},
+            deadline,
+        )
+        await self._sync_map(shard, state, deadline)
+        return f"node {node} caught up in {caught_up_s:.1f} s and votes in shard {shard}"
+
+    async def _remove_replica(self, shard: int, node: int, deadline: float) -> str:
+        group_id = group_of_shard(shard)
+        state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
+        moved = ""
+        if state["leader"] == node:
+            match = {int(k): v for k, v in state["match"].items()}
+            others = [v for v in state["voters"] if v != node]
+            if not others:
+                raise InvalidRequestError(f"node {node} is the last voter of shard {shard}")
+            target = max(others, key=lambda v: (match.get(v, 0), -v))
+            await self._on_leader(
+                group_id, "transfer_leader", {"group": group_id, "node": target}, deadline
+            )
+            moved = f"leadership moved to node {target}; "
+        if node in state["voters"] or node in state["learners"]:
+            state = await self._on_leader(
+                group_id,
+                "change_replicas",
+                {"group": group_id, "op": "remove", "node": node},
+                deadline,
+            )
+        await self._sync_map(shard, state, deadline)
+        return f"{moved}node {node} left shard {shard}"
+
+    async def _transfer(self, shard: int, node: int, deadline: float) -> str:
+        group_id = group_of_shard(shard)
+        await self._on_leader(
+            group_id, "transfer_leader", {"group": group_id, "node": node}, deadline
+        )
+
+        def prefer(shard_map: ShardMap) -> ShardMap:
+            a = shard_map.shards[shard]
+            if node not in a.replicas:
+                return shard_map
+            return shard_map.with_shard(ShardAssignment(shard, a.replicas, node, a.learners))
+
+        await self.local.update_map(prefer, deadline)
+        return f"node {node} leads shard {shard}"
+
+    async def _sync_map(self, shard: int, state: JsonObject, deadline: float) -> None:
+        """The map's replicas and learners of `shard` become its group's configuration."""
+        voters = tuple(int(v) for v in state["voters"])
+        learners = tuple(int(v) for v in state["learners"])
+        leader = int(state.get("leader", 0))
+
+        def sync(shard_map: ShardMap) -> ShardMap:
+            a = shard_map.shards[shard]
+            preferred = a.preferred_leader
+            if preferred not in voters:
+                preferred = leader if leader in voters else voters[0]
+            return shard_map.with_shard(ShardAssignment(shard, voters, preferred, learners))
+
+        await self.local.update_map(sync, deadline)
+
+    async def _wait_caught_up(self, group_id: int, node: int, deadline: float) -> None:
+        """Until the learner holds everything its leader had committed when we started
+        waiting (it may still trail new writes by a little: promotion is then harmless)."""
+        target = 0
+        while True:
+            state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
+            if not target:
+                target = max(1, int(state["commit"]))
+            if int(state["match"].get(str(node), 0)) >= target:
+                return
+            if time.monotonic() >= deadline:
+                raise DeadlineExceededError(
+                    f"node {node} did not catch up with group {group_id} (index {target}) in time"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _on_leader(
+        self, group_id: int, method: str, args: JsonObject, deadline: float
+    ) -> JsonObject:
+        """Call `method` on the group's leader, following leader hints and re-observing when
+        there is none, until the deadline."""
+        hint = 0
+        last: ServiceError = UnavailableError(f"group {group_id} has no leader")
+        while time.monotonic() < deadline:
+            if not hint:
+                hint = await self._find_leader(group_id)
+            if not hint:
+                await asyncio.sleep(0.3)
+                continue
+            try:
+                return await self._call(hint, method, args, min(deadline, _soon()))
+            except UnavailableError as error:
+                last = error
+                hint = error.leader_hint if error.leader_hint not in (0, hint) else 0
+                await asyncio.sleep(0.1)
+            except DeadlineExceededError as error:
+                last = error
+                hint = 0
+        raise last
+
+    async def _find_leader(self, group_id: int) -> int:
+        shard_map = self.local.shard_map()
+        view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
+        report = view.leader_report(group_id)
+        return report.node if report is not None and report.role == "leader" else 0
+
+    # ------------------------------------------------------------- membership
+
+    async def _join(self, args: JsonObject, deadline: float) -> JsonObject:
+        address = args.get("address")
+        if not isinstance(address, str) or ":" not in address:
+            raise InvalidRequestError('"address" must be the joining node\'s host:port')
+        requested = args.get("node_id", 0)
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+            raise InvalidRequestError('"node_id" must be a positive integer (or 0: assign one)')
+        nodes = dict(self.local.shard_map().nodes)
+        if requested and requested in nodes and nodes[requested] != address:
+            raise InvalidRequestError(
+                f"node id {requested} belongs to {nodes[requested]}; pick another id"
+            )
+        same_address = [n for n, a in nodes.items() if a == address]
+        if same_address and requested and same_address[0] != requested:
+            raise InvalidRequestError(f"{address} is node {same_address[0]} already")
+        node_id = requested or (same_address[0] if same_address else max(nodes) + 1)
+        await self.local.update_map(lambda m: m.with_nodes({**m.nodes, node_id: address}), deadline)
+        await self.local.change_replicas(
+            {"group": META_GROUP_ID, "op": "add_learner", "node": node_id}, deadline
+        )
+        config = self._node.config
+        logger.info("node %d (%s) joined the cluster", node_id, address)
+        return {
+            "node_id": node_id,
+            "cluster_id": config.cluster_id,
+            "shards": config.shards,
+            "replicas": config.replicas,
+            "map": self.local.shard_map().to_json(),
+        }
+
+    async def _finish_removal(self, job: Job) -> None:
+        node = int_arg(job.args, "node", low=1)
+        if job.plan is not None and job.plan.blocked:
+            raise UnavailableError(
+                f"node {node} still holds replicas that could not move: "
+                + "; ".join(b.reason for b in job.plan.blocked)
+            )
+        record = StepRecord(
+            {"kind": "decommission", "shard": -1, "node": node, "reason": "leave the cluster"}
+        )
+        job.steps.append(record)
+        record.state = "running"
+        started = time.monotonic()
+        try:
+            await self._decommission(node, started + STEP_TIMEOUT_S)
+            record.state = "done"
+            record.detail = f"node {node} left the meta group and the shard map"
+        except BaseException as error:
+            record.state = "failed"
+            record.detail = str(error)
+            raise
+        finally:
+            record.seconds = time.monotonic() - started
+
+    async def _decommission(self, node: int, deadline: float) -> None:
+        """Drop a node that holds no replica any more from the map and the meta group."""
+        shard_map = self.local.shard_map()
+        held = sorted(shard_map.hosted_by(node))
+        if held:
+            raise InvalidRequestError(f"node {node} still holds replicas of shards {held}")
+        meta = self._host.meta
+        if node == self._node.node_id:
+            # This node leaves: hand the meta group to another voter, which finishes it.
+            target = await self._hand_over_meta(deadline)
+            await self._client.call(
+                self._address(target),
+                "operate",
+                {"operation": "decommission", "args": {"node": node}, "hops": 1},
+                deadline,
+            )
+            return
+        if node in shard_map.nodes:
+            updated = await self.local.update_map(
+                lambda m: m.with_nodes({n: a for n, a in m.nodes.items() if n != node}), deadline
+            )
+            del updated
+            # Let the leaving node learn it left (it stops itself) before it is cut off.
+            index = meta.applied_index
+            wait_until = min(deadline, time.monotonic() + 5.0)
+            while time.monotonic() < wait_until:
+                progress = self.local.progress({"group": META_GROUP_ID})
+                if int(progress["match"].get(str(node), 0)) >= index:
+                    break
+                await asyncio.sleep(0.1)
+        await self.local.change_replicas(
+            {"group": META_GROUP_ID, "op": "remove", "node": node}, deadline
+        )
+
+    async def _hand_over_meta(self, deadline: float) -> int:
+        """Move the meta leadership to the most caught-up other voter; answers its id."""
+        meta = self._host.meta
+        progress = self.local.progress({"group": META_GROUP_ID})
+        match = {int(k): v for k, v in progress["match"].items()}
+        others: list[int] = [v for v in meta.raw.conf_state.voters if v != self._node.node_id]
+        if not others:
+            raise InvalidRequestError(f"node {self._node.node_id} is the meta group's last voter")
+        target: int = max(others, key=lambda v: (match.get(v, 0), -v))
+        await self.local.transfer_leader(
+            {"group": META_GROUP_ID, "node": target}, min(deadline, _soon())
+        )
+        return target
+
+    # ---------------------------------------------------------------------- verify
+
+    async def _verify(self, job: Job) -> None:
+        shard_map = self.local.shard_map()
+        view = await self._observe({})
+        for shard in range(shard_map.shard_count):
+            job.steps.append(
+                StepRecord(
+                    {
+                        "kind": "verify",
+                        "shard": shard,
+                        "node": 0,
+                        "reason": "checksum every replica at one index",
+                    }
+                )
+            )
+        for shard, record in enumerate(job.steps):
+            record.state = "running"
+            started = time.monotonic()
+            try:
+                result = await self._verify_shard(
+                    shard, view.shards[shard], started + STEP_TIMEOUT_S
+                )
+            except BaseException as error:
+                record.state = "failed"
+                record.detail = str(error)
+                raise
+            finally:
+                record.seconds = time.monotonic() - started
+            job.results.append(result)
+            record.state = "done"
+            bad = result["corrupt"]
+            record.detail = (
+                f"{len(result['replicas'])} replicas agree at index {result['index']}"
+                if not bad
+                else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
+            )
+
+    async def _verify_shard(self, shard: int, view: Any, deadline: float) -> JsonObject:
+        group_id = group_of_shard(shard)
+        proposed = await self._on_leader(group_id, "checksum_propose", {"shard": shard}, deadline)
+        index = int(proposed["index"])
+        members = sorted({*view.voters, *view.learners})
+        answers = await asyncio.gather(
+            *(
+                self._call(n, "checksum", {"shard": shard, "index": index}, min(deadline, _soon()))
+                for n in members
+            ),
+            return_exceptions=True,
+        )
+        replicas: list[JsonObject] = []
+        for node, answer in zip(members, answers, strict=True):
+            if isinstance(answer, BaseException):
+                replicas.append({"node": node, "unreachable": str(answer)})
+            else:
+                replicas.append(answer)
+        digests = [r["checksum"]["digest"] for r in replicas if isinstance(r.get("checksum"), dict)]
+        majority = max(set(digests), key=digests.count) if digests else None
+        corrupt: list[JsonObject] = []
+        for r in replicas:
+            reason = ""
+            if r.get("error"):
+                reason = f"reading its state failed: {r['error']}"
+            elif r.get("tables"):
+                reason = "bad tables: " + "; ".join(r["tables"])
+            elif isinstance(r.get("checksum"), dict) and r["checksum"]["digest"] != majority:
+                reason = (
+                    f"checksum {r['checksum']['digest'][:12]} differs from the majority's "
+                    f"{str(majority)[:12]} at index {index}"
+                )
+            if reason:
+                corrupt.append({"shard": shard, "node": r["node"], "reason": reason})
+                try:
+                    await self._call(
+                        r["node"], "mark_corrupt", {"shard": shard, "reason": reason}, _soon()
+                    )
+                except ServiceError as error:
+                    logger.warning(
+                        "could not mark shard %d on node %s: %s", shard, r["node"], error
+                    )
+        return {"shard": shard, "index": index, "replicas": replicas, "corrupt": corrupt}
+
+    # ------------------------------------------------------------------- automatic
+
+    async def _auto_loop(self) -> None:
+        """On the meta leader: promote caught-up meta learners while the meta group has
+        fewer than META_VOTERS_MAX voters, and repair replicas on nodes down longer than
+        the repair delay."""
+        while True:
+            await asyncio.sleep(AUTO_PERIOD_S)
+            meta = self._host.meta
+            if meta is None or not meta.is_leader or not self._host.running:
+                self._views.down_since.clear()  # measured afresh by the next leader
+                continue
+            try:
+                await self._promote_meta_learner()
+                if self._node.config.repair_after_s <= 0 or self._running is not None:
+                    continue
+                view = await self._observe({})
+                if not any(n.dead for n in view.nodes):
+                    continue
+                planner = self._planner("repair", {})
+                if planner(view).steps:
+                    self._start_job("repair", {}, planner, auto=True)
+            except ServiceError as error:
+                logger.info("automatic maintenance skipped a round: %s", error)
+            except Exception:
+                logger.exception("automatic maintenance failed")
+
+    async def _promote_meta_learner(self) -> None:
+        meta = self._host.meta
+        conf = meta.raw.conf_state
+        if not conf.learners or len(conf.voters) >= META_VOTERS_MAX:
+            return
+        progress = self.local.progress({"group": META_GROUP_ID})
+        for learner in conf.learners:
+            if int(progress["match"].get(str(learner), 0)) >= progress["commit"] > 0:
+                await self.local.change_replicas(
+                    {"group": META_GROUP_ID, "op": "promote", "node": learner}, _soon()
+                )
+                return
+
+    # ---------------------------------------------------------------------- plumbing
+
+    async def _observe(self, args: JsonObject) -> ClusterView:
+        shard_map = self.local.shard_map()
+        dead = args.get("dead", [])
+        if not isinstance(dead, list) or not all(isinstance(d, int) for d in dead):
+            raise InvalidRequestError('"dead" must be a list of node ids')
+        unknown = sorted(set(dead) - set(shard_map.nodes))
+        if unknown:
+            raise InvalidRequestError(f"--dead names nodes that are not members: {unknown}")
+        leaving = [args["node"]] if isinstance(args.get("node"), int) else []
+        return await self._views.observe(
+            shard_map.nodes, shard_map.shard_count, dead=dead, leaving=leaving
+        )
+
+    def _address(self, node_id: int) -> str:
+        address = self._host.shard_map.nodes.get(node_id)
+        if address is None:
+            raise UnavailableError(f"node {node_id} has no known address")
+        return str(address)
+
+    async def _call(
+        self, node_id: int, method: str, args: JsonObject, deadline: float
+    ) -> JsonObject:
+        if node_id == self._node.node_id:
+            return await self.handle_call(method, args, deadline)
+        return await self._client.call(self._address(node_id), method, args, deadline)
+
+    async def _poll_status(self, node_id: int, deadline: float) -> JsonObject:
+        return await self._call(node_id, "status", {}, deadline)
+
+
+def _soon() -> float:
+    return time.monotonic() + CALL_TIMEOUT_S
+
+
+def _with_learner(shard_map: ShardMap, shard: int, node: int) -> ShardMap:
+    a = shard_map.shards[shard]
+    if node in a.members:
+        return shard_map
+    return shard_map.with_shard(
+        ShardAssignment(shard, a.replicas, a.preferred_leader, (*a.learners, node))
+    )

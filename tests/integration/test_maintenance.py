@@ -1,0 +1,345 @@
+"""Cluster maintenance on real node processes (issue #10): repair after a node dies for good,
+adding a node and rebalancing, verify finding a corrupt table and repair rebuilding it,
+removing a node that leads shards.
+
+Each test starts its own cluster of four nodes, eight shards of three replicas (so one node
+can die and every shard still has a spare node to move to), writes acknowledged data while
+maintenance runs, and checks afterwards that every acknowledged write is readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
+from tests.integration.test_cluster import get, put, shard_groups
+
+pytestmark = pytest.mark.integration
+
+JOB_TIMEOUT_S = 150.0
+ELECTION_GAP_S_MAX = 10.0
+"""How long a client may see errors in a row during maintenance: a few elections (leader
+transfers, a removed leader) with margin for a loaded 2-core machine."""
+
+
+@pytest.fixture
+async def four(cluster_factory: Callable[..., Cluster]) -> AsyncIterator[Cluster]:
+    made = cluster_factory(size=4, shards=8, replicas=3)
+    async with aiohttp.ClientSession() as session:
+        made.session = session
+        await made.start()
+        await made.wait_ready()
+        yield made
+
+
+async def operate(
+    cluster: Cluster, node_id: int, route: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    status, _, payload = await cluster.request(
+        node_id, "POST", f"/admin/{route}?timeout_ms=10000", json_body=body, timeout_s=20
+    )
+    assert status == 200, (status, payload)
+    document: dict[str, Any] = json.loads(payload)
+    return document
+
+
+async def wait_job(cluster: Cluster, node_id: int, job_id: str) -> dict[str, Any]:
+    """Poll the job (through any node: it forwards to the meta leader) until it ends."""
+    last: dict[str, Any] = {}
+
+    async def finished() -> bool:
+        nonlocal last
+        status, _, payload = await cluster.request(
+            node_id, "GET", f"/admin/maintenance?id={job_id}", timeout_s=15
+        )
+        if status != 200:
+            return False
+        last = json.loads(payload)
+        return last["state"] in ("done", "failed")
+
+    await eventually(
+        finished, f"job {job_id}", JOB_TIMEOUT_S, lambda: f"\n{last}{cluster.describe()}"
+    )
+    return last
+
+
+class Writer:
+    """A client writing keys in a loop through live nodes; records what was acknowledged and
+    the longest run of failures (clients must never see errors longer than an election)."""
+
+    def __init__(self, cluster: Cluster, nodes: list[int], prefix: str) -> None:
+        self.cluster = cluster
+        self.nodes = nodes
+        self.prefix = prefix
+        self.acked: dict[str, bytes] = {}
+        self.longest_gap_s = 0.0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    async def _run(self) -> None:
+        n = 0
+        failing_since: float | None = None
+        while not self._stop.is_set():
+            key = f"{self.prefix}-{n}"
+            value = f"v{n}".encode()
+            node = self.nodes[n % len(self.nodes)]
+            try:
+                status = await put(self.cluster, node, key, value, timeout_ms=3000)
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0
+            now = time.monotonic()
+            if status == 204:
+                self.acked[key] = value
+                if failing_since is not None:
+                    self.longest_gap_s = max(self.longest_gap_s, now - failing_since)
+                failing_since = None
+                n += 1
+            elif failing_since is None:
+                failing_since = now
+            await asyncio.sleep(0.02)
+
+
+async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> dict[str, bytes]:
+    written = {}
+    for n in range(count):
+        key, value = f"{prefix}-{n}", f"value-{n}".encode()
+        assert await put(cluster, node, key, value) == 204
+        written[key] = value
+    return written
+
+
+async def assert_readable(cluster: Cluster, node: int, expected: dict[str, bytes]) -> None:
+    for key, value in expected.items():
+        status, body = await get(cluster, node, key)
+        assert (status, body) == (200, value), (key, status, body)
+
+
+async def live_voters(cluster: Cluster, node: int) -> dict[int, list[int]]:
+    """Shard -> voters, as the shard leaders report them."""
+    voters: dict[int, list[int]] = {}
+    for node_id, process in cluster.nodes.items():
+        if not process.running:
+            continue
+        for shard, group in shard_groups(await cluster.status(node_id)).items():
+            if group["role"] == "leader":
+                voters[shard] = sorted(group["voters"])
+    return voters
+
+
+async def test_sigkill_a_node_for_good_then_repair_restores_three_live_replicas(
+    four: Cluster,
+) -> None:
+    cluster = four
+    before = await write_keys(cluster, 1, 80, "before")
+    cluster.kill(4)
+    writer = Writer(cluster, [1, 2, 3], "during")
+    writer.start()
+    try:
+        dry = await operate(cluster, 2, "repair", {"dry_run": True, "dead": [4]})
+        assert dry["dry_run"] is True and dry["steps"], dry
+        assert all(step["node"] != 4 or step["kind"] == "remove_replica" for step in dry["steps"])
+        job = await operate(cluster, 2, "repair", {"dead": [4]})
+        result = await wait_job(cluster, 1, job["id"])
+        assert result["state"] == "done", result
+    finally:
+        await writer.stop()
+
+    async def repaired() -> bool:
+        voters = await live_voters(cluster, 1)
+        return len(voters) == 8 and all(len(v) == 3 and 4 not in v for v in voters.values())
+
+    await eventually(repaired, "every shard on 3 live voters", 30, cluster.describe)
+    await assert_readable(cluster, 3, before)
+    await assert_readable(cluster, 1, writer.acked)
+    assert writer.acked, "the writer never got an acknowledgement"
+    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+    # Nothing left to do: a second dry run plans no step.
+    again = await operate(cluster, 3, "repair", {"dry_run": True, "dead": [4]})
+    assert again["steps"] == [], again
+
+
+def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
+    """A new node process that joins through node `via` (`minikv serve --join`)."""
+    (port,) = reserve_ports(1)
+    node = NodeProcess(
+        node_id=node_id,
+        grpc_port=port,
+        data_dir=cluster.root / f"node{node_id}",
+        log_path=cluster.root / f"node{node_id}.log",
+        ready_file=cluster.root / f"node{node_id}.ready.json",
+    )
+    cluster.nodes[node_id] = node
+    command = [
+        sys.executable,
+        "-m",
+        "minikv_core.server",
+        "--id",
+        str(node_id),
+        "--data-dir",
+        str(node.data_dir),
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        node.grpc_address,
+        "--join",
+        cluster.nodes[via].grpc_address,
+        "--ready-file",
+        str(node.ready_file),
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
+    with node.log_path.open("ab") as log:
+        node.process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    node.starts += 1
+    return node
+
+
+async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four: Cluster) -> None:
+    cluster = four
+    before = await write_keys(cluster, 2, 60, "before")
+    join_node(cluster, 5, via=3)
+    await cluster.wait_started(5)
+    await cluster.wait_ready(5)
+    writer = Writer(cluster, [1, 2, 3, 4], "during")
+    writer.start()
+    try:
+        job = await operate(cluster, 5, "rebalance", {})
+        result = await wait_job(cluster, 5, job["id"])
+        assert result["state"] == "done", result
+    finally:
+        await writer.stop()
+    voters = await live_voters(cluster, 1)
+    assert len(voters) == 8
+    counts = {n: sum(n in v for v in voters.values()) for n in range(1, 6)}
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    assert counts[5] >= 4, counts  # 24 replicas over 5 nodes: 4 or 5 each
+    shard_map = json.loads((await cluster.request(5, "GET", "/admin/shards"))[2])
+    assert {n["id"] for n in shard_map["nodes"]} == {1, 2, 3, 4, 5}
+    await assert_readable(cluster, 5, before)
+    await assert_readable(cluster, 5, writer.acked)
+    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+
+
+def corrupt_one_table(shard_dir: Path) -> Path:
+    """Flip bytes in the middle of the first data block of the shard's oldest table."""
+    tables = sorted(shard_dir.glob("*.sst"))
+    assert tables, f"no table in {shard_dir}"
+    path = tables[0]
+    data = bytearray(path.read_bytes())
+    for offset in range(16, 48):
+        data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+async def test_verify_names_a_corrupt_table_and_repair_rebuilds_the_replica(four: Cluster) -> None:
+    cluster = four
+    written = await write_keys(cluster, 1, 200, "data")
+    status, _, payload = await cluster.request(2, "POST", "/admin/snapshot", json_body={})
+    assert status == 200, payload  # node 2 flushes every replica into tables
+    shard = next(
+        s for s, g in shard_groups(await cluster.status(2)).items() if g["role"] != "leader"
+    )
+    damaged = corrupt_one_table(cluster.nodes[2].data_dir / "shards" / str(shard))
+
+    job = await operate(cluster, 3, "verify", {})
+    result = await wait_job(cluster, 3, job["id"])
+    assert result["state"] == "done", result
+    assert not result["clean"]
+    found = [c for c in result["corrupt"] if c["node"] == 2 and c["shard"] == shard]
+    assert found and damaged.name in found[0]["reason"], result["corrupt"]
+
+    job = await operate(cluster, 3, "repair", {})
+    repaired = await wait_job(cluster, 3, job["id"])
+    assert repaired["state"] == "done", repaired
+    assert any(s["shard"] == shard and s["node"] == 2 for s in repaired["steps"]), repaired
+
+    job = await operate(cluster, 1, "verify", {})
+    clean = await wait_job(cluster, 1, job["id"])
+    assert clean["state"] == "done" and clean["clean"], clean["corrupt"]
+    await assert_readable(cluster, 4, written)
+
+
+async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) -> None:
+    cluster = four
+    before = await write_keys(cluster, 2, 60, "before")
+    led = [s for s, g in shard_groups(await cluster.status(1)).items() if g["role"] == "leader"]
+    assert led, "node 1 leads no shard (placement gives it some)"
+    writer = Writer(cluster, [2, 3, 4], "during")
+    writer.start()
+    try:
+        dry = await operate(cluster, 2, "remove-node", {"node": 1, "dry_run": True})
+        assert dry["steps"] and not dry["blocked"], dry
+        job = await operate(cluster, 2, "remove-node", {"node": 1})
+        result = await wait_job(cluster, 2, job["id"])
+        assert result["state"] == "done", result
+        assert result["steps"][-1]["kind"] == "decommission"
+    finally:
+        await writer.stop()
+    node1 = cluster.nodes[1]
+    assert node1.process is not None
+    assert node1.process.wait(timeout=30) == 0, "the removed node stops by itself, cleanly"
+    voters = await live_voters(cluster, 2)
+    assert len(voters) == 8 and all(len(v) == 3 and 1 not in v for v in voters.values()), voters
+    shard_map = json.loads((await cluster.request(3, "GET", "/admin/shards"))[2])
+    assert {n["id"] for n in shard_map["nodes"]} == {2, 3, 4}
+    await assert_readable(cluster, 3, before)
+    await assert_readable(cluster, 4, writer.acked)
+    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+
+
+async def test_the_meta_leader_repairs_on_its_own_after_the_repair_delay(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    cluster = cluster_factory(size=4, shards=8, replicas=3)
+    async with aiohttp.ClientSession() as session:
+        cluster.session = session
+        for node_id in cluster.nodes:
+            cluster.launch(node_id, "--repair-after-s", "3")
+        for node_id in cluster.nodes:
+            await cluster.wait_started(node_id)
+        await cluster.wait_ready()
+        written = await write_keys(cluster, 1, 40, "key")
+        killed = 3
+        cluster.kill(killed)
+
+        async def healed() -> bool:
+            voters = await live_voters(cluster, 1)
+            return len(voters) == 8 and all(
+                len(v) == 3 and killed not in v for v in voters.values()
+            )
+
+        await eventually(healed, "automatic repair", 90, cluster.describe)
+        status, _, payload = await cluster.request(1, "GET", "/admin/maintenance")
+        assert status == 200, payload
+        job = json.loads(payload)
+        assert job["kind"] == "repair" and job["auto"] is True, job
+        await assert_readable(cluster, 2, written)

@@ -85,6 +85,8 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"request_timeout_ms": 70_000}, "--request-timeout-ms must be in 1..60000, got 70000"),
         ({"log_level": "loud"}, "--log-level"),
         ({"admin_allow_remote": "maybe"}, "true or false"),
+        ({"repair_after_s": -1}, "repair_after_s must be in 0..86400"),
+        ({"join": "127.0.0.1:9002"}, "--join and --peers exclude each other"),
     ],
 )
 def test_bad_values_are_one_clear_config_error(
@@ -285,3 +287,23 @@ def test_serve_command_help_lists_every_option() -> None:
     for option in OPTIONS:
         assert "--" + option.name.replace("_", "-") in result.output, option.name
     assert "--config" in result.output
+
+
+def test_join_takes_the_cluster_shape_from_the_cluster(tmp_path: Path) -> None:
+    flags = {
+        "id": 5,
+        "data_dir": str(tmp_path / "d"),
+        "http": "127.0.0.1:0",
+        "grpc": "127.0.0.1:9005",
+        "join": "127.0.0.1:9001",
+    }
+    config = resolve(flags, env={})
+    assert config.join == "127.0.0.1:9001"
+    assert config.peers == {5: "127.0.0.1:9005"}, "provisional until the cluster answers"
+    for name, value in (("shards", 8), ("replicas", 3)):
+        with pytest.raises(ConfigError, match=f"--join takes --{name} from the cluster"):
+            resolve(flags | {name: value}, env={})
+    with pytest.raises(ConfigError, match="--join needs --grpc"):
+        resolve({k: v for k, v in flags.items() if k != "grpc"}, env={})
+    with pytest.raises(ConfigError, match="--join must be host:port"):
+        resolve(flags | {"join": "nowhere"}, env={})

@@ -239,6 +239,7 @@ class Maintenance:
             await self._decommission(int_arg(args, "node", low=1), deadline)
             return {"decommissioned": args["node"]}
         dry_run = bool(args.get("dry_run", False))
+        self._dead_arg(args)  # refused now, not later inside the job
         planner = None if operation == "verify" else self._planner(operation, args)
         if operation == "remove_node" and not dry_run and args["node"] == self._node.node_id:
             # The job would end with its own node: run it on another meta voter instead, so
@@ -728,14 +729,20 @@ class Maintenance:
 
     # ---------------------------------------------------------------------- plumbing
 
-    async def _observe(self, args: JsonObject) -> ClusterView:
-        shard_map = self.local.shard_map()
+    def _dead_arg(self, args: JsonObject) -> list[int]:
         dead = args.get("dead", [])
-        if not isinstance(dead, list) or not all(isinstance(d, int) for d in dead):
+        if not isinstance(dead, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) for d in dead
+        ):
             raise InvalidRequestError('"dead" must be a list of node ids')
-        unknown = sorted(set(dead) - set(shard_map.nodes))
+        unknown = sorted(set(dead) - set(self.local.shard_map().nodes))
         if unknown:
             raise InvalidRequestError(f"--dead names nodes that are not members: {unknown}")
+        return dead
+
+    async def _observe(self, args: JsonObject) -> ClusterView:
+        shard_map = self.local.shard_map()
+        dead = self._dead_arg(args)
         leaving = [args["node"]] if isinstance(args.get("node"), int) else []
         return await self._views.observe(
             shard_map.nodes, shard_map.shard_count, dead=dead, leaving=leaving

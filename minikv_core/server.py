@@ -103,6 +103,7 @@ OPTIONS: Final = (
     _Option("grpc", str, "gRPC address host:port: clients and peers (default: --peers[id])"),
     _Option("peers", str, "every node of the cluster: 1=host:port,2=host:port,..."),
     _Option("join", str, "join a running cluster through this node's gRPC host:port"),
+    _Option("rebalance", bool, "with --join: rebalance replicas onto this node (default true)"),
     _Option(
         "repair_after_s", int, "replace replicas of a node down this long (default 60; 0: never)"
     ),
@@ -130,6 +131,8 @@ class ServerConfig:
     ready_file: Path | None = None
     log_level: str = "info"
     join: str | None = None
+    rebalance_after_join: bool = True
+    """With `join`: the meta leader starts a rebalance job once this node serves."""
     """`--join`: a member's gRPC address; this node joins that cluster on its first start
     (the peers, shard count and replicas then come from the cluster, see `join.py`)."""
 
@@ -354,6 +357,7 @@ def _validate(values: Mapping[str, object]) -> ServerConfig:
         ready_file=Path(str(ready_file)) if ready_file else None,
         log_level=log_level,
         join=str(join) if join is not None else None,
+        rebalance_after_join=bool(values.get("rebalance", True)),
     )
 
 
@@ -601,7 +605,9 @@ class NodeServer:
             config.node, grpc_address=self.grpc_address, http_address=self.http_address
         )
         try:
-            node_config, join_map = await resolve_join(node_config, config.join)
+            node_config, join_map = await resolve_join(
+                node_config, config.join, rebalance=config.rebalance_after_join
+            )
             self.node = _make_node(node_config, self._grpc.server, join_map)
             await self.node.start()
         except BaseException as error:

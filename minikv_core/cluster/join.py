@@ -33,7 +33,7 @@ class JoinError(NodeStartError):
 
 
 async def resolve_join(
-    config: NodeConfig, join_address: str | None
+    config: NodeConfig, join_address: str | None, *, rebalance: bool = True
 ) -> tuple[NodeConfig, ShardMap | None]:
     """The node's real configuration and, on a first start with `--join`, the map the meta
     leader answered with (None otherwise)."""
@@ -59,7 +59,7 @@ async def resolve_join(
             ),
             None,
         )
-    answer = await _ask(join_address, config)
+    answer = await _ask(join_address, config, rebalance)
     try:
         shard_map = ShardMap.from_json(answer["map"])
         node_id = int(answer["node_id"])
@@ -76,7 +76,7 @@ async def resolve_join(
     return joined, shard_map
 
 
-async def _ask(join_address: str, config: NodeConfig) -> dict[str, Any]:
+async def _ask(join_address: str, config: NodeConfig, rebalance: bool) -> dict[str, Any]:
     client = MaintenanceClient()
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     last: ServiceError = UnavailableError("no answer")
@@ -88,7 +88,11 @@ async def _ask(join_address: str, config: NodeConfig) -> dict[str, Any]:
                     "operate",
                     {
                         "operation": "join",
-                        "args": {"address": config.grpc_address, "node_id": config.node_id},
+                        "args": {
+                            "address": config.grpc_address,
+                            "node_id": config.node_id,
+                            "rebalance": rebalance,
+                        },
                     },
                     min(deadline, time.monotonic() + 10.0),
                 )

@@ -142,6 +142,8 @@ class Maintenance:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._job_ids = itertools.count(1)
         self._running: Job | None = None
+        self._rebalance_after_join: set[int] = set()
+        """Joined nodes whose rebalance job has not started yet (the meta leader's memory)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._auto: asyncio.Task[None] | None = None
 
@@ -321,6 +323,8 @@ class Maintenance:
                 await self._run_plan(job, planner)
                 if job.kind == "remove_node":
                     await self._finish_removal(job)
+                    if job.args.get("rebalance", True):
+                        await self._run_plan(job, self._planner("rebalance", {}))
             job.state = "done"
         except asyncio.CancelledError:
             job.state = "failed"
@@ -523,6 +527,8 @@ class Maintenance:
         await self.local.change_replicas(
             {"group": META_GROUP_ID, "op": "add_learner", "node": node_id}, deadline
         )
+        if args.get("rebalance", True):
+            self._rebalance_after_join.add(node_id)
         config = self._node.config
         logger.info("node %d (%s) joined the cluster", node_id, address)
         return {
@@ -701,9 +707,22 @@ class Maintenance:
                 continue
             try:
                 await self._promote_meta_learner()
-                if self._node.config.repair_after_s <= 0 or self._running is not None:
+                if self._running is not None:
                     continue
                 view = await self._observe({})
+                joined = {n.node_id for n in view.nodes if n.live} & self._rebalance_after_join
+                if joined:
+                    # Rebalance once a joined node serves (issue #10: automatic after add).
+                    self._rebalance_after_join -= joined
+                    self._start_job(
+                        "rebalance",
+                        {"after_join": sorted(joined)},
+                        self._planner("rebalance", {}),
+                        auto=True,
+                    )
+                    continue
+                if self._node.config.repair_after_s <= 0:
+                    continue
                 if not any(n.dead for n in view.nodes):
                     continue
                 planner = self._planner("repair", {})

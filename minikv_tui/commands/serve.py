@@ -47,6 +47,13 @@ def serve(
         str | None,
         typer.Option(help="Join a running cluster through a member's gRPC host:port."),
     ] = None,
+    rebalance: Annotated[
+        bool | None,
+        typer.Option(
+            "--rebalance/--no-rebalance",
+            help="With --join: rebalance replicas onto this node once it serves (on).",
+        ),
+    ] = None,
     repair_after_s: Annotated[
         int | None,
         typer.Option(
@@ -94,6 +101,7 @@ def serve(
         "grpc": grpc,
         "peers": peers,
         "join": join,
+        "rebalance": rebalance,
         "repair_after_s": repair_after_s,
         "shards": shards,
         "replicas": replicas,

@@ -25,6 +25,9 @@ Why it is shaped this way:
 - **Partitions survive restarts.** Fault rules live in the node's memory, so the current
   partition is also written to `partition.json` in the cluster directory and re-applied to a
   node when it starts or resumes; `heal` and `down` remove it.
+- **Membership changes.** `add_node` starts a node that joins the running cluster and
+  `mark_removed` retires one the cluster let go; how founding and joined nodes are started
+  differs, see `launcher_membership`.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ from minikv_core.client import (
 )
 from minikv_tui.cluster_status import NodeTarget
 from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError
+from minikv_tui.launcher_membership import grpc_address, new_node, node_command, ready_file
 from minikv_tui.node_process import (
     CHILDREN,
     LOOPBACK,
@@ -105,6 +108,9 @@ READY_TIMEOUT_S: Final = 45.0
 """Every group of the cluster has a leader after the nodes serve."""
 STOP_GRACE_S: Final = 10.0
 """SIGTERM lets a node finish requests in flight and flush (the server allows 10 s)."""
+REMOVED_EXIT_WAIT_S: Final = 30.0
+"""A removed node stops itself once it learns it left (the meta leader waits up to 5 s for it
+to learn); more on a loaded machine. Then it is terminated."""
 KILL_WAIT_S: Final = 5.0
 EXEC_WAIT_S: Final = 5.0
 LOCK_TIMEOUT_S: Final = 180.0
@@ -388,7 +394,7 @@ class Launcher:
         async with self._locked(), _open_registry(self.home) as registry:
             record = await self._record(registry)
             await self._stop_all(registry, record, grace_s)
-            records = await registry.nodes(self.name)
+            records = await registry.nodes(self.name, include_removed=True)
             self._report(f"deleting {record.directory}")
             await asyncio.to_thread(_delete_cluster_files, record, records)
             await registry.remove_cluster(self.name)
@@ -396,7 +402,8 @@ class Launcher:
     async def _stop_all(
         self, registry: Registry, record: ClusterRecord, grace_s: float
     ) -> list[int]:
-        records = await registry.nodes(self.name)
+        # Removed nodes too: one whose exit was not waited for must not outlive a `down`.
+        records = await registry.nodes(self.name, include_removed=True)
         alive = [n for n in records if node_pid(n) is not None]
         self._report(f"stopping {len(alive)} node(s) of {self.name}", 0, len(alive))
         done = 0
@@ -504,15 +511,134 @@ class Launcher:
                 await self._apply_partition(record, records, only={node_id})
             else:
                 # A heal while it was paused could not reach it: it still holds the old rules.
-                async with AsyncClient([_grpc(node)], timeout_s=ADMIN_TIMEOUT_S) as client:
+                async with AsyncClient([grpc_address(node)], timeout_s=ADMIN_TIMEOUT_S) as client:
                     try:
-                        await client.clear_fault(_grpc(node))
+                        await client.clear_fault(grpc_address(node))
                     except ClientError as error:
                         raise LauncherError(
                             f"node {node_id} resumed but did not clear its fault rules: {error}",
                             hint="Run `minikv cluster heal` once it answers again.",
                         ) from None
             return f"node {node_id} resumed (pid {pid})"
+
+    # --- membership --------------------------------------------------------------------------
+
+    async def add_node(self, *, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
+        """Start one more node that joins the running cluster through a running member
+        (`minikv serve --join`), record it, and wait until it serves and knows the meta
+        leader; returns its id. It holds no replica until a rebalance moves some to it.
+
+        A node that fails to start is recorded as removed (its id may already be in the
+        cluster's map, so it is never handed out again) and its log tail is raised."""
+        async with self._locked(), _open_registry(self.home) as registry:
+            record = await self._record(registry)
+            everyone = await registry.nodes(self.name, include_removed=True)
+            members = [n for n in everyone if not n.removed]
+            if len(members) >= NODES_MAX:
+                raise LauncherError(
+                    f"cluster {self.name} has {len(members)} nodes, the most a local cluster "
+                    "may have",
+                    hint="Remove one first (`minikv cluster remove-node NODE`).",
+                )
+            if read_partition(record.directory):
+                raise LauncherError(
+                    f"cluster {self.name} is partitioned: a new node would land on no side",
+                    hint="Run `minikv cluster heal` first.",
+                )
+            running = [n for n in members if node_process_state(n) == "up"]
+            if not running:
+                raise LauncherError(
+                    f"no node of cluster {self.name} is running: a new node joins through a "
+                    "running one",
+                    hint=f"Start the cluster first (`minikv cluster up --name {self.name}`).",
+                )
+            try:
+                node = new_node(record, everyone)
+            except RuntimeError as error:
+                raise LauncherError(f"cannot pick ports for a new node: {error}") from None
+            await registry.add_node(node)
+            self._report(
+                f"node {node.node_id} joins through node {running[0].node_id} "
+                f"(gRPC {grpc_address(node)})"
+            )
+            try:
+                await self._spawn(registry, record, [node])
+                await self._wait_ready(registry, ready_timeout_s)
+            except BaseException as failure:
+                await self._abandon(registry, node.node_id, failure)
+                if isinstance(failure, LauncherError):
+                    raise LauncherError(
+                        failure.message,
+                        hint=f"Node {node.node_id} was stopped and is not used again. Fix the "
+                        "cause above, then run `minikv cluster add-node` again.",
+                    ) from None
+                raise
+            started = await self._node(registry, node.node_id)
+            await registry.record_event(
+                self.name,
+                "add-node",
+                f"joined through node {running[0].node_id} (pid {started.pid})",
+                node.node_id,
+            )
+            return node.node_id
+
+    async def _abandon(self, registry: Registry, node_id: int, failure: BaseException) -> None:
+        """A node that failed to join: stopped, and recorded as removed rather than deleted
+        (the cluster's map may list it already, so its id must never name another node)."""
+        current = await self._node(registry, node_id)
+        with contextlib.suppress(LauncherError):
+            await _terminate(current, STOP_GRACE_S)
+        await registry.update_node(self.name, node_id, state="failed", pid=None, pid_start=None)
+        await registry.mark_removed(self.name, node_id)
+        lines = (failure.message if isinstance(failure, UserError) else str(failure)).splitlines()
+        await registry.record_event(
+            self.name,
+            "add-node",
+            f"failed: {lines[0] if lines else type(failure).__name__} (id {node_id} is not "
+            "used again)",
+            node_id,
+        )
+
+    async def mark_removed(
+        self,
+        node_id: int,
+        *,
+        exit_wait_s: float = REMOVED_EXIT_WAIT_S,
+        grace_s: float = STOP_GRACE_S,
+    ) -> str:
+        """Retire a node the cluster let go (a finished remove_node job): recorded as removed
+        (never started again, `up` skips it), then its process is given `exit_wait_s` to stop
+        by itself, as a removed node does, before SIGTERM and SIGKILL. The record comes
+        first: from the moment the job ended the node is no member, whatever happens to this
+        command while it waits."""
+        async with self._locked(), _open_registry(self.home) as registry:
+            await self._record(registry)
+            await self._node(registry, node_id, removed_ok=True)
+            node = await registry.mark_removed(self.name, node_id)
+            pid = node_pid(node)
+            if pid is None:
+                how = "was not running"
+            else:
+                self._report(f"waiting for node {node_id} (pid {pid}) to stop by itself")
+                if await _wait_gone(node, exit_wait_s):
+                    how = "stopped by itself"
+                else:
+                    self._report(f"node {node_id} is still running: stopping it")
+                    await _terminate(node, grace_s)
+                    how = f"did not stop within {exit_wait_s:.0f} s and was terminated"
+            await registry.update_node(
+                self.name, node_id, state="stopped", pid=None, pid_start=None
+            )
+            await registry.record_event(
+                self.name, "remove-node", f"left the cluster; its process {how}", node_id
+            )
+            return f"node {node_id} removed from cluster {self.name}; its process {how}"
+
+    async def record_event(self, kind: str, detail: str, node: int | None = None) -> None:
+        """Append to the cluster's journal (what maintenance jobs did, for the event log).
+        No lock: the registry serialises writers itself."""
+        async with _open_registry(self.home) as registry:
+            await registry.record_event(self.name, kind, detail, node)
 
     # --- network faults --------------------------------------------------------------------
 
@@ -549,13 +675,13 @@ class Launcher:
             (record.directory / PARTITION_FILE).unlink(missing_ok=True)
             cleared: list[int] = []
             skipped: list[int] = []
-            async with AsyncClient([_grpc(records[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
+            async with AsyncClient([grpc_address(records[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
                 for node in records:
                     if node_process_state(node) != "up":
                         skipped.append(node.node_id)
                         continue
                     try:
-                        await client.clear_fault(_grpc(node))
+                        await client.clear_fault(grpc_address(node))
                     except ClientError as error:
                         raise LauncherError(
                             f"node {node.node_id} did not clear its fault rules: {error}"
@@ -587,8 +713,8 @@ class Launcher:
                     hint=f"Start or resume it first (`minikv cluster start {node_id}`).",
                 )
             records = await registry.nodes(self.name)
-            async with AsyncClient([_grpc(node)], timeout_s=ADMIN_TIMEOUT_S) as client:
-                group = await _shard_group(client, _grpc(node), shard)
+            async with AsyncClient([grpc_address(node)], timeout_s=ADMIN_TIMEOUT_S) as client:
+                group = await _shard_group(client, grpc_address(node), shard)
                 voters = [int(v) for v in group.get("voters", [])]
                 if node_id not in voters:
                     raise LauncherError(
@@ -626,7 +752,9 @@ class Launcher:
             views: dict[int, dict[str, Any]] = {}
             for replica in replicas:
                 with contextlib.suppress(ClientError, LauncherError):
-                    views[replica.node_id] = await _shard_group(client, _grpc(replica), shard)
+                    views[replica.node_id] = await _shard_group(
+                        client, grpc_address(replica), shard
+                    )
             target = views.get(node_id, {})
             if target.get("role") == "leader":
                 return first_leader, int(target.get("term", 0))
@@ -704,15 +832,22 @@ class Launcher:
             )
         return record
 
-    async def _node(self, registry: Registry, node_id: int) -> NodeRecord:
+    async def _node(
+        self, registry: Registry, node_id: int, *, removed_ok: bool = False
+    ) -> NodeRecord:
         node = await registry.node(self.name, node_id)
+        if node is not None and (removed_ok or not node.removed):
+            return node
+        ids = _ids(n.node_id for n in await registry.nodes(self.name))
         if node is None:
-            ids = [n.node_id for n in await registry.nodes(self.name)]
             raise LauncherError(
-                f"cluster {self.name} has no node {node_id} (nodes: {_ids(ids)})",
-                exit_code=EXIT_USAGE,
+                f"cluster {self.name} has no node {node_id} (nodes: {ids})", exit_code=EXIT_USAGE
             )
-        return node
+        raise LauncherError(
+            f"node {node_id} was removed from cluster {self.name} (nodes: {ids})",
+            hint="A removed node is not started again; `minikv cluster add-node` adds a new one.",
+            exit_code=EXIT_USAGE,
+        )
 
     @staticmethod
     def _require_alive(node: NodeRecord) -> int:
@@ -807,31 +942,6 @@ class Launcher:
                 exit_code=EXIT_USAGE,
             )
 
-    def _command(self, record: ClusterRecord, node: NodeRecord, peers: str) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "minikv_core.server",
-            "--id",
-            str(node.node_id),
-            "--data-dir",
-            str(node.data_dir),
-            "--http",
-            f"{LOOPBACK}:{node.http_port}",
-            "--grpc",
-            f"{LOOPBACK}:{node.grpc_port}",
-            "--peers",
-            peers,
-            "--shards",
-            str(record.settings.shards),
-            "--replicas",
-            str(record.settings.replicas),
-            "--cluster-id",
-            f"minikv-local-{record.name}",
-            "--ready-file",
-            str(_ready_file(record, node)),
-        ]
-
     async def _spawn(
         self, registry: Registry, record: ClusterRecord, nodes: Sequence[NodeRecord]
     ) -> None:
@@ -847,8 +957,7 @@ class Launcher:
                         f"or `minikv cluster destroy {self.name}` and create it again "
                         "for new ports.",
                     )
-        everyone = await registry.nodes(self.name)
-        peers = ",".join(f"{n.node_id}={LOOPBACK}:{n.grpc_port}" for n in everyone)
+        everyone = await registry.nodes(self.name, include_removed=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -857,13 +966,13 @@ class Launcher:
         try:
             for index, node in enumerate(nodes, start=1):
                 self._report(f"starting node {node.node_id}", index - 1, total)
-                started.append(await self._launch(registry, record, node, peers, env))
+                started.append(await self._launch(registry, record, node, everyone, env))
             done = 0
             pending = {n.node_id: n for n in started}
             deadline = time.monotonic() + SPAWN_TIMEOUT_S
             while pending:
                 for node_id, node in list(pending.items()):
-                    if _ready_file(record, node).exists():
+                    if ready_file(record, node).exists():
                         del pending[node_id]
                         done += 1
                         self._report(f"node {node_id} serving (pid {node.pid})", done, total)
@@ -895,13 +1004,19 @@ class Launcher:
         registry: Registry,
         record: ClusterRecord,
         node: NodeRecord,
-        peers: str,
+        everyone: Sequence[NodeRecord],
         env: dict[str, str],
     ) -> NodeRecord:
         """Spawn one node detached and record its pid at once, so that a launcher that dies
         right after still leaves a registry that can find and stop it."""
-        command = self._command(record, node, peers)
-        _ready_file(record, node).unlink(missing_ok=True)
+        try:
+            command = node_command(record, node, everyone)
+        except ValueError as error:
+            raise LauncherError(
+                f"cannot start node {node.node_id}: {error}",
+                hint="A joined node restarts through another member; start that one first.",
+            ) from None
+        ready_file(record, node).unlink(missing_ok=True)
         node.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with node.log_path.open("ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -956,13 +1071,13 @@ class Launcher:
         deadline = time.monotonic() + timeout_s
         ready: set[int] = set()
         reasons: dict[int, str] = {}
-        async with AsyncClient([_grpc(live[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
+        async with AsyncClient([grpc_address(live[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
             while len(ready) < total:
                 for node in live:
                     if node.node_id in ready:
                         continue
                     try:
-                        document = await client.status(_grpc(node), timeout_s=1.0)
+                        document = await client.status(grpc_address(node), timeout_s=1.0)
                     except ClientError as error:
                         reasons[node.node_id] = f"not answering ({error})"
                         continue
@@ -999,7 +1114,7 @@ class Launcher:
         wanted = set(only) if only is not None else {n.node_id for n in records}
         everyone = {n.node_id for n in records}
         skipped: list[int] = []
-        async with AsyncClient([_grpc(records[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
+        async with AsyncClient([grpc_address(records[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
             for node in records:
                 if node.node_id not in wanted:
                     continue
@@ -1009,7 +1124,7 @@ class Launcher:
                 group = next(g for g in groups if node.node_id in g)
                 others = sorted(everyone - set(group))
                 try:
-                    await client.set_fault(_grpc(node), drop_to=others, drop_from=others)
+                    await client.set_fault(grpc_address(node), drop_to=others, drop_from=others)
                 except ClientError as error:
                     raise LauncherError(
                         f"node {node.node_id} did not take its fault rules: {error}"
@@ -1048,14 +1163,6 @@ async def _shard_group(client: AsyncClient, endpoint: str, shard: int) -> dict[s
         if group.get("shard") == shard:
             return dict(group)
     raise LauncherError(f"node at {endpoint} reports no replica of shard {shard}")
-
-
-def _grpc(node: NodeRecord) -> str:
-    return f"{LOOPBACK}:{node.grpc_port}"
-
-
-def _ready_file(record: ClusterRecord, node: NodeRecord) -> Path:
-    return record.directory / f"node{node.node_id}.ready.json"
 
 
 def _ids(ids: Iterable[int]) -> str:
@@ -1126,7 +1233,7 @@ def _delete_cluster_files(record: ClusterRecord, nodes: Sequence[NodeRecord]) ->
         if node.data_dir.is_dir():
             shutil.rmtree(node.data_dir)
         node.log_path.unlink(missing_ok=True)
-        _ready_file(record, node).unlink(missing_ok=True)
+        ready_file(record, node).unlink(missing_ok=True)
     (record.directory / PARTITION_FILE).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         record.directory.rmdir()  # only when empty: it may hold files we did not create

@@ -75,6 +75,14 @@ _MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX events_by_cluster ON events (cluster, id);
     """,
+    # Membership changes (issue #10). `joined`: the node was added to a running cluster and
+    # starts with `--join`, not the founding `--peers` (its identity file holds the rest).
+    # `removed_at`: the cluster let the node go; it is never started again, but its row stays:
+    # founding nodes keep it in their `--peers` list, and its id and ports are never reused.
+    """
+    ALTER TABLE nodes ADD COLUMN joined INTEGER NOT NULL DEFAULT 0 CHECK (joined IN (0, 1));
+    ALTER TABLE nodes ADD COLUMN removed_at REAL;
+    """,
 )
 SCHEMA_VERSION: Final[int] = len(_MIGRATIONS)
 assert all(f"'{state}'" in "".join(_MIGRATIONS) for state in NODE_STATES), "states vs schema"
@@ -123,6 +131,12 @@ class NodeRecord:
     state: NodeState  # what the launcher last did or observed; liveness is re-checked by pid
     pid: int | None = None
     pid_start: int | None = None  # /proc/<pid>/stat field 22: tells a reused pid apart
+    joined: bool = False  # added to a running cluster: started with --join, not --peers
+    removed_at: float | None = None  # unix seconds the cluster let it go; None: a member
+
+    @property
+    def removed(self) -> bool:
+        return self.removed_at is not None
 
 
 @dataclass(frozen=True)
@@ -249,7 +263,19 @@ def _cluster_from_row(row: Sequence[Any]) -> ClusterRecord:
 
 
 def _node_from_row(row: Sequence[Any]) -> NodeRecord:
-    cluster, node_id, grpc_port, http_port, data_dir, log_path, state, pid, pid_start = row
+    (
+        cluster,
+        node_id,
+        grpc_port,
+        http_port,
+        data_dir,
+        log_path,
+        state,
+        pid,
+        pid_start,
+        joined,
+        removed_at,
+    ) = row
     return NodeRecord(
         cluster=cluster,
         node_id=node_id,
@@ -260,6 +286,24 @@ def _node_from_row(row: Sequence[Any]) -> NodeRecord:
         state=_validate_state(state),
         pid=pid,
         pid_start=pid_start,
+        joined=bool(joined),
+        removed_at=removed_at,
+    )
+
+
+def _node_row(node: NodeRecord) -> tuple[Any, ...]:
+    return (
+        node.cluster,
+        node.node_id,
+        node.grpc_port,
+        node.http_port,
+        _path_text(node.data_dir),
+        _path_text(node.log_path),
+        _validate_state(node.state),
+        node.pid,
+        node.pid_start,
+        int(node.joined),
+        node.removed_at,
     )
 
 
@@ -270,8 +314,10 @@ def _event_from_row(row: Sequence[Any]) -> EventRecord:
 
 _CLUSTER_COLUMNS: Final = "name, directory, nodes, shards, replicas, created_at"
 _NODE_COLUMNS: Final = (
-    "cluster, node_id, grpc_port, http_port, data_dir, log_path, state, pid, pid_start"
+    "cluster, node_id, grpc_port, http_port, data_dir, log_path, state, pid, pid_start, "
+    "joined, removed_at"
 )
+_NODE_PLACEHOLDERS: Final = ", ".join("?" * len(_NODE_COLUMNS.split(",")))
 _EVENT_COLUMNS: Final = "id, at, cluster, node, kind, detail"
 
 
@@ -349,20 +395,7 @@ class Registry:
         node_ids = [node.node_id for node in nodes]
         assert len(set(node_ids)) == len(node_ids), f"duplicate node ids: {node_ids}"
         assert all(node.cluster == cluster.name for node in nodes), "node of another cluster"
-        node_rows = [
-            (
-                cluster.name,
-                node.node_id,
-                node.grpc_port,
-                node.http_port,
-                _path_text(node.data_dir),
-                _path_text(node.log_path),
-                _validate_state(node.state),
-                node.pid,
-                node.pid_start,
-            )
-            for node in nodes
-        ]
+        node_rows = [_node_row(node) for node in nodes]
         cluster_row = (
             cluster.name,
             _path_text(cluster.directory),
@@ -381,8 +414,7 @@ class Registry:
                 f"INSERT INTO clusters ({_CLUSTER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", cluster_row
             )
             await db.executemany(
-                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                node_rows,
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({_NODE_PLACEHOLDERS})", node_rows
             )
 
     async def cluster(self, name: str) -> ClusterRecord | None:
@@ -404,13 +436,18 @@ class Registry:
 
     # -- nodes --------------------------------------------------------------------------------
 
-    async def nodes(self, cluster: str) -> list[NodeRecord]:
+    async def nodes(self, cluster: str, *, include_removed: bool = False) -> list[NodeRecord]:
+        """The cluster's members by id; removed nodes only on request (they are history:
+        nothing starts, polls or lists them, but their ids and ports stay taken)."""
+        where = "" if include_removed else " AND removed_at IS NULL"
         rows = await self._read(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? ORDER BY node_id", (cluster,)
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ?{where} ORDER BY node_id",
+            (cluster,),
         )
         return [_node_from_row(row) for row in rows]
 
     async def node(self, cluster: str, node_id: int) -> NodeRecord | None:
+        """The node by id, removed or not (`NodeRecord.removed` tells)."""
         rows = await self._read(
             f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? AND node_id = ?",
             (cluster, node_id),
@@ -434,6 +471,47 @@ class Registry:
                 "UPDATE nodes SET state = ?, pid = ?, pid_start = ? "
                 "WHERE cluster = ? AND node_id = ?",
                 (state, pid, pid_start, cluster, node_id),
+            ) as cursor:
+                updated = cursor.rowcount
+            if updated == 0:
+                if not await self._cluster_exists(cluster):
+                    raise _no_such_cluster(cluster)
+                raise RegistryError(
+                    f"cluster {cluster!r} has no node {node_id}",
+                    hint="check the node id against the cluster's list of nodes",
+                )
+            rows = await db.execute_fetchall(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? AND node_id = ?",
+                (cluster, node_id),
+            )
+        return _node_from_row(next(iter(rows)))
+
+    async def add_node(self, node: NodeRecord) -> None:
+        """One more node of an existing cluster (`minikv cluster add-node`)."""
+        row = _node_row(node)
+        async with self._write() as db:
+            if not await self._cluster_exists(node.cluster):
+                raise _no_such_cluster(node.cluster)
+            taken = await db.execute_fetchall(
+                "SELECT 1 FROM nodes WHERE cluster = ? AND node_id = ?",
+                (node.cluster, node.node_id),
+            )
+            if list(taken):
+                raise RegistryError(
+                    f"cluster {node.cluster!r} already has a node {node.node_id}",
+                    hint="node ids are never reused; pick the next free one",
+                )
+            await db.execute(
+                f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES ({_NODE_PLACEHOLDERS})", row
+            )
+
+    async def mark_removed(self, cluster: str, node_id: int) -> NodeRecord:
+        """Record that the cluster let the node go (idempotent: the first time is kept)."""
+        async with self._write() as db:
+            async with db.execute(
+                "UPDATE nodes SET removed_at = COALESCE(removed_at, ?) "
+                "WHERE cluster = ? AND node_id = ?",
+                (time.time(), cluster, node_id),
             ) as cursor:
                 updated = cursor.rowcount
             if updated == 0:

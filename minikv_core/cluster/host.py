@@ -101,6 +101,8 @@ from minikv_core.raft import (
     RaftError,
     RawNode,
     Ready,
+    Snapshot,
+    SnapshotMetadata,
 )
 from minikv_core.raft import UnavailableError as RaftUnavailableError
 from minikv_core.storage.block_cache import BlockCache
@@ -295,6 +297,10 @@ class MultiRaftHost:
         self._restarted_groups: set[int] = set()
         """Groups that had a term before this start: for one election timeout, they ignore
         vote requests (see `_on_frame`)."""
+        self._barriers = 0
+        self._packing: set[int] = set()
+        """Groups whose snapshot data is being packed in a thread (`_pack_snapshot`)."""
+        self._background: set[asyncio.Task[None]] = set()
         self._replica_changes: list[tuple[int, bool, asyncio.Future[None]]] = []
         """(shard, create?, done) for the driver loop: replicas come and go between rounds."""
         self._peer_map: dict[int, str] = dict(config.peers)
@@ -535,6 +541,7 @@ class MultiRaftHost:
         group = ShardGroup(group_id, shard, raw, storage, state_machine, pending)
         group.preferred_leader = self.shard_map.shards[shard].preferred_leader
         storage.snapshot_data_source = group.snapshot_data(config.shards_dir)
+        storage.pack_in_background = lambda metadata: self._pack_snapshot(group, metadata)
         self.groups[group_id] = group
         self.shard_groups[shard] = group
         return group
@@ -1029,6 +1036,31 @@ class MultiRaftHost:
             self.counters.transfers_started += 1
             self.wake()
 
+    def _pack_snapshot(self, group: ShardGroup, metadata: SnapshotMetadata) -> None:
+        """Build a snapshot's data (engine flush + table links + tar) in a thread: done on
+        the event loop it stalled every group's heartbeats for as long as it took."""
+        if group.group_id in self._packing:
+            return
+        source = group.storage.snapshot_data_source
+        assert source is not None
+        self._packing.add(group.group_id)
+
+        async def pack() -> None:
+            try:
+                data = await asyncio.to_thread(source, metadata)
+                group.storage.set_packed(Snapshot(metadata, data))
+            except Exception as error:
+                logger.warning(
+                    "shard %d: packing snapshot %d: %s", group.shard, metadata.index, error
+                )
+            finally:
+                self._packing.discard(group.group_id)
+                self.wake_group(group)
+
+        task = asyncio.get_running_loop().create_task(pack())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # ---------------------------------------------------------------- replicas (#10)
 
     async def reconcile_replicas(self) -> None:
@@ -1047,25 +1079,30 @@ class MultiRaftHost:
         shard_map = meta.state_machine.shard_map
         if shard_map.epoch == 0:
             return  # the bootstrap map: the founding groups already match it
-        node_id = self.config.node_id
         peers = dict(shard_map.nodes)
         if peers != self._peer_map:
             self._peer_map = peers
             self.transport.set_peers(peers)
+        node_id = self.config.node_id
+        if node_id not in shard_map.nodes:
+            # No barrier needed (and none possible: the node leaves the meta group next):
+            # every map this replica can apply lists it from the moment it joined until it
+            # is removed, since a map applies only at the next epoch and ids are never reused.
+            self.decommissioned.set()
+            return
+        if not self._replica_changes_for(shard_map):
+            return
+        # Act only on the current map: after a restart this replica's copy can be old (the
+        # commit index is not persisted, see MustSync, and the node may have been down while
+        # the map changed), and an old map would delete replicas their groups still count.
+        # A ReadIndex on the meta group (thesis §6.4) makes what we read current.
+        if not await self._meta_read_barrier(meta):
+            return
+        shard_map = meta.state_machine.shard_map
         if node_id not in shard_map.nodes:
             self.decommissioned.set()
             return
-        for shard, group in self.shard_groups.items():
-            group.preferred_leader = shard_map.shards[shard].preferred_leader
-        wanted = shard_map.hosted_by(node_id)
-        changes: list[tuple[int, bool]] = [
-            (shard, True) for shard in sorted(wanted - set(self.shard_groups))
-        ]
-        for shard, group in sorted(self.shard_groups.items()):
-            # Never drop a replica this node leads (the executor moves leadership first; a
-            # map lagging this group's log must not take a working leader down).
-            if shard not in wanted and not group.is_leader:
-                changes.append((shard, False))
+        changes = self._replica_changes_for(shard_map)
         if not changes:
             return
         async with self._planning:
@@ -1077,6 +1114,43 @@ class MultiRaftHost:
                 waiters.append(future)
             self.wake()
             await asyncio.gather(*waiters)
+
+    def _replica_changes_for(self, shard_map: ShardMap) -> list[tuple[int, bool]]:
+        """(shard, create?) to make this node's replicas match `shard_map`."""
+        node_id = self.config.node_id
+        for shard, group in self.shard_groups.items():
+            group.preferred_leader = shard_map.shards[shard].preferred_leader
+        wanted = shard_map.hosted_by(node_id)
+        changes = [(shard, True) for shard in sorted(wanted - set(self.shard_groups))]
+        for shard, group in sorted(self.shard_groups.items()):
+            # Never drop a replica this node leads (the executor moves leadership first; a
+            # map lagging this group's log must not take a working leader down).
+            if shard not in wanted and not group.is_leader:
+                changes.append((shard, False))
+        return changes
+
+    async def _meta_read_barrier(self, meta: MetaGroup) -> bool:
+        """True once this node's meta replica has applied everything committed before the
+        call (a linearizable read of the map); False when that cannot be learned now."""
+        self._barriers += 1
+        context = b"reconcile" + self._barriers.to_bytes(8, "big") + self._rng.randbytes(8)
+        try:
+            future = meta.read_index(context)
+        except UnavailableError:
+            return False
+        self.wake_group(meta)
+        timeout_s = self.config.election_timeout_ticks * self.config.tick_ms / 1000.0
+        try:
+            async with asyncio.timeout(timeout_s):
+                index = await future
+                applied = meta.wait_applied(index)
+                if applied is not None:
+                    await applied
+        except (TimeoutError, UnavailableError):
+            return False
+        finally:
+            meta.forget_read(context)
+        return True
 
     async def _apply_replica_changes(self) -> None:
         """In the driver loop (no Ready outstanding): create and drop replicas."""
@@ -1259,6 +1333,9 @@ class MultiRaftHost:
                 waiter.set_exception(stopping)
         if self._transport is not None:
             await self._transport.stop()
+        if self._background:
+            # A packing thread reads an engine: let it finish before the engines close.
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self._close_storage()
 
     async def _close_storage(self) -> None:

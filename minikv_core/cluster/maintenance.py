@@ -387,23 +387,18 @@ class Maintenance:
             return f"node {node} already votes in shard {shard}"
         if node not in state["learners"]:
             await self.local.update_map(lambda m: _with_learner(m, shard, node), deadline)
-            await self._on_leader(
-                group_id,
-                "change_replicas",
-                {"group": group_id, "op": "add_learner", "node": node},
-                deadline,
-            )
+            await self._change(group_id, "add_learner", node, deadline)
         started = time.monotonic()
         await self._wait_caught_up(group_id, node, min(deadline, started + CATCH_UP_TIMEOUT_S))
         caught_up_s = time.monotonic() - started
-        state = await self._on_leader(
-            group_id,
-            "change_replicas",
-            {"group": group_id, "op": "promote", "node": node},
-            deadline,
-        )
+        state = await self._change(group_id, "promote", node, deadline)
         await self._sync_map(shard, state, deadline)
         return f"node {node} caught up in {caught_up_s:.1f} s and votes in shard {shard}"
+
+    async def _change(self, group_id: int, op: str, node: int, deadline: float) -> JsonObject:
+        """One membership change on the group's leader (maintenance_local.change_replicas)."""
+        args = {"group": group_id, "op": op, "node": node}
+        return await self._on_leader(group_id, "change_replicas", args, deadline)
 
     async def _remove_replica(self, shard: int, node: int, deadline: float) -> str:
         group_id = group_of_shard(shard)
@@ -420,12 +415,7 @@ class Maintenance:
             )
             moved = f"leadership moved to node {target}; "
         if node in state["voters"] or node in state["learners"]:
-            state = await self._on_leader(
-                group_id,
-                "change_replicas",
-                {"group": group_id, "op": "remove", "node": node},
-                deadline,
-            )
+            state = await self._change(group_id, "remove", node, deadline)
         await self._sync_map(shard, state, deadline)
         return f"{moved}node {node} left shard {shard}"
 

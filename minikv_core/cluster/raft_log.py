@@ -118,7 +118,7 @@ from types import TracebackType
 from typing import Self
 
 from minikv_core.cluster import limits
-from minikv_core.raft.storage import MemoryStorage
+from minikv_core.raft.storage import MemoryStorage, SnapshotTemporarilyUnavailableError
 from minikv_core.raft.types import (
     NONE,
     ConfState,
@@ -270,19 +270,41 @@ class GroupStorage(MemoryStorage):
     calls `snapshot()` only to ship a snapshot to a lagging follower.
     """
 
-    __slots__ = ("group_id", "snapshot_data_source")
+    __slots__ = ("_packed", "group_id", "pack_in_background", "snapshot_data_source")
 
     def __init__(self, group_id: int, conf_state: ConfState | None = None) -> None:
         super().__init__(conf_state)
         self.group_id = group_id
         self.snapshot_data_source: SnapshotDataSource | None = None
+        self.pack_in_background: Callable[[SnapshotMetadata], None] | None = None
+        """Set by the host: build the data of this snapshot off the event loop and hand it to
+        `set_packed`. Without it, `snapshot()` packs inline (tests, tools)."""
+        self._packed: Snapshot | None = None
 
     def snapshot(self) -> Snapshot:
+        """The latest snapshot with its data. Packing the engine's state takes long, so with
+        `pack_in_background` set the first call starts it and raises
+        SnapshotTemporarilyUnavailableError (the core retries on a later heartbeat, as with
+        etcd); the packed data is then kept, for every follower that needs it, until a newer
+        snapshot replaces it."""
         stored = super().snapshot()
         source = self.snapshot_data_source
         if stored.data or stored.is_empty or source is None:
             return stored
-        return Snapshot(stored.metadata, source(stored.metadata))
+        packed = self._packed
+        if packed is not None and packed.metadata == stored.metadata:
+            return packed
+        if self.pack_in_background is None:
+            return Snapshot(stored.metadata, source(stored.metadata))
+        self.pack_in_background(stored.metadata)
+        raise SnapshotTemporarilyUnavailableError(
+            f"group {self.group_id}: snapshot {stored.metadata.index} is being packed"
+        )
+
+    def set_packed(self, snapshot: Snapshot) -> None:
+        """The data `pack_in_background` built; ignored if a newer snapshot came since."""
+        if snapshot.metadata == super().snapshot().metadata:
+            self._packed = snapshot
 
     def snapshot_metadata(self) -> SnapshotMetadata:
         """The latest snapshot's metadata, without fetching its data."""

@@ -79,7 +79,12 @@ from minikv_core.raft.log import RaftLog, entries_size_bytes
 from minikv_core.raft.progress import NEVER, Progress
 from minikv_core.raft.quorum import VoteResult, quorum_value, vote_result
 from minikv_core.raft.read_only import ReadOnly, ReadRequest, decode_round, encode_round
-from minikv_core.raft.storage import CompactedError, Storage, UnavailableError
+from minikv_core.raft.storage import (
+    CompactedError,
+    SnapshotTemporarilyUnavailableError,
+    Storage,
+    UnavailableError,
+)
 from minikv_core.raft.types import (
     EMPTY_SNAPSHOT,
     NONE,
@@ -1335,7 +1340,10 @@ class RawNode:
     def _start_snapshot(self, to: int, progress: Progress) -> bool:
         if not progress.recent_active:
             return False  # do not ship a snapshot to a node that may be down
-        snapshot = self._log.storage.snapshot()
+        try:
+            snapshot = self._log.storage.snapshot()
+        except SnapshotTemporarilyUnavailableError:
+            return False  # the host is packing it; the next heartbeat response retries
         assert not snapshot.is_empty, "entries are compacted but storage has no snapshot"
         progress.become_snapshot(snapshot)
         self._send_snapshot_chunks(to, progress)
@@ -1379,7 +1387,7 @@ class RawNode:
         # Our log base (index, term, membership): lets a joiner started without the bootstrap
         # membership learn it (see _learn_membership). A shared reference, a few ints on the
         # wire, once per heartbeat interval.
-        base = log.storage.snapshot().metadata
+        base = log.storage.snapshot_metadata()
         for node_id, progress in self._progress.items():
             if node_id == self._id:
                 continue

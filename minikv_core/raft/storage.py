@@ -40,6 +40,11 @@ class SnapshotOutOfDateError(StorageError):
     """A snapshot older than the one already stored was offered."""
 
 
+class SnapshotTemporarilyUnavailableError(StorageError):
+    """The snapshot's data is being prepared (etcd's ErrSnapshotTemporarilyUnavailable): the
+    leader sends nothing to that follower now and tries again on its next heartbeat."""
+
+
 class Storage(Protocol):
     """The read side of stable storage, plus recording a compaction (log compaction, §7)."""
 
@@ -68,7 +73,13 @@ class Storage(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """The most recent snapshot (EMPTY_SNAPSHOT-like metadata index 0 if none)."""
+        """The most recent snapshot (EMPTY_SNAPSHOT-like metadata index 0 if none), data
+        included; may raise SnapshotTemporarilyUnavailableError while the data is prepared."""
+        ...
+
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        """The most recent snapshot's metadata alone: cheap, never prepares data (the core
+        reads it on every heartbeat)."""
         ...
 
     def compact(self, snapshot: Snapshot) -> None:
@@ -121,6 +132,9 @@ class MemoryStorage:
 
     def snapshot(self) -> Snapshot:
         return self._snapshot
+
+    def snapshot_metadata(self) -> SnapshotMetadata:
+        return self._snapshot.metadata
 
     def compact(self, snapshot: Snapshot) -> None:
         index = snapshot.metadata.index

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from minikv_core.client import AsyncClient
 from minikv_tui.cluster_status import ClusterSnapshot, Poller
+from minikv_tui.commands import maintenance
 from minikv_tui.launcher import (
     DEFAULT_NAME,
     ClusterView,
@@ -36,7 +37,8 @@ from minikv_tui.target import pick_local_cluster
 T = TypeVar("T")
 
 app = typer.Typer(
-    help="Local clusters: up, status, ls, down, destroy, and faults (kill, pause, partition …).",
+    help="Local clusters: up, status, ls, down, destroy, faults (kill, pause, partition …), "
+    "and maintenance (repair, verify, rebalance, add-node, remove-node).",
     no_args_is_help=True,
 )
 
@@ -147,7 +149,7 @@ def _cluster_json(view: ClusterView) -> dict[str, Any]:
         "name": view.name,
         "state": view.state,
         "directory": str(view.record.directory),
-        "nodes": settings.nodes,
+        "nodes": len(view.nodes),  # members now: add-node and remove-node change it
         "shards": settings.shards,
         "replicas": settings.replicas,
         "created_at": view.record.created_at,
@@ -278,7 +280,7 @@ def up(
         verb = "created and started" if result.created else "started"
         out.print(
             f"cluster [bold]{view.name}[/] {verb} in {time.monotonic() - started_at:.1f} s: "
-            f"{settings.nodes} nodes, {settings.shards} shards of {settings.replicas} replicas, "
+            f"{len(view.nodes)} nodes, {settings.shards} shards of {settings.replicas} replicas, "
             f"data in {view.record.directory}"
         )
     out.print("[dim]Try `minikv put hello world`, `minikv cluster status`, `minikv tui`.[/]")
@@ -341,7 +343,7 @@ def list_clusters(as_json: AsJson = False) -> None:
         table.add_row(
             view.name,
             _styled(view.state),
-            f"{view.running}/{settings.nodes}",
+            f"{view.running}/{len(view.nodes)}",
             str(settings.shards),
             str(settings.replicas),
             created,
@@ -494,3 +496,6 @@ def transfer_leader(
         launcher = _launcher(cluster, progress=report)
         message = _run(launcher.transfer_leader(shard, node))
     _out().print(message)
+
+
+maintenance.register(app)

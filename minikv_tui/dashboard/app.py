@@ -5,6 +5,11 @@ progress), then polls in a loop, one poll in flight at a time, sleeping only wha
 the refresh period, and posts a `FrameFetched` per poll. Handlers apply frames to the widgets,
 which do no I/O. Actions run in their own workers and report back as notifications: a failed
 action is a red toast, never a traceback.
+
+Maintenance jobs (repair, verify, rebalance) run on the meta leader for seconds or minutes: an
+action only starts one (after showing its dry-run plan), and the same session worker reads the
+job after each frame (`JobWatcher`), so the job panel moves with the rest of the screen and
+job reads never overlap.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -29,6 +34,15 @@ from textual.worker import Worker
 
 from minikv_tui.cluster_status import ClusterSnapshot, observe_changes
 from minikv_tui.dashboard.control import ActionError, ClusterControl, PartitionPlan
+from minikv_tui.dashboard.job_watch import JobStatus, JobWatcher
+from minikv_tui.dashboard.jobs import (
+    VERIFY_QUESTION,
+    JobDocumentError,
+    confirm_text,
+    nothing_planned,
+    parse_job,
+    parse_plan,
+)
 from minikv_tui.dashboard.journal import LogEvent
 from minikv_tui.dashboard.palette import Palette
 from minikv_tui.dashboard.screens.confirm import ConfirmScreen
@@ -36,11 +50,12 @@ from minikv_tui.dashboard.screens.help import HelpScreen
 from minikv_tui.dashboard.screens.kv import KvScreen
 from minikv_tui.dashboard.screens.partition import PartitionRequest, PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitChoice, QuitScreen
-from minikv_tui.dashboard.session import Session
+from minikv_tui.dashboard.session import Session, detail_every, poll_timeout_s
 from minikv_tui.dashboard.source import Frame
 from minikv_tui.dashboard.themes import HIGH_CONTRAST_THEME, THEMES, palette_for
 from minikv_tui.dashboard.widgets.event_log import EventLog
 from minikv_tui.dashboard.widgets.header import ClusterHeader
+from minikv_tui.dashboard.widgets.job_panel import JobPanel
 from minikv_tui.dashboard.widgets.load_panel import LoadPanel
 from minikv_tui.dashboard.widgets.nodes_table import NodesTable
 from minikv_tui.dashboard.widgets.shard_map import ShardMap
@@ -94,6 +109,10 @@ class DashboardApp(App[str | None]):
         Binding("t", "transfer", "transfer", show=False),
         Binding("a", "snapshot", "snapshot", show=False),
         Binding("c", "compact", "compact", show=False),
+        Binding("r", "repair", "repair"),
+        Binding("R", "repair_dead", "repair, node dead", show=False),
+        Binding("v", "verify", "verify", show=False),
+        Binding("b", "rebalance", "rebalance", show=False),
         Binding("l", "toggle_load", "load"),
         Binding("g", "kv", "put/get", show=False),
         Binding("1", "panel(0)", "shards", show=False),
@@ -107,13 +126,20 @@ class DashboardApp(App[str | None]):
 
     class FrameFetched(Message):
         def __init__(
-            self, frame: Frame, events: list[LogEvent], load: LoadWindow | None, load_on: bool
+            self,
+            frame: Frame,
+            events: list[LogEvent],
+            load: LoadWindow | None,
+            load_on: bool,
+            job: JobStatus | None = None,
         ) -> None:
             super().__init__()
             self.frame = frame
             self.events = events
             self.load = load
             self.load_on = load_on
+            self.job = job
+            """The job panel's new state (None: unchanged)."""
 
     class SessionProgressed(Message):
         def __init__(self, message: str) -> None:
@@ -145,6 +171,8 @@ class DashboardApp(App[str | None]):
         self._poll_worker: Worker[None] | None = None
         self._quitting = False
         self._session_closed = False
+        self._jobs = JobWatcher(idle_every=detail_every(self.options.refresh_hz))
+        self._maintenance_busy = False
 
     # --- what tests and tools may read -----------------------------------------------------
 
@@ -180,6 +208,11 @@ class DashboardApp(App[str | None]):
     def load_on(self) -> bool:
         return self._load_on
 
+    @property
+    def job_status(self) -> JobStatus:
+        """The maintenance job the panel shows."""
+        return self._jobs.status
+
     # --- composition -----------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
@@ -193,6 +226,7 @@ class DashboardApp(App[str | None]):
             yield EventLog(id="events")
             yield StoragePanel(id="storage", classes="panel")
             yield LoadPanel(id="load", classes="panel")
+        yield JobPanel(id="job")
         yield Footer(show_command_palette=False)
 
     def on_mount(self) -> None:
@@ -208,6 +242,7 @@ class DashboardApp(App[str | None]):
         self._palette = palette_for(self.theme, self.current_theme.dark)
         if self._snapshot is not None:
             self._show(Frame(self._snapshot, detailed=True), None)
+        self._show_job()
 
     def on_resize(self) -> None:
         if self._snapshot is not None:
@@ -252,19 +287,40 @@ class DashboardApp(App[str | None]):
                         change.kind, change.detail, change.node, frame.snapshot.taken_at
                     )
                 previous = frame.snapshot
+                job = await self._watch_job(session, frame)
                 events = await session.journal.new_events()
                 load = frame.load
                 loadgen = session.loadgen
                 load_on = loadgen is not None and loadgen.running
                 if load is None and loadgen is not None and (load_on or self._load_on):
                     load = loadgen.take_window()
-                self.post_message(self.FrameFetched(frame, events, load, load_on))
+                self.post_message(self.FrameFetched(frame, events, load, load_on, job))
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # one bad poll must not end the dashboard
                 self.post_message(self.PollFailed(f"{type(error).__name__}: {error}"))
                 await asyncio.sleep(POLL_FAILURE_BACKOFF_S)
             await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+    async def _watch_job(self, session: Session, frame: Frame) -> JobStatus | None:
+        """After each frame: the job's state (read from the nodes, or from the recording),
+        its transitions journalled; the panel's new state, or None if it did not change."""
+        watcher = self._jobs
+        control = session.control
+        at = frame.snapshot.taken_at
+        if frame.job is not None:
+            watcher.observe(frame.job, at)
+        elif control is not None:
+            via = maintenance_via(frame.snapshot)
+            timeout_s = poll_timeout_s(self.options.refresh_hz)
+            await watcher.poll(lambda args: control.read_job(args, via, timeout_s), at)
+        for event in watcher.take_events():
+            if control is None:
+                continue  # a recording brings its own journal events
+            if event.foreign and session.journal.shared:
+                continue  # the tool that started it journals it there
+            await session.journal.record(event.kind, event.detail, None, at)
+        return watcher.status if watcher.take_changed() else None
 
     @on(SessionProgressed)
     def _progressed(self, message: SessionProgressed) -> None:
@@ -291,6 +347,8 @@ class DashboardApp(App[str | None]):
     def _frame_fetched(self, message: FrameFetched) -> None:
         self._load_on = message.load_on
         self._show(message.frame, message.load)
+        if message.job is not None:
+            self._show_job()
         log = self.query_one(EventLog)
         for event in message.events:
             log.add(event, self._palette, self.options.tz)
@@ -308,6 +366,9 @@ class DashboardApp(App[str | None]):
         self.query_one(LoadPanel).show_window(
             load, self._load_on or frame.load is not None, palette
         )
+
+    def _show_job(self) -> None:
+        self.query_one(JobPanel).show(self._jobs.status, self._palette, self.options.tz)
 
     # --- actions ---------------------------------------------------------------------------
 
@@ -476,6 +537,101 @@ class DashboardApp(App[str | None]):
         if node is not None:
             self._act(f"compact node {node}", lambda c: c.compact(node))
 
+    def action_repair(self) -> None:
+        self._maintain("repair", ())
+
+    def action_repair_dead(self) -> None:
+        node = self._selected_node()
+        if node is not None:
+            self._maintain("repair", (node,))
+
+    def action_verify(self) -> None:
+        self._maintain("verify", ())
+
+    def action_rebalance(self) -> None:
+        self._maintain("rebalance", ())
+
+    def _maintain(self, operation: str, dead: tuple[int, ...]) -> None:
+        control = self._control()
+        if control is None:
+            return
+        running = self._jobs.running
+        if running is not None:
+            progress = f"{running.steps_done}/{len(running.steps)} steps"
+            self.notify(
+                f"{running.title} is running ({progress}): one job at a time, wait for it",
+                severity="warning",
+                markup=False,
+            )
+            return
+        if self._maintenance_busy:
+            self.notify("a maintenance action is already being set up", severity="warning")
+            return
+        self._maintenance_busy = True
+        self._run_maintenance(operation, dead, control)
+
+    @work(group="maintenance")
+    async def _run_maintenance(
+        self, operation: str, dead: tuple[int, ...], control: ClusterControl
+    ) -> None:
+        """Dry run -> confirm -> start (the dry run and the dialog only when confirming)."""
+        args: dict[str, Any] = {"dead": list(dead)} if dead else {}
+        via = maintenance_via(self._snapshot)
+        try:
+            if self.options.confirm:
+                question = await self._maintenance_question(operation, dead, args, via, control)
+                if question is None:
+                    return
+                confirm = ConfirmScreen(question, yes=operation.capitalize())
+                if not await self.push_screen_wait(confirm):
+                    return
+            document = await control.start_job(operation, args, via)
+            job = parse_job(document)
+            self._jobs.follow(document, self.options.clock())
+        except ActionError as error:
+            self._failed(operation, str(error))
+            return
+        except JobDocumentError as error:
+            self._failed(operation, f"{error}: is every node running this version of minikv?")
+            return
+        except Exception as error:  # reported, never a traceback
+            self._failed(operation, f"{type(error).__name__}: {error}")
+            return
+        finally:
+            self._maintenance_busy = False
+        self._show_job()
+        title = job.title if job is not None else operation
+        self.notify(
+            f"{title} started: the panel below follows it", title=operation, timeout=4, markup=False
+        )
+
+    def _failed(self, operation: str, message: str) -> None:
+        # Node text may hold brackets: never read as markup.
+        self.notify(
+            message, title=f"{operation} failed", severity="error", timeout=10, markup=False
+        )
+
+    async def _maintenance_question(
+        self,
+        operation: str,
+        dead: tuple[int, ...],
+        args: dict[str, Any],
+        via: list[int],
+        control: ClusterControl,
+    ) -> str | None:
+        """What the confirm dialog asks; None (after saying why) when there is nothing to do."""
+        if operation == "verify":
+            return VERIFY_QUESTION
+        plan = parse_plan(await control.plan(operation, args, via))
+        if not plan.steps:
+            self.notify(nothing_planned(plan), title=operation, timeout=8, markup=False)
+            return None
+        snapshot = self._snapshot
+        dead_up = snapshot is not None and any(
+            (status := snapshot.node(node)) is not None and status.state == "up" for node in dead
+        )
+        return confirm_text(operation, plan, dead, dead_up)
+
     def action_toggle_load(self) -> None:
         loadgen = self._session.loadgen
         if loadgen is None:
@@ -600,6 +756,14 @@ class DashboardApp(App[str | None]):
             ("Transfer leadership", "selected shard to the selected node", self.action_transfer),
             ("Snapshot node", "flush and snapshot the selected node", self.action_snapshot),
             ("Compact node", "full compaction on the selected node", self.action_compact),
+            ("Repair", "re-create missing replicas (shows the plan first)", self.action_repair),
+            (
+                "Repair, selected node dead",
+                "replace every replica of the selected node",
+                self.action_repair_dead,
+            ),
+            ("Verify", "checksum every shard's replicas", self.action_verify),
+            ("Rebalance", "even out replicas and leaders", self.action_rebalance),
             ("Toggle load", "start or stop the load generator", self.action_toggle_load),
             ("Put / get", "the quick key-value box", self.action_kv),
             ("Save screenshot", "write an SVG of the screen", self.action_save_screenshot),
@@ -607,6 +771,19 @@ class DashboardApp(App[str | None]):
         )
         for title, help_text, callback in commands:
             yield SystemCommand(title, help_text, callback)
+
+
+def maintenance_via(snapshot: ClusterSnapshot | None) -> list[int]:
+    """Which nodes to send maintenance calls to, best first: the meta leader (no forwarding
+    hop), then nodes that are up, then any that answer. Empty: no frame yet (any node)."""
+    if snapshot is None:
+        return []
+    answering = [n for n in snapshot.nodes if n.reachable and n.process != "paused"]
+    up = [n.node_id for n in answering if n.state == "up"]
+    rest = [n.node_id for n in answering if n.state != "up"]
+    leader = snapshot.meta_leader
+    ordered = ([leader] if leader in up else []) + [n for n in up if n != leader] + rest
+    return ordered
 
 
 async def _settled(worker: Worker[None]) -> None:

@@ -3,9 +3,11 @@
 Process actions (kill, stop, start, pause, resume) need the launcher: only it knows which
 process is which node. Everything else is an admin call any client can make, so a cluster the
 dashboard merely attached to (`--endpoints`) can still be partitioned, healed, snapshotted and
-compacted. When the launcher is there, partitions go through it so they outlive restarts and
-land in the registry's journal like the CLI's; a one-way cut, which the launcher does not
-model, is set directly on the nodes and journalled here.
+compacted — and repaired, verified and rebalanced: maintenance jobs run on the meta leader,
+which any node forwards to, so they need no launcher either. When the launcher is there,
+partitions go through it so they outlive restarts and land in the registry's journal like the
+CLI's; a one-way cut, which the launcher does not model, is set directly on the nodes and
+journalled here.
 
 Every method returns one line for the UI, or raises `ActionError` with one that says what went
 wrong; nothing here prints or raises a traceback at a person.
@@ -15,14 +17,25 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from minikv_core.client import AsyncClient, ClientError, NotFoundError
+from minikv_core.client import (
+    AsyncClient,
+    ClientError,
+    DeadlineExceededError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from minikv_tui.errors import UserError
 from minikv_tui.launcher import Launcher
 
 ADMIN_TIMEOUT_S = 5.0
 SNAPSHOT_TIMEOUT_S = 30.0
+MAINTENANCE_TIMEOUT_S = 10.0
+"""A dry run polls every node before it answers; a start answers at once."""
+READ_ATTEMPTS = 2
+"""Nodes a read (dry run, job status) tries before giving up for this time."""
 
 T = TypeVar("T")
 
@@ -211,6 +224,66 @@ class ClusterControl:
             raise ActionError(f"get {key!r} failed: {error}") from None
         return f"{key!r} = {value!r}"
 
+    # --- maintenance -----------------------------------------------------------------------
+
+    async def plan(
+        self, operation: str, args: Mapping[str, Any], via: Sequence[int]
+    ) -> dict[str, Any]:
+        """A dry run of "repair" or "rebalance": the plan document, nothing moves."""
+        what = f"planning the {operation}"
+        try:
+            return await self._read(
+                operation, {**args, "dry_run": True}, via, MAINTENANCE_TIMEOUT_S
+            )
+        except ClientError as error:
+            raise _maintenance_error(what, error) from None
+
+    async def start_job(
+        self, operation: str, args: Mapping[str, Any], via: Sequence[int]
+    ) -> dict[str, Any]:
+        """Starts a job and answers its document. One attempt only: a start is not
+        idempotent, and a second node would only answer that the first job is running."""
+        nodes = self._maintenance_nodes(via)
+        if not nodes:
+            raise ActionError("no node of this cluster is known yet: wait for the first frame")
+        node = nodes[0]
+        try:
+            return await self._client.maintain(
+                operation,
+                dict(args),
+                endpoint=self._address(node),
+                timeout_s=MAINTENANCE_TIMEOUT_S,
+            )
+        except ClientError as error:
+            raise _maintenance_error(f"{operation} not started", error) from None
+
+    async def read_job(
+        self, args: Mapping[str, Any], via: Sequence[int], timeout_s: float
+    ) -> dict[str, Any]:
+        """`operate job` (by id, or the latest): raises ClientError, whose type tells the
+        caller a job the meta leader does not know (InvalidRequestError) from a node that
+        did not answer."""
+        return await self._read("job", args, via, timeout_s)
+
+    async def _read(
+        self, operation: str, args: Mapping[str, Any], via: Sequence[int], timeout_s: float
+    ) -> dict[str, Any]:
+        last: ClientError = UnavailableError("no node of this cluster is known yet")
+        for node in self._maintenance_nodes(via)[:READ_ATTEMPTS]:
+            try:
+                return await self._client.maintain(
+                    operation, dict(args), endpoint=self._address(node), timeout_s=timeout_s
+                )
+            except (UnavailableError, DeadlineExceededError) as error:
+                last = error  # this node may be the one that is down: ask the next
+        raise last
+
+    def _maintenance_nodes(self, via: Sequence[int]) -> list[int]:
+        """`via` (the caller's best guesses: meta leader, then live nodes) where known, else
+        every node: any node forwards maintenance to the meta leader."""
+        addresses = self._addresses()
+        return [node for node in via if node in addresses] or sorted(addresses)
+
     # --- machinery -------------------------------------------------------------------------
 
     async def _launched(self, action: Callable[[Launcher], Awaitable[T]]) -> T:
@@ -241,6 +314,25 @@ class ClusterControl:
     async def _record(self, kind: str, detail: str, node: int | None) -> None:
         if self._journal is not None:
             await self._journal(kind, detail, node)
+
+
+def _maintenance_error(what: str, error: ClientError) -> ActionError:
+    """A node's refusal as one line that says what to do next."""
+    text = str(error)
+    if isinstance(error, PermissionDeniedError):
+        hint = "the nodes answer admin calls from their own machine only: run the dashboard there"
+    elif isinstance(error, DeadlineExceededError):
+        hint = "the meta leader did not answer in time: try again in a few seconds"
+    elif isinstance(error, UnavailableError):
+        if "is running" in text:
+            hint = "one job at a time: watch it in the job panel, then try again"
+        elif "no leader" in text:
+            hint = "wait a few seconds for the meta group to elect a leader, then try again"
+        else:
+            hint = "no node answered: try again once the dashboard shows nodes up"
+    else:
+        hint = ""
+    return ActionError(f"{what}: {text}" + (f" ({hint})" if hint else ""))
 
 
 def _complete(

@@ -28,6 +28,11 @@ class LogEvent:
 
 
 class EventJournal(Protocol):
+    @property
+    def shared(self) -> bool:
+        """Other tools write here too (they journal what they do themselves)."""
+        ...
+
     async def record(self, kind: str, detail: str, node: int | None, at: float) -> None: ...
 
     async def new_events(self) -> list[LogEvent]:
@@ -40,6 +45,10 @@ class EventJournal(Protocol):
 class MemoryJournal:
     def __init__(self) -> None:
         self._pending: list[LogEvent] = []
+
+    @property
+    def shared(self) -> bool:
+        return False
 
     async def record(self, kind: str, detail: str, node: int | None, at: float) -> None:
         self._pending.append(LogEvent(at, kind, node, detail))
@@ -60,6 +69,10 @@ class RegistryJournal:
         self._cluster = cluster
         self._last_id = 0
         self._started = False
+
+    @property
+    def shared(self) -> bool:
+        return True
 
     async def record(self, kind: str, detail: str, node: int | None, at: float) -> None:
         # The registry stamps its own time: the journal is ordered by when it was written.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +31,9 @@ class Frame:
     events: tuple[LogEvent, ...] = ()
     """Journal events recorded with this frame (live frames leave it empty: the app tails the
     journal itself)."""
+    job: Mapping[str, Any] | None = None
+    """A recorded maintenance job document, as `operate job` answered it (live frames leave
+    it None: the app reads the job itself)."""
 
 
 class StatusSource(Protocol):
@@ -117,8 +120,8 @@ class RecordedSource:
 
 def load_recording(path: Path) -> dict[str, Any]:
     """A recording file: `{"marks": {label: end frame index}, "frames": [snapshot JSON, …],
-    "load": [load window or null, …], "events": [[event, …], …]}` (`load` and `events`
-    optional, parallel to `frames`)."""
+    "load": [load window or null, …], "events": [[event, …], …], "jobs": [job document or
+    null, …]}` (`load`, `events` and `jobs` optional, parallel to `frames`)."""
     document = json.loads(path.read_text())
     if not isinstance(document, dict) or not isinstance(document.get("frames"), list):
         raise ValueError(f"{path}: not a recording (expected an object with a 'frames' list)")
@@ -131,14 +134,18 @@ def recorded_frames(path: Path, *, end: str | None = None) -> list[Frame]:
     count = len(document["frames"])
     loads = document.get("load") or [None] * count
     events = document.get("events") or [[] for _ in range(count)]
+    jobs = document.get("jobs") or [None] * count
     frames = [
         Frame(
             ClusterSnapshot.from_json(frame),
             detailed=True,
             load=LoadWindow(**load) if load is not None else None,
             events=tuple(LogEvent(**event) for event in frame_events),
+            job=job,
         )
-        for frame, load, frame_events in zip(document["frames"], loads, events, strict=True)
+        for frame, load, frame_events, job in zip(
+            document["frames"], loads, events, jobs, strict=True
+        )
     ]
     if end is not None:
         marks = document.get("marks", {})

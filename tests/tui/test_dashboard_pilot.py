@@ -1,26 +1,35 @@
 """The dashboard driven by keys against a real local cluster (launcher, real processes).
 
-Each test starts a 3-node cluster in its own MINIKV_HOME under tmp_path and brings it down in
-teardown, whatever happened. Waits poll the app's applied frames with a deadline.
+Each test starts a cluster (3 nodes; 4 for maintenance) in its own MINIKV_HOME under tmp_path
+and brings it down in teardown, whatever happened. Waits poll the app's applied frames with a
+deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
+from minikv_core.client import AsyncClient
 from minikv_tui.cluster_status import ClusterSnapshot
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
+from minikv_tui.dashboard.job_watch import JobStatus
+from minikv_tui.dashboard.jobs import JobView
+from minikv_tui.dashboard.screens.confirm import ConfirmScreen
 from minikv_tui.dashboard.screens.partition import PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitScreen
-from minikv_tui.dashboard.session import LocalSession
+from minikv_tui.dashboard.session import EndpointsSession, LocalSession
+from minikv_tui.dashboard.widgets.job_panel import JobPanel
 from minikv_tui.dashboard.widgets.load_panel import LoadPanel
 from minikv_tui.dashboard.widgets.nodes_table import NodesTable
 from minikv_tui.launcher import Launcher
@@ -218,3 +227,206 @@ async def test_load_toggle_feeds_the_sparklines_and_quit_stops_the_cluster(home:
     view = await Launcher(CLUSTER, home=home).view()
     assert view.running == 0, [(n.node_id, n.process) for n in view.nodes]
     assert app.return_value is not None and "stopped" in app.return_value
+
+
+# --- maintenance: repair, verify ------------------------------------------------------------
+
+INTERNAL_ERROR = re.compile(r"Traceback|^[A-Za-z]*(Error|Exception): ")
+"""What a notification looks like when an exception escaped the actions' own handling."""
+MAINTENANCE_CLUSTER_NODES = 4
+MAINTENANCE_SHARDS = 4
+JOB_S = 30.0
+"""A repair of a dead node's replicas (learners catching up) on a loaded machine."""
+JOB_ATTEMPTS = 3
+"""A job ends with its meta leader (a slow heartbeat on a loaded 2-core machine can move it):
+the panel then says "lost — press r to re-plan", and the test does what it says."""
+
+
+class Operator:
+    """Presses a maintenance key, answers the dialog, waits for the job's end; when the job
+    is lost or failed (as the panel says), or the key was refused (a red notification saying
+    to try again), presses the key again, as a person would."""
+
+    def __init__(
+        self, pilot: Pilot[str | None], app: DashboardApp, notes: list[Notification]
+    ) -> None:
+        self.pilot = pilot
+        self.app = app
+        self.notes = notes
+        self.dialogs: list[str] = []
+        self.outcomes: list[str] = []
+
+    def told(self, text: str, since: int = 0) -> bool:
+        return any(text in str(note.message) for note in self.notes[since:])
+
+    def refused(self, since: int) -> bool:
+        return any(note.severity == "error" for note in self.notes[since:])
+
+    async def run(self, key: str, kind: str) -> JobView | None:
+        """The job that ended done, or None if the plan had nothing to do."""
+        for _ in range(JOB_ATTEMPTS):
+            status = await self._attempt(key, kind)
+            if status is None:
+                return None
+            if status.job is not None and status.job.state == "done" and not status.lost:
+                return status.job
+            await until(
+                self.pilot, self.app, lambda s: s.meta_leader is not None, "a meta leader", CHANGE_S
+            )
+        raise AssertionError(
+            f"no {kind} job ended done in {JOB_ATTEMPTS} attempts: {self.outcomes}"
+        )
+
+    async def _attempt(self, key: str, kind: str) -> JobStatus | None:
+        app = self.app
+        previous = app.job_status.job
+        seen = len(self.notes)
+        await self.pilot.press(key)
+        await until(
+            self.pilot,
+            app,
+            lambda s: (
+                isinstance(app.screen, ConfirmScreen)
+                or self.told("nothing to", seen)
+                or self.refused(seen)
+            ),
+            f"the {kind} dialog",
+            CHANGE_S,
+        )
+        if self.refused(seen):
+            self.outcomes.append(f"refused: {[n.message for n in self.notes[seen:]]}")
+            return JobStatus(None, 0.0)  # no job: try again
+        if not isinstance(app.screen, ConfirmScreen):
+            return None
+        self.dialogs.append(str(app.screen.query_one(".dialog-question", Static).content))
+        await self.pilot.press("y")
+
+        def ended(_: ClusterSnapshot) -> bool:
+            status = app.job_status
+            job = status.job
+            return job is not None and job != previous and (status.lost or not job.running)
+
+        await until(self.pilot, app, ended, f"the {kind} job's end", JOB_S)
+        status = app.job_status
+        assert status.job is not None and status.job.kind == kind, status
+        self.outcomes.append(app.query_one(JobPanel).text)
+        return status
+
+
+async def leaders_voters(addresses: list[str]) -> dict[int, list[int]]:
+    """Shard -> voters, as each shard's leader reports them (asked of every address given)."""
+    voters: dict[int, list[int]] = {}
+    client = AsyncClient(addresses)
+    try:
+        for address in addresses:
+            status = await client.status(address, timeout_s=2.0)
+            for group in status["groups"]:
+                if group.get("shard") is not None and group["role"] == "leader":
+                    voters[int(group["shard"])] = sorted(int(n) for n in group["voters"])
+    finally:
+        await client.close()
+    return voters
+
+
+def healthy_four(snapshot: ClusterSnapshot) -> bool:
+    return (
+        len(snapshot.nodes) == MAINTENANCE_CLUSTER_NODES
+        and all(n.state == "up" for n in snapshot.nodes)
+        and snapshot.meta_leader is not None
+        and len(snapshot.shards) == MAINTENANCE_SHARDS
+        and all(shard.leader is not None for shard in snapshot.shards)
+    )
+
+
+async def test_repair_with_a_killed_node_declared_dead_then_verify(minikv_home: Path) -> None:
+    """Kill a node from the dashboard, press R on it, read the plan, confirm: the job panel
+    follows the repair to its end, every shard is back on three voters none of which is the
+    dead node, and a verify finds every shard consistent — from the local dashboard, then
+    from one attached by endpoints. Every notification is collected: none may be an error."""
+    session = LocalSession(
+        CLUSTER, nodes=MAINTENANCE_CLUSTER_NODES, shards=MAINTENANCE_SHARDS, home=minikv_home
+    )
+    app = DashboardApp(session, DashboardOptions(confirm=True, on_exit="keep", tz=dt.UTC))
+    notes: list[Notification] = []
+
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify):
+            notes.append(message.notification)
+
+    async with app.run_test(size=(120, 40), message_hook=hook) as pilot:
+        operator = Operator(pilot, app, notes)
+        snapshot = await until(pilot, app, healthy_four, "a healthy 4-node cluster", READY_S)
+        # Nothing to repair yet: told so, no dialog, no job.
+        assert await operator.run("r", "repair") is None
+        assert operator.told("nothing to repair") and app.job_status.job is None
+
+        victim = max(n.node_id for n in snapshot.nodes if n.node_id != snapshot.meta_leader)
+        app.query_one(NodesTable).select_node(victim)
+        await pilot.press("k")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await until(
+            pilot,
+            app,
+            lambda s: (node := s.node(victim)) is not None and node.state == "down",
+            f"node {victim} down",
+            CHANGE_S,
+        )
+        job = await operator.run("R", "repair")
+        first = operator.dialogs[0]
+        assert f"node {victim} declared dead" in first, first
+        assert "The plan (" in first and "add a replica" in first, first
+        if job is not None:  # None: a lost attempt had done it all (the re-plan said so)
+            assert job.dead == (victim,)
+            assert "replicas moved" in operator.outcomes[-1], operator.outcomes
+
+        live = [n.grpc for n in snapshot.nodes if n.node_id != victim]
+        deadline = time.monotonic() + CHANGE_S
+        while True:
+            voters = await leaders_voters(live)
+            if len(voters) == MAINTENANCE_SHARDS and all(
+                len(v) == 3 and victim not in v for v in voters.values()
+            ):
+                break
+            assert time.monotonic() < deadline, f"shards not on 3 live voters: {voters}"
+            await pilot.pause(0.1)
+
+        verified = await operator.run("v", "verify")
+        assert verified is not None and verified.succeeded
+        assert f"all {MAINTENANCE_SHARDS} shards consistent" in operator.outcomes[-1]
+        kinds = await journal_kinds(minikv_home)
+        # Started and finished, each journalled once per job (two jobs at least).
+        assert kinds.count("repair") >= 2 and kinds.count("verify") >= 2, kinds
+
+    # Attached by endpoints (no launcher): the last job is shown, and verify runs in demo
+    # mode (no dialog: the key starts it).
+    endpoints = ",".join(live)
+    attached = DashboardApp(EndpointsSession(endpoints), DashboardOptions(confirm=False, tz=dt.UTC))
+    async with attached.run_test(size=(80, 24), message_hook=hook) as pilot:
+        await until(
+            pilot,
+            attached,
+            lambda s: (job := attached.job_status.job) is not None and job.kind == "verify",
+            "the last job shown",
+            CHANGE_S,
+        )
+        last = attached.job_status.job
+        await pilot.press("v")
+        await until(
+            pilot,
+            attached,
+            lambda s: (
+                (job := attached.job_status.job) is not None
+                and job != last
+                and (attached.job_status.lost or not job.running)
+            ),
+            "a second verify's end",
+            JOB_S,
+        )
+        status = attached.job_status
+        if not status.lost:  # lost with its meta leader: nothing this dashboard can tell
+            assert (
+                f"all {MAINTENANCE_SHARDS} shards consistent" in attached.query_one(JobPanel).text
+            )
+    internal = [n for n in notes if INTERNAL_ERROR.search(str(n.message))]
+    assert not internal, [(n.title, n.message) for n in internal]

@@ -2,10 +2,17 @@
 real cluster (tests/tui/snapshots/demo_recording.json, made by `tools/screenshots.py
 --record`): times come from the frames and are shown in UTC, so the pictures never change
 unless the dashboard does. Update with `--snapshot-update` after checking the report.
+
+The job panel and the repair's plan dialog replay a second recording, of a 4-node cluster
+losing a node, repaired then verified (tests/tui/snapshots/maintenance_recording.json, made by
+`tests/tui/snapshots/record_maintenance.py`); the states a healthy run never reaches (a failed
+job, corrupt replicas) are that recording's job documents with the outcome changed.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -18,15 +25,17 @@ from textual.screen import Screen
 from textual.widgets import Input
 
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
+from minikv_tui.dashboard.jobs import confirm_text, parse_plan
 from minikv_tui.dashboard.screens.confirm import ConfirmScreen
 from minikv_tui.dashboard.screens.help import HelpScreen
 from minikv_tui.dashboard.screens.kv import KvScreen
 from minikv_tui.dashboard.screens.partition import PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitScreen
 from minikv_tui.dashboard.session import RecordedSession
-from minikv_tui.dashboard.source import recorded_frames
+from minikv_tui.dashboard.source import load_recording, recorded_frames
 
 RECORDING = Path(__file__).parent / "snapshots" / "demo_recording.json"
+MAINTENANCE = Path(__file__).parent / "snapshots" / "maintenance_recording.json"
 REPLAY_TIMEOUT_S = 20.0
 SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
 
@@ -99,3 +108,85 @@ def test_narrow_panels_switch_by_number(snap_compare: SnapCompare, panel: str) -
 @pytest.mark.parametrize("theme", ["light", "high-contrast"])
 def test_themes(snap_compare: SnapCompare, theme: str) -> None:
     assert snap_compare(replay("partitioned", theme), terminal_size=(100, 30), run_before=settled())
+
+
+# --- maintenance ------------------------------------------------------------------------------
+
+
+def replay_maintenance(scenario: str, job: dict[str, Any] | None = None) -> DashboardApp:
+    """The maintenance recording up to `scenario`; `job` replaces the last frame's document
+    (that frame then seen just after the job ended, so the clocks on screen agree)."""
+    frames = recorded_frames(MAINTENANCE, end=scenario)
+    if job is not None:
+        last = frames[-1]
+        taken_at = max(last.snapshot.taken_at, float(job["finished_at"]) + 0.25)
+        snapshot = dataclasses.replace(last.snapshot, taken_at=taken_at)
+        frames[-1] = dataclasses.replace(last, snapshot=snapshot, job=job)
+    return DashboardApp(RecordedSession(frames, title="demo"), DashboardOptions(tz=dt.UTC))
+
+
+def recorded_job(scenario: str) -> dict[str, Any]:
+    job = recorded_frames(MAINTENANCE, end=scenario)[-1].job
+    assert job is not None, f"no job document at {scenario}"
+    return copy.deepcopy(dict(job))
+
+
+def failed_repair() -> dict[str, Any]:
+    job = recorded_job("repairing")
+    running = next(step for step in job["steps"] if step["state"] == "running")
+    running.update(state="failed", detail="node did not catch up in time", seconds=120.0)
+    job.update(
+        state="failed",
+        finished_at=job["started_at"] + 121.3,
+        error=f"node {running['node']} did not catch up with group {running['shard'] + 1} "
+        "(index 181) in time",
+    )
+    return job
+
+
+def corrupt_verify() -> dict[str, Any]:
+    job = recorded_job("verified")
+    job["corrupt"] = [
+        {
+            "shard": 5,
+            "node": 2,
+            "reason": "checksum 3f9a0c1d27be differs from the majority's cae66941d9ef at index 181",
+        }
+    ]
+    job["clean"] = False
+    return job
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("scenario", ["repairing", "repaired", "verified"])
+def test_job_panel(snap_compare: SnapCompare, scenario: str, size: str) -> None:
+    """Running (bar, current step), then the outcome, as the recorded cluster went through."""
+    app = replay_maintenance(scenario)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=settled())
+
+
+BAD_OUTCOMES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    "repair-failed": ("repairing", failed_repair),
+    "verify-corrupt": ("verified", corrupt_verify),
+}
+
+
+@pytest.mark.parametrize("outcome", BAD_OUTCOMES)
+def test_job_panel_bad_outcomes(snap_compare: SnapCompare, outcome: str) -> None:
+    """What a healthy recording never shows: the error, or the corrupt replicas."""
+    scenario, make_job = BAD_OUTCOMES[outcome]
+    app = replay_maintenance(scenario, make_job())
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settled())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_repair_plan_dialog(snap_compare: SnapCompare, size: str) -> None:
+    """R on the killed node: the dry-run plan the node answered, in the confirm dialog."""
+    plan = parse_plan(load_recording(MAINTENANCE)["dry_runs"]["repair"])
+    victim = next(step.node for step in plan.steps if step.kind == "remove_replica")
+
+    def dialog() -> Screen[Any]:
+        return ConfirmScreen(confirm_text("repair", plan, (victim,), False), yes="Repair")
+
+    app = replay_maintenance("killed")
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=settled(dialog))

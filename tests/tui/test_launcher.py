@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -23,8 +24,9 @@ from minikv_tui.launcher import (
     NodeStartFailedError,
     node_process_state,
 )
+from minikv_tui.launcher_membership import new_node, node_command
 from minikv_tui.node_process import process_start_ticks
-from minikv_tui.registry import NodeRecord, Registry
+from minikv_tui.registry import EventRecord, NodeRecord, Registry, RegistryError
 from tests.tui.conftest import processes_under
 
 T = TypeVar("T")
@@ -282,3 +284,133 @@ def test_a_pid_counts_only_with_its_start_time_command_line_and_data_dir(tmp_pat
     assert node_process_state(_record(process.pid, start, data_dir)) == "down"
     stopped = NodeRecord(**{**_record(None, None, data_dir).__dict__, "state": "stopped"})
     assert node_process_state(stopped) == "stopped"
+
+
+# ------------------------------------------------------------------- membership records
+
+_SCHEMA_1 = """
+CREATE TABLE clusters (
+    name TEXT PRIMARY KEY NOT NULL, directory TEXT NOT NULL,
+    nodes INTEGER NOT NULL CHECK (nodes >= 1), shards INTEGER NOT NULL CHECK (shards >= 1),
+    replicas INTEGER NOT NULL CHECK (replicas BETWEEN 1 AND nodes), created_at REAL NOT NULL
+);
+CREATE TABLE nodes (
+    cluster TEXT NOT NULL REFERENCES clusters (name), node_id INTEGER NOT NULL,
+    grpc_port INTEGER NOT NULL, http_port INTEGER NOT NULL, data_dir TEXT NOT NULL,
+    log_path TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('stopped', 'running', 'paused', 'killed', 'failed')),
+    pid INTEGER, pid_start INTEGER, PRIMARY KEY (cluster, node_id)
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL,
+    cluster TEXT NOT NULL REFERENCES clusters (name), node INTEGER, kind TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX events_by_cluster ON events (cluster, id);
+CREATE TABLE schema_version (version INTEGER PRIMARY KEY NOT NULL, applied_at REAL NOT NULL);
+INSERT INTO schema_version VALUES (1, 0);
+"""
+
+
+async def test_a_registry_from_before_membership_changes_keeps_its_nodes_as_founding_members(
+    tmp_path: Path,
+) -> None:
+    """Schema 1 (no joined / removed columns), as the previous release wrote it: opened by
+    this one, its nodes are founding members; removal hides a node without freeing its id."""
+    with sqlite3.connect(tmp_path / "registry.sqlite3") as db:
+        db.executescript(_SCHEMA_1)
+        db.execute("INSERT INTO clusters VALUES ('old', ?, 2, 4, 2, 0)", (str(tmp_path / "old"),))
+        for node_id in (1, 2):
+            db.execute(
+                "INSERT INTO nodes VALUES ('old', ?, ?, ?, ?, ?, 'stopped', NULL, NULL)",
+                (node_id, 7000 + node_id, 7100 + node_id, f"/d{node_id}", f"/l{node_id}"),
+            )
+    async with await Registry.open(tmp_path) as registry:
+        nodes = await registry.nodes("old")
+        assert [(n.node_id, n.joined, n.removed) for n in nodes] == [
+            (1, False, False),
+            (2, False, False),
+        ]
+        removed = await registry.mark_removed("old", 2)
+        assert removed.removed and removed.removed_at is not None
+        again = await registry.mark_removed("old", 2)
+        assert again.removed_at == removed.removed_at  # the first removal is the one kept
+        assert [n.node_id for n in await registry.nodes("old")] == [1]
+        assert [n.node_id for n in await registry.nodes("old", include_removed=True)] == [1, 2]
+        assert await registry.node("old", 2) == again
+        with pytest.raises(RegistryError) as taken:
+            await registry.add_node(NodeRecord(**{**nodes[0].__dict__, "node_id": 2}))
+        assert "already has a node 2" in taken.value.message
+
+
+async def test_a_removed_node_is_never_started_and_its_id_and_ports_stay_taken(
+    minikv_home: Path,
+) -> None:
+    """Without processes: what the launcher would run for each kind of node, and what it
+    refuses to touch once a node is removed."""
+    launcher = Launcher("t", home=minikv_home)
+    created = await launcher.create(nodes=3, shards=2)
+    async with await Registry.open(minikv_home) as registry:
+        await registry.mark_removed("t", 3)
+        everyone = await registry.nodes("t", include_removed=True)
+        record = await registry.cluster("t")
+    assert record is not None
+    assert [n.node_id for n in (await launcher.view()).nodes] == [1, 2]
+    with pytest.raises(LauncherError) as refused:
+        await launcher.start(3)
+    assert "node 3 was removed from cluster t" in refused.value.message
+    assert refused.value.exit_code == 2 and "add-node" in refused.value.hint
+
+    joined = new_node(record, everyone)
+    assert joined.node_id == 4 and joined.joined  # 3 is never handed out again
+    taken = {port for n in everyone for port in (n.grpc_port, n.http_port)}
+    assert not {joined.grpc_port, joined.http_port} & taken
+    assert joined.data_dir == created.record.directory / "node4"
+
+    founding_peers = ",".join(f"{n.node_id}=127.0.0.1:{n.grpc_port}" for n in everyone)
+    first = node_command(record, everyone[0], [*everyone, joined])
+    assert first[first.index("--peers") + 1] == founding_peers  # the removed node 3 included
+    assert "--join" not in first
+    for flag in ("--shards", "--replicas", "--cluster-id"):
+        assert flag in first
+    second = node_command(record, joined, [*everyone, joined])
+    assert second[second.index("--join") + 1] in {f"127.0.0.1:{n.grpc_port}" for n in everyone[:2]}
+    assert "--no-rebalance" in second  # the tool adding it runs the rebalance itself
+    for flag in ("--peers", "--shards", "--replicas", "--cluster-id"):
+        assert flag not in second
+    alone = NodeRecord(**{**joined.__dict__, "node_id": 9})
+    with pytest.raises(ValueError, match="no other member"):
+        node_command(record, alone, [alone])
+
+
+async def test_add_node_that_fails_to_start_is_stopped_and_its_id_skipped(
+    local_cluster: Launcher, minikv_home: Path
+) -> None:
+    launcher = local_cluster
+    directory = (await launcher.view()).record.directory
+    (directory / "node4").write_text("not a directory")
+    with pytest.raises(LauncherError) as caught:
+        await launcher.add_node()
+    assert "node 4 of t failed to start" in caught.value.message
+    assert "is not a directory" in caught.value.message
+    assert "minikv cluster add-node" in caught.value.hint
+    assert [n.node_id for n in (await launcher.view()).nodes] == [1, 2, 3]
+    assert len(processes_under(minikv_home)) == 3
+
+    assert await launcher.add_node() == 5
+    view = await launcher.view()
+    assert [(n.node_id, n.process) for n in view.nodes] == [(i, "up") for i in (1, 2, 3, 5)]
+    added = view.node(5)
+    assert added is not None and added.record.joined and added.pid is not None
+    argv = Path(f"/proc/{added.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--join" in argv and b"--peers" not in argv
+    async with AsyncClient(view.endpoints()) as client:
+        shard_map = await client.shard_map()
+    assert sorted(node["id"] for node in shard_map["nodes"]) == [1, 2, 3, 5]
+    journal = [(e.node, e.kind) for e in await _events(minikv_home, launcher.name)]
+    assert journal.count((4, "add-node")) == 1 and (5, "add-node") in journal
+
+
+async def _events(home: Path, name: str) -> list[EventRecord]:
+    async with await Registry.open(home) as registry:
+        return await registry.events(name)

@@ -35,6 +35,15 @@ HELP_SECTIONS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ),
     ),
     (
+        "Maintenance (jobs run by the meta leader)",
+        (
+            ("r", "repair: re-create missing replicas (shows the plan first)"),
+            ("R", "repair with the selected node declared dead"),
+            ("v", "verify: checksum every shard's replicas"),
+            ("b", "rebalance: even out replicas and leaders"),
+        ),
+    ),
+    (
         "Data and views",
         (
             ("l", "toggle the load generator"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from rich.text import Text
+from textual.events import Resize
 from textual.widgets import RichLog
 
 from minikv_tui.dashboard import format as fmt
@@ -13,10 +14,24 @@ from minikv_tui.dashboard.palette import Palette
 
 MAX_LINES = 500
 
-_ACTIONS = {"kill", "stop", "pause", "partition", "isolate", "destroy", "down", "failed"}
-_RECOVERIES = {"start", "resume", "heal", "up", "node-up", "repair"}
+_ACTIONS = {
+    "kill",
+    "stop",
+    "pause",
+    "partition",
+    "isolate",
+    "destroy",
+    "down",
+    "failed",
+    "maintenance-failed",
+    "corrupt",
+}
+_RECOVERIES = {"start", "resume", "heal", "up", "node-up", "repair", "rebalance"}
 _ELECTIONS = {"leader-change", "meta-leader-change", "term-change", "role-change"}
-_SELF_DESCRIBED = _ELECTIONS | {"node-down", "node-up"}
+_JOBS = {"repair", "rebalance", "verify", "remove_node", "maintenance-failed", "corrupt"}
+"""Maintenance jobs, journalled by the dashboard (`job_watch.py`) or the CLI: the detail
+names the job ("repair 1-3 (dead: node 4) started")."""
+_SELF_DESCRIBED = _ELECTIONS | _JOBS | {"node-down", "node-up"}
 
 
 class EventLog(RichLog):
@@ -35,6 +50,12 @@ class EventLog(RichLog):
             auto_scroll=True,
         )
         self.border_title = "events"
+
+    def on_resize(self, event: Resize) -> None:
+        """The job panel appearing takes lines from the log: the newest stay in view (RichLog
+        scrolls to the end only when it writes). Textual runs RichLog's own handler too."""
+        if self.auto_scroll:
+            self.scroll_end(animate=False)
 
     def add(self, event: LogEvent, palette: Palette, tz: dt.tzinfo | None) -> None:
         style = palette.dim

@@ -9,6 +9,10 @@ then restarted. Times, pids and ports are normalised so the snapshot tests and t
 are the same on every machine; every other figure is what the nodes answered. Each scenario
 replays the frames up to its mark through the dashboard (so the event log and the flashing
 cells are what a live audience saw at that moment) and saves an SVG.
+
+`screenshots/repairing.svg` is the snapshot test `test_job_panel[repairing-160x48]` (a real
+4-node cluster losing a node and being repaired, tests/tui/snapshots/record_maintenance.py):
+refresh it with `pytest tests/tui/test_dashboard_snapshots.py --snapshot-update` and copy it.
 """
 
 from __future__ import annotations

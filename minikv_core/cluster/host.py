@@ -77,8 +77,13 @@ from minikv_core.cluster.meta import (
     encode_set_shard_map,
 )
 from minikv_core.cluster.placement import place_meta
-from minikv_core.cluster.raft_log import GroupStorage, NodeRaftLog, RaftLogError
-from minikv_core.cluster.service import UnavailableError
+from minikv_core.cluster.raft_log import (
+    GroupStorage,
+    NodeRaftLog,
+    RaftLogError,
+    RaftLogFailedError,
+)
+from minikv_core.cluster.service import ServiceError, UnavailableError
 from minikv_core.cluster.shard_map import (
     META_GROUP_ID,
     ShardMap,
@@ -112,6 +117,8 @@ from minikv_core.storage.lsm_limits import LSM_BLOCK_CACHE_BYTES_DEFAULT
 
 logger = logging.getLogger(__name__)
 
+RECONCILE_TIMEOUT_S: Final = 60.0
+"""How long the maintenance loop waits for the driver to create or drop replicas."""
 MAINTENANCE_TICKS: Final = 10
 """Compaction checks, preferred-leader transfers and the epoch-1 proposal run this often."""
 BLOCK_CACHE_BYTES: Final = 4 * LSM_BLOCK_CACHE_BYTES_DEFAULT
@@ -298,7 +305,7 @@ class MultiRaftHost:
         """Groups that had a term before this start: for one election timeout, they ignore
         vote requests (see `_on_frame`)."""
         self._barriers = 0
-        self._packing: set[int] = set()
+        self._packing: dict[int, asyncio.Task[None]] = {}
         """Groups whose snapshot data is being packed in a thread (`_pack_snapshot`)."""
         self._background: set[asyncio.Task[None]] = set()
         self._replica_changes: list[tuple[int, bool, asyncio.Future[None]]] = []
@@ -827,6 +834,10 @@ class MultiRaftHost:
             failed = UnavailableError(f"node {self.config.node_id} failed: {self.failure}")
             for group in self._group_list:
                 group.fail_all(failed)
+            for _, _, future in self._replica_changes:
+                if not future.done():
+                    future.set_exception(failed)
+            self._replica_changes.clear()
 
     async def _round(self) -> bool:
         """One persist + send + apply round over every group with a Ready; True when a
@@ -971,7 +982,7 @@ class MultiRaftHost:
                 await self.reconcile_replicas()
                 self._transfer_to_preferred_leaders()
                 await self.plan_compactions(force_shards=None)
-            except (StorageError, RaftError, OSError) as error:
+            except (StorageError, RaftError, OSError, ServiceError) as error:
                 logger.error("node %d: maintenance failed: %s", self.config.node_id, error)
 
     def _propose_bootstrap_epoch(self) -> None:
@@ -1043,7 +1054,6 @@ class MultiRaftHost:
             return
         source = group.storage.snapshot_data_source
         assert source is not None
-        self._packing.add(group.group_id)
 
         async def pack() -> None:
             try:
@@ -1054,10 +1064,13 @@ class MultiRaftHost:
                     "shard %d: packing snapshot %d: %s", group.shard, metadata.index, error
                 )
             finally:
-                self._packing.discard(group.group_id)
-                self.wake_group(group)
+                if self._packing.get(group.group_id) is task:
+                    del self._packing[group.group_id]
+                if self.groups.get(group.group_id) is group:
+                    self.wake_group(group)  # the core asks again, and gets the data
 
         task = asyncio.get_running_loop().create_task(pack())
+        self._packing[group.group_id] = task
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -1113,7 +1126,10 @@ class MultiRaftHost:
                 self._replica_changes.append((shard, create, future))
                 waiters.append(future)
             self.wake()
-            await asyncio.gather(*waiters)
+            # Bounded: a driver that failed meanwhile fails these futures, but a stuck disk
+            # must not hold the maintenance loop (and with it stop()) forever.
+            async with asyncio.timeout(RECONCILE_TIMEOUT_S):
+                await asyncio.gather(*waiters)
 
     def _replica_changes_for(self, shard_map: ShardMap) -> list[tuple[int, bool]]:
         """(shard, create?) to make this node's replicas match `shard_map`."""
@@ -1157,10 +1173,33 @@ class MultiRaftHost:
         queued, self._replica_changes = self._replica_changes, []
         try:
             for shard, create, future in queued:
-                if create and shard not in self.shard_groups:
-                    await self._create_replica(shard)
-                elif not create and shard in self.shard_groups:
-                    await self._drop_replica(shard)
+                # Checked again here, not when planned: the map or leadership may have moved
+                # while the change waited for this point of the loop.
+                wanted = shard in self._current_map().hosted_by(self.config.node_id)
+                try:
+                    if create and wanted and shard not in self.shard_groups:
+                        await self._create_replica(shard)
+                    elif (
+                        not create
+                        and not wanted
+                        and shard in self.shard_groups
+                        and not self.shard_groups[shard].is_leader
+                    ):
+                        await self._drop_replica(shard)
+                except RaftLogFailedError:
+                    raise  # the WAL refuses writes: the node cannot go on (driver fails)
+                except (StorageError, OSError, NodeStartError) as error:
+                    # One replica that cannot be created or dropped must not take the other
+                    # shards down: report it, the next reconcile tries again.
+                    logger.error(
+                        "node %d: %s replica of shard %d failed: %s",
+                        self.config.node_id,
+                        "creating" if create else "dropping",
+                        shard,
+                        error,
+                    )
+                    if not future.done():
+                        future.set_exception(UnavailableError(f"shard {shard}: {error}"))
                 if not future.done():
                     future.set_result(None)
         finally:
@@ -1169,11 +1208,21 @@ class MultiRaftHost:
                     future.set_exception(UnavailableError("replica change interrupted"))
         self._group_list = [self.groups[g] for g in sorted(self.groups)]
 
+    def _current_map(self) -> ShardMap:
+        meta = self.meta
+        assert meta is not None
+        return meta.state_machine.shard_map
+
     async def _create_replica(self, shard: int) -> None:
         await asyncio.to_thread(_remove_shard_files, self.config.shard_dir(shard))
-        storage = await self.log.create_group_async(group_of_shard(shard))
+        group_id = group_of_shard(shard)
+        storage = await self.log.create_group_async(group_id)
         rng = random.Random(self._rng.getrandbits(64))
-        await self._open_shard_group(shard, storage, 0, 0, rng)
+        try:
+            await self._open_shard_group(shard, storage, 0, 0, rng)
+        except BaseException:
+            await self.log.remove_group_async(group_id)  # no half-made replica left behind
+            raise
         self.counters.replicas_created += 1
         logger.info("node %d: created an empty replica of shard %d", self.config.node_id, shard)
 
@@ -1191,6 +1240,10 @@ class MultiRaftHost:
             )
         )
         await self.log.remove_group_async(group.group_id)
+        packing = self._packing.pop(group.group_id, None)
+        if packing is not None:
+            # A packing thread reads this engine: let it finish before the engine closes.
+            await asyncio.gather(packing, return_exceptions=True)
         engine = group.state_machine.engine
         self._engines.remove(engine)
         try:

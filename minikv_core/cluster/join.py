@@ -83,18 +83,17 @@ async def _ask(join_address: str, config: NodeConfig, rebalance: bool) -> dict[s
     try:
         while time.monotonic() < deadline:
             try:
+                # Through `Operate`: adding a node is an operator's act (admin rules apply).
                 return await client.call(
                     join_address,
-                    "operate",
+                    "join",
                     {
-                        "operation": "join",
-                        "args": {
-                            "address": config.grpc_address,
-                            "node_id": config.node_id,
-                            "rebalance": rebalance,
-                        },
+                        "address": config.grpc_address,
+                        "node_id": config.node_id,
+                        "rebalance": rebalance,
                     },
                     min(deadline, time.monotonic() + 10.0),
+                    operate=True,
                 )
             except UnavailableError as error:
                 last = error

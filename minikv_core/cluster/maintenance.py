@@ -55,6 +55,7 @@ from minikv_core.cluster.shard_map import (
     ShardMap,
     group_of_shard,
 )
+from minikv_core.net.api import is_loopback
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 
 if TYPE_CHECKING:
@@ -170,6 +171,14 @@ class Maintenance:
         await self._client.close()
 
     # ------------------------------------------------------------------ peer calls
+
+    def accepts_peer(self, host: str | None) -> bool:
+        """Loopback, or the host of a node in the shard map: `Call` changes memberships, so
+        it is not for clients (they use `Operate`, which is admin-only)."""
+        if is_loopback(host):
+            return True
+        hosts = {a.rpartition(":")[0].strip("[]") for a in self._host.shard_map.nodes.values()}
+        return host in hosts
 
     async def handle_call(self, method: str, args: JsonObject, deadline: float) -> JsonObject:
         local = self.local
@@ -328,7 +337,12 @@ class Maintenance:
             job.state = "done"
         except asyncio.CancelledError:
             job.state = "failed"
-            job.error = "the node stopped"
+            meta = self._host.meta
+            job.error = (
+                "this node lost the meta leadership (run the operation again)"
+                if meta is not None and not meta.is_leader
+                else "the node stopped"
+            )
             raise
         except ServiceError as error:
             job.state = "failed"
@@ -350,6 +364,7 @@ class Maintenance:
             if job.plan is None:
                 job.plan = plan
             if not plan.steps:
+                await self._drop_stale_learners(view)
                 return
             first = len(job.steps)
             job.steps.extend(StepRecord(step.to_json(), step) for step in plan.steps)
@@ -359,6 +374,9 @@ class Maintenance:
     async def _run_step(self, record: StepRecord) -> None:
         step = record.step
         assert step is not None
+        meta = self._host.meta
+        if meta is None or not meta.is_leader:
+            raise UnavailableError("this node lost the meta leadership; run the operation again")
         record.state = "running"
         started = time.monotonic()
         deadline = started + STEP_TIMEOUT_S
@@ -385,7 +403,13 @@ class Maintenance:
         if node in state["voters"]:
             await self._sync_map(shard, state, deadline)
             return f"node {node} already votes in shard {shard}"
+        if state.get("leader_corrupt"):
+            # The new replica is copied from the leader: never from a corrupt one.
+            await self._move_leadership_off(shard, int(state["leader"]), deadline)
         if node not in state["learners"]:
+            # A replica of an earlier incarnation (an in-place rebuild just removed it) must
+            # be gone first, or the node would keep it and rejoin with its old, bad state.
+            await self._wait_replica_gone(shard, node, deadline)
             await self.local.update_map(lambda m: _with_learner(m, shard, node), deadline)
             await self._change(group_id, "add_learner", node, deadline)
         started = time.monotonic()
@@ -394,6 +418,41 @@ class Maintenance:
         state = await self._change(group_id, "promote", node, deadline)
         await self._sync_map(shard, state, deadline)
         return f"node {node} caught up in {caught_up_s:.1f} s and votes in shard {shard}"
+
+    async def _wait_replica_gone(self, shard: int, node: int, deadline: float) -> None:
+        """Until `node` holds no replica of `shard` (it deletes one the map no longer lists
+        within a maintenance tick or two)."""
+        while True:
+            status = await self._call(node, "status", {}, min(deadline, _soon()))
+            if not any(g.get("shard") == shard for g in status.get("groups", ())):
+                return
+            if time.monotonic() >= deadline:
+                raise DeadlineExceededError(
+                    f"node {node} still holds its old replica of shard {shard}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def _move_leadership_off(self, shard: int, leader: int, deadline: float) -> int:
+        """Hand `shard`'s leadership from `leader` to its healthiest other voter (not marked
+        corrupt, live, most caught up); answers that voter."""
+        group_id = group_of_shard(shard)
+        shard_map = self.local.shard_map()
+        view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
+        corrupt = view.shards[shard].corrupt
+        progress = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
+        match = {int(k): v for k, v in progress["match"].items()}
+        live = {n.node_id for n in view.nodes if n.live}
+        others = [v for v in progress["voters"] if v != leader and v not in corrupt and v in live]
+        if not others:
+            raise UnavailableError(
+                f"shard {shard}: no healthy live voter to take over from node {leader}",
+                retry_after_s=1,
+            )
+        target: int = max(others, key=lambda v: (match.get(v, 0), -v))
+        await self._on_leader(
+            group_id, "transfer_leader", {"group": group_id, "node": target}, deadline
+        )
+        return target
 
     async def _change(self, group_id: int, op: str, node: int, deadline: float) -> JsonObject:
         """One membership change on the group's leader (maintenance_local.change_replicas)."""
@@ -405,14 +464,9 @@ class Maintenance:
         state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
         moved = ""
         if state["leader"] == node:
-            match = {int(k): v for k, v in state["match"].items()}
-            others = [v for v in state["voters"] if v != node]
-            if not others:
+            if not [v for v in state["voters"] if v != node]:
                 raise InvalidRequestError(f"node {node} is the last voter of shard {shard}")
-            target = max(others, key=lambda v: (match.get(v, 0), -v))
-            await self._on_leader(
-                group_id, "transfer_leader", {"group": group_id, "node": target}, deadline
-            )
+            target = await self._move_leadership_off(shard, node, deadline)
             moved = f"leadership moved to node {target}; "
         if node in state["voters"] or node in state["learners"]:
             state = await self._change(group_id, "remove", node, deadline)
@@ -433,6 +487,21 @@ class Maintenance:
 
         await self.local.update_map(prefer, deadline)
         return f"node {node} leads shard {shard}"
+
+    async def _drop_stale_learners(self, view: ClusterView) -> None:
+        """Unlist map learners their group never added (a job died between listing a new
+        replica and adding it): their node would keep an empty replica forever."""
+        shard_map = self.local.shard_map()
+        deadline = _soon()
+        for assignment in shard_map.shards:
+            group_id = group_of_shard(assignment.shard)
+            report = view.leader_report(group_id)
+            if report is None or report.role != "leader" or not assignment.learners:
+                continue
+            if all(n in (*report.voters, *report.learners) for n in assignment.learners):
+                continue
+            state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
+            await self._sync_map(assignment.shard, state, deadline)
 
     async def _sync_map(self, shard: int, state: JsonObject, deadline: float) -> None:
         """The map's replicas and learners of `shard` become its group's configuration."""
@@ -504,7 +573,13 @@ class Maintenance:
         requested = args.get("node_id", 0)
         if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
             raise InvalidRequestError('"node_id" must be a positive integer (or 0: assign one)')
-        nodes = dict(self.local.shard_map().nodes)
+        current = self.local.shard_map()
+        nodes = dict(current.nodes)
+        if requested in current.retired:
+            raise InvalidRequestError(
+                f"node id {requested} belonged to a node removed from this cluster; ids are "
+                "never reused: pick another id (or 0 to get one)"
+            )
         if requested and requested in nodes and nodes[requested] != address:
             raise InvalidRequestError(
                 f"node id {requested} belongs to {nodes[requested]}; pick another id"
@@ -512,7 +587,9 @@ class Maintenance:
         same_address = [n for n, a in nodes.items() if a == address]
         if same_address and requested and same_address[0] != requested:
             raise InvalidRequestError(f"{address} is node {same_address[0]} already")
-        node_id = requested or (same_address[0] if same_address else max(nodes) + 1)
+        node_id = requested or (
+            same_address[0] if same_address else max((*nodes, *current.retired)) + 1
+        )
         await self.local.update_map(lambda m: m.with_nodes({**m.nodes, node_id: address}), deadline)
         await self.local.change_replicas(
             {"group": META_GROUP_ID, "op": "add_learner", "node": node_id}, deadline
@@ -571,10 +648,7 @@ class Maintenance:
             )
             return
         if node in shard_map.nodes:
-            updated = await self.local.update_map(
-                lambda m: m.with_nodes({n: a for n, a in m.nodes.items() if n != node}), deadline
-            )
-            del updated
+            await self.local.update_map(lambda m: m.without_node(node), deadline)
             # Let the leaving node learn it left (it stops itself) before it is cut off.
             index = meta.applied_index
             wait_until = min(deadline, time.monotonic() + 5.0)
@@ -658,7 +732,8 @@ class Maintenance:
             else:
                 replicas.append(answer)
         digests = [r["checksum"]["digest"] for r in replicas if isinstance(r.get("checksum"), dict)]
-        majority = max(set(digests), key=digests.count) if digests else None
+        majority = majority_digest(digests, len(members))
+        inconclusive = majority is None and len(set(digests)) > 1
         corrupt: list[JsonObject] = []
         for r in replicas:
             reason = ""
@@ -666,7 +741,11 @@ class Maintenance:
                 reason = f"reading its state failed: {r['error']}"
             elif r.get("tables"):
                 reason = "bad tables: " + "; ".join(r["tables"])
-            elif isinstance(r.get("checksum"), dict) and r["checksum"]["digest"] != majority:
+            elif (
+                majority is not None
+                and isinstance(r.get("checksum"), dict)
+                and r["checksum"]["digest"] != majority
+            ):
                 reason = (
                     f"checksum {r['checksum']['digest'][:12]} differs from the majority's "
                     f"{str(majority)[:12]} at index {index}"
@@ -681,7 +760,20 @@ class Maintenance:
                     logger.warning(
                         "could not mark shard %d on node %s: %s", shard, r["node"], error
                     )
-        return {"shard": shard, "index": index, "replicas": replicas, "corrupt": corrupt}
+        leader = view.leader
+        if leader and any(c["node"] == leader for c in corrupt):
+            # A corrupt leader would keep serving reads from its bad state: hand over now.
+            try:
+                await self._move_leadership_off(shard, leader, deadline)
+            except ServiceError as error:
+                logger.warning("shard %d: corrupt leader %d kept leading: %s", shard, leader, error)
+        return {
+            "shard": shard,
+            "index": index,
+            "replicas": replicas,
+            "corrupt": corrupt,
+            "inconclusive": inconclusive,
+        }
 
     # ------------------------------------------------------------------- automatic
 
@@ -694,11 +786,13 @@ class Maintenance:
             meta = self._host.meta
             if meta is None or not meta.is_leader or not self._host.running:
                 self._views.down_since.clear()  # measured afresh by the next leader
+                for task in self._tasks:
+                    task.cancel()  # one driver: a deposed meta leader's job stops here
                 continue
             try:
-                await self._promote_meta_learner()
                 if self._running is not None:
                     continue
+                await self._promote_meta_learner()
                 view = await self._observe({})
                 joined = {n.node_id for n in view.nodes if n.live} & self._rebalance_after_join
                 if joined:
@@ -772,6 +866,13 @@ class Maintenance:
 
     async def _poll_status(self, node_id: int, deadline: float) -> JsonObject:
         return await self._call(node_id, "status", {}, deadline)
+
+
+def majority_digest(digests: list[str], members: int) -> str | None:
+    """The digest a strict majority of a shard's `members` reported, else None: a tie, or
+    too few answers, says nothing about which replica is wrong (marking one could send the
+    healthy copy to be rebuilt from the bad one)."""
+    return next((d for d in sorted(set(digests)) if digests.count(d) * 2 > members), None)
 
 
 def _soon() -> float:

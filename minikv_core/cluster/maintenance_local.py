@@ -139,6 +139,7 @@ class LocalMaintenance:
             "commit": status.commit,
             "last_index": status.last_index,
             "match": {str(p.node_id): p.match for p in status.peers},
+            "leader_corrupt": getattr(group, "corrupt", ""),
         }
 
     async def transfer_leader(self, args: JsonObject, deadline: float) -> JsonObject:

@@ -76,6 +76,9 @@ class ShardMap:
     """Node id -> gRPC address."""
     shards: tuple[ShardAssignment, ...]
     """Indexed by shard number."""
+    retired: tuple[int, ...] = ()
+    """Ids of removed nodes: never given out again (a stale process or data directory of a
+    removed node must not pass for a new member)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", MappingProxyType(dict(sorted(self.nodes.items()))))
@@ -118,10 +121,16 @@ class ShardMap:
     def with_shard(self, assignment: ShardAssignment) -> ShardMap:
         shards = list(self.shards)
         shards[assignment.shard] = assignment
-        return ShardMap(self.epoch, self.nodes, tuple(shards))
+        return ShardMap(self.epoch, self.nodes, tuple(shards), self.retired)
 
     def with_nodes(self, nodes: Mapping[int, str]) -> ShardMap:
-        return ShardMap(self.epoch, nodes, self.shards)
+        return ShardMap(self.epoch, nodes, self.shards, self.retired)
+
+    def without_node(self, node_id: int) -> ShardMap:
+        """The map after `node_id` left for good (its id retired)."""
+        nodes = {n: a for n, a in self.nodes.items() if n != node_id}
+        retired = tuple(sorted({*self.retired, node_id}))
+        return ShardMap(self.epoch, nodes, self.shards, retired)
 
     @classmethod
     def bootstrap(cls, peers: Mapping[int, str], shards: int, replicas: int) -> ShardMap:
@@ -136,7 +145,7 @@ class ShardMap:
         )
 
     def with_epoch(self, epoch: int) -> ShardMap:
-        return ShardMap(epoch, self.nodes, self.shards)
+        return ShardMap(epoch, self.nodes, self.shards, self.retired)
 
     # --------------------------------------------------------------------------- codec
 
@@ -154,6 +163,7 @@ class ShardMap:
                 }
                 for a in self.shards
             ],
+            "retired": list(self.retired),
         }
 
     def encode(self) -> bytes:
@@ -177,7 +187,8 @@ class ShardMap:
                 )
                 for item in document["shards"]
             )
-            return cls(int(document["epoch"]), nodes, shards)
+            retired = tuple(int(n) for n in document.get("retired", ()))
+            return cls(int(document["epoch"]), nodes, shards, retired)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             if isinstance(error, ShardMapError):
                 raise

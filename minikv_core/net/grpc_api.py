@@ -611,6 +611,13 @@ class GrpcServer:
                 call: Callable[[float], Awaitable[bytes]],
                 admin: bool,
             ) -> bytes:
+                if not admin and not maintenance.accepts_peer(peer_host(context.peer())):
+                    # Node-to-node calls change memberships: cluster members (and this
+                    # machine) only, whatever admin_allow_remote says.
+                    await context.abort(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"Cluster.{method} answers members of this cluster only",
+                    )
                 return await calls.serve(method, context, call, admin=admin)
 
             handlers.append(cluster_handler(maintenance, serve))

@@ -50,6 +50,10 @@ class MaintenanceEndpoint(Protocol):
         """An operator's request; raises ServiceError subclasses."""
         ...
 
+    def accepts_peer(self, host: str | None) -> bool:
+        """Whether a `Call` from `host` (a gRPC peer's address) comes from a cluster member."""
+        ...
+
 
 def encode_request(method: str, args: JsonObject) -> bytes:
     return json.dumps({"method": method, "args": args}, separators=(",", ":")).encode()

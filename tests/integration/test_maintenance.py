@@ -367,3 +367,40 @@ async def test_the_meta_leader_repairs_on_its_own_after_the_repair_delay(
         job = json.loads(payload)
         assert job["kind"] == "repair" and job["auto"] is True, job
         await assert_readable(cluster, 2, written)
+
+
+async def test_a_corrupt_replica_with_no_spare_node_is_rebuilt_in_place(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Three nodes, three replicas: the corrupt replica is removed, its files deleted, and an
+    empty one on the same node is caught up from the leader (not the old one re-added)."""
+    cluster = cluster_factory(size=3, shards=4, replicas=3)
+    async with aiohttp.ClientSession() as session:
+        cluster.session = session
+        await cluster.start()
+        await cluster.wait_ready()
+        written = await write_keys(cluster, 1, 150, "data")
+        status, _, payload = await cluster.request(3, "POST", "/admin/snapshot", json_body={})
+        assert status == 200, payload
+        groups = shard_groups(await cluster.status(3))
+        shard = next(s for s, g in groups.items() if g["role"] != "leader")
+        corrupt_one_table(cluster.nodes[3].data_dir / "shards" / str(shard))
+
+        job = await operate(cluster, 1, "verify", {})
+        found = await wait_job(cluster, 1, job["id"])
+        assert [(c["shard"], c["node"]) for c in found["corrupt"]] == [(shard, 3)], found
+
+        job = await operate(cluster, 2, "repair", {})
+        repaired = await wait_job(cluster, 2, job["id"])
+        assert repaired["state"] == "done", repaired
+        kinds = [(s["kind"], s["shard"], s["node"]) for s in repaired["steps"]]
+        assert ("remove_replica", shard, 3) in kinds and ("add_replica", shard, 3) in kinds
+
+        job = await operate(cluster, 3, "verify", {})
+        clean = await wait_job(cluster, 3, job["id"])
+        assert clean["state"] == "done" and clean["clean"], clean["corrupt"]
+        rebuilt = next(r for r in clean["shards"] if r["shard"] == shard)
+        digests = {r["node"]: (r.get("checksum") or {}).get("digest") for r in rebuilt["replicas"]}
+        assert len(digests) == 3 and None not in digests.values(), rebuilt
+        assert len(set(digests.values())) == 1, digests
+        await assert_readable(cluster, 3, written)

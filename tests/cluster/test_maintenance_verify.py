@@ -1,0 +1,25 @@
+"""Which replica `verify` may call corrupt: only one outvoted by a strict majority."""
+
+from __future__ import annotations
+
+import pytest
+
+from minikv_core.cluster.maintenance import majority_digest
+
+
+@pytest.mark.parametrize(
+    ("digests", "members", "expected"),
+    [
+        (["a", "a", "a"], 3, "a"),
+        (["a", "a", "b"], 3, "a"),
+        (["a", "b"], 3, None),  # one replica skipped: a tie decides nothing
+        (["a", "b"], 2, None),
+        (["a"], 3, None),  # too few answers
+        (["b", "a", "b", "a", "b"], 5, "b"),
+        ([], 3, None),
+    ],
+)
+def test_only_a_strict_majority_of_members_is_the_reference(
+    digests: list[str], members: int, expected: str | None
+) -> None:
+    assert majority_digest(digests, members) == expected

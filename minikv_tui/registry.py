@@ -473,17 +473,23 @@ class Registry:
                 (state, pid, pid_start, cluster, node_id),
             ) as cursor:
                 updated = cursor.rowcount
-            if updated == 0:
-                if not await self._cluster_exists(cluster):
-                    raise _no_such_cluster(cluster)
-                raise RegistryError(
-                    f"cluster {cluster!r} has no node {node_id}",
-                    hint="check the node id against the cluster's list of nodes",
-                )
-            rows = await db.execute_fetchall(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? AND node_id = ?",
-                (cluster, node_id),
+            return await self._updated_node(db, cluster, node_id, updated)
+
+    async def _updated_node(
+        self, db: aiosqlite.Connection, cluster: str, node_id: int, updated: int
+    ) -> NodeRecord:
+        """The node row an UPDATE just changed; a clear error if it matched none."""
+        if updated == 0:
+            if not await self._cluster_exists(cluster):
+                raise _no_such_cluster(cluster)
+            raise RegistryError(
+                f"cluster {cluster!r} has no node {node_id}",
+                hint="check the node id against the cluster's list of nodes",
             )
+        rows = await db.execute_fetchall(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? AND node_id = ?",
+            (cluster, node_id),
+        )
         return _node_from_row(next(iter(rows)))
 
     async def add_node(self, node: NodeRecord) -> None:
@@ -514,18 +520,7 @@ class Registry:
                 (time.time(), cluster, node_id),
             ) as cursor:
                 updated = cursor.rowcount
-            if updated == 0:
-                if not await self._cluster_exists(cluster):
-                    raise _no_such_cluster(cluster)
-                raise RegistryError(
-                    f"cluster {cluster!r} has no node {node_id}",
-                    hint="check the node id against the cluster's list of nodes",
-                )
-            rows = await db.execute_fetchall(
-                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE cluster = ? AND node_id = ?",
-                (cluster, node_id),
-            )
-        return _node_from_row(next(iter(rows)))
+            return await self._updated_node(db, cluster, node_id, updated)
 
     # -- events -------------------------------------------------------------------------------
 

@@ -29,31 +29,27 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from minikv_core.cluster.config import META_VOTERS_MAX
+from minikv_core.cluster.maintenance_job import Job, StepRecord
 from minikv_core.cluster.maintenance_local import LocalMaintenance, int_arg
 from minikv_core.cluster.maintenance_plan import (
     Plan,
-    Step,
-    StepKind,
     plan_rebalance,
     plan_remove_node,
     plan_repair,
 )
+from minikv_core.cluster.maintenance_steps import STEP_TIMEOUT_S, StepRunner, soon
+from minikv_core.cluster.maintenance_verify import Verifier
 from minikv_core.cluster.maintenance_view import ClusterView, ViewBuilder
 from minikv_core.cluster.service import (
-    DeadlineExceededError,
     InvalidRequestError,
     ServiceError,
     UnavailableError,
 )
 from minikv_core.cluster.shard_map import (
     META_GROUP_ID,
-    ShardAssignment,
-    ShardMap,
-    group_of_shard,
 )
 from minikv_core.net.api import is_loopback
 from minikv_core.net.maintenance_rpc import MaintenanceClient
@@ -65,71 +61,11 @@ logger = logging.getLogger(__name__)
 
 JsonObject = dict[str, Any]
 
-CALL_TIMEOUT_S: Final = 10.0
-CATCH_UP_TIMEOUT_S: Final = 120.0
-STEP_TIMEOUT_S: Final = 180.0
 AUTO_PERIOD_S: Final = 2.0
 JOBS_KEPT: Final = 16
 PLAN_ROUNDS_MAX: Final = 3
 """A job re-plans after its steps (the cluster may have changed meanwhile), this often."""
 OPERATIONS: Final = ("repair", "rebalance", "remove_node", "verify", "job", "join")
-
-
-@dataclass(slots=True)
-class StepRecord:
-    doc: JsonObject
-    step: Step | None = None
-    state: str = "pending"
-    detail: str = ""
-    seconds: float = 0.0
-
-    def to_json(self) -> JsonObject:
-        return {
-            **self.doc,
-            "state": self.state,
-            "detail": self.detail,
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass(slots=True)
-class Job:
-    id: str
-    kind: str
-    args: JsonObject
-    auto: bool = False
-    state: str = "running"
-    plan: Plan | None = None
-    steps: list[StepRecord] = field(default_factory=list)
-    error: str = ""
-    results: list[JsonObject] = field(default_factory=list)
-    """verify: one document per shard."""
-    started_at: float = field(default_factory=time.time)
-    finished_at: float = 0.0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def to_json(self) -> JsonObject:
-        document: JsonObject = {
-            "id": self.id,
-            "kind": self.kind,
-            "args": self.args,
-            "auto": self.auto,
-            "state": self.state,
-            "error": self.error,
-            "steps": [s.to_json() for s in self.steps],
-            "steps_done": sum(1 for s in self.steps if s.state == "done"),
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
-        if self.plan is not None:
-            plan = self.plan.to_json()
-            document["under_replicated"] = plan["under_replicated"]
-            document["blocked"] = plan["blocked"]
-        if self.kind == "verify":
-            document["shards"] = self.results
-            document["corrupt"] = [c for r in self.results for c in r.get("corrupt", [])]
-            document["clean"] = self.state == "done" and not document["corrupt"]
-        return document
 
 
 class Maintenance:
@@ -140,6 +76,8 @@ class Maintenance:
         self.local = LocalMaintenance(node)
         self._client = MaintenanceClient()
         self._views = ViewBuilder(self._poll_status, node.config.repair_after_s)
+        self._steps = StepRunner(self.local, self._views, self._call)
+        self._verifier = Verifier(self.local, self._views, self._steps, self._call)
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._job_ids = itertools.count(1)
         self._running: Job | None = None
@@ -237,7 +175,7 @@ class Maintenance:
                     continue
                 try:
                     return await self._client.call(
-                        self._address(node_id), "operate", forward, min(deadline, _soon())
+                        self._address(node_id), "operate", forward, min(deadline, soon())
                     )
                 except UnavailableError:
                     continue
@@ -327,7 +265,7 @@ class Maintenance:
     async def _run_job(self, job: Job, planner: Callable[[ClusterView], Plan] | None) -> None:
         try:
             if planner is None:
-                await self._verify(job)
+                await self._verifier.run(job)
             else:
                 await self._run_plan(job, planner)
                 if job.kind == "remove_node":
@@ -364,7 +302,7 @@ class Maintenance:
             if job.plan is None:
                 job.plan = plan
             if not plan.steps:
-                await self._drop_stale_learners(view)
+                await self._steps.drop_stale_learners(view)
                 return
             first = len(job.steps)
             job.steps.extend(StepRecord(step.to_json(), step) for step in plan.steps)
@@ -381,12 +319,7 @@ class Maintenance:
         started = time.monotonic()
         deadline = started + STEP_TIMEOUT_S
         try:
-            if step.kind is StepKind.ADD_REPLICA:
-                record.detail = await self._add_replica(step.shard, step.node, deadline)
-            elif step.kind is StepKind.REMOVE_REPLICA:
-                record.detail = await self._remove_replica(step.shard, step.node, deadline)
-            else:
-                record.detail = await self._transfer(step.shard, step.node, deadline)
+            record.detail = await self._steps.run(step, deadline)
             record.state = "done"
         except BaseException as error:
             record.state = "failed"
@@ -394,175 +327,6 @@ class Maintenance:
             raise
         finally:
             record.seconds = time.monotonic() - started
-
-    # ---------------------------------------------------------------------- steps
-
-    async def _add_replica(self, shard: int, node: int, deadline: float) -> str:
-        group_id = group_of_shard(shard)
-        state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
-        if node in state["voters"]:
-            await self._sync_map(shard, state, deadline)
-            return f"node {node} already votes in shard {shard}"
-        if state.get("leader_corrupt"):
-            # The new replica is copied from the leader: never from a corrupt one.
-            await self._move_leadership_off(shard, int(state["leader"]), deadline)
-        if node not in state["learners"]:
-            # A replica of an earlier incarnation (an in-place rebuild just removed it) must
-            # be gone first, or the node would keep it and rejoin with its old, bad state.
-            await self._wait_replica_gone(shard, node, deadline)
-            await self.local.update_map(lambda m: _with_learner(m, shard, node), deadline)
-            await self._change(group_id, "add_learner", node, deadline)
-        started = time.monotonic()
-        await self._wait_caught_up(group_id, node, min(deadline, started + CATCH_UP_TIMEOUT_S))
-        caught_up_s = time.monotonic() - started
-        state = await self._change(group_id, "promote", node, deadline)
-        await self._sync_map(shard, state, deadline)
-        return f"node {node} caught up in {caught_up_s:.1f} s and votes in shard {shard}"
-
-    async def _wait_replica_gone(self, shard: int, node: int, deadline: float) -> None:
-        """Until `node` holds no replica of `shard` (it deletes one the map no longer lists
-        within a maintenance tick or two)."""
-        while True:
-            status = await self._call(node, "status", {}, min(deadline, _soon()))
-            if not any(g.get("shard") == shard for g in status.get("groups", ())):
-                return
-            if time.monotonic() >= deadline:
-                raise DeadlineExceededError(
-                    f"node {node} still holds its old replica of shard {shard}"
-                )
-            await asyncio.sleep(0.2)
-
-    async def _move_leadership_off(self, shard: int, leader: int, deadline: float) -> int:
-        """Hand `shard`'s leadership from `leader` to its healthiest other voter (not marked
-        corrupt, live, most caught up); answers that voter."""
-        group_id = group_of_shard(shard)
-        shard_map = self.local.shard_map()
-        view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
-        corrupt = view.shards[shard].corrupt
-        progress = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
-        match = {int(k): v for k, v in progress["match"].items()}
-        live = {n.node_id for n in view.nodes if n.live}
-        others = [v for v in progress["voters"] if v != leader and v not in corrupt and v in live]
-        if not others:
-            raise UnavailableError(
-                f"shard {shard}: no healthy live voter to take over from node {leader}",
-                retry_after_s=1,
-            )
-        target: int = max(others, key=lambda v: (match.get(v, 0), -v))
-        await self._on_leader(
-            group_id, "transfer_leader", {"group": group_id, "node": target}, deadline
-        )
-        return target
-
-    async def _change(self, group_id: int, op: str, node: int, deadline: float) -> JsonObject:
-        """One membership change on the group's leader (maintenance_local.change_replicas)."""
-        args = {"group": group_id, "op": op, "node": node}
-        return await self._on_leader(group_id, "change_replicas", args, deadline)
-
-    async def _remove_replica(self, shard: int, node: int, deadline: float) -> str:
-        group_id = group_of_shard(shard)
-        state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
-        moved = ""
-        if state["leader"] == node:
-            if not [v for v in state["voters"] if v != node]:
-                raise InvalidRequestError(f"node {node} is the last voter of shard {shard}")
-            target = await self._move_leadership_off(shard, node, deadline)
-            moved = f"leadership moved to node {target}; "
-        if node in state["voters"] or node in state["learners"]:
-            state = await self._change(group_id, "remove", node, deadline)
-        await self._sync_map(shard, state, deadline)
-        return f"{moved}node {node} left shard {shard}"
-
-    async def _transfer(self, shard: int, node: int, deadline: float) -> str:
-        group_id = group_of_shard(shard)
-        await self._on_leader(
-            group_id, "transfer_leader", {"group": group_id, "node": node}, deadline
-        )
-
-        def prefer(shard_map: ShardMap) -> ShardMap:
-            a = shard_map.shards[shard]
-            if node not in a.replicas:
-                return shard_map
-            return shard_map.with_shard(ShardAssignment(shard, a.replicas, node, a.learners))
-
-        await self.local.update_map(prefer, deadline)
-        return f"node {node} leads shard {shard}"
-
-    async def _drop_stale_learners(self, view: ClusterView) -> None:
-        """Unlist map learners their group never added (a job died between listing a new
-        replica and adding it): their node would keep an empty replica forever."""
-        shard_map = self.local.shard_map()
-        deadline = _soon()
-        for assignment in shard_map.shards:
-            group_id = group_of_shard(assignment.shard)
-            report = view.leader_report(group_id)
-            if report is None or report.role != "leader" or not assignment.learners:
-                continue
-            if all(n in (*report.voters, *report.learners) for n in assignment.learners):
-                continue
-            state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
-            await self._sync_map(assignment.shard, state, deadline)
-
-    async def _sync_map(self, shard: int, state: JsonObject, deadline: float) -> None:
-        """The map's replicas and learners of `shard` become its group's configuration."""
-        voters = tuple(int(v) for v in state["voters"])
-        learners = tuple(int(v) for v in state["learners"])
-        leader = int(state.get("leader", 0))
-
-        def sync(shard_map: ShardMap) -> ShardMap:
-            a = shard_map.shards[shard]
-            preferred = a.preferred_leader
-            if preferred not in voters:
-                preferred = leader if leader in voters else voters[0]
-            return shard_map.with_shard(ShardAssignment(shard, voters, preferred, learners))
-
-        await self.local.update_map(sync, deadline)
-
-    async def _wait_caught_up(self, group_id: int, node: int, deadline: float) -> None:
-        """Until the learner holds everything its leader had committed when we started
-        waiting (it may still trail new writes by a little: promotion is then harmless)."""
-        target = 0
-        while True:
-            state = await self._on_leader(group_id, "progress", {"group": group_id}, deadline)
-            if not target:
-                target = max(1, int(state["commit"]))
-            if int(state["match"].get(str(node), 0)) >= target:
-                return
-            if time.monotonic() >= deadline:
-                raise DeadlineExceededError(
-                    f"node {node} did not catch up with group {group_id} (index {target}) in time"
-                )
-            await asyncio.sleep(0.2)
-
-    async def _on_leader(
-        self, group_id: int, method: str, args: JsonObject, deadline: float
-    ) -> JsonObject:
-        """Call `method` on the group's leader, following leader hints and re-observing when
-        there is none, until the deadline."""
-        hint = 0
-        last: ServiceError = UnavailableError(f"group {group_id} has no leader")
-        while time.monotonic() < deadline:
-            if not hint:
-                hint = await self._find_leader(group_id)
-            if not hint:
-                await asyncio.sleep(0.3)
-                continue
-            try:
-                return await self._call(hint, method, args, min(deadline, _soon()))
-            except UnavailableError as error:
-                last = error
-                hint = error.leader_hint if error.leader_hint not in (0, hint) else 0
-                await asyncio.sleep(0.1)
-            except DeadlineExceededError as error:
-                last = error
-                hint = 0
-        raise last
-
-    async def _find_leader(self, group_id: int) -> int:
-        shard_map = self.local.shard_map()
-        view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
-        report = view.leader_report(group_id)
-        return report.node if report is not None and report.role == "leader" else 0
 
     # ------------------------------------------------------------- membership
 
@@ -671,109 +435,9 @@ class Maintenance:
             raise InvalidRequestError(f"node {self._node.node_id} is the meta group's last voter")
         target: int = max(others, key=lambda v: (match.get(v, 0), -v))
         await self.local.transfer_leader(
-            {"group": META_GROUP_ID, "node": target}, min(deadline, _soon())
+            {"group": META_GROUP_ID, "node": target}, min(deadline, soon())
         )
         return target
-
-    # ---------------------------------------------------------------------- verify
-
-    async def _verify(self, job: Job) -> None:
-        shard_map = self.local.shard_map()
-        view = await self._observe({})
-        for shard in range(shard_map.shard_count):
-            job.steps.append(
-                StepRecord(
-                    {
-                        "kind": "verify",
-                        "shard": shard,
-                        "node": 0,
-                        "reason": "checksum every replica at one index",
-                    }
-                )
-            )
-        for shard, record in enumerate(job.steps):
-            record.state = "running"
-            started = time.monotonic()
-            try:
-                result = await self._verify_shard(
-                    shard, view.shards[shard], started + STEP_TIMEOUT_S
-                )
-            except BaseException as error:
-                record.state = "failed"
-                record.detail = str(error)
-                raise
-            finally:
-                record.seconds = time.monotonic() - started
-            job.results.append(result)
-            record.state = "done"
-            bad = result["corrupt"]
-            record.detail = (
-                f"{len(result['replicas'])} replicas agree at index {result['index']}"
-                if not bad
-                else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
-            )
-
-    async def _verify_shard(self, shard: int, view: Any, deadline: float) -> JsonObject:
-        group_id = group_of_shard(shard)
-        proposed = await self._on_leader(group_id, "checksum_propose", {"shard": shard}, deadline)
-        index = int(proposed["index"])
-        members = sorted({*view.voters, *view.learners})
-        answers = await asyncio.gather(
-            *(
-                self._call(n, "checksum", {"shard": shard, "index": index}, min(deadline, _soon()))
-                for n in members
-            ),
-            return_exceptions=True,
-        )
-        replicas: list[JsonObject] = []
-        for node, answer in zip(members, answers, strict=True):
-            if isinstance(answer, BaseException):
-                replicas.append({"node": node, "unreachable": str(answer)})
-            else:
-                replicas.append(answer)
-        digests = [r["checksum"]["digest"] for r in replicas if isinstance(r.get("checksum"), dict)]
-        majority = majority_digest(digests, len(members))
-        inconclusive = majority is None and len(set(digests)) > 1
-        corrupt: list[JsonObject] = []
-        for r in replicas:
-            reason = ""
-            if r.get("error"):
-                reason = f"reading its state failed: {r['error']}"
-            elif r.get("tables"):
-                reason = "bad tables: " + "; ".join(r["tables"])
-            elif (
-                majority is not None
-                and isinstance(r.get("checksum"), dict)
-                and r["checksum"]["digest"] != majority
-            ):
-                reason = (
-                    f"checksum {r['checksum']['digest'][:12]} differs from the majority's "
-                    f"{str(majority)[:12]} at index {index}"
-                )
-            if reason:
-                corrupt.append({"shard": shard, "node": r["node"], "reason": reason})
-                try:
-                    await self._call(
-                        r["node"], "mark_corrupt", {"shard": shard, "reason": reason}, _soon()
-                    )
-                except ServiceError as error:
-                    logger.warning(
-                        "could not mark shard %d on node %s: %s", shard, r["node"], error
-                    )
-        leader = view.leader
-        if leader and any(c["node"] == leader for c in corrupt):
-            # A corrupt leader would keep serving reads from its bad state: hand over now.
-            try:
-                await self._move_leadership_off(shard, leader, deadline)
-            except ServiceError as error:
-                logger.warning("shard %d: corrupt leader %d kept leading: %s", shard, leader, error)
-        return {
-            "shard": shard,
-            "index": index,
-            "replicas": replicas,
-            "corrupt": corrupt,
-            "inconclusive": inconclusive,
-        }
 
     # ------------------------------------------------------------------- automatic
 
@@ -826,7 +490,7 @@ class Maintenance:
         for learner in conf.learners:
             if int(progress["match"].get(str(learner), 0)) >= progress["commit"] > 0:
                 await self.local.change_replicas(
-                    {"group": META_GROUP_ID, "op": "promote", "node": learner}, _soon()
+                    {"group": META_GROUP_ID, "op": "promote", "node": learner}, soon()
                 )
                 return
 
@@ -866,23 +530,3 @@ class Maintenance:
 
     async def _poll_status(self, node_id: int, deadline: float) -> JsonObject:
         return await self._call(node_id, "status", {}, deadline)
-
-
-def majority_digest(digests: list[str], members: int) -> str | None:
-    """The digest a strict majority of a shard's `members` reported, else None: a tie, or
-    too few answers, says nothing about which replica is wrong (marking one could send the
-    healthy copy to be rebuilt from the bad one)."""
-    return next((d for d in sorted(set(digests)) if digests.count(d) * 2 > members), None)
-
-
-def _soon() -> float:
-    return time.monotonic() + CALL_TIMEOUT_S
-
-
-def _with_learner(shard_map: ShardMap, shard: int, node: int) -> ShardMap:
-    a = shard_map.shards[shard]
-    if node in a.members:
-        return shard_map
-    return shard_map.with_shard(
-        ShardAssignment(shard, a.replicas, a.preferred_leader, (*a.learners, node))
-    )

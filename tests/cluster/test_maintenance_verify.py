@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from minikv_core.cluster.maintenance import majority_digest
+from minikv_core.cluster.maintenance_verify import majority_digest
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,71 @@
+"""A maintenance job's record: its steps as they run, what it found, how it ended. The
+document (`to_json`) is what `operate job`, `GET /admin/maintenance`, the CLI's progress bar
+and the dashboard's job panel read."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from minikv_core.cluster.maintenance_plan import Plan, Step
+
+JsonObject = dict[str, Any]
+
+
+@dataclass(slots=True)
+class StepRecord:
+    doc: JsonObject
+    step: Step | None = None
+    state: str = "pending"
+    detail: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> JsonObject:
+        return {
+            **self.doc,
+            "state": self.state,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class Job:
+    id: str
+    kind: str
+    args: JsonObject
+    auto: bool = False
+    state: str = "running"
+    plan: Plan | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+    error: str = ""
+    results: list[JsonObject] = field(default_factory=list)
+    """verify: one document per shard."""
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def to_json(self) -> JsonObject:
+        document: JsonObject = {
+            "id": self.id,
+            "kind": self.kind,
+            "args": self.args,
+            "auto": self.auto,
+            "state": self.state,
+            "error": self.error,
+            "steps": [s.to_json() for s in self.steps],
+            "steps_done": sum(1 for s in self.steps if s.state == "done"),
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+        if self.plan is not None:
+            plan = self.plan.to_json()
+            document["under_replicated"] = plan["under_replicated"]
+            document["blocked"] = plan["blocked"]
+        if self.kind == "verify":
+            document["shards"] = self.results
+            document["corrupt"] = [c for r in self.results for c in r.get("corrupt", [])]
+            document["clean"] = self.state == "done" and not document["corrupt"]
+        return document

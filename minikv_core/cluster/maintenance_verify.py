@@ -1,0 +1,143 @@
+"""`verify`: every replica of every shard checksums its state at one agreed log index.
+
+The shard's leader proposes a CHECKSUM entry; each replica hashes its whole state when it
+applies that entry (so all hash the same logical state, without stopping writes) and re-reads
+every table of its engine from disk. A replica is corrupt when its state could not be read,
+a table failed its check, or its digest differs from the one a strict majority of the members
+reported; it is marked (in memory) so that `repair` rebuilds it from a healthy leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from minikv_core.cluster.maintenance_job import Job, StepRecord
+from minikv_core.cluster.maintenance_local import JsonObject, LocalMaintenance
+from minikv_core.cluster.maintenance_steps import STEP_TIMEOUT_S, Call, StepRunner, soon
+from minikv_core.cluster.maintenance_view import ViewBuilder
+from minikv_core.cluster.service import ServiceError
+from minikv_core.cluster.shard_map import group_of_shard
+
+logger = logging.getLogger(__name__)
+
+
+class Verifier:
+    """Runs a verify job from the meta leader, shard by shard (one step each)."""
+
+    def __init__(
+        self, local: LocalMaintenance, views: ViewBuilder, steps: StepRunner, call: Call
+    ) -> None:
+        self.local = local
+        self._views = views
+        self._steps = steps
+        self._call = call
+
+    async def run(self, job: Job) -> None:
+        shard_map = self.local.shard_map()
+        view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
+        for shard in range(shard_map.shard_count):
+            job.steps.append(
+                StepRecord(
+                    {
+                        "kind": "verify",
+                        "shard": shard,
+                        "node": 0,
+                        "reason": "checksum every replica at one index",
+                    }
+                )
+            )
+        for shard, record in enumerate(job.steps):
+            record.state = "running"
+            started = time.monotonic()
+            try:
+                result = await self._verify_shard(
+                    shard, view.shards[shard], started + STEP_TIMEOUT_S
+                )
+            except BaseException as error:
+                record.state = "failed"
+                record.detail = str(error)
+                raise
+            finally:
+                record.seconds = time.monotonic() - started
+            job.results.append(result)
+            record.state = "done"
+            bad = result["corrupt"]
+            record.detail = (
+                f"{len(result['replicas'])} replicas agree at index {result['index']}"
+                if not bad
+                else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
+            )
+
+    async def _verify_shard(self, shard: int, view: Any, deadline: float) -> JsonObject:
+        group_id = group_of_shard(shard)
+        proposed = await self._steps.on_leader(
+            group_id, "checksum_propose", {"shard": shard}, deadline
+        )
+        index = int(proposed["index"])
+        members = sorted({*view.voters, *view.learners})
+        answers = await asyncio.gather(
+            *(
+                self._call(n, "checksum", {"shard": shard, "index": index}, min(deadline, soon()))
+                for n in members
+            ),
+            return_exceptions=True,
+        )
+        replicas: list[JsonObject] = []
+        for node, answer in zip(members, answers, strict=True):
+            if isinstance(answer, BaseException):
+                replicas.append({"node": node, "unreachable": str(answer)})
+            else:
+                replicas.append(answer)
+        digests = [r["checksum"]["digest"] for r in replicas if isinstance(r.get("checksum"), dict)]
+        majority = majority_digest(digests, len(members))
+        inconclusive = majority is None and len(set(digests)) > 1
+        corrupt: list[JsonObject] = []
+        for r in replicas:
+            reason = ""
+            if r.get("error"):
+                reason = f"reading its state failed: {r['error']}"
+            elif r.get("tables"):
+                reason = "bad tables: " + "; ".join(r["tables"])
+            elif (
+                majority is not None
+                and isinstance(r.get("checksum"), dict)
+                and r["checksum"]["digest"] != majority
+            ):
+                reason = (
+                    f"checksum {r['checksum']['digest'][:12]} differs from the majority's "
+                    f"{str(majority)[:12]} at index {index}"
+                )
+            if reason:
+                corrupt.append({"shard": shard, "node": r["node"], "reason": reason})
+                try:
+                    await self._call(
+                        r["node"], "mark_corrupt", {"shard": shard, "reason": reason}, soon()
+                    )
+                except ServiceError as error:
+                    logger.warning(
+                        "could not mark shard %d on node %s: %s", shard, r["node"], error
+                    )
+        leader = view.leader
+        if leader and any(c["node"] == leader for c in corrupt):
+            # A corrupt leader would keep serving reads from its bad state: hand over now.
+            try:
+                await self._steps.move_leadership_off(shard, leader, deadline)
+            except ServiceError as error:
+                logger.warning("shard %d: corrupt leader %d kept leading: %s", shard, leader, error)
+        return {
+            "shard": shard,
+            "index": index,
+            "replicas": replicas,
+            "corrupt": corrupt,
+            "inconclusive": inconclusive,
+        }
+
+
+def majority_digest(digests: list[str], members: int) -> str | None:
+    """The digest a strict majority of a shard's `members` reported, else None: a tie, or
+    too few answers, says nothing about which replica is wrong (marking one could send the
+    healthy copy to be rebuilt from the bad one)."""
+    return next((d for d in sorted(set(digests)) if digests.count(d) * 2 > members), None)

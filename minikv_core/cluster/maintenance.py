@@ -40,7 +40,7 @@ from minikv_core.cluster.maintenance_plan import (
     plan_remove_node,
     plan_repair,
 )
-from minikv_core.cluster.maintenance_steps import STEP_TIMEOUT_S, StepRunner, soon
+from minikv_core.cluster.maintenance_steps import STEP_TIMEOUT_S, StepRunner, preferring, soon
 from minikv_core.cluster.maintenance_verify import Verifier
 from minikv_core.cluster.maintenance_view import ClusterView, ViewBuilder
 from minikv_core.cluster.service import (
@@ -66,6 +66,8 @@ JOBS_KEPT: Final = 16
 PLAN_ROUNDS_MAX: Final = 3
 """A job re-plans after its steps (the cluster may have changed meanwhile), this often."""
 OPERATIONS: Final = ("repair", "rebalance", "remove_node", "verify", "job", "join")
+INTERNAL_OPERATIONS: Final = ("decommission", "prefer_leader")
+"""Asked by nodes of the meta leader (a departing meta leader; an admin transfer)."""
 
 
 class Maintenance:
@@ -109,6 +111,11 @@ class Maintenance:
         await self._client.close()
 
     # ------------------------------------------------------------------ peer calls
+
+    async def record_preferred_leader(self, shard: int, node: int, deadline: float) -> None:
+        """After an admin leadership transfer: make `node` the shard's preferred leader in
+        the map, so a restart of the old preferred node does not take leadership back."""
+        await self._operate("prefer_leader", {"shard": shard, "node": node}, deadline, 1)
 
     def accepts_peer(self, host: str | None) -> bool:
         """Loopback, or the host of a node in the shard map: `Call` changes memberships, so
@@ -158,7 +165,7 @@ class Maintenance:
     async def _operate(
         self, operation: str, args: JsonObject, deadline: float, hops: int
     ) -> JsonObject:
-        if operation not in OPERATIONS and operation != "decommission":
+        if operation not in OPERATIONS and operation not in INTERNAL_OPERATIONS:
             raise InvalidRequestError(
                 f"unknown operation {operation!r}; one of {', '.join(OPERATIONS)}"
             )
@@ -187,6 +194,10 @@ class Maintenance:
         if operation == "decommission":
             await self._decommission(int_arg(args, "node", low=1), deadline)
             return {"decommissioned": args["node"]}
+        if operation == "prefer_leader":
+            shard, node = int_arg(args, "shard"), int_arg(args, "node", low=1)
+            updated = await self.local.update_map(lambda m: preferring(m, shard, node), deadline)
+            return {"shard": shard, "preferred_leader": updated.shards[shard].preferred_leader}
         dry_run = bool(args.get("dry_run", False))
         self._dead_arg(args)  # refused now, not later inside the job
         planner = None if operation == "verify" else self._planner(operation, args)

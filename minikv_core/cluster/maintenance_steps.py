@@ -131,14 +131,7 @@ class StepRunner:
         await self.on_leader(
             group_id, "transfer_leader", {"group": group_id, "node": node}, deadline
         )
-
-        def prefer(shard_map: ShardMap) -> ShardMap:
-            a = shard_map.shards[shard]
-            if node not in a.replicas:
-                return shard_map
-            return shard_map.with_shard(ShardAssignment(shard, a.replicas, node, a.learners))
-
-        await self.local.update_map(prefer, deadline)
+        await self.local.update_map(lambda m: preferring(m, shard, node), deadline)
         return f"node {node} leads shard {shard}"
 
     async def drop_stale_learners(self, view: ClusterView) -> None:
@@ -216,6 +209,15 @@ class StepRunner:
         view = await self._views.observe(shard_map.nodes, shard_map.shard_count)
         report = view.leader_report(group_id)
         return report.node if report is not None and report.role == "leader" else 0
+
+
+def preferring(shard_map: ShardMap, shard: int, node: int) -> ShardMap:
+    """`shard_map` with `node` as `shard`'s preferred leader (if it is a replica): the hosts
+    move leadership back to it after restarts, so a transfer sticks."""
+    a = shard_map.shards[shard]
+    if node not in a.replicas or a.preferred_leader == node:
+        return shard_map
+    return shard_map.with_shard(ShardAssignment(shard, a.replicas, node, a.learners))
 
 
 def soon() -> float:

@@ -404,3 +404,21 @@ async def test_a_corrupt_replica_with_no_spare_node_is_rebuilt_in_place(
         assert len(digests) == 3 and None not in digests.values(), rebuilt
         assert len(set(digests.values())) == 1, digests
         await assert_readable(cluster, 3, written)
+
+
+async def test_an_admin_transfer_becomes_the_preferred_leader_in_the_map(four: Cluster) -> None:
+    """So that a restart of the old preferred node does not take the leadership back."""
+    cluster = four
+    shards = json.loads((await cluster.request(1, "GET", "/admin/shards"))[2])["shards"]
+    first = shards[0]
+    target = next(r for r in first["replicas"] if r != first["preferred_leader"])
+    status, _, payload = await cluster.request(
+        target, "POST", "/admin/transfer-leader", json_body={"shard": 0, "node": target}
+    )
+    assert status == 200, payload
+
+    async def preferred() -> bool:
+        document = json.loads((await cluster.request(2, "GET", "/admin/shards"))[2])
+        return bool(document["shards"][0]["preferred_leader"] == target)
+
+    await eventually(preferred, "the map to prefer the new leader", 10, cluster.describe)

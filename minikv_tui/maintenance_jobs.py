@@ -3,7 +3,8 @@
 The meta leader runs a job in the background and answers its JSON document
 (`minikv_core/cluster/maintenance.py`); this module starts one through the client, polls it by
 id until it is done or failed, and hands every poll to a callback (the CLI's progress bar,
-later the dashboard). Documents become typed records here, once, so callers never index dicts.
+the dashboard's job panel). Documents become typed records here, once, for both tools, so
+callers never index dicts; each tool words them its own way (`dashboard/jobs.py` for the panel).
 
 Why the runner rotates endpoints: any node forwards `maintain` to the meta leader, but a job
 that removes a node, or a node that was killed, can leave the endpoint we used dead, and
@@ -94,6 +95,34 @@ def _objects(document: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
     if not isinstance(value, list):
         return []
     return [item for item in value if isinstance(item, Mapping)]
+
+
+_JOB_KEYS: Final = ("id", "kind", "state")
+_ITEM_KEYS: Final = {
+    "steps": ("kind", "shard", "node"),
+    "under_replicated": ("shard", "healthy", "wanted"),
+    "blocked": ("reason",),
+    "corrupt": ("shard", "node"),
+}
+
+
+def missing_keys(document: Mapping[str, Any], *, job: bool) -> list[str]:
+    """What a job (or, `job=False`, a dry run's) document lacks of what every node sends
+    ("kind", "steps[0].shard"). The records read leniently, with defaults, so the CLI can tell
+    what a half-readable answer holds; the dashboard refuses such an answer instead of
+    showing a job made of defaults in front of an audience."""
+    missing = [key for key in _JOB_KEYS if key not in document] if job else []
+    for key, required in _ITEM_KEYS.items():
+        items = document.get(key, [])
+        if not isinstance(items, list):
+            missing.append(key)
+            continue
+        for index, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                missing.append(f"{key}[{index}]")
+                continue
+            missing.extend(f"{key}[{index}].{name}" for name in required if name not in item)
+    return missing
 
 
 @dataclass(frozen=True)
@@ -242,6 +271,10 @@ class Job:
     shards: tuple[ShardCheck, ...] = ()
     """verify: one per shard checked so far."""
     corrupt: tuple[Corrupt, ...] = ()
+    auto: bool = False
+    """Started by the meta leader on its own (a node stayed dead), not by a person."""
+    dead: tuple[int, ...] = ()
+    """repair: the nodes it was told to treat as dead."""
     started_at: float = 0.0
     finished_at: float = 0.0
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -265,6 +298,8 @@ class Job:
         )
         started_at = document.get("started_at", 0.0)
         finished_at = document.get("finished_at", 0.0)
+        args = document.get("args")
+        dead = args.get("dead") if isinstance(args, Mapping) else None
         return cls(
             id=job_id,
             kind=_str(document, "kind"),
@@ -278,6 +313,8 @@ class Job:
                 Corrupt(_int(c, "shard"), _int(c, "node"), _str(c, "reason"))
                 for c in _objects(document, "corrupt")
             ),
+            auto=bool(document.get("auto", False)),
+            dead=tuple(n for n in dead if isinstance(n, int)) if isinstance(dead, list) else (),
             started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
             finished_at=float(finished_at) if isinstance(finished_at, int | float) else 0.0,
             document=document,
@@ -286,6 +323,15 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed")
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def succeeded(self) -> bool:
+        """Done, and for verify: nothing corrupt."""
+        return self.state == "done" and not self.corrupt
 
     @property
     def steps_done(self) -> int:
@@ -297,10 +343,22 @@ class Job:
         return next((step for step in self.steps if step.state == "running"), None)
 
     @property
+    def current_or_next(self) -> JobStep | None:
+        """The step under way, else the next one: what a job is about to do while it plans a
+        step (the dashboard's panel tells this)."""
+        return self.current or next((s for s in self.steps if s.state == "pending"), None)
+
+    @property
     def seconds(self) -> float:
         if self.finished_at and self.started_at:
             return max(0.0, self.finished_at - self.started_at)
         return sum(step.seconds for step in self.steps)
+
+    def elapsed_s(self, now: float) -> float:
+        """Wall time since the job started, up to `now` while it runs: a clock that moves
+        between polls (`seconds` is what the node measured)."""
+        end = self.finished_at if self.finished_at > 0 and not self.running else now
+        return max(0.0, end - self.started_at)
 
     @property
     def title(self) -> str:

@@ -86,6 +86,8 @@ class Maintenance:
         self._rebalance_after_join: set[int] = set()
         """Joined nodes whose rebalance job has not started yet (the meta leader's memory)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        """Running jobs (cancelled when this node loses the meta leadership)."""
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._auto: asyncio.Task[None] | None = None
 
     @property
@@ -98,7 +100,11 @@ class Maintenance:
         )
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._auto] if self._auto is not None else [])]
+        tasks = [
+            *self._tasks,
+            *self._side_tasks,
+            *([self._auto] if self._auto is not None else []),
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -112,10 +118,26 @@ class Maintenance:
 
     # ------------------------------------------------------------------ peer calls
 
-    async def record_preferred_leader(self, shard: int, node: int, deadline: float) -> None:
+    def record_preferred_leader(self, shard: int, node: int) -> None:
         """After an admin leadership transfer: make `node` the shard's preferred leader in
-        the map, so a restart of the old preferred node does not take leadership back."""
-        await self._operate("prefer_leader", {"shard": shard, "node": node}, deadline, 1)
+        the map, so a restart of the old preferred node does not take leadership back. In
+        the background, bounded: the transfer is done and answered whatever the meta group
+        can do right now (partitioned, electing)."""
+
+        async def record() -> None:
+            try:
+                await self._operate("prefer_leader", {"shard": shard, "node": node}, soon(), 1)
+            except ServiceError as error:
+                logger.warning(
+                    "shard %d: node %d leads, but the map still prefers another node: %s",
+                    shard,
+                    node,
+                    error,
+                )
+
+        task = asyncio.get_running_loop().create_task(record())
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
 
     def accepts_peer(self, host: str | None) -> bool:
         """Loopback, or the host of a node in the shard map: `Call` changes memberships, so

@@ -885,16 +885,8 @@ class Node:
                 await asyncio.sleep(self.config.tick_ms / 1000.0)
 
         await self._serve(deadline, work)
-        try:
-            # The transfer sticks across restarts only once the map prefers the new leader.
-            await self.maintenance.record_preferred_leader(shard, target_node, deadline)
-        except ServiceError as error:
-            logger.warning(
-                "shard %d: node %d leads, but the map still prefers another node: %s",
-                shard,
-                target_node,
-                error,
-            )
+        # The transfer sticks across restarts only once the map prefers the new leader.
+        self.maintenance.record_preferred_leader(shard, target_node)
 
     async def snapshot(self, shards: Sequence[int] | None, deadline: float) -> AdminDocument:
         """Compact the given shards' logs now (engine flush, log snapshot, WAL truncation)."""

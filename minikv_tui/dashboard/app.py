@@ -39,6 +39,7 @@ from minikv_tui.dashboard.jobs import (
     VERIFY_QUESTION,
     JobDocumentError,
     confirm_text,
+    job_title,
     nothing_planned,
     parse_job,
     parse_plan,
@@ -559,7 +560,7 @@ class DashboardApp(App[str | None]):
         if running is not None:
             progress = f"{running.steps_done}/{len(running.steps)} steps"
             self.notify(
-                f"{running.title} is running ({progress}): one job at a time, wait for it",
+                f"{job_title(running)} is running ({progress}): one job at a time, wait for it",
                 severity="warning",
                 markup=False,
             )
@@ -600,7 +601,7 @@ class DashboardApp(App[str | None]):
         finally:
             self._maintenance_busy = False
         self._show_job()
-        title = job.title if job is not None else operation
+        title = job_title(job) if job is not None else operation
         self.notify(
             f"{title} started: the panel below follows it", title=operation, timeout=4, markup=False
         )

@@ -25,21 +25,15 @@ from typing import Any
 from minikv_core.client import ClientError, InvalidRequestError
 from minikv_tui.dashboard.jobs import (
     JobDocumentError,
-    JobView,
     finished_line,
+    job_title,
     parse_job,
     started_line,
 )
+from minikv_tui.maintenance_jobs import KIND_FAILED, Job
 
 JobReader = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, Any]]]
 """Reads `operate job` with these args ({} latest, {"id": …}); raises ClientError."""
-
-KIND_FAILED = "maintenance-failed"
-KIND_CORRUPT = "corrupt"
-"""Journal kinds of a failed (or lost) job and of a verify that found damage; a job that
-starts or ends well is journalled under its own kind ("repair"). The same kinds as
-`minikv cluster repair|verify|rebalance` (maintenance_jobs.py), so the event log reads alike
-whichever tool ran the job."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ class JobStatus:
     with its meta leader, `note` when its state could not be read (or maintenance is not
     available at all)."""
 
-    job: JobView | None
+    job: Job | None
     observed_at: float
     note: str = ""
     lost: bool = False
@@ -67,7 +61,7 @@ class JobWatcher:
     def __init__(self, *, idle_every: int) -> None:
         assert idle_every >= 1, idle_every
         self._idle_every = idle_every
-        self._job: JobView | None = None
+        self._job: Job | None = None
         self._told: dict[str, str] = {}
         """Job id -> the last state journalled for it."""
         self._ours: set[str] = set()
@@ -87,7 +81,7 @@ class JobWatcher:
         return JobStatus(self._job, self._observed_at, self._note, self._lost)
 
     @property
-    def running(self) -> JobView | None:
+    def running(self) -> Job | None:
         """The job known to be running (an action refuses to start a second one)."""
         job = self._job
         return job if job is not None and job.running and not self._lost else None
@@ -151,7 +145,7 @@ class JobWatcher:
 
     # --- machinery -------------------------------------------------------------------------
 
-    def _apply(self, job: JobView | None, at: float, *, first_poll: bool) -> None:
+    def _apply(self, job: Job | None, at: float, *, first_poll: bool) -> None:
         self._observed_at = at
         if job is None:
             # The meta leader has no job (none ran, or leadership moved): keep what was shown.
@@ -182,7 +176,7 @@ class JobWatcher:
         self._changed = True
         foreign = job.id not in self._ours and not job.auto
         self._events.append(
-            JobEvent(KIND_FAILED, f"{job.title} lost with the meta leader", foreign)
+            JobEvent(KIND_FAILED, f"{job_title(job)} lost with the meta leader", foreign)
         )
 
     def _set_note(self, note: str) -> None:
@@ -191,10 +185,8 @@ class JobWatcher:
             self._changed = True
 
 
-def _finished_event(job: JobView, foreign: bool) -> JobEvent:
-    kind = job.kind
-    if job.state == "failed":
-        kind = KIND_FAILED
-    elif job.corrupt:
-        kind = KIND_CORRUPT
-    return JobEvent(kind, finished_line(job), foreign)
+def _finished_event(job: Job, foreign: bool) -> JobEvent:
+    # The journal kinds `minikv cluster repair|verify|rebalance` use too (a failed job, a
+    # verify that found damage, else the job's own), so the event log reads alike whichever
+    # tool ran the job.
+    return JobEvent(job.journal_kind(), finished_line(job), foreign)

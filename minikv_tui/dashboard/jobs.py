@@ -1,9 +1,10 @@
-"""Maintenance jobs (repair, verify, rebalance) as the dashboard reads and tells them.
+"""Maintenance jobs (repair, verify, rebalance) as the dashboard tells them.
 
-The node answers JSON documents (`minikv_core/cluster/maintenance.py`); this module turns them
-into typed views once, at the edge, so the panel, the confirm dialog and the event log never
+The node's JSON documents become the typed records of `minikv_tui.maintenance_jobs` — the one
+reader the CLI uses too — at the edge, so the panel, the confirm dialog and the event log never
 index into dicts, and a malformed document is refused with a sentence instead of a KeyError
-in a widget. Everything here is pure: no I/O, no clock, no terminal.
+in a widget. This module holds the dashboard's wording of them. Everything here is pure: no
+I/O, no clock, no terminal.
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-JobKind = str
-""""repair" | "rebalance" | "verify" (others — remove_node — are shown by their name)."""
+from minikv_tui.maintenance_jobs import Job, JobFailedError, JobStep, Operation, Plan, missing_keys
 
 PLAN_STEPS_SHOWN = 6
 """Steps listed in a confirm dialog: it must fit an 80x24 terminal with its buttons."""
@@ -30,158 +30,53 @@ class JobDocumentError(ValueError):
     """A node answered a document this dashboard cannot read (a different minikv version)."""
 
 
-@dataclass(frozen=True)
-class StepView:
-    kind: str
-    shard: int
-    node: int
-    reason: str
-    state: str = "pending"
-    """pending | running | done | failed."""
-    detail: str = ""
-
-    def action(self) -> str:
-        """What the step does, in a few words: "shard 3: add a replica on node 2"."""
-        if self.kind == "verify":
-            return f"shard {self.shard}: checksum every replica"
-        verb = _STEP_VERBS.get(self.kind, self.kind.replace("_", " ") + " node {node}")
-        return f"shard {self.shard}: {verb.format(node=self.node)}"
-
-
-@dataclass(frozen=True)
-class CorruptReplica:
-    shard: int
-    node: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class JobView:
-    id: str
-    kind: JobKind
-    state: str
-    """running | done | failed."""
-    auto: bool
-    error: str
-    steps: tuple[StepView, ...]
-    started_at: float
-    finished_at: float
-    dead: tuple[int, ...] = ()
-    under_replicated: tuple[int, ...] = ()
-    blocked: tuple[str, ...] = ()
-    corrupt: tuple[CorruptReplica, ...] = ()
-    shards_verified: int = 0
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def steps_done(self) -> int:
-        return sum(1 for step in self.steps if step.state == "done")
-
-    @property
-    def current_step(self) -> StepView | None:
-        """The step being run (else the next one): what the panel says the job is doing."""
-        for wanted in ("running", "pending"):
-            for step in self.steps:
-                if step.state == wanted:
-                    return step
-        return None
-
-    @property
-    def title(self) -> str:
-        who = "automatic " if self.auto else ""
-        dead = f" (dead: node {_ids(self.dead)})" if self.dead else ""
-        return f"{who}{self.kind} {self.id}{dead}"
-
-    def seconds(self, now: float) -> float:
-        end = self.finished_at if self.finished_at > 0 and not self.running else now
-        return max(0.0, end - self.started_at)
-
-    @property
-    def succeeded(self) -> bool:
-        """Done, and for verify: nothing corrupt."""
-        return self.state == "done" and not self.corrupt
-
-
-@dataclass(frozen=True)
-class PlanView:
-    """A dry run's answer: what the job would do, before anything moves."""
-
-    kind: JobKind
-    steps: tuple[StepView, ...]
-    under_replicated: tuple[tuple[int, int, int], ...]
-    """(shard, healthy voters, wanted)."""
-    blocked: tuple[str, ...]
-
-
 # --------------------------------------------------------------------------------- parsing
 
 
-def parse_job(document: Mapping[str, Any]) -> JobView | None:
+def parse_job(document: Mapping[str, Any]) -> Job | None:
     """A job document (`operate job`, or a job's start answer); None when the meta leader has
     no job (`{"state": "none"}`)."""
+    if document.get("state") == "none":
+        return None
+    missing = missing_keys(document, job=True)
+    if missing:
+        raise JobDocumentError(f"unreadable job document (missing {', '.join(missing)})")
     try:
-        if document.get("state") == "none":
-            return None
-        args = document.get("args") or {}
-        finished_at = float(document.get("finished_at") or 0.0)
-        return JobView(
-            id=str(document["id"]),
-            kind=str(document["kind"]),
-            state=str(document["state"]),
-            auto=bool(document.get("auto", False)),
-            error=str(document.get("error") or ""),
-            steps=tuple(_step(step) for step in document.get("steps", [])),
-            started_at=float(document.get("started_at") or 0.0),
-            finished_at=finished_at,
-            dead=tuple(int(node) for node in args.get("dead", [])),
-            under_replicated=tuple(int(u["shard"]) for u in document.get("under_replicated", [])),
-            blocked=tuple(str(b["reason"]) for b in document.get("blocked", [])),
-            corrupt=tuple(
-                CorruptReplica(int(c["shard"]), int(c["node"]), str(c.get("reason", "")))
-                for c in document.get("corrupt", [])
-            ),
-            shards_verified=len(document.get("shards", [])),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise JobDocumentError(
-            f"unreadable job document ({type(error).__name__}: {error})"
-        ) from None
+        return Job.from_json(document)
+    except JobFailedError as error:
+        raise JobDocumentError(f"unreadable job document ({error.message})") from None
 
 
-def parse_plan(document: Mapping[str, Any]) -> PlanView:
+def parse_plan(document: Mapping[str, Any]) -> Plan:
     """A dry run's answer (`{"kind", "dry_run": true, "steps", "under_replicated", "blocked"}`)."""
-    try:
-        return PlanView(
-            kind=str(document.get("kind", "")),
-            steps=tuple(_step(step) for step in document.get("steps", [])),
-            under_replicated=tuple(
-                (int(u["shard"]), int(u["healthy"]), int(u["wanted"]))
-                for u in document.get("under_replicated", [])
-            ),
-            blocked=tuple(str(b["reason"]) for b in document.get("blocked", [])),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise JobDocumentError(f"unreadable plan ({type(error).__name__}: {error})") from None
+    missing = missing_keys(document, job=False)
+    if missing:
+        raise JobDocumentError(f"unreadable plan (missing {', '.join(missing)})")
+    kind = document.get("kind")
+    if kind not in tuple(Operation):
+        raise JobDocumentError(f"unreadable plan (no such operation: {kind!r})")
+    return Plan.from_json(Operation(kind), document)
 
 
-def _step(document: Mapping[str, Any]) -> StepView:
-    return StepView(
-        kind=str(document["kind"]),
-        shard=int(document["shard"]),
-        node=int(document["node"]),
-        reason=str(document.get("reason", "")),
-        state=str(document.get("state", "pending")),
-        detail=str(document.get("detail") or ""),
-    )
+def job_title(job: Job) -> str:
+    """How the panel and the event log name a job: "automatic repair 1-3 (dead: node 4)"."""
+    who = "automatic " if job.auto else ""
+    dead = f" (dead: node {_ids(job.dead)})" if job.dead else ""
+    return f"{who}{job.kind} {job.id}{dead}"
+
+
+def step_action(step: JobStep) -> str:
+    """What the step does, in a few words: "shard 3: add a replica on node 2"."""
+    if step.kind == "verify":
+        return f"shard {step.shard}: checksum every replica"
+    verb = _STEP_VERBS.get(step.kind, step.kind.replace("_", " ") + " node {node}")
+    return f"shard {step.shard}: {verb.format(node=step.node)}"
 
 
 # --------------------------------------------------------------------------------- telling
 
 
-def outcome(job: JobView) -> str:
+def outcome(job: Job) -> str:
     """One line for a finished job (the event log): what it achieved, or why not."""
     told = outcome_parts(job)
     return f"{told.headline}: {told.detail}" if told.detail else told.headline
@@ -196,10 +91,10 @@ class Outcome:
     """What to do about it ("" when nothing needs doing)."""
 
 
-def outcome_parts(job: JobView) -> Outcome:
+def outcome_parts(job: Job) -> Outcome:
     """A finished job in parts: the panel puts headline and hint on one line and the detail
     under it, so what to do is never cut off by a long error."""
-    seconds = f"{job.seconds(job.finished_at):.1f} s"
+    seconds = f"{job.elapsed_s(job.finished_at):.1f} s"
     if job.state == "failed":
         failed = next((i for i, step in enumerate(job.steps) if step.state == "failed"), None)
         at = job.steps_done if failed is None else failed
@@ -208,7 +103,7 @@ def outcome_parts(job: JobView) -> Outcome:
         return Outcome(where, job.error or "no reason given", "press r to retry")
     if job.kind == "verify":
         if not job.corrupt:
-            return Outcome(f"all {job.shards_verified} shards consistent ({seconds})")
+            return Outcome(f"all {len(job.shards)} shards consistent ({seconds})")
         shown = "; ".join(
             f"shard {c.shard} on node {c.node}: {c.reason}" for c in job.corrupt[:CORRUPT_SHOWN]
         )
@@ -221,34 +116,34 @@ def outcome_parts(job: JobView) -> Outcome:
     if not job.blocked:
         return Outcome(headline)
     blocked = _plural(len(job.blocked), "shard", "shards")
-    return Outcome(headline, f"{blocked} blocked: {job.blocked[0]}")
+    return Outcome(headline, f"{blocked} blocked: {job.blocked[0].reason}")
 
 
-def progress_line(job: JobView) -> str:
+def progress_line(job: Job) -> str:
     """While a job runs: the step it is on."""
-    step = job.current_step
+    step = job.current_or_next
     if step is None:
         return "planning…" if job.kind != "verify" else "starting…"
     # A reason opens with why ("replace replica on dead node 4: new replica on node 3 …");
     # the rest repeats what the action already says.
     why = step.reason.split(": ", 1)[0]
-    return f"{step.action()} — {why}" if why and step.kind != "verify" else step.action()
+    return f"{step_action(step)} — {why}" if why and step.kind != "verify" else step_action(step)
 
 
-def started_line(job: JobView) -> str:
+def started_line(job: Job) -> str:
     planned = f": {_plural(len(job.steps), 'step', 'steps')}" if job.steps else ""
-    return f"{job.title} started{planned}"
+    return f"{job_title(job)} started{planned}"
 
 
-def finished_line(job: JobView) -> str:
+def finished_line(job: Job) -> str:
     verb = "done" if job.state == "done" else job.state
-    return f"{job.title} {verb}: {outcome(job)}"
+    return f"{job_title(job)} {verb}: {outcome(job)}"
 
 
-def lost_parts(job: JobView) -> Outcome:
+def lost_parts(job: Job) -> Outcome:
     """A job whose meta leader lost leadership: the new leader does not know it."""
     return Outcome(
-        f"{job.title} lost with the meta leader",
+        f"{job_title(job)} lost with the meta leader",
         "the new meta leader does not know it; every step is safe to interrupt",
         "press r to re-plan",
     )
@@ -260,7 +155,7 @@ VERIFY_QUESTION = (
 )
 
 
-def confirm_text(operation: str, plan: PlanView, dead: Sequence[int], dead_up: bool) -> str:
+def confirm_text(operation: str, plan: Plan, dead: Sequence[int], dead_up: bool) -> str:
     """The confirm dialog for a repair or rebalance: the question, then its dry-run plan.
     `dead_up`: the node declared dead is up (its replicas are moved off all the same)."""
     if dead:
@@ -271,35 +166,35 @@ def confirm_text(operation: str, plan: PlanView, dead: Sequence[int], dead_up: b
     return describe_plan(plan, question)
 
 
-def describe_plan(plan: PlanView, question: str) -> str:
+def describe_plan(plan: Plan, question: str) -> str:
     """The confirm dialog's text (Textual markup: the question bold, names escaped)."""
     lines = [f"[b]{_escape(question)}[/b]", ""]
     lines.append(f"The plan ({_plural(len(plan.steps), 'step', 'steps')}):")
     for index, step in enumerate(plan.steps[:PLAN_STEPS_SHOWN], start=1):
-        lines.append(f"  {index}. {_escape(step.action())}")
+        lines.append(f"  {index}. {_escape(step_action(step))}")
     if len(plan.steps) > PLAN_STEPS_SHOWN:
         lines.append(f"  … and {len(plan.steps) - PLAN_STEPS_SHOWN} more")
     if plan.under_replicated:
-        shards = ", ".join(f"shard {s} {h}/{w}" for s, h, w in plan.under_replicated)
+        shards = ", ".join(f"shard {u.shard} {u.healthy}/{u.wanted}" for u in plan.under_replicated)
         lines.append(f"Healthy voters now: {shards}")
-    for reason in plan.blocked[:2]:
-        lines.append(f"[b]Blocked[/b] {_escape(reason)}")
+    for blocked in plan.blocked[:2]:
+        lines.append(f"[b]Blocked[/b] {_escape(blocked.reason)}")
     if len(plan.blocked) > 2:
         lines.append(f"  … and {len(plan.blocked) - 2} more blocked")
     return "\n".join(lines)
 
 
-def nothing_planned(plan: PlanView) -> str:
+def nothing_planned(plan: Plan) -> str:
     """A dry run with no step: why nothing will move (no job is started for it)."""
     if plan.blocked:
         more = f" (+{len(plan.blocked) - 1} more)" if len(plan.blocked) > 1 else ""
-        return f"nothing {plan.kind} can do now: {plan.blocked[0]}{more}"
-    if plan.kind == "rebalance":
+        return f"nothing {plan.operation} can do now: {plan.blocked[0].reason}{more}"
+    if plan.operation == Operation.REBALANCE:
         return "already balanced: nothing to move"
     return "nothing to repair: every shard has its replicas"
 
 
-def _moves(steps: Sequence[StepView]) -> str:
+def _moves(steps: Sequence[JobStep]) -> str:
     done = [step for step in steps if step.state == "done"]
     added = sum(1 for step in done if step.kind == "add_replica")
     removed = sum(1 for step in done if step.kind == "remove_replica")

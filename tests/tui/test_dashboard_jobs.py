@@ -17,6 +17,8 @@ from minikv_tui.dashboard.job_watch import JobWatcher
 from minikv_tui.dashboard.jobs import (
     JobDocumentError,
     confirm_text,
+    job_title,
+    nothing_planned,
     outcome,
     parse_job,
     parse_plan,
@@ -192,3 +194,35 @@ def test_the_plan_dialog_lists_steps_and_escapes_markup() -> None:
 def test_an_unreadable_job_document_is_refused_by_name(document: dict[str, Any]) -> None:
     with pytest.raises(JobDocumentError, match="unreadable job document"):
         parse_job(document)
+
+
+def test_a_repair_told_of_dead_nodes_is_titled_with_them_and_timed_by_the_clock() -> None:
+    document = job_in_state("repair", "running")
+    document["args"] = {"dead": [4, 5]}
+    job = parse_job(document)
+    assert job is not None
+    assert job_title(job) == f"repair {document['id']} (dead: node 4,5)"
+    assert job.elapsed_s(job.started_at + 7.5) == 7.5  # running: the clock moves with `now`
+
+
+def test_a_plan_with_nothing_to_do_says_what_blocks_it() -> None:
+    plan = parse_plan(
+        {
+            "kind": "rebalance",
+            "steps": [],
+            "blocked": [
+                {"shard": 1, "reason": "shard 1 has no leader"},
+                {"shard": 2, "reason": "x"},
+            ],
+        }
+    )
+    assert nothing_planned(plan) == "nothing rebalance can do now: shard 1 has no leader (+1 more)"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"kind": "defragment", "steps": []}, {"kind": "repair", "steps": [{"kind": "add_replica"}]}],
+)
+def test_an_unreadable_plan_is_refused_by_name(document: dict[str, Any]) -> None:
+    with pytest.raises(JobDocumentError, match="unreadable plan"):
+        parse_plan(document)

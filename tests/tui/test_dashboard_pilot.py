@@ -24,7 +24,6 @@ from minikv_core.client import AsyncClient
 from minikv_tui.cluster_status import ClusterSnapshot
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
 from minikv_tui.dashboard.job_watch import JobStatus
-from minikv_tui.dashboard.jobs import JobView
 from minikv_tui.dashboard.screens.confirm import ConfirmScreen
 from minikv_tui.dashboard.screens.partition import PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitScreen
@@ -33,6 +32,7 @@ from minikv_tui.dashboard.widgets.job_panel import JobPanel
 from minikv_tui.dashboard.widgets.load_panel import LoadPanel
 from minikv_tui.dashboard.widgets.nodes_table import NodesTable
 from minikv_tui.launcher import Launcher
+from minikv_tui.maintenance_jobs import Job as JobView
 from minikv_tui.registry import Registry
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,9 @@ from textual.widgets import Static
 
 from minikv_tui.dashboard import format as fmt
 from minikv_tui.dashboard.job_watch import JobStatus
-from minikv_tui.dashboard.jobs import JobView, lost_parts, outcome_parts, progress_line
+from minikv_tui.dashboard.jobs import job_title, lost_parts, outcome_parts, progress_line
 from minikv_tui.dashboard.palette import Palette
+from minikv_tui.maintenance_jobs import Job
 
 BAR_WIDTH = 24
 
@@ -72,27 +73,27 @@ def _lines(status: JobStatus, palette: Palette, tz: dt.tzinfo | None) -> list[Te
     return finished if note is None else [finished[0], note]
 
 
-def _running(job: JobView, now: float, palette: Palette) -> Text:
+def _running(job: Job, now: float, palette: Palette) -> Text:
     total = len(job.steps)
     done = job.steps_done
     filled = round(BAR_WIDTH * done / total) if total else 0
     counts = f" {done}/{total} steps" if total else " planning"
     return Text.assemble(
         ("▶ ", palette.candidate),
-        (job.title, "bold"),
+        (job_title(job), "bold"),
         "  ",
         ("━" * filled, palette.up),
         ("─" * (BAR_WIDTH - filled), palette.dim),
         counts,
-        (f"  {job.seconds(now):.0f} s", palette.dim),
+        (f"  {job.elapsed_s(now):.0f} s", palette.dim),
     )
 
 
-def _step(job: JobView, palette: Palette) -> Text:
+def _step(job: Job, palette: Palette) -> Text:
     return Text.assemble(("  ", ""), (progress_line(job), palette.dim))
 
 
-def _finished(job: JobView, palette: Palette, tz: dt.tzinfo | None) -> list[Text]:
+def _finished(job: Job, palette: Palette, tz: dt.tzinfo | None) -> list[Text]:
     good = job.succeeded
     mark, style = ("✓ ", palette.up) if good else ("✗ ", palette.down)
     verb = "done" if job.state == "done" else job.state
@@ -101,7 +102,7 @@ def _finished(job: JobView, palette: Palette, tz: dt.tzinfo | None) -> list[Text
     lines = [
         Text.assemble(
             (mark, style),
-            (f"{job.title} {verb}", "bold"),
+            (f"{job_title(job)} {verb}", "bold"),
             (when, palette.dim),
             " " if job.state == "failed" else ": ",
             (told.headline, "" if good else style),

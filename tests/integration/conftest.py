@@ -174,17 +174,23 @@ class Cluster:
         ]
 
     def launch(self, node_id: int, *extra: str) -> NodeProcess:
-        node = self.nodes[node_id]
-        assert not node.running, f"node {node_id} is already running"
+        return self.spawn(self.nodes[node_id], self.command(self.nodes[node_id], *extra))
+
+    def spawn(
+        self, node: NodeProcess, command: list[str], env_extra: dict[str, str] | None = None
+    ) -> NodeProcess:
+        """Start `command` as `node`'s process: own session (killed as a group), output
+        appended to its log, no MINIKV_* variables from the test's environment."""
+        assert not node.running, f"node {node.node_id} is already running"
+        self.nodes[node.node_id] = node
         node.ready_file.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
-        env["PYTHONUNBUFFERED"] = "1"
+        env.update(env_extra or {}, PYTHONUNBUFFERED="1")
         with node.log_path.open("ab") as log:
-            log.write(
-                f"=== start {node.starts + 1}: {' '.join(self.command(node, *extra))}\n".encode()
-            )
+            header = f"=== start {node.starts + 1} {env_extra or ''}: {' '.join(command)}\n"
+            log.write(header.encode())
             node.process = subprocess.Popen(
-                self.command(node, *extra),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

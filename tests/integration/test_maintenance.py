@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -209,7 +207,6 @@ def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
         log_path=cluster.root / f"node{node_id}.log",
         ready_file=cluster.root / f"node{node_id}.ready.json",
     )
-    cluster.nodes[node_id] = node
     command = [
         sys.executable,
         "-m",
@@ -227,18 +224,7 @@ def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
         "--ready-file",
         str(node.ready_file),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
-    with node.log_path.open("ab") as log:
-        node.process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    node.starts += 1
-    return node
+    return cluster.spawn(node, command)
 
 
 async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four: Cluster) -> None:

@@ -6,8 +6,6 @@ the record says, and no lock survives."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,22 +24,7 @@ SHARDS = 4
 def launch_with_env(cluster: Cluster, node_id: int, env_extra: dict[str, str]) -> None:
     """`Cluster.launch` with extra environment variables (it strips MINIKV_* on purpose)."""
     node = cluster.nodes[node_id]
-    assert not node.running
-    node.ready_file.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
-    env.update(env_extra, PYTHONUNBUFFERED="1")
-    command = cluster.command(node)
-    with node.log_path.open("ab") as log:
-        log.write(f"=== start {node.starts + 1} with {env_extra}: {' '.join(command)}\n".encode())
-        node.process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    node.starts += 1
+    cluster.spawn(node, cluster.command(node), env_extra)
 
 
 def keys_on_distinct_shards(count: int, tag: str) -> list[str]:

@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +53,24 @@ RENDER_TIMEOUT_S = 30.0
 # ------------------------------------------------------------------------------ recording
 
 
-async def record(path: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="minikv-demo-") as directory:
+Scenario = Callable[[Launcher, Path, Path], Awaitable[None]]
+"""(launcher, minikv home, recording path): drives a cluster and writes the recording."""
+
+
+async def record_scenario(scenario: Scenario, path: Path, prefix: str = "minikv-demo-") -> None:
+    """Run `scenario` on a fresh local cluster in a temporary home; the cluster is stopped
+    whatever happens (shared with the maintenance recorder of the snapshot tests)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
         home = Path(directory)
         launcher = Launcher(CLUSTER, home=home, progress=lambda step: print(step.message))
         try:
-            await _record(launcher, home, path)
+            await scenario(launcher, home, path)
         finally:
             await launcher.down(grace_s=2.0)
+
+
+async def record(path: Path) -> None:
+    await record_scenario(_record, path)
 
 
 async def _record(launcher: Launcher, home: Path, path: Path) -> None:

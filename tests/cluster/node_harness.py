@@ -10,9 +10,10 @@ that is not the production path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -178,6 +179,18 @@ class Cluster:
             ]
 
         await wait_for(lambda: not reasons(), timeout_s, lambda: "; ".join(reasons()))
+
+
+@contextlib.asynccontextmanager
+async def started_cluster(root: Path, size: int, shards: int) -> AsyncIterator[Cluster]:
+    """A started, ready in-process cluster, stopped on the way out whatever happened."""
+    nodes = Cluster(root, size, shards=shards)
+    try:
+        await nodes.start()
+        await nodes.wait_ready()
+        yield nodes
+    finally:
+        await nodes.stop()
 
 
 async def wait_for(

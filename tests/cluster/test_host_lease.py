@@ -15,20 +15,15 @@ from minikv_core.cluster.group import Group
 from minikv_core.cluster.node_service import Node
 from minikv_core.cluster.service import Consistency, FaultSpec
 from minikv_core.cluster.shard_map import shard_for_key
-from tests.cluster.node_harness import Cluster, retry_unavailable, wait_for
+from tests.cluster.node_harness import Cluster, retry_unavailable, started_cluster, wait_for
 
 LEASE_TIMEOUT_S = 10.0
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    nodes = Cluster(tmp_path, 3, shards=2)
-    try:
-        await nodes.start()
-        await nodes.wait_ready()
+    async with started_cluster(tmp_path, 3, shards=2) as nodes:
         yield nodes
-    finally:
-        await nodes.stop()
 
 
 def leader_of_shard(cluster: Cluster, shard: int) -> tuple[Node, Group]:

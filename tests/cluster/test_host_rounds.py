@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from minikv_core.cluster.shard_map import shard_for_key
-from tests.cluster.node_harness import Cluster, retry_unavailable, wait_for
+from tests.cluster.node_harness import Cluster, retry_unavailable, started_cluster, wait_for
 
 WRITES = 30
 SLACK_SYNCS = 5
@@ -19,13 +19,8 @@ mark): far below the WRITES more that a second fsync per write would add."""
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    nodes = Cluster(tmp_path, 3, shards=2)
-    try:
-        await nodes.start()
-        await nodes.wait_ready()
+    async with started_cluster(tmp_path, 3, shards=2) as nodes:
         yield nodes
-    finally:
-        await nodes.stop()
 
 
 async def test_a_replicated_write_costs_each_node_one_fsync(cluster: Cluster) -> None:

@@ -30,7 +30,13 @@ from minikv_core.cluster.service import (
 from minikv_core.cluster.shard_map import shard_for_key
 from minikv_core.raft import Message, MessageType
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
-from tests.cluster.node_harness import Cluster, DirectForwarder, retry_unavailable, wait_for
+from tests.cluster.node_harness import (
+    Cluster,
+    DirectForwarder,
+    retry_unavailable,
+    started_cluster,
+    wait_for,
+)
 
 LINEARIZABLE = Consistency.LINEARIZABLE
 STALE = Consistency.STALE
@@ -38,13 +44,8 @@ STALE = Consistency.STALE
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
-    nodes = Cluster(tmp_path, 3, shards=4)
-    try:
-        await nodes.start()
-        await nodes.wait_ready()
+    async with started_cluster(tmp_path, 3, shards=4) as nodes:
         yield nodes
-    finally:
-        await nodes.stop()
 
 
 def leaders_seen(cluster: Cluster) -> dict[int, set[int]]:

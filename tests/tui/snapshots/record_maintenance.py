@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +31,7 @@ from minikv_tui.dashboard.job_watch import JobWatcher  # noqa: E402
 from minikv_tui.launcher import Launcher  # noqa: E402
 from minikv_tui.loadgen import LoadGenerator  # noqa: E402
 from minikv_tui.registry import Registry  # noqa: E402
-from screenshots import BASE_TIME, FRAME_S, normalise  # noqa: E402
+from screenshots import BASE_TIME, FRAME_S, normalise, record_scenario  # noqa: E402
 
 RECORDING = Path(__file__).parent / "maintenance_recording.json"
 CLUSTER = "demo"
@@ -40,13 +39,7 @@ JOB_TIMEOUT_S = 120.0
 
 
 async def record(path: Path) -> None:
-    with tempfile.TemporaryDirectory(prefix="minikv-maintenance-") as directory:
-        home = Path(directory)
-        launcher = Launcher(CLUSTER, home=home, progress=lambda step: print(step.message))
-        try:
-            await _record(launcher, home, path)
-        finally:
-            await launcher.down(grace_s=2.0)
+    await record_scenario(_record, path, prefix="minikv-maintenance-")
 
 
 async def _record(launcher: Launcher, home: Path, path: Path) -> None:

@@ -864,25 +864,32 @@ class Node:
                 f"(voters: {list(group.raw.conf_state.voters)})"
             )
 
+        # The leader abandons a transfer the target could not catch up for within an election
+        # timeout (thesis §3.10): ask again each timeout until the deadline rather than wait
+        # out a deadline on an attempt that is already over (a target just back from a pause
+        # or a partition is often still reconnecting on the first try).
+        retry_s = self.config.election_timeout_ticks * self.config.tick_ms / 1000.0
+
         async def work() -> None:
-            if group.leader_id == target_node:
-                return
-            try:
-                group.raw.transfer_leader(target_node)
-            except NotLeaderError:
-                raise UnavailableError(
-                    f"shard {shard} has no known leader", leader_hint=0
-                ) from None
-            except ProposalDroppedError as error:
-                raise InvalidRequestError(str(error)) from None
-            group.rebalance_wanted = False
-            self.host.wake()
             while group.leader_id != target_node:
-                if deadline - time.monotonic() <= 0:
-                    raise DeadlineExceededError(
-                        f"shard {shard}: node {target_node} did not take over before the deadline"
-                    )
-                await asyncio.sleep(self.config.tick_ms / 1000.0)
+                try:
+                    group.raw.transfer_leader(target_node)
+                except NotLeaderError:
+                    raise UnavailableError(
+                        f"shard {shard} has no known leader", leader_hint=0
+                    ) from None
+                except ProposalDroppedError as error:
+                    raise InvalidRequestError(str(error)) from None
+                group.rebalance_wanted = False
+                self.host.wake()
+                asked = time.monotonic()
+                while group.leader_id != target_node and time.monotonic() - asked < retry_s:
+                    if deadline - time.monotonic() <= 0:
+                        raise DeadlineExceededError(
+                            f"shard {shard}: node {target_node} did not take over "
+                            "before the deadline"
+                        )
+                    await asyncio.sleep(self.config.tick_ms / 1000.0)
 
         await self._serve(deadline, work)
         # The transfer sticks across restarts only once the map prefers the new leader.

@@ -272,6 +272,31 @@ async def test_admin_transfer_moves_a_leader_and_it_stays(cluster: Cluster) -> N
         await cluster.nodes[1].transfer_leader(99, 1, time.monotonic() + 1)
 
 
+async def test_a_transfer_abandoned_while_the_target_was_cut_off_is_asked_again(
+    cluster: Cluster,
+) -> None:
+    """The leader gives a transfer up after one election timeout (thesis §3.10); the admin
+    call must keep asking until its deadline, not wait out the deadline on a dead attempt."""
+    await wait_for(
+        lambda: all(len(ids) == 1 and 0 not in ids for ids in leaders_seen(cluster).values()),
+        10,
+    )
+    shard = 0
+    current = next(iter(leaders_seen(cluster)[shard]))
+    target = 1 + current % 3
+    cluster.nodes[current].set_fault(FaultSpec(drop_to=frozenset({target})))
+    transfer = asyncio.create_task(
+        cluster.nodes[current].transfer_leader(shard, target, time.monotonic() + 8)
+    )
+    node_config = cluster.nodes[current].config
+    timeout_s = node_config.election_timeout_ticks * node_config.tick_ms / 1000.0
+    await asyncio.sleep(timeout_s * 2.5)  # the first attempt is abandoned meanwhile
+    assert not transfer.done()
+    cluster.nodes[current].clear_fault()
+    await asyncio.wait_for(transfer, 8)
+    await wait_for(lambda: leaders_seen(cluster)[shard] == {target}, 5)
+
+
 async def test_message_for_an_unknown_group_is_counted_and_dropped(cluster: Cluster) -> None:
     sender = cluster.nodes[1].host.transport
     receiver = cluster.nodes[2].host

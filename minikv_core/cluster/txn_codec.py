@@ -57,6 +57,7 @@ class BodyKind(enum.IntEnum):
     RESOLVE = 3
     DECIDE = 4
     FORGET = 5
+    FORGET_MANY = 6
 
 
 class Decision(enum.IntEnum):
@@ -317,7 +318,10 @@ class Decide:
 
 @dataclass(frozen=True, slots=True)
 class Forget:
-    txn_id: bytes
+    """Delete these transactions' records: coordinators batch the records of many finished
+    transactions into one entry (a record is only needed while an intent of it remains)."""
+
+    txn_ids: tuple[bytes, ...]
 
 
 TxnBody = OnePhase | Prepare | Resolve | Decide | Forget
@@ -346,9 +350,16 @@ def encode_body(body: TxnBody) -> bytes:
         writer.raw(body.txn_id)
         writer.pack(_U8, Decision(body.decision))
     else:
-        _check_txn_id(body.txn_id)
-        writer.pack(_U8, BodyKind.FORGET)
-        writer.raw(body.txn_id)
+        if not 1 <= len(body.txn_ids) <= limits.TXN_FORGET_BATCH_MAX:
+            raise TxnCodecError(
+                f"a FORGET names 1 to {limits.TXN_FORGET_BATCH_MAX} transactions, "
+                f"not {len(body.txn_ids)}"
+            )
+        writer.pack(_U8, BodyKind.FORGET_MANY)
+        writer.pack(_U32, len(body.txn_ids))
+        for txn_id in body.txn_ids:
+            _check_txn_id(txn_id)
+            writer.raw(txn_id)
     data = writer.result()
     if len(data) > limits.TXN_COMMAND_BYTES_MAX:
         raise TxnCodecError(
@@ -376,8 +387,17 @@ def decode_body(data: bytes | memoryview) -> TxnBody:
         except ValueError:
             raise TxnCodecError(f"unknown decision {code}") from None
         body = Resolve(txn_id, decision) if kind == BodyKind.RESOLVE else Decide(txn_id, decision)
-    elif kind == BodyKind.FORGET:
-        body = Forget(reader.raw(limits.TXN_ID_BYTES, "transaction id"))
+    elif kind == BodyKind.FORGET:  # one id: the format before FORGET_MANY, still in old logs
+        body = Forget((reader.raw(limits.TXN_ID_BYTES, "transaction id"),))
+    elif kind == BodyKind.FORGET_MANY:
+        (count,) = reader.unpack(_U32, "transaction count")
+        if not 1 <= count <= limits.TXN_FORGET_BATCH_MAX:
+            raise TxnCodecError(
+                f"a FORGET names {count} transactions (1 to {limits.TXN_FORGET_BATCH_MAX})"
+            )
+        body = Forget(
+            tuple(reader.raw(limits.TXN_ID_BYTES, "transaction id") for _ in range(count))
+        )
     else:
         raise TxnCodecError(f"unknown transaction command kind {kind}")
     reader.end()
@@ -436,6 +456,7 @@ class Decided:
 @dataclass(frozen=True, slots=True)
 class Forgotten:
     existed: bool
+    """Whether any of the named records still existed."""
 
 
 TxnResult = Conflict | PartDone | Prepared | Resolved | Decided | Forgotten

@@ -11,12 +11,13 @@ Several shards: two-phase commit whose decision is a Raft-replicated record.
    new transaction id after a backoff, resolving expired blockers on the way (no-wait: a
    prepare never waits while holding locks, so there is no deadlock).
 2. **Decide**: COMMIT_SUCCESS if every participant's compares held, else COMMIT_FAILURE, as a
-   DECIDE entry on the home shard (the smallest participant). That entry is the commit point.
+   DECIDE entry on the home shard (the smallest participant). That entry is the commit point,
+   and it also resolves the home shard's own intent by the recorded decision (txn_locks.py).
    If a resolver's ABORT got there first, the attempt lost: abort and retry. A read-only
    transaction needs no decision: its reads were all taken under locks held at once, so it
    just releases them.
-3. **Commit**: RESOLVE with the decision on every participant (applies the staged branch,
-   releases the locks), then FORGET the record once all have resolved (a record is only
+3. **Commit**: RESOLVE with the decision on every other participant (applies the staged
+   branch, releases the locks), then FORGET the record once all have resolved (a record is only
    forgotten when no intent of it remains anywhere, so no resolver can ever find it missing
    and abort a committed transaction). This runs *after* the answer, in the background: the
    decision is the commit point, and a reader or writer meeting an intent waits until it is
@@ -83,6 +84,9 @@ release) takes a few Raft rounds, and a conflict answered in time beats a deadli
 CLEANUP_S: Final = 3.0
 """Releases and record deletions run in the background after the answer, each bounded by
 this (what they do not finish, resolvers do once the intents expire)."""
+FORGET_BATCH_S: Final = 0.05
+"""How long a finished transaction's record waits for others of the same home shard to be
+deleted with it in one FORGET entry (one Raft entry per batch instead of per transaction)."""
 
 
 class FaultPoint(enum.Enum):
@@ -113,6 +117,8 @@ class CoordinatorStats:
     conflicts: int = 0
     in_flight: int = 0
     forgets_pending: int = 0
+    forgotten: int = 0
+    """Transaction records deleted (in batches, see FORGET_BATCH_S)."""
 
     def document(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -141,6 +147,8 @@ class TxnCoordinator:
         self._fault = fault
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[None]] = set()
+        self._forgets: dict[int, list[bytes]] = {}
+        """Home shard -> finished transactions whose records await the next FORGET batch."""
 
     async def execute(self, request: TxnRequest, deadline: float) -> TxnResponse:
         """Run `request` (validated by the caller) to completion, retrying conflicts until
@@ -308,14 +316,14 @@ class TxnCoordinator:
     async def _commit(
         self, txn_id: bytes, home: int, shards: list[int], decision: Decision, deadline: float
     ) -> None:
-        if self._fault is FaultPoint.MID_COMMIT:
-            await self._resolve_one(txn_id, shards[0], decision, deadline)
-            self._crash_at(FaultPoint.MID_COMMIT)
+        # The DECIDE entry resolved the home shard's intent: half of the commit is done.
+        self._crash_at(FaultPoint.MID_COMMIT)
+        others = [shard for shard in shards if shard != home]
         done = await asyncio.gather(
-            *(self._resolve_one(txn_id, shard, decision, deadline) for shard in shards)
+            *(self._resolve_one(txn_id, shard, decision, deadline) for shard in others)
         )
         if all(done):
-            self._background_task(self._forget(txn_id, home, time.monotonic() + CLEANUP_S))
+            self._queue_forget(txn_id, home)
 
     async def _resolve_one(
         self, txn_id: bytes, shard: int, decision: Decision, deadline: float
@@ -336,11 +344,24 @@ class TxnCoordinator:
                 continue
             return isinstance(answer, Resolved)
 
-    async def _forget(self, txn_id: bytes, home: int, deadline: float) -> None:
-        try:
-            await self._runner.run_txn_command(home, Forget(txn_id), deadline)
-        except ServiceError as error:
-            logger.debug("forgetting transaction %s failed: %s", txn_id.hex(), error)
+    def _queue_forget(self, txn_id: bytes, home: int) -> None:
+        queue = self._forgets.setdefault(home, [])
+        queue.append(txn_id)
+        if len(queue) == 1:
+            self._background_task(self._forget_batch(home))
+
+    async def _forget_batch(self, home: int) -> None:
+        await asyncio.sleep(FORGET_BATCH_S)
+        txn_ids = self._forgets.pop(home, [])
+        deadline = time.monotonic() + CLEANUP_S
+        step = limits.TXN_FORGET_BATCH_MAX
+        for start in range(0, len(txn_ids), step):
+            chunk = tuple(txn_ids[start : start + step])
+            try:
+                await self._runner.run_txn_command(home, Forget(chunk), deadline)
+                self.stats.forgotten += len(chunk)
+            except ServiceError as error:
+                logger.debug("forgetting %d transaction records failed: %s", len(chunk), error)
 
     async def _release(
         self, txn_id: bytes, shards: list[int], decision: Decision, deadline: float

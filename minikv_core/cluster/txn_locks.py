@@ -194,11 +194,11 @@ class TxnLockTable:
         if isinstance(body, Resolve):
             return self._resolve(body)
         if isinstance(body, Decide):
-            return _decide(body, engine)
+            return self._decide(body, engine)
         assert isinstance(body, Forget)
-        existed = engine.get(record_key(body.txn_id)) is not None
-        ops: list[Op] = [Delete(record_key(body.txn_id))] if existed else []
-        return Applied(ops, Forgotten(existed), _nothing)
+        keys = [record_key(txn_id) for txn_id in body.txn_ids]
+        ops: list[Op] = [Delete(key) for key in keys if engine.get(key) is not None]
+        return Applied(ops, Forgotten(bool(ops)), _nothing)
 
     def _one_phase(self, part: ShardPart, index: int, read: Reader) -> Applied:
         blockers: list[Blocker] = []
@@ -278,16 +278,28 @@ class TxnLockTable:
 
         return Applied(ops, Resolved(True), commit)
 
-
-def _decide(body: Decide, engine: Engine) -> Applied:
-    key = record_key(body.txn_id)
-    stored = engine.get(key)
-    if stored is not None:
-        try:
-            return Applied([], Decided(Decision(stored[0])), _nothing)
-        except (ValueError, IndexError):
-            raise TxnStateCorruptionError(f"transaction record {key!r} holds {stored!r}") from None
-    return Applied([Put(key, bytes([body.decision]))], Decided(body.decision), _nothing)
+    def _decide(self, body: Decide, engine: Engine) -> Applied:
+        """Record the decision (the first one sticks) and, in the same entry, resolve this
+        shard's own intent of the transaction by the recorded decision: the home shard is
+        always a participant, and settling its part atomically with the record saves the
+        transaction one RESOLVE entry. Safe because an intent only ever follows its record."""
+        key = record_key(body.txn_id)
+        stored = engine.get(key)
+        ops: list[Op] = []
+        if stored is not None:
+            try:
+                decision = Decision(stored[0])
+            except (ValueError, IndexError):
+                raise TxnStateCorruptionError(
+                    f"transaction record {key!r} holds {stored!r}"
+                ) from None
+        else:
+            decision = body.decision
+            ops.append(Put(key, bytes([decision])))
+        if body.txn_id not in self.intents:
+            return Applied(ops, Decided(decision), _nothing)
+        resolved = self._resolve(Resolve(body.txn_id, decision))
+        return Applied(ops + resolved.ops, Decided(decision), resolved.commit)
 
 
 def _unique(blockers: list[Blocker]) -> tuple[Blocker, ...]:

@@ -10,7 +10,8 @@ resolves it itself:
    this returns COMMIT_* if the coordinator got there first, else it makes ABORT the decision
    (a coordinator's later COMMIT then learns it lost).
 2. RESOLVE(txn, decision) on the shard where the lock was met: its staged writes are applied
-   or dropped and its locks released, in one entry.
+   or dropped and its locks released, in one entry. (A lock met on the home shard itself was
+   already settled by step 1: DECIDE resolves the home shard's own intent by the record.)
 
 Why this is safe whatever the timing: only the record decides, the record changes once, and
 RESOLVE is idempotent (txn_locks.py). Clocks only decide *when* someone resolves, never what:
@@ -69,7 +70,8 @@ async def resolve(blocker: Blocker, shard: int, runner: ShardRunner, deadline: f
         blocker.home_shard, Decide(blocker.txn_id, Decision.ABORT), deadline
     )
     assert isinstance(decided, Decided), decided
-    await runner.run_txn_command(shard, Resolve(blocker.txn_id, decided.decision), deadline)
+    if shard != blocker.home_shard:  # on its home shard, DECIDE resolved the intent as well
+        await runner.run_txn_command(shard, Resolve(blocker.txn_id, decided.decision), deadline)
     return decided.decision
 
 

@@ -28,6 +28,7 @@ from minikv_core.cluster.txn import (
 )
 from minikv_core.cluster.txn_codec import (
     Blocker,
+    BodyKind,
     Conflict,
     Decide,
     Decided,
@@ -214,7 +215,8 @@ def test_every_body_and_result_round_trips() -> None:
         Prepare(txn_id, 3, 1_700_000_000_000, part),
         Resolve(txn_id, Decision.COMMIT_FAILURE),
         Decide(txn_id, Decision.ABORT),
-        Forget(txn_id),
+        Forget((txn_id,)),
+        Forget(tuple(rng.randbytes(limits.TXN_ID_BYTES) for _ in range(3))),
     ]
     for body in bodies:
         assert decode_body(encode_body(body)) == body
@@ -230,6 +232,21 @@ def test_every_body_and_result_round_trips() -> None:
         assert decode_result(encode_result(result)) == result
     intent = Intent(txn_id, 1, 2, 3, (b"r",), ((b"a", b"v"), (b"b", None)), ())
     assert decode_intent(encode_intent(intent)) == intent
+
+
+def test_a_forget_in_the_single_id_format_of_older_logs_still_decodes() -> None:
+    txn_id = bytes(range(16))
+    assert decode_body(bytes([BodyKind.FORGET]) + txn_id) == Forget((txn_id,))
+
+
+def test_a_forget_names_between_one_and_the_batch_limit_of_ids() -> None:
+    with pytest.raises(TxnCodecError, match="1 to"):
+        encode_body(Forget(()))
+    with pytest.raises(TxnCodecError, match="1 to"):
+        encode_body(Forget((bytes(16),) * (limits.TXN_FORGET_BATCH_MAX + 1)))
+    data = encode_body(Forget((bytes(16),)))
+    with pytest.raises(TxnCodecError, match="names 0 transactions"):
+        decode_body(data[:1] + bytes(4))
 
 
 def test_malformed_bodies_are_refused_by_the_decoder() -> None:

@@ -177,8 +177,38 @@ def test_the_first_decision_wins_and_forget_deletes_the_record(shard: Shard) -> 
     assert shard.txn(Decide(T1, Decision.ABORT)) == Decided(Decision.ABORT)
     assert shard.txn(Decide(T1, Decision.COMMIT_SUCCESS)) == Decided(Decision.ABORT)
     assert shard.txn(Decide(T2, Decision.COMMIT_FAILURE)) == Decided(Decision.COMMIT_FAILURE)
-    assert shard.txn(Forget(T2)) == Forgotten(True)
-    assert shard.txn(Forget(T2)) == Forgotten(False)
+    assert shard.txn(Forget((T2,))) == Forgotten(True)
+    assert shard.txn(Forget((T2,))) == Forgotten(False)
+
+
+def test_forget_deletes_many_records_in_one_entry(shard: Shard) -> None:
+    t3 = b"\x03" * 16
+    shard.txn(Decide(T1, Decision.ABORT))
+    shard.txn(Decide(T2, Decision.COMMIT_SUCCESS))
+    assert shard.txn(Forget((T1, T2, t3))) == Forgotten(True)
+    assert shard.txn(Forget((T1, T2))) == Forgotten(False)
+    # Forgotten: a new decision for the same id is recorded afresh.
+    assert shard.txn(Decide(T1, Decision.COMMIT_FAILURE)) == Decided(Decision.COMMIT_FAILURE)
+
+
+def test_decide_resolves_the_home_shards_own_intent_by_the_recorded_decision(
+    shard: Shard,
+) -> None:
+    """The home shard is a participant: its DECIDE entry settles its intent too."""
+    prepared = shard.txn(Prepare(T1, 0, 1, part((), (put(b"w", b"new"),))))
+    assert isinstance(prepared, Prepared)
+    prepare_index = shard.index
+    assert shard.txn(Decide(T1, Decision.COMMIT_SUCCESS)) == Decided(Decision.COMMIT_SUCCESS)
+    assert shard.machine.get(b"w") == (b"new", prepare_index)
+    assert shard.machine.txn.intents == {}
+    assert shard.txn(Resolve(T1, Decision.COMMIT_SUCCESS)) == Resolved(False)
+    # A record already aborted (a resolver got there first): the intent follows the record.
+    shard.txn(Decide(T2, Decision.ABORT))
+    shard.txn(Prepare(T2, 0, 1, part((), (put(b"x", b"lost"),))))
+    assert shard.txn(Decide(T2, Decision.COMMIT_SUCCESS)) == Decided(Decision.ABORT)
+    assert shard.machine.get(b"x") is None
+    assert shard.machine.txn.intents == {}
+    assert shard.apply(PutCommand(b"x", b"free")).kind is ResultKind.PUT
 
 
 def test_transaction_state_is_invisible_to_scans(shard: Shard) -> None:

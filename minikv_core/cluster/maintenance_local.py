@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from minikv_core.cluster.commands import ChecksumCommand
 from minikv_core.cluster.group import Group, ShardGroup
+from minikv_core.cluster.leadership import hand_over
 from minikv_core.cluster.meta import encode_set_shard_map
 from minikv_core.cluster.service import (
     DeadlineExceededError,
@@ -148,18 +149,21 @@ class LocalMaintenance:
         group = self.leading(group_id)
         if node not in group.raw.conf_state.voters:
             raise InvalidRequestError(f"node {node} is not a voter of group {group_id}")
+        config = self._node.config
         try:
-            group.raw.transfer_leader(node)
+            await hand_over(
+                group,
+                node,
+                wake=self._host.wake,
+                tick_s=config.tick_ms / 1000.0,
+                retry_s=config.election_timeout_ticks * config.tick_ms / 1000.0,
+                deadline=deadline,
+                what=f"group {group_id}",
+            )
         except (NotLeaderError, ProposalDroppedError) as error:
             raise UnavailableError(
                 f"group {group_id}: {error}", leader_hint=group.leader_id, retry_after_s=0.1
             ) from None
-        group.rebalance_wanted = False
-        self._host.wake()
-        while group.leader_id != node:
-            if time.monotonic() >= deadline:
-                raise DeadlineExceededError(f"group {group_id}: node {node} did not take over")
-            await asyncio.sleep(self._node.config.tick_ms / 1000.0)
         return membership(group)
 
     # -------------------------------------------------------------------- verify

@@ -48,6 +48,7 @@ from minikv_core.cluster.commands import DeleteCommand, PutCommand, TxnCommand
 from minikv_core.cluster.config import NodeConfig
 from minikv_core.cluster.group import ShardGroup
 from minikv_core.cluster.host import MultiRaftHost, TransportFactory
+from minikv_core.cluster.leadership import hand_over
 from minikv_core.cluster.maintenance import Maintenance
 from minikv_core.cluster.service import (
     AdminDocument,
@@ -864,32 +865,23 @@ class Node:
                 f"(voters: {list(group.raw.conf_state.voters)})"
             )
 
-        # The leader abandons a transfer the target could not catch up for within an election
-        # timeout (thesis §3.10): ask again each timeout until the deadline rather than wait
-        # out a deadline on an attempt that is already over (a target just back from a pause
-        # or a partition is often still reconnecting on the first try).
-        retry_s = self.config.election_timeout_ticks * self.config.tick_ms / 1000.0
-
         async def work() -> None:
-            while group.leader_id != target_node:
-                try:
-                    group.raw.transfer_leader(target_node)
-                except NotLeaderError:
-                    raise UnavailableError(
-                        f"shard {shard} has no known leader", leader_hint=0
-                    ) from None
-                except ProposalDroppedError as error:
-                    raise InvalidRequestError(str(error)) from None
-                group.rebalance_wanted = False
-                self.host.wake()
-                asked = time.monotonic()
-                while group.leader_id != target_node and time.monotonic() - asked < retry_s:
-                    if deadline - time.monotonic() <= 0:
-                        raise DeadlineExceededError(
-                            f"shard {shard}: node {target_node} did not take over "
-                            "before the deadline"
-                        )
-                    await asyncio.sleep(self.config.tick_ms / 1000.0)
+            try:
+                await hand_over(
+                    group,
+                    target_node,
+                    wake=self.host.wake,
+                    tick_s=self.config.tick_ms / 1000.0,
+                    retry_s=self.config.election_timeout_ticks * self.config.tick_ms / 1000.0,
+                    deadline=deadline,
+                    what=f"shard {shard}",
+                )
+            except NotLeaderError:
+                raise UnavailableError(
+                    f"shard {shard} has no known leader", leader_hint=0
+                ) from None
+            except ProposalDroppedError as error:
+                raise InvalidRequestError(str(error)) from None
 
         await self._serve(deadline, work)
         # The transfer sticks across restarts only once the map prefers the new leader.

@@ -48,6 +48,7 @@ ClusterOption = Annotated[
     typer.Option(
         "--cluster",
         "-c",
+        "--name",  # what `up --name` calls it: either spelling works on every command
         help="The local cluster (default: $MINIKV_CLUSTER, else the only one).",
         show_default=False,
     ),
@@ -289,13 +290,14 @@ def up(
 @app.command()
 def status(
     name: ClusterArgument = None,
+    cluster: ClusterOption = None,
     as_json: AsJson = False,
     timeout_s: Annotated[
         float, typer.Option("--timeout", help="Seconds to wait for each node.", min=0.1)
     ] = 1.0,
 ) -> None:
     """Nodes (up/down/paused/partitioned), every shard's leader, term, roles and indices."""
-    launcher = _launcher(name)
+    launcher = _launcher(name or cluster)
 
     async def poll() -> tuple[ClusterView, ClusterSnapshot]:
         view = await launcher.view()
@@ -355,6 +357,7 @@ def list_clusters(as_json: AsJson = False) -> None:
 @app.command()
 def down(
     name: ClusterArgument = None,
+    cluster: ClusterOption = None,
     grace_s: Annotated[
         float,
         typer.Option("--grace", help="Seconds a node has to stop before SIGKILL.", min=0.0),
@@ -362,7 +365,7 @@ def down(
 ) -> None:
     """Stop every node (SIGTERM; SIGKILL after the grace period). Data is kept."""
     with _progress() as report:
-        launcher = _launcher(name, progress=report)
+        launcher = _launcher(name or cluster, progress=report)
         stopped = _run(launcher.down(grace_s=grace_s))
     if stopped:
         _out().print(f"cluster {launcher.name} is down ({len(stopped)} node(s) stopped).")

@@ -163,14 +163,14 @@ def test_console_script_and_cluster_commands_up_kill_status_start_down_destroy(
     document = json.loads(status.stdout)
     states = {n["node_id"]: n["process"] for n in document["status"]["nodes"]}
     assert states == {1: "up", 2: "down", 3: "up"}
-    table = invoke("cluster", "status")
+    table = invoke("cluster", "status", "--name", "cli")  # as `up` named it
     assert "down" in table.stdout and "shards" in table.stdout
 
     assert "node 2 started" in invoke("cluster", "start", "2").stdout
     listing = json.loads(invoke("cluster", "ls", "--json").stdout)
     assert [(c["name"], c["state"]) for c in listing] == [("cli", "running")]
 
-    down = run_minikv(minikv_home, "cluster", "down")
+    down = run_minikv(minikv_home, "cluster", "down", "--name", "cli")
     assert down.returncode == 0 and b"cluster cli is down (3 node(s) stopped)" in down.stdout
     assert processes_under(minikv_home) == []
 

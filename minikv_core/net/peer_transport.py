@@ -450,9 +450,11 @@ class _PeerSender:
             if self._held and self._held[0].due_s <= now:
                 await self._write(call, self._held.popleft())
                 continue
-            timeout_s = self._held[0].due_s - now if self._held else None
+            if not self._held:
+                await self._wakeup.wait()  # no timer needed: the usual case, once per frame
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
+                async with asyncio.timeout(self._held[0].due_s - now):
                     await self._wakeup.wait()
 
     def _cut_frames(self, now: float) -> None:

@@ -10,7 +10,10 @@ primary-key (`WITHOUT ROWID`) table — the layout sqlite itself recommends for 
 
 Definitions (so numbers mean one thing):
 - `put_batch_1` / `put_batch_64`: ops are individual puts; latency is per batch commit (one
-  durable write + fsync per batch on both systems).
+  durable write + fsync per batch on both systems). The batches (keys and random values) are
+  made before the clock starts: making them costs ~30 us per batch of 64, which is neither
+  system's work, and counting it (as the runs in docs/benchmarks.md up to 2026-11-26 05:50 UTC
+  did) pulls the ratio toward 1.
 - `get_random`: point gets of random existing keys after reopening the loaded data set.
 - `scan_prefix_1000`: prefix scans each returning 1,000 keys; latency per scan, ops = scans.
 - `reopen`: a fresh child process opens the loaded data set; ops_per_s is 1 / seconds, and
@@ -25,6 +28,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -65,6 +69,9 @@ class BenchConfig:
     gets: int = 200_000
     scans: int = 200
     seed: int = SEED
+    # Only the two put workloads (no load, reopen, gets or scans): seconds instead of minutes,
+    # for iterating on the write path.
+    puts_only: bool = False
 
     def __post_init__(self) -> None:
         assert self.keys >= KEYS_PER_PREFIX, "need at least one full prefix of keys"
@@ -195,17 +202,23 @@ def summarize(
 def timed_puts(
     system: KeyValueSystem, batches: int, batch_size: int, value_size: int, rng: random.Random
 ) -> WorkloadResult:
-    samples: list[int] = []
     base = 10**9  # fresh keys, outside the loaded key space
-    start = time.perf_counter()
-    for b in range(batches):
-        items = [
+    # Made before the clock starts (see the module docstring), from the same random stream.
+    all_items = [
+        [
             (b"put:%012d" % (base + b * batch_size + i), rng.randbytes(value_size))
             for i in range(batch_size)
         ]
-        t0 = time.perf_counter_ns()
-        system.put_batch(items)
-        samples.append(time.perf_counter_ns() - t0)
+        for b in range(batches)
+    ]
+    samples: list[int] = []
+    put_batch = system.put_batch
+    clock = time.perf_counter_ns
+    start = time.perf_counter()
+    for items in all_items:
+        t0 = clock()
+        put_batch(items)
+        samples.append(clock() - t0)
     seconds = time.perf_counter() - start
     return summarize(f"put_batch_{batch_size}", system.name, batches * batch_size, seconds, samples)
 
@@ -318,9 +331,13 @@ def run_system(
         yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
         progress(f"{name}: durable puts in batches of 64")
         yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
-        load(system, config, progress)
+        if not config.puts_only:
+            load(system, config, progress)
     finally:
         system.close()
+    if config.puts_only:
+        shutil.rmtree(path, ignore_errors=True)
+        return
     progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
     yield reopen_in_child(name, path)
     system.open()
@@ -351,8 +368,38 @@ def _reopen_probe(system_name: str, path: Path) -> None:
         system.close()
 
 
+def _puts_only(repeat: int, directory: Path | None) -> None:
+    """The put rows alone, `repeat` times: JSON lines on stdout, each run's ratios on stderr
+    (the write path moves by less than one run's noise, so one run proves little)."""
+    config = BenchConfig(puts_only=True)
+    for number in range(1, repeat + 1):
+        with tempfile.TemporaryDirectory(prefix="minikv-bench-", dir=directory) as root:
+            results = list(run(config, Path(root), lambda _message: None))
+        for result in results:
+            print(result.to_json(), flush=True)
+        ops_per_s = {(r.workload, r.system): r.ops_per_s for r in results}
+        ratios = ", ".join(
+            f"{workload} {ops_per_s[workload, 'minikv'] / ops_per_s[workload, 'sqlite']:.2f}x"
+            for workload in ("put_batch_1", "put_batch_64")
+        )
+        print(f"run {number} of {repeat}: minikv/sqlite {ratios}", file=sys.stderr, flush=True)
+
+
+_USAGE = (
+    "usage: python -m minikv_core.storage.bench --puts-only [REPEAT [DIR]]\n"
+    "       python -m minikv_core.storage.bench --reopen-probe SYSTEM PATH  (internal)"
+)
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--reopen-probe":
-        _reopen_probe(sys.argv[2], Path(sys.argv[3]))
+    arguments = sys.argv[1:]
+    if len(arguments) == 3 and arguments[0] == "--reopen-probe":
+        _reopen_probe(arguments[1], Path(arguments[2]))
+    elif 1 <= len(arguments) <= 3 and arguments[0] == "--puts-only":
+        if len(arguments) > 1 and not (arguments[1].isdigit() and int(arguments[1]) > 0):
+            sys.exit(f"REPEAT must be a whole number >= 1, got {arguments[1]!r}\n{_USAGE}")
+        _puts_only(
+            int(arguments[1]) if len(arguments) > 1 else 3,
+            Path(arguments[2]) if len(arguments) > 2 else None,
+        )
     else:
-        sys.exit("usage: python -m minikv_core.storage.bench --reopen-probe SYSTEM PATH")
+        sys.exit(_USAGE)

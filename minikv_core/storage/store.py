@@ -28,7 +28,11 @@ from pathlib import Path
 from minikv_core.storage.engine import Delete, Engine, EngineOptions, Op, Put
 from minikv_core.storage.errors import StorageError
 from minikv_core.storage.limits import WAL_SEGMENT_SIZE_BYTES_DEFAULT
-from minikv_core.storage.lsm_limits import LSM_BATCH_OPS_MAX
+from minikv_core.storage.lsm_limits import (
+    LSM_BATCH_OPS_MAX,
+    LSM_KEY_SIZE_BYTES_MAX,
+    LSM_VALUE_SIZE_BYTES_MAX,
+)
 from minikv_core.storage.memtable import check_key, check_value
 from minikv_core.storage.wal import Position, Wal
 from minikv_core.storage.wal_records import KvBatch, KvOp, OpKind, RecordType
@@ -123,19 +127,23 @@ class Store:
 
         Returns only after the batch is fsynced in the WAL; it is then visible to reads.
         """
-        if len(writes) > LSM_BATCH_OPS_MAX:
-            raise ValueError(f"batch of {len(writes)} ops exceeds the limit of {LSM_BATCH_OPS_MAX}")
-        # Each key and value is checked once, here; the WAL record and the engine take the
-        # checked pairs as they are (KvBatch.encode_pairs, Engine.apply_checked).
-        pairs: list[tuple[bytes, bytes | None]] = []
-        append = pairs.append
-        for key, value in writes:
-            checked_key = check_key(key)
-            append((checked_key, None if value is None else check_value(value, checked_key)))
+        # A snapshot of the caller's sequence: the WAL record and the memtable must be made
+        # from the same pairs even if the caller's list changes meanwhile.
+        pairs = tuple(writes)
+        if len(pairs) > LSM_BATCH_OPS_MAX:
+            raise ValueError(f"batch of {len(pairs)} ops exceeds the limit of {LSM_BATCH_OPS_MAX}")
         with self._write_lock:
             self._check_open()
             sequence = self._sequence + 1
-            payload = KvBatch.encode_pairs(sequence, pairs)
+            # Each key and value is checked once, while it is encoded (nothing is durable
+            # before the whole batch passed); the engine takes the checked pairs as they are.
+            payload = KvBatch.encode_pairs(
+                sequence,
+                pairs,
+                key_size_bytes_max=LSM_KEY_SIZE_BYTES_MAX,
+                value_size_bytes_max=LSM_VALUE_SIZE_BYTES_MAX,
+                check_pair=_check_write,
+            )
             position = self._wal.append_sync([(RecordType.KV_BATCH, payload)])
             # Durable from here: a failure below must not let the sequence be reused.
             self._sequence = sequence
@@ -201,6 +209,13 @@ class Store:
                 self._engine.close()
             finally:
                 self._wal.close()
+
+
+def _check_write(key: object, value: object) -> None:
+    """Raise the precise InvalidKeyError / InvalidValueError of a write, if it has one."""
+    checked_key = check_key(key)
+    if value is not None:
+        check_value(value, checked_key)
 
 
 def _engine_ops(ops: Sequence[KvOp]) -> list[Op]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
@@ -108,20 +108,37 @@ class KvBatch:
         return b"".join(parts)
 
     @staticmethod
-    def encode_pairs(sequence: int, pairs: Sequence[tuple[bytes, bytes | None]]) -> bytes:
-        """The same bytes as `KvBatch(sequence, ops).encode()`, from (key, value-or-None)
-        pairs the caller has already checked: the Store's hot path, without an op object or
-        a second validation per key."""
+    def encode_pairs(
+        sequence: int,
+        pairs: Sequence[tuple[bytes, bytes | None]],
+        *,
+        key_size_bytes_max: int,
+        value_size_bytes_max: int,
+        check_pair: Callable[[object, object], object],
+    ) -> bytes:
+        """The same bytes as `KvBatch(sequence, ops).encode()`, from (key, value-or-None) pairs,
+        checking each pair in the pass that encodes it: the Store's hot path (one loop over the
+        batch instead of a validation loop and an encoding loop, no op object per key).
+
+        A pair off the fast path (key not `bytes` of 1..key_size_bytes_max bytes, value neither
+        None nor `bytes` of at most value_size_bytes_max bytes) is handed to
+        `check_pair(key, value)`, which raises the caller's precise error, or returns for a
+        pair it accepts (e.g. a `bytes` subclass) and the pair is encoded as it is.
+        """
         _check_uint("sequence", sequence, _U64_MAX)
         parts: list[bytes] = [_KV_BATCH_HEADER.pack(sequence, len(pairs))]
         append = parts.append
         pack_op = _KV_OP_HEADER.pack
         put, delete = OpKind.PUT, OpKind.DELETE
         for key, value in pairs:
+            if type(key) is not bytes or not 0 < len(key) <= key_size_bytes_max:
+                check_pair(key, value)
             if value is None:
                 append(pack_op(delete, len(key), 0))
                 append(key)
             else:
+                if type(value) is not bytes or len(value) > value_size_bytes_max:
+                    check_pair(key, value)
                 append(pack_op(put, len(key), len(value)))
                 append(key)
                 append(value)

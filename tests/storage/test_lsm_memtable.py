@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import sys
+import threading
+
 import pytest
 
 from minikv_core.storage.errors import StorageError
@@ -104,3 +108,92 @@ def test_set_many_accounts_exactly_like_one_set_per_pair() -> None:
     )
     assert at_once.size_bytes == one_by_one.size_bytes
     assert at_once.tombstone_count == one_by_one.tombstone_count == 2
+
+
+def _model_range(
+    model: dict[bytes, bytes | None], start: bytes | None, end: bytes | None, reverse: bool
+) -> list[tuple[bytes, bytes | None]]:
+    keys = sorted(k for k in model if (start is None or k >= start) and (end is None or k < end))
+    return [(k, model[k]) for k in (reversed(keys) if reverse else keys)]
+
+
+@pytest.mark.parametrize("batch_keys", [1, 64, 3_000])
+def test_reads_in_order_stay_exact_while_writes_arrive_unordered(batch_keys: int) -> None:
+    """Writes land in the dict only; every ordered read merges them first. Batches of 1 and
+    64 against a growing order take the insert-per-key path, 3,000 the bulk rebuild."""
+    rng = random.Random(20261126 + batch_keys)
+    memtable = Memtable(0)
+    model: dict[bytes, bytes | None] = {}
+    for round_number in range(40):
+        batch: list[tuple[bytes, bytes | None]] = []
+        for _ in range(batch_keys):
+            key = b"k%05d" % rng.randrange(20_000)
+            batch.append((key, None if rng.random() < 0.2 else b"v%d" % round_number))
+        memtable.set_many(batch)
+        model.update(batch)
+        assert all(memtable.get(key) == model[key] for key, _ in batch)
+        start = b"k%05d" % rng.randrange(20_000) if rng.random() < 0.7 else None
+        end = b"k%05d" % rng.randrange(20_000) if rng.random() < 0.7 else None
+        reverse = rng.random() < 0.5
+        expected = _model_range(model, start, end, reverse)
+        assert memtable.copy_range(start, end, reverse, None) == expected
+        assert list(memtable.iter_range(start, end, reverse)) == expected
+        chunks = list(memtable.iter_chunks(start, end, reverse))
+        flattened = [
+            pair
+            for keys, values in (chunks[::-1] if reverse else chunks)
+            for pair in zip(keys, values, strict=True)
+        ]
+        assert flattened == sorted(expected)
+    assert len(memtable) == len(model)
+    assert memtable.tombstone_count == sum(value is None for value in model.values())
+    assert memtable.size_bytes == sum(
+        len(key) + len(value or b"") + LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES
+        for key, value in model.items()
+    )
+
+
+def _ordered_keys_read_at_once(memtable: Memtable, readers: int) -> list[list[bytes]]:
+    barrier = threading.Barrier(readers)
+    results: list[list[bytes]] = []
+
+    def first_read() -> None:
+        barrier.wait(timeout=10)
+        results.append([key for key, _ in memtable.iter_range(None, None)])
+
+    threads = [threading.Thread(target=first_read) for _ in range(readers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+@pytest.mark.parametrize(
+    "ordered_keys",
+    [5_000, 55_000],
+    ids=["bulk-rebuild", "insert-per-key"],
+)
+def test_concurrent_first_ordered_reads_of_a_rotated_memtable_each_see_every_key_once(
+    ordered_keys: int,
+) -> None:
+    """A rotated memtable's flush and scans may all be the first to need its order: the
+    pending keys must be merged exactly once (a second merge would duplicate them)."""
+    rng = random.Random(20261126)
+    keys = [b"key-%08d" % i for i in range(60_000)]
+    rng.shuffle(keys)
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: provoke the race
+    try:
+        for attempt in range(5):
+            memtable = Memtable(0)
+            memtable.set_many([(key, b"v") for key in keys[:ordered_keys]])
+            memtable.copy_range(None, None, False, 1)  # an order exists: the next merge adds
+            memtable.set_many([(key, b"v") for key in keys[ordered_keys:]])
+            results = _ordered_keys_read_at_once(memtable, readers=4)
+            assert len(results) == 4, f"attempt {attempt}"
+            for result in results:
+                assert result == sorted(keys), f"attempt {attempt}: {len(result)} keys"
+    finally:
+        sys.setswitchinterval(previous_interval)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from minikv_core.storage.engine import EngineOptions
+from minikv_core.storage.lsm_limits import LSM_KEY_SIZE_BYTES_MAX
+from minikv_core.storage.memtable import InvalidValueError, KeyTooLargeError
 from minikv_core.storage.store import Store, StoreClosedError
 
 SMALL = EngineOptions(memtable_size_bytes=64 * 1024)
@@ -86,6 +88,41 @@ def test_invalid_batch_is_refused_and_never_logged(
     finally:
         store.close()
     Store.open(tmp_path).close()  # and reopens: nothing invalid reached the WAL
+
+
+def test_a_bad_pair_after_good_ones_refuses_the_whole_batch(tmp_path: Path) -> None:
+    """Keys are checked while the batch is encoded: the good pairs before a bad one must not
+    reach the WAL or the memtable either."""
+    store = Store.open(tmp_path)
+    try:
+        good = [(b"k%02d" % i, b"v") for i in range(63)]
+        with pytest.raises(InvalidValueError, match="must be bytes, got str"):
+            store.write_batch([*good, (b"last", "text")])  # type: ignore[list-item]
+        with pytest.raises(KeyTooLargeError):
+            store.write_batch([*good, (b"k" * (LSM_KEY_SIZE_BYTES_MAX + 1), None)])
+        assert (store.sequence, store.wal.stats.records) == (0, 0)
+        assert store.get(b"k00") is None
+        assert store.scan() == []
+    finally:
+        store.close()
+
+
+class _Key(bytes):
+    pass
+
+
+def test_bytes_subclass_keys_and_values_are_accepted_and_read_back_as_bytes(
+    tmp_path: Path,
+) -> None:
+    store = Store.open(tmp_path, engine_options=EngineOptions(flush_on_close=False))
+    store.write_batch([(_Key(b"sub"), _Key(b"value")), (b"plain", b"1")])
+    store.wal.close()
+    store.engine.close()
+    reopened = Store.open(tmp_path)  # replayed from the WAL record
+    try:
+        assert reopened.scan() == [(b"plain", b"1"), (b"sub", b"value")]
+    finally:
+        reopened.close()
 
 
 def test_use_after_close_is_a_clear_error(tmp_path: Path) -> None:

@@ -108,7 +108,51 @@ def test_fixed_size_records_reject_wrong_sizes() -> None:
 
 
 @given(u64, st.lists(kv_ops, max_size=20))
-@settings(max_examples=200)
+@settings(derandomize=True, max_examples=200, deadline=None)
 def test_encode_pairs_writes_the_bytes_of_the_op_encoding(sequence: int, ops: list[KvOp]) -> None:
     pairs = [(op.key, None if op.kind == OpKind.DELETE else op.value) for op in ops]
-    assert KvBatch.encode_pairs(sequence, pairs) == KvBatch(sequence, tuple(ops)).encode()
+    handed: list[tuple[object, object]] = []
+
+    def accept(key: object, value: object) -> None:
+        handed.append((key, value))
+
+    # Limits inside the generated sizes, so that both paths of the pass are taken.
+    payload = KvBatch.encode_pairs(
+        sequence, pairs, key_size_bytes_max=20, value_size_bytes_max=40, check_pair=accept
+    )
+    assert payload == KvBatch(sequence, tuple(ops)).encode()
+    off_fast_path: list[tuple[object, object]] = []  # one hand-over per unusual field
+    for key, value in pairs:
+        if not 0 < len(key) <= 20:
+            off_fast_path.append((key, value))
+        if value is not None and len(value) > 40:
+            off_fast_path.append((key, value))
+    assert handed == off_fast_path
+
+
+class _Key(bytes):
+    """A bytes subclass: not on the fast path, but valid for a caller that accepts it."""
+
+
+def test_encode_pairs_hands_unusual_pairs_to_check_pair_which_may_refuse() -> None:
+    def refuse_text(key: object, value: object) -> None:
+        if not isinstance(key, bytes) or not isinstance(value, bytes | None):
+            raise ValueError(f"refused {key!r}: {value!r}")
+
+    def encode(pairs: list[tuple[bytes, bytes | None]]) -> bytes:
+        return KvBatch.encode_pairs(
+            7, pairs, key_size_bytes_max=8, value_size_bytes_max=8, check_pair=refuse_text
+        )
+
+    accepted = encode([(_Key(b"k"), b"v"), (b"d", None)])
+    assert KvBatch.decode(accepted) == KvBatch(
+        7, (KvOp(OpKind.PUT, b"k", b"v"), KvOp(OpKind.DELETE, b"d"))
+    )
+    with pytest.raises(ValueError, match="refused 'text'"):
+        encode([(b"a", b"1"), ("text", b"v")])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="refused b'a': 'text'"):
+        encode([(b"a", "text")])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="sequence"):
+        KvBatch.encode_pairs(
+            -1, [], key_size_bytes_max=8, value_size_bytes_max=8, check_pair=refuse_text
+        )

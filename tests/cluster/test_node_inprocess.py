@@ -252,14 +252,19 @@ async def test_partitioned_minority_never_serves_a_stale_linearizable_read(
     )
 
 
-async def test_admin_transfer_moves_a_leader_and_it_stays(cluster: Cluster) -> None:
+async def shard_leader_and_another(cluster: Cluster, shard: int) -> tuple[int, int]:
+    """Once every group has one leader: `shard`'s leader and another node of the three."""
     await wait_for(
         lambda: all(len(ids) == 1 and 0 not in ids for ids in leaders_seen(cluster).values()),
         10,
     )
-    shard = 0
     current = next(iter(leaders_seen(cluster)[shard]))
-    target = 1 + current % 3
+    return current, 1 + current % 3
+
+
+async def test_admin_transfer_moves_a_leader_and_it_stays(cluster: Cluster) -> None:
+    shard = 0
+    _, target = await shard_leader_and_another(cluster, shard)
     await cluster.nodes[target].transfer_leader(shard, target, time.monotonic() + 5)
     await wait_for(lambda: leaders_seen(cluster)[shard] == {target}, 5)
     host = cluster.nodes[target].host
@@ -277,13 +282,8 @@ async def test_a_transfer_abandoned_while_the_target_was_cut_off_is_asked_again(
 ) -> None:
     """The leader gives a transfer up after one election timeout (thesis §3.10); the admin
     call must keep asking until its deadline, not wait out the deadline on a dead attempt."""
-    await wait_for(
-        lambda: all(len(ids) == 1 and 0 not in ids for ids in leaders_seen(cluster).values()),
-        10,
-    )
     shard = 0
-    current = next(iter(leaders_seen(cluster)[shard]))
-    target = 1 + current % 3
+    current, target = await shard_leader_and_another(cluster, shard)
     cluster.nodes[current].set_fault(FaultSpec(drop_to=frozenset({target})))
     transfer = asyncio.create_task(
         cluster.nodes[current].transfer_leader(shard, target, time.monotonic() + 8)

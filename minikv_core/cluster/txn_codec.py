@@ -58,6 +58,7 @@ class BodyKind(enum.IntEnum):
     DECIDE = 4
     FORGET = 5
     FORGET_MANY = 6
+    DECIDE_RESOLVE = 7
 
 
 class Decision(enum.IntEnum):
@@ -314,6 +315,10 @@ class Resolve:
 class Decide:
     txn_id: bytes
     decision: Decision
+    resolve: bool = False
+    """Also resolve this shard's own intent of the transaction by the recorded decision (the
+    home shard is a participant). A kind of its own on the wire (DECIDE_RESOLVE), so a log
+    written before it existed replays with the meaning its entries had."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +350,10 @@ def encode_body(body: TxnBody) -> bytes:
         _write_part(writer, body.part)
     elif isinstance(body, Resolve | Decide):
         _check_txn_id(body.txn_id)
-        kind = BodyKind.RESOLVE if isinstance(body, Resolve) else BodyKind.DECIDE
+        if isinstance(body, Resolve):
+            kind = BodyKind.RESOLVE
+        else:
+            kind = BodyKind.DECIDE_RESOLVE if body.resolve else BodyKind.DECIDE
         writer.pack(_U8, kind)
         writer.raw(body.txn_id)
         writer.pack(_U8, Decision(body.decision))
@@ -379,14 +387,18 @@ def decode_body(data: bytes | memoryview) -> TxnBody:
         txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
         home, expiry = reader.unpack(_PREPARE_HEADER, "prepare header")
         body = Prepare(txn_id, home, expiry, _read_part(reader))
-    elif kind in (BodyKind.RESOLVE, BodyKind.DECIDE):
+    elif kind in (BodyKind.RESOLVE, BodyKind.DECIDE, BodyKind.DECIDE_RESOLVE):
         txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
         (code,) = reader.unpack(_U8, "decision")
         try:
             decision = Decision(code)
         except ValueError:
             raise TxnCodecError(f"unknown decision {code}") from None
-        body = Resolve(txn_id, decision) if kind == BodyKind.RESOLVE else Decide(txn_id, decision)
+        body = (
+            Resolve(txn_id, decision)
+            if kind == BodyKind.RESOLVE
+            else Decide(txn_id, decision, resolve=kind == BodyKind.DECIDE_RESOLVE)
+        )
     elif kind == BodyKind.FORGET:  # one id: the format before FORGET_MANY, still in old logs
         body = Forget((reader.raw(limits.TXN_ID_BYTES, "transaction id"),))
     elif kind == BodyKind.FORGET_MANY:

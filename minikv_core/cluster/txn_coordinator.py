@@ -299,7 +299,7 @@ class TxnCoordinator:
         while True:
             try:
                 decided = await self._runner.run_txn_command(
-                    home, Decide(txn_id, decision), deadline
+                    home, Decide(txn_id, decision, resolve=True), deadline
                 )
             except (UnavailableError, DeadlineExceededError) as error:
                 if time.monotonic() + 0.01 >= deadline:

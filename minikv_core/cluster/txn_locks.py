@@ -279,10 +279,11 @@ class TxnLockTable:
         return Applied(ops, Resolved(True), commit)
 
     def _decide(self, body: Decide, engine: Engine) -> Applied:
-        """Record the decision (the first one sticks) and, in the same entry, resolve this
-        shard's own intent of the transaction by the recorded decision: the home shard is
-        always a participant, and settling its part atomically with the record saves the
-        transaction one RESOLVE entry. Safe because an intent only ever follows its record."""
+        """Record the decision (the first one sticks) and, with `resolve`, in the same entry
+        resolve this shard's own intent of the transaction by the recorded decision: the home
+        shard is always a participant, and settling its part atomically with the record saves
+        the transaction one RESOLVE entry. Safe because an intent only ever follows its
+        record."""
         key = record_key(body.txn_id)
         stored = engine.get(key)
         ops: list[Op] = []
@@ -296,7 +297,7 @@ class TxnLockTable:
         else:
             decision = body.decision
             ops.append(Put(key, bytes([decision])))
-        if body.txn_id not in self.intents:
+        if not body.resolve or body.txn_id not in self.intents:
             return Applied(ops, Decided(decision), _nothing)
         resolved = self._resolve(Resolve(body.txn_id, decision))
         return Applied(ops + resolved.ops, Decided(decision), resolved.commit)

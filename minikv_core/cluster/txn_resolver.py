@@ -67,7 +67,7 @@ async def resolve(blocker: Blocker, shard: int, runner: ShardRunner, deadline: f
     """Settle an expired blocker: its record's decision (ABORT proposed if undecided), then
     apply it to its intent on `shard`. Returns the decision."""
     decided = await runner.run_txn_command(
-        blocker.home_shard, Decide(blocker.txn_id, Decision.ABORT), deadline
+        blocker.home_shard, Decide(blocker.txn_id, Decision.ABORT, resolve=True), deadline
     )
     assert isinstance(decided, Decided), decided
     if shard != blocker.home_shard:  # on its home shard, DECIDE resolved the intent as well

@@ -215,6 +215,7 @@ def test_every_body_and_result_round_trips() -> None:
         Prepare(txn_id, 3, 1_700_000_000_000, part),
         Resolve(txn_id, Decision.COMMIT_FAILURE),
         Decide(txn_id, Decision.ABORT),
+        Decide(txn_id, Decision.COMMIT_SUCCESS, resolve=True),
         Forget((txn_id,)),
         Forget(tuple(rng.randbytes(limits.TXN_ID_BYTES) for _ in range(3))),
     ]

@@ -198,17 +198,28 @@ def test_decide_resolves_the_home_shards_own_intent_by_the_recorded_decision(
     prepared = shard.txn(Prepare(T1, 0, 1, part((), (put(b"w", b"new"),))))
     assert isinstance(prepared, Prepared)
     prepare_index = shard.index
-    assert shard.txn(Decide(T1, Decision.COMMIT_SUCCESS)) == Decided(Decision.COMMIT_SUCCESS)
+    decided = shard.txn(Decide(T1, Decision.COMMIT_SUCCESS, resolve=True))
+    assert decided == Decided(Decision.COMMIT_SUCCESS)
     assert shard.machine.get(b"w") == (b"new", prepare_index)
     assert shard.machine.txn.intents == {}
     assert shard.txn(Resolve(T1, Decision.COMMIT_SUCCESS)) == Resolved(False)
     # A record already aborted (a resolver got there first): the intent follows the record.
     shard.txn(Decide(T2, Decision.ABORT))
     shard.txn(Prepare(T2, 0, 1, part((), (put(b"x", b"lost"),))))
-    assert shard.txn(Decide(T2, Decision.COMMIT_SUCCESS)) == Decided(Decision.ABORT)
+    assert shard.txn(Decide(T2, Decision.COMMIT_SUCCESS, resolve=True)) == Decided(Decision.ABORT)
     assert shard.machine.get(b"x") is None
     assert shard.machine.txn.intents == {}
     assert shard.apply(PutCommand(b"x", b"free")).kind is ResultKind.PUT
+
+
+def test_a_plain_decide_leaves_the_intent_to_its_resolve(shard: Shard) -> None:
+    """DECIDE entries written before DECIDE_RESOLVE existed must replay as they applied."""
+    shard.txn(Prepare(T1, 0, 1, part((), (put(b"w", b"new"),))))
+    assert shard.txn(Decide(T1, Decision.COMMIT_SUCCESS)) == Decided(Decision.COMMIT_SUCCESS)
+    assert shard.machine.get(b"w") is None
+    assert set(shard.machine.txn.intents) == {T1}
+    assert shard.txn(Resolve(T1, Decision.COMMIT_SUCCESS)) == Resolved(True)
+    assert shard.machine.get(b"w") is not None
 
 
 def test_transaction_state_is_invisible_to_scans(shard: Shard) -> None:

@@ -128,11 +128,14 @@ TXN_INTENTS_PER_SHARD_MAX = 10_000
 TXN_ID_BYTES = 16
 TXN_FORGET_BATCH_MAX = 1024
 """Transaction records one FORGET entry deletes at most (16 KiB of ids)."""
+TXN_RESOLVE_BATCH_MAX = 1024
+"""Intents one RESOLVE_MANY entry resolves at most (17 bytes each: id and decision)."""
 
 assert TXN_OPS_MAX >= 2, "a transaction moves at least two keys"
 assert TXN_BYTES_MAX >= COMMAND_KEY_SIZE_BYTES_MAX, "at least one maximal key fits"
 assert TXN_COMMAND_BYTES_MAX <= COMMAND_BYTES_MAX
 assert 1 + 4 + TXN_FORGET_BATCH_MAX * TXN_ID_BYTES <= TXN_COMMAND_BYTES_MAX
+assert 1 + 4 + TXN_RESOLVE_BATCH_MAX * (TXN_ID_BYTES + 1) <= TXN_COMMAND_BYTES_MAX
 # A prepare's intent record (both branches staged) is one engine value.
 assert TXN_COMMAND_BYTES_MAX + STORED_VERSION_BYTES <= lsm_limits.LSM_VALUE_SIZE_BYTES_MAX
 assert TXN_OPS_MAX <= COMMAND_BATCH_COMMANDS_MAX, "a part's writes are one engine batch"

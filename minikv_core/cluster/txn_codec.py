@@ -59,6 +59,7 @@ class BodyKind(enum.IntEnum):
     FORGET = 5
     FORGET_MANY = 6
     DECIDE_RESOLVE = 7
+    RESOLVE_MANY = 8
 
 
 class Decision(enum.IntEnum):
@@ -312,6 +313,15 @@ class Resolve:
 
 
 @dataclass(frozen=True, slots=True)
+class ResolveMany:
+    """RESOLVE of many transactions' intents on one shard, in order, as one entry: a
+    coordinator batches the background resolves it sends a shard (one Raft entry and one
+    forward per batch instead of per transaction)."""
+
+    items: tuple[Resolve, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Decide:
     txn_id: bytes
     decision: Decision
@@ -329,7 +339,7 @@ class Forget:
     txn_ids: tuple[bytes, ...]
 
 
-TxnBody = OnePhase | Prepare | Resolve | Decide | Forget
+TxnBody = OnePhase | Prepare | Resolve | ResolveMany | Decide | Forget
 
 
 def _check_txn_id(txn_id: bytes) -> None:
@@ -357,6 +367,18 @@ def encode_body(body: TxnBody) -> bytes:
         writer.pack(_U8, kind)
         writer.raw(body.txn_id)
         writer.pack(_U8, Decision(body.decision))
+    elif isinstance(body, ResolveMany):
+        if not 1 <= len(body.items) <= limits.TXN_RESOLVE_BATCH_MAX:
+            raise TxnCodecError(
+                f"a RESOLVE_MANY names 1 to {limits.TXN_RESOLVE_BATCH_MAX} transactions, "
+                f"not {len(body.items)}"
+            )
+        writer.pack(_U8, BodyKind.RESOLVE_MANY)
+        writer.pack(_U32, len(body.items))
+        for item in body.items:
+            _check_txn_id(item.txn_id)
+            writer.raw(item.txn_id)
+            writer.pack(_U8, Decision(item.decision))
     else:
         if not 1 <= len(body.txn_ids) <= limits.TXN_FORGET_BATCH_MAX:
             raise TxnCodecError(
@@ -399,6 +421,21 @@ def decode_body(data: bytes | memoryview) -> TxnBody:
             if kind == BodyKind.RESOLVE
             else Decide(txn_id, decision, resolve=kind == BodyKind.DECIDE_RESOLVE)
         )
+    elif kind == BodyKind.RESOLVE_MANY:
+        (count,) = reader.unpack(_U32, "transaction count")
+        if not 1 <= count <= limits.TXN_RESOLVE_BATCH_MAX:
+            raise TxnCodecError(
+                f"a RESOLVE_MANY names {count} transactions (1 to {limits.TXN_RESOLVE_BATCH_MAX})"
+            )
+        items = []
+        for _ in range(count):
+            txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
+            (code,) = reader.unpack(_U8, "decision")
+            try:
+                items.append(Resolve(txn_id, Decision(code)))
+            except ValueError:
+                raise TxnCodecError(f"unknown decision {code}") from None
+        body = ResolveMany(tuple(items))
     elif kind == BodyKind.FORGET:  # one id: the format before FORGET_MANY, still in old logs
         body = Forget((reader.raw(limits.TXN_ID_BYTES, "transaction id"),))
     elif kind == BodyKind.FORGET_MANY:

@@ -68,6 +68,7 @@ from minikv_core.cluster.txn_codec import (
     Prepared,
     Resolve,
     Resolved,
+    ResolveMany,
     ShardPart,
     split_by_shard,
 )
@@ -148,6 +149,9 @@ class TxnCoordinator:
         self.stats = CoordinatorStats()
         self._background: set[asyncio.Task[None]] = set()
         self._forgets: dict[int, list[bytes]] = {}
+        self._resolves: dict[int, list[tuple[Resolve, asyncio.Future[bool]]]] = {}
+        """Shard -> background resolves waiting for the batch in flight to that shard."""
+        self._resolving: set[int] = set()
         """Home shard -> finished transactions whose records await the next FORGET batch."""
 
     async def execute(self, request: TxnRequest, deadline: float) -> TxnResponse:
@@ -320,22 +324,61 @@ class TxnCoordinator:
         self._crash_at(FaultPoint.MID_COMMIT)
         others = [shard for shard in shards if shard != home]
         done = await asyncio.gather(
-            *(self._resolve_one(txn_id, shard, decision, deadline) for shard in others)
+            *(self._resolve_later(Resolve(txn_id, decision), shard) for shard in others)
         )
         if all(done):
             self._queue_forget(txn_id, home)
 
+    def _resolve_later(self, item: Resolve, shard: int) -> asyncio.Future[bool]:
+        """Queue a background RESOLVE for `shard`: while one batch is in flight to a shard,
+        the next gathers (group commit), so a busy coordinator sends one RESOLVE_MANY entry
+        per round trip instead of one entry and one forward per transaction."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._resolves.setdefault(shard, []).append((item, future))
+        if shard not in self._resolving:
+            self._resolving.add(shard)
+            self._background_task(self._resolve_batches(shard))
+        return future
+
+    async def _resolve_batches(self, shard: int) -> None:
+        queued: list[tuple[Resolve, asyncio.Future[bool]]] = []
+        try:
+            while True:
+                queued = self._resolves.pop(shard, [])
+                if not queued:
+                    return
+                step = limits.TXN_RESOLVE_BATCH_MAX
+                for start in range(0, len(queued), step):
+                    chunk = queued[start : start + step]
+                    items = tuple(item for item, _ in chunk)
+                    body: Resolve | ResolveMany = (
+                        items[0] if len(items) == 1 else ResolveMany(items)
+                    )
+                    done = await self._resolve_until(shard, body, time.monotonic() + CLEANUP_S)
+                    for _, future in chunk:
+                        if not future.done():
+                            future.set_result(done)
+        finally:
+            self._resolving.discard(shard)
+            # Cancelled (the node stops): what is not confirmed is left to resolvers.
+            for _, future in queued + self._resolves.pop(shard, []):
+                if not future.done():
+                    future.set_result(False)
+
     async def _resolve_one(
         self, txn_id: bytes, shard: int, decision: Decision, deadline: float
+    ) -> bool:
+        return await self._resolve_until(shard, Resolve(txn_id, decision), deadline)
+
+    async def _resolve_until(
+        self, shard: int, body: Resolve | ResolveMany, deadline: float
     ) -> bool:
         """RESOLVE on one participant, retried until the deadline; False if not confirmed
         (its intent then expires and is resolved from the record by whoever meets it)."""
         attempt = 0
         while True:
             try:
-                answer = await self._runner.run_txn_command(
-                    shard, Resolve(txn_id, decision), deadline
-                )
+                answer = await self._runner.run_txn_command(shard, body, deadline)
             except (UnavailableError, DeadlineExceededError):
                 if time.monotonic() + 0.01 >= deadline:
                     return False

@@ -59,6 +59,7 @@ from minikv_core.cluster.txn_codec import (
     Prepared,
     Resolve,
     Resolved,
+    ResolveMany,
     ShardPart,
     TxnBody,
     TxnCodecError,
@@ -193,6 +194,8 @@ class TxnLockTable:
             return self._prepare(body, index, read)
         if isinstance(body, Resolve):
             return self._resolve(body)
+        if isinstance(body, ResolveMany):
+            return self._resolve_many(body)
         if isinstance(body, Decide):
             return self._decide(body, engine)
         assert isinstance(body, Forget)
@@ -277,6 +280,28 @@ class TxnLockTable:
             self._remove(txn_id)
 
         return Applied(ops, Resolved(True), commit)
+
+    def _resolve_many(self, body: ResolveMany) -> Applied:
+        """Each item as its own RESOLVE, in order, as one engine batch. Their keys are
+        disjoint: intents of different transactions never write-lock the same key."""
+        ops: list[Op] = []
+        commits: list[Callable[[], None]] = []
+        had_intent = False
+        seen: set[bytes] = set()
+        for item in body.items:
+            if item.txn_id in seen:
+                continue  # named twice: the first decision resolves it, as two RESOLVEs would
+            seen.add(item.txn_id)
+            applied = self._resolve(item)
+            ops += applied.ops
+            commits.append(applied.commit)
+            had_intent = had_intent or applied.result == Resolved(True)
+
+        def commit() -> None:
+            for each in commits:
+                each()
+
+        return Applied(ops, Resolved(had_intent), commit)
 
     def _decide(self, body: Decide, engine: Engine) -> Applied:
         """Record the decision (the first one sticks) and, with `resolve`, in the same entry

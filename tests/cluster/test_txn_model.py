@@ -40,6 +40,7 @@ from minikv_core.cluster.txn_codec import (
     Prepare,
     Prepared,
     Resolve,
+    ResolveMany,
     ShardPart,
     TxnBody,
     TxnCodecError,
@@ -216,6 +217,7 @@ def test_every_body_and_result_round_trips() -> None:
         Resolve(txn_id, Decision.COMMIT_FAILURE),
         Decide(txn_id, Decision.ABORT),
         Decide(txn_id, Decision.COMMIT_SUCCESS, resolve=True),
+        ResolveMany((Resolve(txn_id, Decision.ABORT), Resolve(bytes(16), Decision.COMMIT_FAILURE))),
         Forget((txn_id,)),
         Forget(tuple(rng.randbytes(limits.TXN_ID_BYTES) for _ in range(3))),
     ]
@@ -248,6 +250,17 @@ def test_a_forget_names_between_one_and_the_batch_limit_of_ids() -> None:
     data = encode_body(Forget((bytes(16),)))
     with pytest.raises(TxnCodecError, match="names 0 transactions"):
         decode_body(data[:1] + bytes(4))
+
+
+def test_a_resolve_many_names_between_one_and_the_batch_limit_of_items() -> None:
+    item = Resolve(bytes(16), Decision.ABORT)
+    with pytest.raises(TxnCodecError, match="1 to"):
+        encode_body(ResolveMany(()))
+    with pytest.raises(TxnCodecError, match="1 to"):
+        encode_body(ResolveMany((item,) * (limits.TXN_RESOLVE_BATCH_MAX + 1)))
+    data = encode_body(ResolveMany((item,)))
+    with pytest.raises(TxnCodecError, match="unknown decision"):
+        decode_body(data[:-1] + b"\x09")
 
 
 def test_malformed_bodies_are_refused_by_the_decoder() -> None:

@@ -33,6 +33,7 @@ from minikv_core.cluster.txn_codec import (
     Prepared,
     Resolve,
     Resolved,
+    ResolveMany,
     ShardPart,
     TxnBody,
 )
@@ -220,6 +221,27 @@ def test_a_plain_decide_leaves_the_intent_to_its_resolve(shard: Shard) -> None:
     assert set(shard.machine.txn.intents) == {T1}
     assert shard.txn(Resolve(T1, Decision.COMMIT_SUCCESS)) == Resolved(True)
     assert shard.machine.get(b"w") is not None
+
+
+def test_resolve_many_resolves_each_transaction_as_its_own_resolve_would(shard: Shard) -> None:
+    shard.txn(Prepare(T1, 0, 1, part((), (put(b"a", b"one"),))))
+    first = shard.index
+    shard.txn(Prepare(T2, 0, 1, part((), (put(b"b", b"two"),))))
+    t3 = b"\x03" * 16
+    batch = ResolveMany(
+        (
+            Resolve(T1, Decision.COMMIT_SUCCESS),
+            Resolve(T2, Decision.ABORT),
+            Resolve(t3, Decision.ABORT),  # no intent here: nothing to do
+            Resolve(T1, Decision.ABORT),  # named twice: the first decision stands
+        )
+    )
+    assert shard.txn(batch) == Resolved(True)
+    assert shard.machine.get(b"a") == (b"one", first)
+    assert shard.machine.get(b"b") is None
+    assert shard.machine.txn.intents == {}
+    assert shard.txn(batch) == Resolved(False)
+    assert shard.apply(PutCommand(b"b", b"free")).kind is ResultKind.PUT
 
 
 def test_transaction_state_is_invisible_to_scans(shard: Shard) -> None:

@@ -324,3 +324,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+async def partition(cluster: Cluster, isolated: int) -> None:
+    """Cut `isolated` off from every other node, both directions (rules on both sides)."""
+    others = [n for n in cluster.nodes if n != isolated]
+    rules = {"drop_to": others, "drop_from": others}
+    status, _, body = await cluster.request(isolated, "POST", "/admin/fault", json_body=rules)
+    assert status == 200, body
+    for node_id in others:
+        mirror = {"drop_to": [isolated], "drop_from": [isolated]}
+        status, _, body = await cluster.request(node_id, "POST", "/admin/fault", json_body=mirror)
+        assert status == 200, body
+
+
+async def heal(cluster: Cluster) -> None:
+    for node_id in cluster.nodes:
+        status, _, body = await cluster.request(node_id, "DELETE", "/admin/fault")
+        assert status == 200, body

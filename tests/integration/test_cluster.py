@@ -23,7 +23,7 @@ import pytest
 from minikv_core.storage.wal import verify
 from minikv_core.storage.wal_format import FRAME_HEADER_SIZE
 from minikv_core.storage.wal_records import RecordType
-from tests.integration.conftest import Cluster, eventually
+from tests.integration.conftest import Cluster, eventually, heal, partition
 
 pytestmark = pytest.mark.integration
 
@@ -185,23 +185,6 @@ async def test_sigkill_of_a_shard_leader_elects_a_new_one_fast_and_loses_no_ack(
         return True
 
     await eventually(caught_up, f"node {victim} to catch up", CONVERGE_TIMEOUT_S, cluster.describe)
-
-
-async def partition(cluster: Cluster, isolated: int) -> None:
-    others = [n for n in cluster.nodes if n != isolated]
-    rules = {"drop_to": others, "drop_from": others}
-    status, _, body = await cluster.request(isolated, "POST", "/admin/fault", json_body=rules)
-    assert status == 200, body
-    for node_id in others:
-        mirror = {"drop_to": [isolated], "drop_from": [isolated]}
-        status, _, body = await cluster.request(node_id, "POST", "/admin/fault", json_body=mirror)
-        assert status == 200, body
-
-
-async def heal(cluster: Cluster) -> None:
-    for node_id in cluster.nodes:
-        status, _, body = await cluster.request(node_id, "DELETE", "/admin/fault")
-        assert status == 200, body
 
 
 async def test_partitioned_leader_never_serves_stale_reads_and_majority_serves(

@@ -283,15 +283,13 @@ class TxnCoordinator:
         if self._fault is FaultPoint.MID_COMMIT:
             # The fault point tests a coordinator dying half-way through its commit, before
             # it answered: keep the commit on the answer's path when it is armed.
-            await self._commit(txn_id, home, shards, decided, deadline)
+            await self._commit(txn_id, home, shards, decided)
         else:
             # The decision is durable on the home shard: the transaction is committed. The
             # intents are resolved after the answer (Percolator, CockroachDB): anyone who
             # meets one first waits until it is resolved (reads and writes wait out locks),
             # so nothing reads around the outcome.
-            self._background_task(
-                self._commit(txn_id, home, shards, decided, time.monotonic() + CLEANUP_S)
-            )
+            self._background_task(self._commit(txn_id, home, shards, decided))
         return _answer(holds, prepared)
 
     async def _decide(
@@ -318,7 +316,7 @@ class TxnCoordinator:
             return decided.decision
 
     async def _commit(
-        self, txn_id: bytes, home: int, shards: list[int], decision: Decision, deadline: float
+        self, txn_id: bytes, home: int, shards: list[int], decision: Decision
     ) -> None:
         # The DECIDE entry resolved the home shard's intent: half of the commit is done.
         self._crash_at(FaultPoint.MID_COMMIT)

@@ -32,6 +32,7 @@ import enum
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from minikv_core.cluster import limits
 from minikv_core.cluster.service import InvalidRequestError, TooLargeError
@@ -347,6 +348,36 @@ def _check_txn_id(txn_id: bytes) -> None:
         raise TxnCodecError(f"a transaction id is {limits.TXN_ID_BYTES} bytes")
 
 
+_BATCH_MAX: Final = {
+    BodyKind.RESOLVE_MANY: limits.TXN_RESOLVE_BATCH_MAX,
+    BodyKind.FORGET_MANY: limits.TXN_FORGET_BATCH_MAX,
+}
+
+
+def _write_batch_header(writer: _Writer, kind: BodyKind, count: int) -> None:
+    if not 1 <= count <= _BATCH_MAX[kind]:
+        raise TxnCodecError(
+            f"a {kind.name} names 1 to {_BATCH_MAX[kind]} transactions, not {count}"
+        )
+    writer.pack(_U8, kind)
+    writer.pack(_U32, count)
+
+
+def _read_batch_count(reader: _Reader, kind: BodyKind) -> int:
+    (count,) = reader.unpack(_U32, "transaction count")
+    if not 1 <= count <= _BATCH_MAX[kind]:
+        raise TxnCodecError(f"a {kind.name} names {count} transactions (1 to {_BATCH_MAX[kind]})")
+    return int(count)
+
+
+def _read_decision(reader: _Reader) -> Decision:
+    (code,) = reader.unpack(_U8, "decision")
+    try:
+        return Decision(code)
+    except ValueError:
+        raise TxnCodecError(f"unknown decision {code}") from None
+
+
 def encode_body(body: TxnBody) -> bytes:
     writer = _Writer()
     if isinstance(body, OnePhase):
@@ -368,25 +399,13 @@ def encode_body(body: TxnBody) -> bytes:
         writer.raw(body.txn_id)
         writer.pack(_U8, Decision(body.decision))
     elif isinstance(body, ResolveMany):
-        if not 1 <= len(body.items) <= limits.TXN_RESOLVE_BATCH_MAX:
-            raise TxnCodecError(
-                f"a RESOLVE_MANY names 1 to {limits.TXN_RESOLVE_BATCH_MAX} transactions, "
-                f"not {len(body.items)}"
-            )
-        writer.pack(_U8, BodyKind.RESOLVE_MANY)
-        writer.pack(_U32, len(body.items))
+        _write_batch_header(writer, BodyKind.RESOLVE_MANY, len(body.items))
         for item in body.items:
             _check_txn_id(item.txn_id)
             writer.raw(item.txn_id)
             writer.pack(_U8, Decision(item.decision))
     else:
-        if not 1 <= len(body.txn_ids) <= limits.TXN_FORGET_BATCH_MAX:
-            raise TxnCodecError(
-                f"a FORGET names 1 to {limits.TXN_FORGET_BATCH_MAX} transactions, "
-                f"not {len(body.txn_ids)}"
-            )
-        writer.pack(_U8, BodyKind.FORGET_MANY)
-        writer.pack(_U32, len(body.txn_ids))
+        _write_batch_header(writer, BodyKind.FORGET_MANY, len(body.txn_ids))
         for txn_id in body.txn_ids:
             _check_txn_id(txn_id)
             writer.raw(txn_id)
@@ -411,39 +430,24 @@ def decode_body(data: bytes | memoryview) -> TxnBody:
         body = Prepare(txn_id, home, expiry, _read_part(reader))
     elif kind in (BodyKind.RESOLVE, BodyKind.DECIDE, BodyKind.DECIDE_RESOLVE):
         txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
-        (code,) = reader.unpack(_U8, "decision")
-        try:
-            decision = Decision(code)
-        except ValueError:
-            raise TxnCodecError(f"unknown decision {code}") from None
+        decision = _read_decision(reader)
         body = (
             Resolve(txn_id, decision)
             if kind == BodyKind.RESOLVE
             else Decide(txn_id, decision, resolve=kind == BodyKind.DECIDE_RESOLVE)
         )
     elif kind == BodyKind.RESOLVE_MANY:
-        (count,) = reader.unpack(_U32, "transaction count")
-        if not 1 <= count <= limits.TXN_RESOLVE_BATCH_MAX:
-            raise TxnCodecError(
-                f"a RESOLVE_MANY names {count} transactions (1 to {limits.TXN_RESOLVE_BATCH_MAX})"
+        count = _read_batch_count(reader, BodyKind.RESOLVE_MANY)
+        body = ResolveMany(
+            tuple(
+                Resolve(reader.raw(limits.TXN_ID_BYTES, "transaction id"), _read_decision(reader))
+                for _ in range(count)
             )
-        items = []
-        for _ in range(count):
-            txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
-            (code,) = reader.unpack(_U8, "decision")
-            try:
-                items.append(Resolve(txn_id, Decision(code)))
-            except ValueError:
-                raise TxnCodecError(f"unknown decision {code}") from None
-        body = ResolveMany(tuple(items))
+        )
     elif kind == BodyKind.FORGET:  # one id: the format before FORGET_MANY, still in old logs
         body = Forget((reader.raw(limits.TXN_ID_BYTES, "transaction id"),))
     elif kind == BodyKind.FORGET_MANY:
-        (count,) = reader.unpack(_U32, "transaction count")
-        if not 1 <= count <= limits.TXN_FORGET_BATCH_MAX:
-            raise TxnCodecError(
-                f"a FORGET names {count} transactions (1 to {limits.TXN_FORGET_BATCH_MAX})"
-            )
+        count = _read_batch_count(reader, BodyKind.FORGET_MANY)
         body = Forget(
             tuple(reader.raw(limits.TXN_ID_BYTES, "transaction id") for _ in range(count))
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -120,17 +121,51 @@ def port_in_use(port: int) -> bool:
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports the OS calls free now (all bound at once so they differ)."""
-    sockets: list[socket.socket] = []
+    """`count` distinct loopback ports that are free now, below the OS's ephemeral range.
+
+    Why below it: a port is chosen here and bound later by a node process, and a port in the
+    ephemeral range can be taken in between by any outgoing connection on the machine (seen in
+    CI: "Address already in use" at a node's start). Outgoing connections never pick ports
+    below the range, so only an explicit bind can race us there. All candidates are bound at
+    once (so they differ) and released before returning. Falls back to OS-chosen ports where
+    the range is unknown (not Linux) or crowded.
+    """
+    low, _ = _ephemeral_range()
+    chosen: list[socket.socket] = []
     try:
-        for _ in range(count):
+        if low > _PORT_FLOOR + 4 * count:
+            pick = random.SystemRandom()
+            for _ in range(50 * count):
+                if len(chosen) == count:
+                    break
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.bind((LOOPBACK, pick.randrange(_PORT_FLOOR, low)))
+                except OSError:
+                    sock.close()
+                    continue
+                chosen.append(sock)
+        while len(chosen) < count:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
+            chosen.append(sock)
             sock.bind((LOOPBACK, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+        return [int(sock.getsockname()[1]) for sock in chosen]
     finally:
-        for sock in sockets:
+        for sock in chosen:
             sock.close()
+
+
+_PORT_FLOOR = 20_000
+"""Lowest port `free_ports` picks: clear of well-known and most registered service ports."""
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = (int(part) for part in text.split())
+    except (OSError, ValueError):
+        return 0, 0
+    return low, high
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,25 +27,12 @@ from minikv_core.cluster.service import (
 )
 from minikv_core.net.fault import FaultFilter, OutboundAction
 from minikv_core.storage.engine import EngineOptions
+from minikv_tui.node_process import free_ports
 
 T = TypeVar("T")
 
 TICK_MS = 20
 SEGMENT_BYTES = 64 * 1024
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS picked for us (bound then released; nothing else runs on loopback)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class DirectForwarder:

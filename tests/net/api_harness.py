@@ -15,20 +15,9 @@ from pathlib import Path
 
 from minikv_core.cluster.node_service import Node
 from minikv_core.server import NodeServer, ServerConfig, resolve
+from minikv_tui.node_process import free_ports
 
 WAIT_S = 20.0
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports (all bound at once, then released)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def configs(

@@ -348,18 +348,8 @@ class Maintenance:
         meta = self._host.meta
         if meta is None or not meta.is_leader:
             raise UnavailableError("this node lost the meta leadership; run the operation again")
-        record.state = "running"
-        started = time.monotonic()
-        deadline = started + STEP_TIMEOUT_S
-        try:
-            record.detail = await self._steps.run(step, deadline)
-            record.state = "done"
-        except BaseException as error:
-            record.state = "failed"
-            record.detail = str(error) or type(error).__name__
-            raise
-        finally:
-            record.seconds = time.monotonic() - started
+        with record.running():
+            record.detail = await self._steps.run(step, time.monotonic() + STEP_TIMEOUT_S)
 
     # ------------------------------------------------------------- membership
 
@@ -414,18 +404,9 @@ class Maintenance:
             {"kind": "decommission", "shard": -1, "node": node, "reason": "leave the cluster"}
         )
         job.steps.append(record)
-        record.state = "running"
-        started = time.monotonic()
-        try:
-            await self._decommission(node, started + STEP_TIMEOUT_S)
-            record.state = "done"
+        with record.running():
+            await self._decommission(node, time.monotonic() + STEP_TIMEOUT_S)
             record.detail = f"node {node} left the meta group and the shard map"
-        except BaseException as error:
-            record.state = "failed"
-            record.detail = str(error)
-            raise
-        finally:
-            record.seconds = time.monotonic() - started
 
     async def _decommission(self, node: int, deadline: float) -> None:
         """Drop a node that holds no replica any more from the map and the meta group."""

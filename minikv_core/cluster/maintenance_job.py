@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,22 @@ class StepRecord:
     state: str = "pending"
     detail: str = ""
     seconds: float = 0.0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Run the step's work in the `with` body: timed, `done` when the body returns,
+        `failed` with the error as its detail when it raises (the error goes on)."""
+        self.state = "running"
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException as error:
+            self.state = "failed"
+            self.detail = str(error) or type(error).__name__
+            raise
+        finally:
+            self.seconds = time.monotonic() - started
+        self.state = "done"
 
     def to_json(self) -> JsonObject:
         return {

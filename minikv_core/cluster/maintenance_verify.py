@@ -50,26 +50,17 @@ class Verifier:
                 )
             )
         for shard, record in enumerate(job.steps):
-            record.state = "running"
-            started = time.monotonic()
-            try:
+            with record.running():
                 result = await self._verify_shard(
-                    shard, view.shards[shard], started + STEP_TIMEOUT_S
+                    shard, view.shards[shard], time.monotonic() + STEP_TIMEOUT_S
                 )
-            except BaseException as error:
-                record.state = "failed"
-                record.detail = str(error)
-                raise
-            finally:
-                record.seconds = time.monotonic() - started
-            job.results.append(result)
-            record.state = "done"
-            bad = result["corrupt"]
-            record.detail = (
-                f"{len(result['replicas'])} replicas agree at index {result['index']}"
-                if not bad
-                else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
-            )
+                job.results.append(result)
+                bad = result["corrupt"]
+                record.detail = (
+                    f"{len(result['replicas'])} replicas agree at index {result['index']}"
+                    if not bad
+                    else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
+                )
 
     async def _verify_shard(self, shard: int, view: Any, deadline: float) -> JsonObject:
         group_id = group_of_shard(shard)

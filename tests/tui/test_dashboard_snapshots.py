@@ -33,6 +33,7 @@ from minikv_tui.dashboard.screens.partition import PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitScreen
 from minikv_tui.dashboard.session import RecordedSession
 from minikv_tui.dashboard.source import load_recording, recorded_frames
+from minikv_tui.dashboard.widgets.event_log import EventLog
 
 RECORDING = Path(__file__).parent / "snapshots" / "demo_recording.json"
 MAINTENANCE = Path(__file__).parent / "snapshots" / "maintenance_recording.json"
@@ -62,6 +63,12 @@ def settled(
             assert time.monotonic() < deadline, f"replay stuck at frame {app.frames_applied}"
             await pilot.pause(0.02)
         await pilot.pause()
+        # The job panel appearing shrinks the event log, which then scrolls to its end after
+        # a refresh: on a busy machine that can come after the pause above (seen in CI).
+        for log in app.query(EventLog):
+            while log.auto_scroll and log.scroll_y != log.max_scroll_y:
+                assert time.monotonic() < deadline, "the event log never scrolled to its end"
+                await pilot.pause(0.02)
         if screen is not None:
             await app.push_screen(screen())
             for field in app.screen.query(Input):

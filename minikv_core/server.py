@@ -107,6 +107,11 @@ OPTIONS: Final = (
     _Option(
         "repair_after_s", int, "replace replicas of a node down this long (default 60; 0: never)"
     ),
+    _Option(
+        "txn_record_gc_s",
+        int,
+        "forget transaction records left behind after this long (default 180; same on all nodes)",
+    ),
     _Option("shards", int, f"shards at cluster creation (default {SHARDS_DEFAULT})"),
     _Option("replicas", int, f"replicas per shard (default {REPLICAS_DEFAULT})"),
     _Option("value_size_max", int, "largest value in bytes (default 1 MiB)"),
@@ -324,6 +329,7 @@ def _validate(values: Mapping[str, object]) -> ServerConfig:
         ("request_timeout_ms", "request_timeout_ms"),
         ("cluster_id", "cluster_id"),
         ("repair_after_s", "repair_after_s"),
+        ("txn_record_gc_s", "txn_record_gc_s"),
     ):
         if name in values:
             optional[field_name] = values[name]

@@ -86,6 +86,7 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"log_level": "loud"}, "--log-level"),
         ({"admin_allow_remote": "maybe"}, "true or false"),
         ({"repair_after_s": -1}, "repair_after_s must be in 0..86400"),
+        ({"txn_record_gc_s": 0}, "txn_record_gc_s must be in 1..86400 seconds, got 0"),
         ({"join": "127.0.0.1:9002"}, "--join and --peers exclude each other"),
     ],
 )

@@ -104,6 +104,13 @@ def derive_cluster_id(peers: Mapping[int, str]) -> str:
 
 REPAIR_AFTER_S_DEFAULT: Final = 60.0
 REPAIR_AFTER_S_MAX: Final = 86_400.0
+TXN_RECORD_GC_S_DEFAULT: Final = 180.0
+"""How long a transaction record its coordinator did not forget stays (txn_record_gc.py).
+Transactions are capped at half of it, so the default leaves the longest request deadline
+(REQUEST_TIMEOUT_MS_MAX) untouched."""
+TXN_RECORD_GC_S_MIN: Final = 1.0
+TXN_RECORD_GC_S_MAX: Final = 86_400.0
+assert TXN_RECORD_GC_S_DEFAULT / 2 >= REQUEST_TIMEOUT_MS_MAX / 1000, "no deadline is cut short"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,10 @@ class NodeConfig:
     repair_after_s: float = REPAIR_AFTER_S_DEFAULT
     """The meta leader replaces the replicas of a node down this long (0: never on its
     own; `minikv cluster repair` still does)."""
+    txn_record_gc_s: float = TXN_RECORD_GC_S_DEFAULT
+    """Transaction records left behind are forgotten this long after their shard's leader
+    first saw them; a transaction's deadline is capped at half of it. Use one value on every
+    node: the cap protects records forgotten by *other* nodes (txn_record_gc.py)."""
     seed: int | None = None
     """Seed of the election-timeout randomness; None draws one from the OS (production).
     Tests pass a seed so a run can be reproduced."""
@@ -214,6 +225,15 @@ class NodeConfig:
             raise ValueError(
                 f"repair_after_s must be in 0..{REPAIR_AFTER_S_MAX} seconds, "
                 f"got {self.repair_after_s!r}"
+            )
+        if (
+            isinstance(self.txn_record_gc_s, bool)
+            or not isinstance(self.txn_record_gc_s, int | float)
+            or not TXN_RECORD_GC_S_MIN <= self.txn_record_gc_s <= TXN_RECORD_GC_S_MAX
+        ):
+            raise ValueError(
+                f"txn_record_gc_s must be in {TXN_RECORD_GC_S_MIN:g}..{TXN_RECORD_GC_S_MAX:g} "
+                f"seconds, got {self.txn_record_gc_s!r}"
             )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)

@@ -36,6 +36,7 @@ DeadlineExceededError when the deadline passes; nothing waits longer than its de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
@@ -81,6 +82,8 @@ from minikv_core.cluster.txn_codec import (
     encode_result,
 )
 from minikv_core.cluster.txn_coordinator import TxnCoordinator, fault_from_env
+from minikv_core.cluster.txn_locks import TxnLockTable
+from minikv_core.cluster.txn_record_gc import RecordCollector
 from minikv_core.cluster.txn_resolver import wait_out
 from minikv_core.net.fault import FaultFilter, FaultRules, FaultRulesError
 from minikv_core.raft import NONE, NotLeaderError, ProposalDroppedError, Role
@@ -187,6 +190,10 @@ class Node:
         """Shard -> last leader learned by forwarding (for shards this node does not hold)."""
         self._txn_rng = random.Random(random.SystemRandom().getrandbits(64))
         self.txn_coordinator = TxnCoordinator(self, self._shard_of, self._txn_rng, fault_from_env())
+        self.record_collector = RecordCollector(
+            self, self._led_txn_tables, self._all_shards, config.txn_record_gc_s
+        )
+        self._collector_task: asyncio.Task[None] | None = None
         self.maintenance = Maintenance(self)
 
     def next_request_id(self) -> int:
@@ -213,6 +220,9 @@ class Node:
                 await self.host.stop()
                 raise
         self.maintenance.start()
+        self._collector_task = asyncio.get_running_loop().create_task(
+            self.record_collector.run(), name=f"node{self.node_id}-txn-record-gc"
+        )
         self._accepting = True
 
     async def stop(self) -> None:
@@ -235,6 +245,10 @@ class Node:
                 )
         try:
             await self.maintenance.stop()
+            if self._collector_task is not None:
+                self._collector_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._collector_task
             await self.txn_coordinator.close()
             await self.host.stop()
         finally:
@@ -458,7 +472,20 @@ class Node:
             value_size_bytes_max=self.config.value_size_bytes_max,
         )
         self._writes += 1
+        # No DECIDE may be proposed after the records it could overtake are forgotten
+        # (txn_record_gc.py): the transaction ends within half the collector's age.
+        deadline = min(deadline, time.monotonic() + self.config.txn_record_gc_s / 2)
         return await self._serve(deadline, lambda: self.txn_coordinator.execute(request, deadline))
+
+    def _led_txn_tables(self) -> dict[int, TxnLockTable]:
+        return {
+            shard: group.state_machine.txn
+            for shard, group in self.host.shard_groups.items()
+            if group.is_leader
+        }
+
+    def _all_shards(self) -> list[int]:
+        return [assignment.shard for assignment in self.host.shard_map.shards]
 
     async def run_txn_command(self, shard: int, body: TxnBody, deadline: float) -> TxnResult:
         """Apply one transaction command on shard `shard` through its leader (txn_resolver's
@@ -713,6 +740,7 @@ class Node:
             "requests": {"reads": self._reads, "writes": self._writes},
             "txn": {
                 "coordinator": self.txn_coordinator.stats.document(),
+                "record_collector": self.record_collector.document(),
                 "shards": {
                     str(shard): group.state_machine.txn.status()
                     for shard, group in sorted(host.shard_groups.items())

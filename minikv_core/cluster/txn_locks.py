@@ -109,10 +109,13 @@ def _nothing() -> None:
 class TxnLockTable:
     """The in-memory index of a shard's prepared transactions (see the module docstring)."""
 
-    __slots__ = ("intents", "read_locks", "write_locks")
+    __slots__ = ("intents", "read_locks", "records", "write_locks")
 
     def __init__(self) -> None:
         self.intents: dict[bytes, Intent] = {}
+        self.records: dict[bytes, Decision] = {}
+        """Transaction id -> its decision record's content, as the engine holds it: the
+        record collector (txn_record_gc.py) reads it without scanning the engine."""
         self.write_locks: dict[bytes, bytes] = {}
         """Key -> the transaction that will write it."""
         self.read_locks: dict[bytes, set[bytes]] = {}
@@ -123,12 +126,15 @@ class TxnLockTable:
         self.intents.clear()
         self.write_locks.clear()
         self.read_locks.clear()
+        self.records.clear()
         for key, stored in engine.scan(prefix=INTENT_PREFIX):
             try:
                 intent = decode_intent(stored)
             except TxnCodecError as error:
                 raise TxnStateCorruptionError(f"intent record {key!r}: {error}") from None
             self._add(intent)
+        for key, stored in engine.scan(prefix=RECORD_PREFIX):
+            self.records[key[len(RECORD_PREFIX) :]] = _stored_decision(key, stored)
 
     # --- queries
 
@@ -158,6 +164,7 @@ class TxnLockTable:
             "prepared": len(self.intents),
             "write_locks": len(self.write_locks),
             "read_locks": len(self.read_locks),
+            "records": len(self.records),
         }
 
     # --- changes
@@ -199,9 +206,14 @@ class TxnLockTable:
         if isinstance(body, Decide):
             return self._decide(body, engine)
         assert isinstance(body, Forget)
-        keys = [record_key(txn_id) for txn_id in body.txn_ids]
-        ops: list[Op] = [Delete(key) for key in keys if engine.get(key) is not None]
-        return Applied(ops, Forgotten(bool(ops)), _nothing)
+        present = [txn_id for txn_id in body.txn_ids if engine.get(record_key(txn_id)) is not None]
+        ops: list[Op] = [Delete(record_key(txn_id)) for txn_id in present]
+
+        def commit() -> None:
+            for txn_id in present:
+                self.records.pop(txn_id, None)
+
+        return Applied(ops, Forgotten(bool(ops)), commit)
 
     def _one_phase(self, part: ShardPart, index: int, read: Reader) -> Applied:
         blockers: list[Blocker] = []
@@ -311,21 +323,31 @@ class TxnLockTable:
         record."""
         key = record_key(body.txn_id)
         stored = engine.get(key)
+        txn_id = body.txn_id
         ops: list[Op] = []
-        if stored is not None:
-            try:
-                decision = Decision(stored[0])
-            except (ValueError, IndexError):
-                raise TxnStateCorruptionError(
-                    f"transaction record {key!r} holds {stored!r}"
-                ) from None
-        else:
-            decision = body.decision
+        new_record = stored is None
+        decision = body.decision if stored is None else _stored_decision(key, stored)
+        if new_record:
             ops.append(Put(key, bytes([decision])))
-        if not body.resolve or body.txn_id not in self.intents:
-            return Applied(ops, Decided(decision), _nothing)
-        resolved = self._resolve(Resolve(body.txn_id, decision))
-        return Applied(ops + resolved.ops, Decided(decision), resolved.commit)
+        settle: Callable[[], None] = _nothing
+        if body.resolve and txn_id in self.intents:
+            resolved = self._resolve(Resolve(txn_id, decision))
+            ops += resolved.ops
+            settle = resolved.commit
+
+        def commit() -> None:
+            if new_record:
+                self.records[txn_id] = decision
+            settle()
+
+        return Applied(ops, Decided(decision), commit)
+
+
+def _stored_decision(key: bytes, stored: bytes) -> Decision:
+    try:
+        return Decision(stored[0])
+    except (ValueError, IndexError):
+        raise TxnStateCorruptionError(f"transaction record {key!r} holds {stored!r}") from None
 
 
 def _unique(blockers: list[Blocker]) -> tuple[Blocker, ...]:

@@ -60,6 +60,13 @@ def serve(
             "--repair-after-s", help="Replace replicas of a node down this long (60; 0: never)."
         ),
     ] = None,
+    txn_record_gc_s: Annotated[
+        int | None,
+        typer.Option(
+            "--txn-record-gc-s",
+            help="Forget transaction records left behind after this long (180; same on all nodes).",
+        ),
+    ] = None,
     shards: Annotated[int | None, typer.Option(help="Shards at cluster creation (8).")] = None,
     replicas: Annotated[int | None, typer.Option(help="Replicas per shard (3).")] = None,
     value_size_max: Annotated[
@@ -103,6 +110,7 @@ def serve(
         "join": join,
         "rebalance": rebalance,
         "repair_after_s": repair_after_s,
+        "txn_record_gc_s": txn_record_gc_s,
         "shards": shards,
         "replicas": replicas,
         "value_size_max": value_size_max,

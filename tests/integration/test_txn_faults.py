@@ -1,7 +1,8 @@
 """Cross-shard transactions against real node processes: a coordinator that dies at each
 fault point of two-phase commit (MINIKV_TXN_FAULT makes it exit hard right there) leaves
 nothing stuck: the next reads resolve its intents from its record, committed or aborted as
-the record says, and no lock survives."""
+the record says, no lock survives, and the record it left behind is forgotten (by the home
+shard's leader, txn_record_gc.py, after the short age these nodes are started with)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from minikv_core.cluster.txn_coordinator import FAULT_ENV, FAULT_EXIT_CODE
 from tests.integration.conftest import Cluster, eventually
 
 SHARDS = 4
+RECORD_GC_S = 4
+NODE_FLAGS = ("--txn-record-gc-s", str(RECORD_GC_S))
+"""A short record age, so a left-behind record is seen forgotten within the test (it also
+caps each transaction's deadline at RECORD_GC_S / 2, still far above what these need)."""
 
 
 def launch_with_env(cluster: Cluster, node_id: int, env_extra: dict[str, str]) -> None:
     """`Cluster.launch` with extra environment variables (it strips MINIKV_* on purpose)."""
     node = cluster.nodes[node_id]
-    cluster.spawn(node, cluster.command(node), env_extra)
+    cluster.spawn(node, cluster.command(node, *NODE_FLAGS), env_extra)
 
 
 def keys_on_distinct_shards(count: int, tag: str) -> list[str]:
@@ -42,7 +47,10 @@ async def started(cluster_factory: Callable[..., Cluster]) -> AsyncIterator[Clus
     made = cluster_factory(size=3, shards=SHARDS)
     async with aiohttp.ClientSession() as session:
         made.session = session
-        await made.start()
+        for node_id in made.nodes:
+            made.launch(node_id, *NODE_FLAGS)
+        for node_id in made.nodes:
+            await made.wait_started(node_id)
         await made.wait_ready()
         yield made
 
@@ -100,8 +108,21 @@ async def test_a_coordinator_killed_at_each_fault_point_resolves_correctly(
 
     await eventually(no_locks, "no transaction locks left", 10.0, cluster.describe)
 
+    # The dead coordinator never forgot its record (nor does anyone forget a resolver's
+    # ABORT): the home shard's leader does, once the record is older than the age.
+    async def no_records() -> bool:
+        for node_id in (2, 3):
+            shards = (await cluster.status(node_id))["txn"]["shards"]
+            if any(s["records"] for s in shards.values()):
+                return False
+        return True
+
+    await eventually(
+        no_records, "left-behind records forgotten", RECORD_GC_S + 10.0, cluster.describe
+    )
+
     # The restarted coordinator (no fault armed) serves transactions on the same keys.
-    cluster.launch(1)
+    cluster.launch(1, *NODE_FLAGS)
     await cluster.wait_started(1)
     await cluster.wait_ready()
     status, body = await txn(

@@ -1194,6 +1194,30 @@ class Wal:
             return None
         return fd
 
+    def seal(self) -> bool:
+        """Seal the active segment now and continue in a new one; False if it holds no record
+        (nothing to seal). Blocks on fsync.
+
+        Why: a node whose sealed segment went bad on disk (bit rot) rewrites what it still
+        needs from memory and truncates the damaged segments away (`MultiRaftHost.rewrite_wal`).
+        Damage in the *active* segment can only leave once that segment is sealed, because
+        truncation never deletes the active segment."""
+        with self._write_lock:
+            with self._state_lock:
+                self._check_usable()
+            if self._active.written_records == 0:
+                return False
+            try:
+                self._rotate_locked()
+            except OSError as exc:
+                with self._state_lock:
+                    self._failure = exc
+                log.error("WAL %s: sealing failed, refusing further appends: %s", self, exc)
+                raise WalFailedError(
+                    f"sealing the WAL segment in {self._directory} failed: {exc}; reopen it"
+                ) from exc
+            return True
+
     def truncate_before(self, position: Position) -> list[Path]:
         """Delete every segment wholly before the segment holding `position`.
 

@@ -147,6 +147,25 @@ def test_truncate_before_never_deletes_the_active_segment(tmp_path: Path) -> Non
         assert [s.sequence for s in wal.segments()] == [active.sequence]
 
 
+def test_seal_moves_on_to_a_new_segment_so_the_old_one_can_be_truncated(tmp_path: Path) -> None:
+    with Wal.open(tmp_path, segment_size_bytes=TEST_SEGMENT_BYTES) as wal:
+        assert wal.seal() is False, "an empty active segment has nothing to seal"
+        write_records(wal, 20, seed=9)
+        (only,) = wal.segments()
+        assert wal.seal() is True
+        sealed, active = wal.segments()
+        assert (sealed.sequence, sealed.active, sealed.record_count) == (only.sequence, False, 20)
+        assert (active.sequence, active.active, active.record_count) == (only.sequence + 1, True, 0)
+        assert wal.seal() is False
+        wal.append_sync([(int(RecordType.RAFT_ENTRY), b"after")])
+        wal.truncate_before(wal.end_position)
+        assert [s.sequence for s in wal.segments()] == [active.sequence]
+        assert [entry.payload for entry in wal.read()] == [b"after"]
+    assert verify(tmp_path).ok
+    with Wal.open(tmp_path, segment_size_bytes=TEST_SEGMENT_BYTES) as wal:
+        assert [entry.payload for entry in wal.read()] == [b"after"]
+
+
 def test_segments_report_counts_sizes_and_the_active_one(tmp_path: Path) -> None:
     with Wal.open(tmp_path, segment_size_bytes=SMALL_SEGMENT_BYTES) as wal:
         written = write_records(wal, 200, seed=6)

@@ -1,0 +1,68 @@
+"""A running node's WAL damaged on disk: `check_wal` names the segment and offset while the
+node serves, `rewrite_wal` leaves every damaged segment behind by rewriting what the node
+needs from memory, and the node then restarts from its data dir with every acknowledged
+write (without the rewrite it would refuse to start)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from minikv_core.cluster.service import Consistency
+from minikv_core.cluster.wal_health import check_wal, rewrite_wal
+from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
+from tests.cluster.node_harness import retry_unavailable, started_cluster
+
+KEYS = 300
+DAMAGED = 2
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as file:
+        file.seek(offset)
+        byte = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte[0] ^ 0x5A]))
+
+
+@pytest.mark.parametrize("where", ["sealed", "active"])
+async def test_damage_is_found_while_serving_and_rewritten_away(tmp_path: Path, where: str) -> None:
+    async with started_cluster(tmp_path, 3, shards=2) as cluster:
+        node = cluster.nodes[1]
+        value = b"v" * 400  # 300 x 400 B over 64 KiB segments: several seals
+        for number in range(KEYS):
+            key = f"k{number:04d}".encode()
+
+            async def put(deadline: float, key: bytes = key) -> int:
+                return await node.put(key, value, deadline)
+
+            await retry_unavailable(put)
+
+        damaged = cluster.nodes[DAMAGED]
+        wal_dir = damaged.config.wal_dir
+        segments = damaged.host.log.wal.segments()
+        assert len(segments) >= 2, segments
+        target = segments[0] if where == "sealed" else segments[-1]
+        assert target.used_bytes > SEGMENT_HEADER_SIZE + 64, target
+        assert check_wal(wal_dir) == []
+        flip_byte(target.path, SEGMENT_HEADER_SIZE + 12)  # inside the first record
+
+        (damage,) = check_wal(wal_dir)
+        assert damage.segment == target.name
+        assert damage.offset == SEGMENT_HEADER_SIZE
+        assert target.name in damage.describe()
+
+        rewrite = await rewrite_wal(damaged.host, time.monotonic() + 20)
+        assert target.name in rewrite.segments_before
+        assert target.name not in rewrite.segments_after
+        assert check_wal(wal_dir) == []
+
+        await cluster.stop_node(DAMAGED)
+        restarted = await cluster.start_node(DAMAGED)
+        await cluster.wait_ready()
+        for number in range(KEYS):
+            key = f"k{number:04d}".encode()
+            found = await restarted.get(key, Consistency.STALE, time.monotonic() + 5)
+            assert found.value == value, key

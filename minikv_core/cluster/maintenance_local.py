@@ -178,13 +178,18 @@ class LocalMaintenance:
         return {"index": future.result().index}
 
     async def checksum(self, args: JsonObject, deadline: float) -> JsonObject:
-        """This replica's checksum at `index` and a disk check of its tables."""
+        """This replica's checksum at `index` and a disk check of its tables.
+
+        The digest was started when this replica applied `index` and is computed in a worker
+        thread (state_machine.py): awaiting it leaves the event loop free. Waited for with
+        `asyncio.wait`, which neither cancels it at the deadline (another call may still want
+        it) nor raises if it was cancelled (dropped for newer checksums before it ran)."""
         shard = int_arg(args, "shard")
         index = int_arg(args, "index", low=1)
         group = self.group(group_of_shard(shard))
         assert isinstance(group, ShardGroup)
         await wait_until(group.wait_applied(index), deadline, f"shard {shard} applying {index}")
-        record = group.state_machine.checksums.get(index)
+        pending = group.state_machine.checksums.get(index)
         engine = group.state_machine.engine
         problems = await asyncio.to_thread(verify.verify_tables, engine)
         answer: JsonObject = {
@@ -192,13 +197,25 @@ class LocalMaintenance:
             "shard": shard,
             "tables": [problem.describe() for problem in problems],
         }
-        if record is None:
+        if pending is None:
             answer["skipped"] = (
                 f"index {index} was not applied entry by entry here (a snapshot covered it, "
                 "or the node restarted since): no checksum to compare"
             )
+            return answer
+        digest = asyncio.wrap_future(pending)
+        done, _ = await asyncio.wait({digest}, timeout=max(0.0, deadline - time.monotonic()))
+        if not done:
+            raise DeadlineExceededError(
+                f"checksum of shard {shard} at index {index}: the deadline passed"
+            )
+        if digest.cancelled():
+            answer["skipped"] = (
+                f"the checksum at index {index} was dropped before it ran: newer checksums "
+                "of this shard replaced it; run verify again"
+            )
         else:
-            answer.update(record.to_json())
+            answer.update(digest.result().to_json())
         return answer
 
     def mark_corrupt(self, args: JsonObject) -> JsonObject:

@@ -53,6 +53,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +80,7 @@ from minikv_core.storage.engine import (
     InvalidKeyError,
     InvalidValueError,
     Op,
+    PinnedState,
     Put,
     SnapshotInfo,
     StateChecksum,
@@ -120,6 +122,11 @@ class ApplyResult:
 
 
 CHECKSUMS_KEPT = 8
+
+CHECKSUM_WORKERS = ThreadPoolExecutor(1, thread_name_prefix="minikv-checksum")
+"""Where the digests of CHECKSUM entries are computed, for every shard of the process. One
+thread: a digest is Python holding the GIL, so two at once would finish no sooner and would
+pin two states' memory; queued ones wait, each bounded per shard by CHECKSUMS_KEPT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,17 +192,22 @@ class ShardStateMachine:
     each batch atomically).
     """
 
-    __slots__ = ("_engine", "_entries_skipped", "checksums", "txn")
+    __slots__ = ("_checksum_executor", "_engine", "_entries_skipped", "checksums", "txn")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, checksum_executor: Executor | None = None) -> None:
+        """`checksum_executor` computes the digests of CHECKSUM entries (default: the shared
+        CHECKSUM_WORKERS); it must run them off the thread that applies entries."""
         self._engine = engine
         self._entries_skipped = 0
+        self._checksum_executor = checksum_executor or CHECKSUM_WORKERS
         self.txn = TxnLockTable()
         """Prepared transactions and their locks: an index over replicated state."""
         self.txn.load(engine)
-        self.checksums: dict[int, ChecksumRecord] = {}
+        self.checksums: dict[int, Future[ChecksumRecord]] = {}
         """Checksums of the applied state taken at CHECKSUM entries, by entry index (the
-        newest CHECKSUMS_KEPT; memory only: a restarted replica is simply checked again)."""
+        newest CHECKSUMS_KEPT; memory only: a restarted replica is simply checked again).
+        Each completes in a worker thread; one dropped before its digest started is
+        cancelled (no record). On the event loop, await one with `asyncio.wrap_future`."""
 
     @property
     def engine(self) -> Engine:
@@ -246,16 +258,25 @@ class ShardStateMachine:
         return results
 
     def _record_checksum(self, index: int) -> None:
-        """Checksum the state as of `index` now, between two entries, so every replica hashes
-        the same logical state. A corrupt table is a finding, not a crash: the replica keeps
+        """Pin the state as of `index` now, between two entries, so every replica hashes the
+        same logical state; hash it in a worker. Why not hash here: this runs on the node's
+        event loop, and a full scan of a large shard would stall its Raft ticks, heartbeats
+        and clients for as long (elections could fire during a verify); the pin only copies
+        the active memtable. A corrupt table is a finding, not a crash: the replica keeps
         applying and verify reports it (repair then rebuilds the replica)."""
+        future: Future[ChecksumRecord]
         try:
-            record = ChecksumRecord(index, verify.state_checksum(self._engine), "")
+            pinned = self._engine.pin_state()
         except StorageError as error:
-            record = ChecksumRecord(index, None, str(error))
-        self.checksums[index] = record
+            future = Future()
+            future.set_result(ChecksumRecord(index, None, str(error)))
+        else:
+            assert pinned.applied_index == index, (pinned.applied_index, index)
+            future = self._checksum_executor.submit(_digest_pinned, index, pinned)
+        self.checksums[index] = future
         while len(self.checksums) > CHECKSUMS_KEPT:
-            del self.checksums[min(self.checksums)]
+            # A digest not started yet never runs: its pinned state is freed now.
+            self.checksums.pop(min(self.checksums)).cancel()
 
     def _apply_entry(self, entry: Entry, results: list[ApplyResult]) -> None:
         index = entry.index
@@ -429,6 +450,18 @@ class ShardStateMachine:
         """A digest of every live key, value *and version* at the applied index: replicas
         that applied the same entries agree on it."""
         return self._engine.checksum()
+
+
+def _digest_pinned(index: int, pinned: PinnedState) -> ChecksumRecord:
+    """The record of a CHECKSUM entry (in a worker thread). A damaged block or a failing disk
+    under the pinned tables becomes the record's error: the replica's state cannot be read."""
+    try:
+        checksum = pinned.checksum()
+    except StorageError as error:
+        return ChecksumRecord(index, None, str(error))
+    except OSError as error:
+        return ChecksumRecord(index, None, f"reading the shard's tables failed: {error}")
+    return ChecksumRecord(index, verify.StateChecksum(checksum.key_count, checksum.digest), "")
 
 
 _SYSTEM_END = prefix_successor(SYSTEM_KEY_PREFIX)

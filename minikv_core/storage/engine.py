@@ -144,6 +144,7 @@ __all__ = [
     "InvalidValueError",
     "KeyTooLargeError",
     "Op",
+    "PinnedState",
     "Put",
     "SnapshotInfo",
     "StateChecksum",
@@ -437,6 +438,61 @@ def _link_or_copy(source: Path, target: Path) -> None:
             os.close(fd)
 
 
+class PinnedState:
+    """An engine's live state at one applied index, held so that its digest can be computed
+    later, in another thread, while the engine goes on applying, flushing and compacting (a
+    replica's `verify` checksum must not stall the node's event loop; state_machine.py).
+
+    Why it stays exact: it holds a copy of the active memtable (the only mutable part, copied
+    under the write lock as `Engine.scan` does), the immutable memtables (never written again)
+    and the sorted runs (immutable, each holding its `TableReader`s). A compaction or snapshot
+    install that replaces those runs unlinks their files, but a reader's descriptor stays open
+    until the reader is garbage (sstable.py), and this object keeps the readers: POSIX keeps an
+    unlinked inode readable while a descriptor is open. The same holds after `Engine.close`,
+    which drops only the engine's own reference to its view.
+
+    Cost while held: the copied entry list (references to the memtable's keys and values, not
+    copies of the bytes), the immutable memtables a flush would otherwise free and the disk
+    space of tables a compaction replaced. Its owner drops it once the digest is taken.
+    """
+
+    __slots__ = ("_immutables", "_newest", "_runs", "applied_index")
+
+    def __init__(
+        self,
+        applied_index: int,
+        newest: list[tuple[bytes, bytes | None]],
+        immutables: tuple[Memtable, ...],
+        runs: tuple[_Run, ...],
+    ) -> None:
+        """Private: use `Engine.pin_state`."""
+        self.applied_index = applied_index
+        self._newest = newest
+        self._immutables = immutables
+        self._runs = runs
+
+    def checksum(self) -> StateChecksum:
+        """The digest of this state. Its format is fixed (tests pin it with a golden value):
+        replicas of mixed versions compare digests.
+
+        Blocking and O(data), lock-free: run it off the event loop. Memory is one merge round
+        beyond what is pinned. A block read from disk with a bad CRC raises `CorruptionError`
+        naming the file and offset.
+        """
+        newest = self._newest
+        sources: list[Iterator[Chunk]] = [iter([([k for k, _ in newest], [v for _, v in newest])])]
+        sources.extend(m.iter_chunks(None, None) for m in self._immutables)
+        sources.extend(run.iter_chunks(None, None, False, fill_cache=False) for run in self._runs)
+        digest = hashlib.blake2b(digest_size=16)
+        pack = _LENGTH.pack
+        count = 0
+        for live in merge_rounds(sources):
+            for key, value in live:
+                digest.update(b"".join((pack(len(key)), key, pack(len(value)), value)))
+            count += len(live)
+        return StateChecksum(self.applied_index, count, digest.hexdigest())
+
+
 # --- the engine ------------------------------------------------------------------------------
 
 
@@ -702,22 +758,21 @@ class Engine:
         return merge_chunks(sources, reverse, limit)
 
     def checksum(self) -> StateChecksum:
-        """A digest of every live key and value at one applied index (a full scan: O(data))."""
+        """A digest of every live key and value at one applied index (a full scan: O(data));
+        `pin_state().checksum()` computes the same thing, later and in another thread."""
+        return self.pin_state().checksum()
+
+    def pin_state(self) -> PinnedState:
+        """The live state as of the call, to digest later and elsewhere (`PinnedState`).
+
+        Cheap and synchronous: under the write lock it copies the active memtable's entries
+        (bounded by `memtable_size_bytes`) and takes the immutable memtables and runs as they
+        are; no table is read. Raises `EngineClosedError` if the engine is closed.
+        """
         with self._lock:
             view = self._opened_view()
             newest = view.memtable.copy_range(None, None, False, None)
-            applied_index = self._applied_index
-        sources: list[Iterator[Chunk]] = [iter([([k for k, _ in newest], [v for _, v in newest])])]
-        sources.extend(m.iter_chunks(None, None) for m in view.immutables)
-        sources.extend(run.iter_chunks(None, None, False, fill_cache=False) for run in view.runs)
-        digest = hashlib.blake2b(digest_size=16)
-        pack = _LENGTH.pack
-        count = 0
-        for live in merge_rounds(sources):  # streamed: memory bounded by one merge round
-            for key, value in live:
-                digest.update(b"".join((pack(len(key)), key, pack(len(value)), value)))
-            count += len(live)
-        return StateChecksum(applied_index, count, digest.hexdigest())
+            return PinnedState(self._applied_index, newest, view.immutables, view.runs)
 
     @property
     def applied_index(self) -> int:

@@ -164,6 +164,12 @@ class JobStep:
             return f"node {self.node} leaves the cluster"
         if self.kind == "verify":
             return f"verify shard {self.shard}"
+        if self.kind == "remove_meta_member":
+            return f"node {self.node} leaves the meta group"
+        if self.kind == "add_meta_voter":
+            return f"node {self.node} joins the meta group as a voter"
+        if self.kind == "add_meta_learner":
+            return f"node {self.node} follows the meta group as a learner"
         return f"{self.kind.replace('_', ' ')} (shard {self.shard}, node {self.node})"
 
 
@@ -177,7 +183,11 @@ class UnderReplicated:
 @dataclass(frozen=True)
 class Blocked:
     shard: int
+    """-1: the meta group (its reason then starts with "meta group: ")."""
     reason: str
+
+    def describe(self) -> str:
+        return self.reason if self.shard < 0 else f"shard {self.shard}: {self.reason}"
 
 
 @dataclass(frozen=True)

@@ -246,9 +246,9 @@ class Maintenance:
     def _planner(self, operation: str, args: JsonObject) -> Callable[[ClusterView], Plan]:
         replicas = self._node.config.replicas
         if operation == "repair":
-            return lambda view: plan_repair(view.nodes, view.shards, replicas)
+            return lambda view: plan_repair(view.nodes, view.shards, replicas, view.meta)
         if operation == "rebalance":
-            return lambda view: plan_rebalance(view.nodes, view.shards, replicas)
+            return lambda view: plan_rebalance(view.nodes, view.shards, replicas, view.meta)
         node = int_arg(args, "node", low=1)
         if node not in self.local.shard_map().nodes:
             raise InvalidRequestError(f"node {node} is not a member of the cluster")
@@ -457,8 +457,9 @@ class Maintenance:
 
     async def _auto_loop(self) -> None:
         """On the meta leader: promote caught-up meta learners while the meta group has
-        fewer than META_VOTERS_MAX voters, and repair replicas on nodes down longer than
-        the repair delay."""
+        fewer than META_VOTERS_MAX voters, and repair (meta group included) when a node is
+        down longer than the repair delay or a live node is no member of the meta group (it
+        came back after being removed as dead: without the meta group its map goes stale)."""
         while True:
             await asyncio.sleep(AUTO_PERIOD_S)
             meta = self._host.meta
@@ -485,7 +486,10 @@ class Maintenance:
                     continue
                 if self._node.config.repair_after_s <= 0:
                     continue
-                if not any(n.dead for n in view.nodes):
+                outside_meta = view.meta is not None and any(
+                    n.usable and n.node_id not in view.meta.members for n in view.nodes
+                )
+                if not outside_meta and not any(n.dead for n in view.nodes):
                     continue
                 planner = self._planner("repair", {})
                 if planner(view).steps:

@@ -1,5 +1,6 @@
 """The maintenance planner: which membership changes bring every shard back to its replica
-count (repair), spread replicas and leaders evenly (rebalance) or empty a node (remove-node).
+count (repair), spread replicas and leaders evenly (rebalance) or empty a node (remove-node),
+and which keep the meta group's voters on live nodes (repair, rebalance).
 
 Why pure: one function serves the dry run (the operator reads the whole plan before anything
 moves), the executor (runs the steps in order and re-plans after each, since the cluster may
@@ -24,6 +25,15 @@ replacement before removing the replica it replaces, Raft §4 changes one server
   itself if the node leads again by then).
 - A replica on a node that is down but not (yet) dead is kept: a restart is cheaper than a
   copy, and the repair delay is what decides that a node is dead.
+
+The meta group (every node is a member: up to META_VOTERS_MAX voters, the rest learners) is
+planned first, because every shard step changes the map it holds. A dead voter still counts in
+its quorum, so it costs fault tolerance until it is removed (4 voters with one dead survive no
+further loss; the 3 that remain survive one). So a dead member is removed, one change at a
+time and only while the live voters are a majority (the change must commit); then a usable
+node outside the group joins as a learner and, while the group has fewer than
+META_VOTERS_MAX voters, catches up and is promoted. A node that leads the meta group is the
+one running the plan, so it is never removed by it.
 """
 
 from __future__ import annotations
@@ -32,6 +42,13 @@ import enum
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
+
+from minikv_core.cluster.config import META_VOTERS_MAX
+
+META_SHARD: Final = -1
+"""`Step.shard` and `Blocked.shard` of the meta group, which is no shard (the same -1 the
+job document gives a step about a whole node)."""
 
 # =============================================================================================
 # The model: what the caller observed, and what the planner answers
@@ -69,6 +86,20 @@ class ShardView:
     """Replicas known corrupt (verify found them)."""
 
 
+@dataclass(frozen=True, slots=True)
+class MetaView:
+    """The meta group's configuration as its leader reported it."""
+
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+    leader: int = 0
+    """0: unknown."""
+
+    @property
+    def members(self) -> frozenset[int]:
+        return frozenset((*self.voters, *self.learners))
+
+
 class StepKind(enum.StrEnum):
     ADD_REPLICA = "add_replica"
     """Executor: create the replica on the node, add it as a learner, let it catch up, promote
@@ -77,6 +108,18 @@ class StepKind(enum.StrEnum):
     """Executor: move leadership away if the node leads, then remove it from the group."""
     TRANSFER_LEADER = "transfer_leader"
     """Executor: ask the shard's leader to hand leadership to the node (a voter)."""
+    REMOVE_META_MEMBER = "remove_meta_member"
+    """Executor (the meta leader): remove the node, voter or learner, from the meta group."""
+    ADD_META_VOTER = "add_meta_voter"
+    """Executor: add the node to the meta group as a learner (unless it is one), let it catch
+    up, promote it (unless the group has META_VOTERS_MAX voters by then)."""
+    ADD_META_LEARNER = "add_meta_learner"
+    """Executor: add the node to the meta group as a learner (the group has all its voters)."""
+
+    @property
+    def is_meta(self) -> bool:
+        """About the meta group; the step's shard is META_SHARD."""
+        return self in _META_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +146,20 @@ class Step:
         raw_kind = _field(doc, "kind")
         if not isinstance(raw_kind, str) or raw_kind not in {kind.value for kind in StepKind}:
             raise ValueError(f"step field 'kind' must be one of {kinds}, got {raw_kind!r}")
-        shard = _int_field(doc, "shard", minimum=0)
+        kind = StepKind(raw_kind)
+        shard = _int_field(doc, "shard", minimum=META_SHARD if kind.is_meta else 0)
+        if kind.is_meta and shard != META_SHARD:
+            raise ValueError(f"step field 'shard' of a {kind.value} step must be {META_SHARD}")
         node = _int_field(doc, "node", minimum=1)
         reason = _field(doc, "reason")
         if not isinstance(reason, str):
             raise ValueError(f"step field 'reason' must be a string, got {reason!r}")
-        return cls(StepKind(raw_kind), shard, node, reason)
+        return cls(kind, shard, node, reason)
+
+
+_META_KINDS: Final = frozenset(
+    {StepKind.REMOVE_META_MEMBER, StepKind.ADD_META_VOTER, StepKind.ADD_META_LEARNER}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +167,7 @@ class Blocked:
     """A shard the plan cannot (fully) fix, and what the operator can do about it."""
 
     shard: int
+    """META_SHARD: the meta group."""
     reason: str
 
     def to_json(self) -> dict[str, object]:
@@ -153,19 +205,35 @@ class Plan:
 # =============================================================================================
 
 
-def plan_repair(nodes: Sequence[NodeView], shards: Sequence[ShardView], replicas: int) -> Plan:
-    """Bring every shard to `replicas` healthy voters: resume or drop learners, replace replicas
-    on dead, leaving and corrupt nodes, fill under-replicated shards, trim over-replicated ones."""
+def plan_repair(
+    nodes: Sequence[NodeView],
+    shards: Sequence[ShardView],
+    replicas: int,
+    meta: MetaView | None = None,
+) -> Plan:
+    """Remove dead members from the meta group and fill it from usable nodes (if `meta` is
+    known), then bring every shard to `replicas` healthy voters: resume or drop learners,
+    replace replicas on dead, leaving and corrupt nodes, fill under-replicated shards, trim
+    over-replicated ones."""
     cluster = _Cluster(nodes, shards, replicas)
+    if meta is not None:
+        cluster.repair_meta(meta)
     cluster.repair()
     return cluster.plan(_under_replicated(nodes, shards, replicas))
 
 
-def plan_rebalance(nodes: Sequence[NodeView], shards: Sequence[ShardView], replicas: int) -> Plan:
+def plan_rebalance(
+    nodes: Sequence[NodeView],
+    shards: Sequence[ShardView],
+    replicas: int,
+    meta: MetaView | None = None,
+) -> Plan:
     """Repair first (the same steps as `plan_repair`), then move replicas until the voter counts
     of usable nodes differ by at most one, then leaders likewise (a node added to a running
     cluster starts empty; this is what fills it)."""
     cluster = _Cluster(nodes, shards, replicas)
+    if meta is not None:
+        cluster.repair_meta(meta)
     cluster.repair()
     cluster.balance_voters()
     cluster.balance_leaders()
@@ -177,7 +245,8 @@ def plan_remove_node(
 ) -> Plan:
     """Move every replica off `node_id` (marked leaving) and repair the rest. Shards whose
     replica cannot move get a Blocked entry and keep it: the node is not removed from them.
-    `under_replicated` describes the cluster before the node was marked leaving."""
+    `under_replicated` describes the cluster before the node was marked leaving. The meta
+    group is left alone: the node leaves it last, when it holds no replica any more."""
     known = sorted(node.node_id for node in nodes)
     if node_id not in known:
         raise ValueError(
@@ -321,6 +390,84 @@ class _Cluster:
         self.transfer(
             group, target, f"move leadership off node {node_id} before its replica is removed"
         )
+
+    # ------------------------------------------------------------------------- meta group
+
+    def repair_meta(self, meta: MetaView) -> None:
+        """Members that are dead or no longer in the cluster out, then usable non-members in
+        (as voters up to META_VOTERS_MAX, else learners); each step is applied to the copy of
+        the configuration before the next is chosen."""
+        voters = sorted(set(meta.voters))
+        learners = sorted(set(meta.learners) - set(voters))
+        live_voters = [v for v in voters if v in self.nodes and self.nodes[v].live]
+        live_voters = [v for v in live_voters if not self.nodes[v].dead]
+        if len(live_voters) < len(voters) // 2 + 1:
+            # Removing a member that does not vote never lowers this count and lowers the
+            # majority or keeps it, so checking once before the first change is enough.
+            self.block_meta(
+                f"only {len(live_voters)} of {len(voters)} voters are live (voters "
+                f"{_ids(voters)}): it cannot commit a membership change until nodes come back"
+            )
+            return
+        for node_id in [*voters, *learners]:
+            node = self.nodes.get(node_id)
+            if node is not None and not node.dead:
+                continue
+            why = "left the cluster" if node is None else "is dead"
+            if node_id == meta.leader:
+                self.block_meta(
+                    f"node {node_id} {why} but leads the meta group (it runs this plan): stop "
+                    "it so that another voter takes over, then repair again"
+                )
+            elif node_id in voters:
+                voters.remove(node_id)
+                self.meta_step(
+                    StepKind.REMOVE_META_MEMBER,
+                    node_id,
+                    f"meta group: node {node_id} {why}; remove its vote ({len(voters)} voters "
+                    f"remain, {len(live_voters)} of them live)",
+                )
+            else:
+                learners.remove(node_id)
+                self.meta_step(
+                    StepKind.REMOVE_META_MEMBER,
+                    node_id,
+                    f"meta group: node {node_id} {why}; drop it as a learner",
+                )
+        usable = [n for n, node in self.nodes.items() if node.usable]
+        joining = [n for n in learners if n in usable]
+        joining += [n for n in usable if n not in voters and n not in learners]
+        for node_id in joining:
+            if len(voters) < META_VOTERS_MAX:
+                how = (
+                    f"the learner on node {node_id} catches up"
+                    if node_id in learners
+                    else f"live node {node_id} joins as a learner, catches up"
+                )
+                self.meta_step(
+                    StepKind.ADD_META_VOTER,
+                    node_id,
+                    f"meta group has {len(voters)} of {META_VOTERS_MAX} voters: {how} and "
+                    "is promoted",
+                )
+                voters.append(node_id)
+                if node_id in learners:
+                    learners.remove(node_id)
+            elif node_id not in learners:
+                learners.append(node_id)
+                self.meta_step(
+                    StepKind.ADD_META_LEARNER,
+                    node_id,
+                    f"meta group: live node {node_id} is no member; it follows as a learner "
+                    f"(the group has its {META_VOTERS_MAX} voters)",
+                )
+
+    def meta_step(self, kind: StepKind, node_id: int, reason: str) -> None:
+        assert kind.is_meta, kind
+        self.steps.append(Step(kind, META_SHARD, node_id, reason))
+
+    def block_meta(self, reason: str) -> None:
+        self.blocked.append(Blocked(META_SHARD, f"meta group: {reason}"))
 
     # ------------------------------------------------------------------------- repair
 

@@ -5,15 +5,20 @@ A step is re-checked against the cluster when it runs, not when it was planned: 
 from the group leader's current membership and is idempotent (adding a replica that already
 votes, or removing one that already left, only brings the map in line), so a job that is
 interrupted and run again converges instead of repeating work.
+
+Meta-group steps run on this node, which leads the meta group (the job's driver checks that
+before every step): they change the group's configuration only, since the map lists nodes,
+not meta members.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final
 
+from minikv_core.cluster.config import META_VOTERS_MAX
 from minikv_core.cluster.maintenance_local import JsonObject, LocalMaintenance
 from minikv_core.cluster.maintenance_plan import Step, StepKind
 from minikv_core.cluster.maintenance_view import ClusterView, ViewBuilder
@@ -23,7 +28,12 @@ from minikv_core.cluster.service import (
     ServiceError,
     UnavailableError,
 )
-from minikv_core.cluster.shard_map import ShardAssignment, ShardMap, group_of_shard
+from minikv_core.cluster.shard_map import (
+    META_GROUP_ID,
+    ShardAssignment,
+    ShardMap,
+    group_of_shard,
+)
 
 CALL_TIMEOUT_S: Final = 10.0
 CATCH_UP_TIMEOUT_S: Final = 120.0
@@ -48,7 +58,45 @@ class StepRunner:
             return await self._add_replica(step.shard, step.node, deadline)
         if step.kind is StepKind.REMOVE_REPLICA:
             return await self._remove_replica(step.shard, step.node, deadline)
-        return await self._transfer(step.shard, step.node, deadline)
+        if step.kind is StepKind.TRANSFER_LEADER:
+            return await self._transfer(step.shard, step.node, deadline)
+        if step.kind is StepKind.REMOVE_META_MEMBER:
+            return await self._remove_meta_member(step.node, deadline)
+        vote = step.kind is StepKind.ADD_META_VOTER
+        return await self._add_meta_member(step.node, deadline, vote=vote)
+
+    async def _remove_meta_member(self, node: int, deadline: float) -> str:
+        state = self.local.progress({"group": META_GROUP_ID})
+        if node not in state["voters"] and node not in state["learners"]:
+            return f"node {node} is no member of the meta group"
+        role = "voter" if node in state["voters"] else "learner"
+        state = await self._change(META_GROUP_ID, "remove", node, deadline)
+        return f"node {node} ({role}) left the meta group; voters: {_ids(state['voters'])}"
+
+    async def _add_meta_member(self, node: int, deadline: float, *, vote: bool) -> str:
+        """Learner first (thesis §4.2.1), promoted once caught up if the group still has
+        room for a voter (the automatic loop may have promoted another learner meanwhile)."""
+        state = self.local.progress({"group": META_GROUP_ID})
+        if node in state["voters"]:
+            return f"node {node} already votes in the meta group"
+        if node not in state["learners"]:
+            await self._change(META_GROUP_ID, "add_learner", node, deadline)
+        if not vote:
+            return f"node {node} follows the meta group as a learner"
+        started = time.monotonic()
+        await self._wait_caught_up(META_GROUP_ID, node, min(deadline, started + CATCH_UP_TIMEOUT_S))
+        caught_up_s = time.monotonic() - started
+        state = self.local.progress({"group": META_GROUP_ID})
+        if len(state["voters"]) >= META_VOTERS_MAX:
+            return (
+                f"node {node} caught up in {caught_up_s:.1f} s and stays a learner: the meta "
+                f"group has {len(state['voters'])} voters"
+            )
+        state = await self._change(META_GROUP_ID, "promote", node, deadline)
+        return (
+            f"node {node} caught up in {caught_up_s:.1f} s and votes in the meta group; "
+            f"voters: {_ids(state['voters'])}"
+        )
 
     async def _add_replica(self, shard: int, node: int, deadline: float) -> str:
         group_id = group_of_shard(shard)
@@ -110,7 +158,16 @@ class StepRunner:
     async def _change(self, group_id: int, op: str, node: int, deadline: float) -> JsonObject:
         """One membership change on the group's leader (maintenance_local.change_replicas)."""
         args = {"group": group_id, "op": op, "node": node}
+        if group_id == META_GROUP_ID:
+            return await self.local.change_replicas(args, deadline)
         return await self.on_leader(group_id, "change_replicas", args, deadline)
+
+    async def _progress(self, group_id: int, deadline: float) -> JsonObject:
+        """The group leader's view of each member's log (this node leads the meta group)."""
+        args = {"group": group_id}
+        if group_id == META_GROUP_ID:
+            return self.local.progress(args)
+        return await self.on_leader(group_id, "progress", args, deadline)
 
     async def _remove_replica(self, shard: int, node: int, deadline: float) -> str:
         group_id = group_of_shard(shard)
@@ -169,7 +226,7 @@ class StepRunner:
         waiting (it may still trail new writes by a little: promotion is then harmless)."""
         target = 0
         while True:
-            state = await self.on_leader(group_id, "progress", {"group": group_id}, deadline)
+            state = await self._progress(group_id, deadline)
             if not target:
                 target = max(1, int(state["commit"]))
             if int(state["match"].get(str(node), 0)) >= target:
@@ -218,6 +275,10 @@ def preferring(shard_map: ShardMap, shard: int, node: int) -> ShardMap:
     if node not in a.replicas or a.preferred_leader == node:
         return shard_map
     return shard_map.with_shard(ShardAssignment(shard, a.replicas, node, a.learners))
+
+
+def _ids(node_ids: Iterable[int]) -> str:
+    return ", ".join(str(n) for n in sorted(node_ids)) or "none"
 
 
 def soon() -> float:

@@ -5,10 +5,11 @@ Where each fact comes from, and why:
 - liveness: the node answered within POLL_TIMEOUT_S. A paused or partitioned node looks the
   same as a dead one here; it is *dead* (its replicas get replaced) only when declared so by
   the operator or after being down for the repair delay (`--repair-after-s`, default 60 s),
-  which the meta leader measures from the first failed poll.
-- a shard's membership: the Raft configuration reported by its leader in the highest term
-  any replica has seen (§5.1: an old leader may not know it was deposed); without a leader,
-  the most advanced replica's (highest term, then applied index).
+  which the meta leader measures from the first failed poll; a poll it answers starts the
+  measure afresh, so only an unbroken outage counts.
+- a shard's (and the meta group's) membership: the Raft configuration reported by its leader
+  in the highest term any replica has seen (§5.1: an old leader may not know it was deposed);
+  without a leader, the most advanced replica's (highest term, then applied index).
 - corrupt replicas: replicas that `verify` marked (`corrupt` in their group status).
 """
 
@@ -20,14 +21,17 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from minikv_core.cluster.maintenance_plan import NodeView, ShardView
+from minikv_core.cluster.maintenance_plan import MetaView, NodeView, ShardView
 from minikv_core.cluster.service import ServiceError
+from minikv_core.cluster.shard_map import META_GROUP_ID, group_of_shard
 
 POLL_TIMEOUT_S: Final = 1.5
 
 JsonObject = dict[str, Any]
 StatusPoll = Callable[[int, float], Awaitable[JsonObject]]
 """(node id, deadline) -> that node's status document; raises ServiceError when unreachable."""
+Clock = Callable[[], float]
+"""Seconds, monotonic: what the repair delay is measured with."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class ClusterView:
     groups: Mapping[int, tuple[GroupReport, ...]]
     """Group id -> every live replica's report."""
     statuses: Mapping[int, JsonObject] = field(default_factory=dict)
+    meta: MetaView | None = None
+    """None: no live node reported a meta replica."""
 
     def node(self, node_id: int) -> NodeView | None:
         return next((n for n in self.nodes if n.node_id == node_id), None)
@@ -89,10 +95,16 @@ def _authority(reports: Collection[GroupReport]) -> GroupReport | None:
 
 
 class ViewBuilder:
-    """Polls the nodes and remembers since when each one is down (for the repair delay)."""
+    """Polls the nodes and remembers since when each one is down (for the repair delay).
 
-    def __init__(self, poll: StatusPoll, repair_after_s: float) -> None:
+    `clock` times the repair delay only (tests pass a scripted one); the poll's own deadline
+    is on `time.monotonic`, the clock the RPC layer keeps its deadlines on."""
+
+    def __init__(
+        self, poll: StatusPoll, repair_after_s: float, clock: Clock = time.monotonic
+    ) -> None:
         self._poll = poll
+        self._clock = clock
         self.repair_after_s = repair_after_s
         self.down_since: dict[int, float] = {}
 
@@ -104,10 +116,10 @@ class ViewBuilder:
         dead: Collection[int] = (),
         leaving: Collection[int] = (),
     ) -> ClusterView:
-        now = time.monotonic()
-        deadline = now + POLL_TIMEOUT_S
+        deadline = time.monotonic() + POLL_TIMEOUT_S
         ids = sorted(node_ids)
         answers = await asyncio.gather(*(self._poll_one(n, deadline) for n in ids))
+        now = self._clock()
         statuses = {n: doc for n, doc in zip(ids, answers, strict=True) if doc is not None}
         for node_id in ids:
             if node_id in statuses:
@@ -131,18 +143,22 @@ class ViewBuilder:
                 groups.setdefault(int(document["group"]), []).append(_report(node_id, document))
         shards = []
         for shard in range(shard_count):
-            reports = groups.get(shard + 1, [])
+            reports = groups.get(group_of_shard(shard), [])
             authority = _authority(reports)
             voters = authority.voters if authority is not None else ()
             learners = authority.learners if authority is not None else ()
             leader = authority.node if authority is not None and authority.role == "leader" else 0
             corrupt = frozenset(r.node for r in reports if r.corrupt)
             shards.append(ShardView(shard, voters, learners, leader, corrupt))
+        meta = _authority(groups.get(META_GROUP_ID, []))
         return ClusterView(
             nodes,
             tuple(shards),
             {g: tuple(r) for g, r in groups.items()},
             statuses,
+            None
+            if meta is None
+            else MetaView(meta.voters, meta.learners, meta.node if meta.role == "leader" else 0),
         )
 
     def _down_too_long(self, node_id: int, now: float) -> bool:

@@ -196,7 +196,7 @@ def _health_lines(plan_or_job: Plan | Job) -> list[str]:
         )
         lines.append(f"[yellow]under-replicated before:[/] shard {shards}")
     lines.extend(
-        f"[red]blocked:[/] shard {b.shard}: {escape(b.reason)}" for b in plan_or_job.blocked
+        f"[red]blocked:[/] {escape(b.describe())}" for b in plan_or_job.blocked
     )
     return lines
 

@@ -69,6 +69,8 @@ def step_action(step: JobStep) -> str:
     """What the step does, in a few words: "shard 3: add a replica on node 2"."""
     if step.kind == "verify":
         return f"shard {step.shard}: checksum every replica"
+    if step.shard < 0:  # a meta-group step (shard -1)
+        return f"meta group: {step.describe()}"
     verb = _STEP_VERBS.get(step.kind, step.kind.replace("_", " ") + " node {node}")
     return f"shard {step.shard}: {verb.format(node=step.node)}"
 

@@ -4,6 +4,7 @@ Every plan is applied step by step by `apply_plan`, a simulator written here ind
 the planner's own: it refuses a step no executor could run (adding a replica on a node that
 may not receive one, removing the last voter, transferring leadership to a non-voter) and
 checks the safety rules after every step, so a plan that is only right at the end still fails.
+Meta-group steps are replayed likewise by `apply_meta`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
+from minikv_core.cluster.config import META_VOTERS_MAX
 from minikv_core.cluster.maintenance_plan import (
+    META_SHARD,
     Blocked,
+    MetaView,
     NodeView,
     Plan,
     ShardView,
@@ -35,6 +39,9 @@ from minikv_core.cluster.placement import place_shards
 ADD = StepKind.ADD_REPLICA
 REMOVE = StepKind.REMOVE_REPLICA
 TRANSFER = StepKind.TRANSFER_LEADER
+META_REMOVE = StepKind.REMOVE_META_MEMBER
+META_VOTER = StepKind.ADD_META_VOTER
+META_LEARNER = StepKind.ADD_META_LEARNER
 
 # ------------------------------------------------------------------------------ the simulator
 
@@ -97,6 +104,8 @@ def apply_plan(
         s.shard for s in state if healthy_voters(s, judge) >= len(s.voters) // 2 + 1 and s.voters
     }
     for step in plan.steps:
+        if step.kind.is_meta:
+            continue  # apply_meta
         apply_step(state, nodes, step)
         for shard in state:
             healthy = healthy_voters(shard, judge)
@@ -106,6 +115,61 @@ def apply_plan(
         if after_step is not None:
             after_step(step, state)
     return state
+
+
+def live_meta_voters(meta: MetaView, nodes: Sequence[NodeView]) -> int:
+    """Voters that answer and are not about to be replaced."""
+    live = {n.node_id for n in nodes if n.live and not n.dead}
+    return sum(1 for v in meta.voters if v in live)
+
+
+def apply_meta(meta: MetaView, nodes: Sequence[NodeView], plan: Plan) -> MetaView:
+    """Replay the plan's meta-group steps, refusing what the meta leader could not (or must
+    not) do, and checking after each that the live voters never shrink and stay a majority
+    once they were one."""
+    by_id = {n.node_id: n for n in nodes}
+    live_before = live_meta_voters(meta, nodes)
+    had_quorum = live_before >= len(meta.voters) // 2 + 1
+    state = meta
+    for step in plan.steps:
+        if not step.kind.is_meta:
+            continue
+        assert step.shard == META_SHARD, step
+        voters, learners = list(state.voters), list(state.learners)
+        if step.kind is META_REMOVE:
+            assert step.node in (*voters, *learners), f"{step}: not a member"
+            node = by_id.get(step.node)
+            assert node is None or node.dead, f"{step}: removes a member that is not dead"
+            if step.node in voters:
+                assert step.node != state.leader, f"{step}: removes the meta leader"
+                assert len(voters) > 1, f"{step}: removes the last voter"
+                committed_by = live_meta_voters(state, nodes)
+                assert committed_by >= len(voters) // 2 + 1, f"{step}: cannot commit"
+                voters.remove(step.node)
+            else:
+                learners.remove(step.node)
+        else:
+            node = by_id[step.node]
+            assert node.usable, f"{step}: node not usable"
+            assert step.node not in voters, f"{step}: already a voter"
+            if step.kind is META_VOTER:
+                assert len(voters) < META_VOTERS_MAX, f"{step}: too many voters"
+                voters.append(step.node)
+                learners = [n for n in learners if n != step.node]
+            else:
+                assert len(voters) == META_VOTERS_MAX, f"{step}: a voter is missing"
+                assert step.node not in learners, f"{step}: already a learner"
+                learners.append(step.node)
+        state = MetaView(tuple(voters), tuple(learners), state.leader)
+        live = live_meta_voters(state, nodes)
+        assert live >= live_before, f"after {step}: {state} lost live voters"
+        if had_quorum:
+            assert live >= len(state.voters) // 2 + 1, f"after {step}: {state} no quorum"
+    return state
+
+
+def meta_steps(plan: Plan) -> list[tuple[StepKind, int]]:
+    return [(s.kind, s.node) for s in plan.steps if s.kind.is_meta]
 
 
 # ------------------------------------------------------------------------------ builders
@@ -314,6 +378,84 @@ def test_shards_on_unknown_nodes_are_refused() -> None:
         plan_repair(make_nodes(3), [ShardView(0, (1, 2, 7))], 3)
 
 
+def test_dead_meta_voter_is_removed_before_any_shard_step() -> None:
+    """Four voters with one dead survive no further loss; the three left survive one."""
+    nodes = make_nodes(4, dead=[4])
+    shards = placed(4, 8, 3)
+    meta = MetaView((1, 2, 3, 4), leader=1)
+    plan = plan_repair(nodes, shards, 3, meta)
+    assert meta_steps(plan) == [(META_REMOVE, 4)]
+    assert plan.steps[0].kind is META_REMOVE and plan.steps[0].shard == META_SHARD
+    assert "node 4 is dead; remove its vote (3 voters remain, 3 of them live)" in (
+        plan.steps[0].reason
+    )
+    assert [s for s in plan.steps if not s.kind.is_meta] == list(
+        plan_repair(nodes, shards, 3).steps
+    ), "the shard steps do not depend on the meta group"
+    final = apply_meta(meta, nodes, plan)
+    assert final.voters == (1, 2, 3)
+    assert meta_steps(plan_repair(nodes, apply_plan(shards, nodes, plan, 3), 3, final)) == []
+
+
+def test_dead_meta_voter_is_replaced_by_the_learner_on_a_spare_node() -> None:
+    nodes = make_nodes(6, dead=[5])
+    meta = MetaView((1, 2, 3, 4, 5), (6,), leader=3)
+    plan = plan_repair(nodes, placed(6, 2, 3), 3, meta)
+    assert meta_steps(plan)[:2] == [(META_REMOVE, 5), (META_VOTER, 6)]
+    assert "the learner on node 6 catches up and is promoted" in plan.steps[1].reason
+    assert apply_meta(meta, nodes, plan) == MetaView((1, 2, 3, 4, 6), (), 3)
+
+
+def test_live_node_outside_the_meta_group_joins_it() -> None:
+    """A node removed as dead that came back: without the meta group its map goes stale."""
+    full = MetaView((1, 2, 3, 4, 5), (), leader=1)
+    plan = plan_repair(make_nodes(6), [], 3, full)
+    assert meta_steps(plan) == [(META_LEARNER, 6)]
+    assert "it follows as a learner (the group has its 5 voters)" in plan.steps[0].reason
+    short = MetaView((1, 2, 3), (), leader=1)
+    plan = plan_repair(make_nodes(4), [], 3, short)
+    assert meta_steps(plan) == [(META_VOTER, 4)]
+    assert "live node 4 joins as a learner, catches up and is promoted" in plan.steps[0].reason
+    assert apply_meta(short, make_nodes(4), plan).voters == (1, 2, 3, 4)
+
+
+def test_meta_voter_down_but_not_dead_is_kept() -> None:
+    plan = plan_repair(make_nodes(4, down=[4]), [], 3, MetaView((1, 2, 3, 4), leader=1))
+    assert plan.steps == () and plan.blocked == ()
+
+
+def test_meta_member_that_left_the_cluster_is_removed() -> None:
+    """A remove-node interrupted after the map dropped the node, before the meta group did."""
+    meta = MetaView((1, 2, 3, 7), (8,), leader=2)
+    plan = plan_repair(make_nodes(3), [], 3, meta)
+    assert meta_steps(plan) == [(META_REMOVE, 7), (META_REMOVE, 8)]
+    assert all("left the cluster" in s.reason for s in plan.steps)
+    assert apply_meta(meta, make_nodes(3), plan) == MetaView((1, 2, 3), (), 2)
+
+
+def test_meta_group_without_live_majority_is_left_alone() -> None:
+    nodes = make_nodes(4, dead=[3], down=[4])
+    plan = plan_repair(nodes, [], 3, MetaView((1, 3, 4), leader=0))
+    assert plan.steps == ()
+    assert plan.blocked == (Blocked(META_SHARD, plan.blocked[0].reason),)
+    assert "only 1 of 3 voters are live" in plan.blocked[0].reason
+
+
+def test_dead_declared_meta_leader_is_not_removed_by_its_own_plan() -> None:
+    nodes = make_nodes(4, dead=[2])
+    plan = plan_repair(nodes, [], 3, MetaView((1, 2, 3, 4), leader=2))
+    assert plan.steps == ()
+    assert "node 2 is dead but leads the meta group" in plan.blocked[0].reason
+
+
+def test_rebalance_repairs_the_meta_group_and_remove_node_leaves_it() -> None:
+    nodes = make_nodes(4, dead=[4])
+    meta = MetaView((1, 2, 3, 4), leader=1)
+    assert meta_steps(plan_rebalance(nodes, placed(4, 4, 3), 3, meta)) == [(META_REMOVE, 4)]
+    # remove-node takes the node out of the meta group last (decommission), not in its plan.
+    assert meta_steps(plan_remove_node(make_nodes(4), placed(4, 4, 3), 3, 4)) == []
+
+
 def test_plan_json_shape() -> None:
     plan = plan_repair(make_nodes(4, dead=[3]), [ShardView(0, (1, 2, 3), leader=1)], 3)
     doc = plan.to_json()
@@ -330,7 +472,7 @@ def test_plan_json_shape() -> None:
 
 def test_step_json_round_trips() -> None:
     for kind in StepKind:
-        step = Step(kind, 3, 2, "why")
+        step = Step(kind, META_SHARD if kind.is_meta else 3, 2, "why")
         assert Step.from_json(step.to_json()) == step
 
 
@@ -345,6 +487,8 @@ def test_step_json_round_trips() -> None:
         ({"kind": "add_replica", "shard": 0, "node": "1", "reason": ""}, "node"),
         ({"kind": "add_replica", "shard": 0, "node": 1}, "reason"),
         ({"kind": "add_replica", "shard": 0, "node": 1, "reason": 5}, "reason"),
+        ({"kind": "add_meta_voter", "shard": 0, "node": 1, "reason": ""}, "shard"),
+        ({"kind": "remove_meta_member", "shard": -2, "node": 1, "reason": ""}, "shard"),
     ],
 )
 def test_bad_step_json_names_the_field(doc: dict[str, object], field: str) -> None:
@@ -360,6 +504,7 @@ class Cluster:
     nodes: list[NodeView]
     shards: list[ShardView]
     replicas: int
+    meta: MetaView | None = None
 
 
 FAILURES = ["dead", "down", "leaving"]
@@ -395,7 +540,37 @@ def clusters(draw: st.DrawFn, *, failing: bool = True) -> Cluster:
         corrupt = frozenset(v for v in voters if draw(st.integers(0, 7)) == 0)
         leader = draw(st.sampled_from([0, *voters, *voters]))
         shards.append(ShardView(number, voters, learners, leader, corrupt))
-    return Cluster(nodes, shards, replicas)
+    return Cluster(nodes, shards, replicas, draw(metas(nodes)))
+
+
+@st.composite
+def metas(draw: st.DrawFn, nodes: list[NodeView]) -> MetaView | None:
+    """None (unknown) or 1..META_VOTERS_MAX voters among the nodes and maybe a node that left
+    the cluster (id 99), some learners, and a leader that answers (it runs the plan) or none."""
+    if draw(st.integers(0, 4)) == 0:
+        return None
+    members = draw(st.permutations([n.node_id for n in nodes] + [99]))
+    members = [m for m in members if m != 99 or draw(st.integers(0, 3)) == 0]
+    voters = members[: draw(st.integers(1, min(META_VOTERS_MAX, len(members))))]
+    learners = members[len(voters) : len(voters) + draw(st.integers(0, 2))]
+    answering = [n.node_id for n in nodes if n.live and n.node_id in voters]
+    leader = draw(st.sampled_from([0, *answering, *answering]))
+    return MetaView(tuple(voters), tuple(learners), leader)
+
+
+def check_meta_outcome(meta: MetaView, nodes: Sequence[NodeView], plan: Plan) -> None:
+    """Unless the meta group is reported blocked: no dead or unknown member stays, and every
+    usable node is a member, a voter while the group has room for one."""
+    if any(b.shard == META_SHARD for b in plan.blocked):
+        return
+    by_id = {n.node_id: n for n in nodes}
+    for member in (*meta.voters, *meta.learners):
+        assert member in by_id and not by_id[member].dead, (member, meta, plan)
+    for node in nodes:
+        if node.usable:
+            assert node.node_id in (*meta.voters, *meta.learners), (node, meta, plan)
+            if node.node_id in meta.learners:
+                assert len(meta.voters) == META_VOTERS_MAX, (node, meta, plan)
 
 
 PROPERTY = settings(
@@ -421,12 +596,15 @@ def check_outcome(
 @PROPERTY
 @given(clusters())
 def test_repair_is_safe_complete_and_idempotent(cluster: Cluster) -> None:
-    nodes, shards, replicas = cluster.nodes, cluster.shards, cluster.replicas
-    plan = plan_repair(nodes, shards, replicas)
+    nodes, shards, replicas, meta = cluster.nodes, cluster.shards, cluster.replicas, cluster.meta
+    plan = plan_repair(nodes, shards, replicas, meta)
     note(f"plan: {plan}")
     final = apply_plan(shards, nodes, plan, replicas)  # (a) and (b) after every step
     check_outcome(final, nodes, plan, replicas)
-    again = plan_repair(nodes, final, replicas)
+    final_meta = None if meta is None else apply_meta(meta, nodes, plan)
+    if final_meta is not None:
+        check_meta_outcome(final_meta, nodes, plan)
+    again = plan_repair(nodes, final, replicas, final_meta)
     assert again.steps == (), again  # (f)
     assert {b.shard for b in again.blocked} == {b.shard for b in plan.blocked}
 
@@ -434,11 +612,14 @@ def test_repair_is_safe_complete_and_idempotent(cluster: Cluster) -> None:
 @PROPERTY
 @given(st.one_of(clusters(), clusters(failing=False)))
 def test_rebalance_repairs_then_evens_out_voters_and_leaders(cluster: Cluster) -> None:
-    nodes, shards, replicas = cluster.nodes, cluster.shards, cluster.replicas
-    plan = plan_rebalance(nodes, shards, replicas)
+    nodes, shards, replicas, meta = cluster.nodes, cluster.shards, cluster.replicas, cluster.meta
+    plan = plan_rebalance(nodes, shards, replicas, meta)
     note(f"plan: {plan}")
-    repair_steps = plan_repair(nodes, shards, replicas).steps
+    repair_steps = plan_repair(nodes, shards, replicas, meta).steps
     assert plan.steps[: len(repair_steps)] == repair_steps
+    final_meta = None if meta is None else apply_meta(meta, nodes, plan)
+    if final_meta is not None:
+        check_meta_outcome(final_meta, nodes, plan)
     final = apply_plan(shards, nodes, plan, replicas)
     check_outcome(final, nodes, plan, replicas)
     counts = replica_counts(final, nodes)
@@ -446,7 +627,7 @@ def test_rebalance_repairs_then_evens_out_voters_and_leaders(cluster: Cluster) -
         assert spread(counts) <= 1, counts  # (e)
         if all(shard.leader != 0 for shard in final):
             assert spread(leader_counts(final, nodes)) <= 1, leader_counts(final, nodes)
-    assert plan_rebalance(nodes, final, replicas).steps == ()  # (f)
+    assert plan_rebalance(nodes, final, replicas, final_meta).steps == ()  # (f)
 
 
 @PROPERTY
@@ -471,14 +652,21 @@ def test_remove_node_moves_what_it_can_and_reports_the_rest(cluster: Cluster, pi
 @given(clusters(), st.randoms(use_true_random=False))
 def test_plans_do_not_depend_on_input_order(cluster: Cluster, rng: random.Random) -> None:
     """(d): same cluster, nodes and shards listed in another order -> the same plan."""
-    nodes, shards, replicas = cluster.nodes, cluster.shards, cluster.replicas
+    nodes, shards, replicas, meta = cluster.nodes, cluster.shards, cluster.replicas, cluster.meta
     shuffled_nodes = rng.sample(nodes, len(nodes))
     shuffled_shards = rng.sample(shards, len(shards))
-    assert plan_repair(nodes, shards, replicas) == plan_repair(
-        shuffled_nodes, shuffled_shards, replicas
+    shuffled_meta = meta
+    if meta is not None:
+        shuffled_meta = MetaView(
+            tuple(rng.sample(meta.voters, len(meta.voters))),
+            tuple(rng.sample(meta.learners, len(meta.learners))),
+            meta.leader,
+        )
+    assert plan_repair(nodes, shards, replicas, meta) == plan_repair(
+        shuffled_nodes, shuffled_shards, replicas, shuffled_meta
     )
-    assert plan_rebalance(nodes, shards, replicas) == plan_rebalance(
-        shuffled_nodes, shuffled_shards, replicas
+    assert plan_rebalance(nodes, shards, replicas, meta) == plan_rebalance(
+        shuffled_nodes, shuffled_shards, replicas, shuffled_meta
     )
     victim = nodes[0].node_id
     assert plan_remove_node(nodes, shards, replicas, victim) == plan_remove_node(

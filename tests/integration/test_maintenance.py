@@ -1,10 +1,10 @@
-"""Cluster maintenance on real node processes (issue #10): repair after a node dies for good,
-adding a node and rebalancing, verify finding a corrupt table and repair rebuilding it,
-removing a node that leads shards.
+"""Cluster maintenance on real node processes (issue #10): repair after a node dies for good
+(its shard replicas and its meta-group vote replaced), adding a node and rebalancing, verify
+finding a corrupt table and repair rebuilding it, removing a node that leads shards.
 
-Each test starts its own cluster of four nodes, eight shards of three replicas (so one node
-can die and every shard still has a spare node to move to), writes acknowledged data while
-maintenance runs, and checks afterwards that every acknowledged write is readable.
+Most tests start a cluster of four nodes, eight shards of three replicas (so one node can die
+and every shard still has a spare node to move to), write acknowledged data while maintenance
+runs, and check afterwards that every acknowledged write is readable.
 """
 
 from __future__ import annotations
@@ -14,21 +14,38 @@ import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_DEFAULT
+from minikv_core.cluster.placement import place_meta, place_shards
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
 from tests.integration.test_cluster import get, put, shard_groups
 
-pytestmark = pytest.mark.integration
+TEST_TIMEOUT_S = 120.0
+"""Each test's bound (pytest-timeout's default, stated here so the waits below fit in it)."""
+JOB_TIMEOUT_S = 30.0
+"""One job on eight small shards takes a few seconds; a test waits for at most three jobs."""
+HEAL_TIMEOUT_S = 60.0
+"""The automatic repair: the repair delay, the meta leader's next round, then the job."""
+assert 3 * JOB_TIMEOUT_S < TEST_TIMEOUT_S and HEAL_TIMEOUT_S < TEST_TIMEOUT_S
 
-JOB_TIMEOUT_S = 150.0
-ELECTION_GAP_S_MAX = 6.0
-"""How long a client may see errors in a row during maintenance: a few elections (leader
-transfers, a removed leader) with margin for a loaded 2-core machine."""
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(TEST_TIMEOUT_S)]
+
+ELECTION_TIMEOUT_S_MAX = 2 * ELECTION_TIMEOUT_TICKS_DEFAULT * TICK_MS_DEFAULT / 1000
+"""Followers draw their election timeout from [E, 2E) ticks (Raft §5.2)."""
+GAP_MARGIN_S = 1.0
+"""Scheduling on a loaded 2-core machine, the client's retry pause, a slow fsync."""
+ELECTION_GAP_S_MAX = 2 * ELECTION_TIMEOUT_S_MAX + GAP_MARGIN_S
+"""How long a client may see errors in a row during maintenance: a leader that dies is
+noticed after at most one election timeout and replaced within about one more (pre-vote,
+then the vote); a planned transfer or removal takes less."""
+STATUS_POLL_S = 0.15
+"""The quorum monitor's pause between observations."""
 
 
 @pytest.fixture
@@ -87,14 +104,18 @@ async def latest_job(cluster: Cluster, node_id: int, kind: str) -> dict[str, Any
 
 class Writer:
     """A client writing keys in a loop through live nodes; records what was acknowledged and
-    the longest run of failures (clients must never see errors longer than an election)."""
+    the longest run of failures (clients must never see errors longer than an election).
+
+    A run of failures lasts from the moment the first failing request was sent (its own wait
+    counts: the client saw nothing but that) to the moment a write is acknowledged again, or
+    the writer stops (a run still going at the end counts as far as it got)."""
 
     def __init__(self, cluster: Cluster, nodes: list[int], prefix: str) -> None:
         self.cluster = cluster
         self.nodes = nodes
         self.prefix = prefix
         self.acked: dict[str, bytes] = {}
-        self.longest_gap_s = 0.0
+        self.gaps_s: list[float] = []
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -106,6 +127,10 @@ class Writer:
         assert self._task is not None
         await self._task
 
+    @property
+    def longest_gap_s(self) -> float:
+        return max(self.gaps_s, default=0.0)
+
     async def _run(self) -> None:
         n = 0
         failing_since: float | None = None
@@ -113,20 +138,138 @@ class Writer:
             key = f"{self.prefix}-{n}"
             value = f"v{n}".encode()
             node = self.nodes[n % len(self.nodes)]
+            sent = time.monotonic()
             try:
                 status = await put(self.cluster, node, key, value, timeout_ms=3000)
             except (aiohttp.ClientError, TimeoutError):
                 status = 0
-            now = time.monotonic()
             if status == 204:
                 self.acked[key] = value
                 if failing_since is not None:
-                    self.longest_gap_s = max(self.longest_gap_s, now - failing_since)
+                    self.gaps_s.append(time.monotonic() - failing_since)
                 failing_since = None
                 n += 1
             elif failing_since is None:
-                failing_since = now
+                failing_since = sent
             await asyncio.sleep(0.02)
+        if failing_since is not None:
+            self.gaps_s.append(time.monotonic() - failing_since)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One poll of every running node: who answered, and each shard's voters (as the leader
+    of the highest term reports them) with those whose node answered holding the replica."""
+
+    at_s: float
+    answered: tuple[int, ...]
+    voters: dict[int, tuple[int, ...]]
+    live: dict[int, tuple[int, ...]]
+    source: dict[int, str]
+    """Whose report the voters are: "node 3: leader, term 4, applied 120"."""
+
+    def describe(self) -> str:
+        shards = "; ".join(
+            f"shard {s}: voters {self.voters[s]}, live {self.live[s]} ({self.source[s]})"
+            for s in sorted(self.voters)
+        )
+        return f"at {self.at_s:.2f} s, nodes {self.answered} answered; {shards}"
+
+    def below_quorum(self, shards: int) -> list[int]:
+        """Shards without a live majority of their voters (or with no replica reporting)."""
+        return [
+            shard
+            for shard in range(shards)
+            if shard not in self.voters or len(self.live[shard]) < len(self.voters[shard]) // 2 + 1
+        ]
+
+
+class QuorumMonitor:
+    """Polls `/admin/status` of every running node every STATUS_POLL_S while maintenance runs
+    and records each observation, so "no shard below quorum" is checked throughout the job,
+    not only once it ended."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.observations: list[Observation] = []
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+    def violations(self) -> list[Observation]:
+        return [o for o in self.observations if o.below_quorum(self.cluster.shards)]
+
+    async def _status(self, node_id: int) -> dict[str, Any] | None:
+        try:
+            code, _, body = await self.cluster.request(node_id, "GET", "/admin/status", timeout_s=5)
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+        document: dict[str, Any] = json.loads(body)
+        return document if code == 200 else None
+
+    async def observe(self) -> Observation:
+        running = [n for n, process in self.cluster.nodes.items() if process.running]
+        documents = await asyncio.gather(*(self._status(n) for n in running))
+        statuses = {n: d for n, d in zip(running, documents, strict=True) if d is not None}
+        reports: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for node_id, status in statuses.items():
+            for shard, group in shard_groups(status).items():
+                reports.setdefault(shard, []).append((node_id, group))
+        voters: dict[int, tuple[int, ...]] = {}
+        live: dict[int, tuple[int, ...]] = {}
+        source: dict[int, str] = {}
+        for shard, found in reports.items():
+            reporter, authority = max(
+                found,
+                key=lambda r: (r[1]["term"], r[1]["role"] == "leader", r[1]["applied"]),
+            )
+            voters[shard] = tuple(sorted(authority["voters"]))
+            source[shard] = (
+                f"node {reporter}: {authority['role']}, term {authority['term']}, "
+                f"applied {authority['applied']}"
+            )
+            holders = {node_id for node_id, _ in found}
+            live[shard] = tuple(v for v in voters[shard] if v in holders)
+        at_s = time.monotonic() - self._started
+        return Observation(at_s, tuple(sorted(statuses)), voters, live, source)
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.observations.append(await self.observe())
+            await asyncio.sleep(STATUS_POLL_S)
+
+
+@dataclass(frozen=True)
+class MetaMembers:
+    leader: int
+    voters: list[int]
+    learners: list[int]
+
+
+async def meta_members(cluster: Cluster) -> MetaMembers:
+    """The meta group as the leader of the highest term reports it (`/admin/status`)."""
+    reports = []
+    for node_id, process in cluster.nodes.items():
+        if process.running:
+            status = await cluster.status(node_id)
+            reports += [
+                (node_id, g) for g in status["groups"] if g["group"] == 0 and g["role"] == "leader"
+            ]
+    assert reports, f"no meta leader{cluster.describe()}"
+    leader, group = max(reports, key=lambda r: r[1]["term"])
+    return MetaMembers(leader, sorted(group["voters"]), sorted(group["learners"]))
+
+
+def meta_steps(document: dict[str, Any]) -> list[tuple[str, int]]:
+    return [(s["kind"], s["node"]) for s in document["steps"] if s["shard"] == -1]
 
 
 async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> dict[str, bytes]:
@@ -169,13 +312,16 @@ async def test_sigkill_a_node_for_good_then_repair_restores_three_live_replicas(
     status, _, payload = await cluster.request(2, "GET", "/admin/maintenance?id=nope")
     assert status == 400 and b"no job 'nope'" in payload, (status, payload)
     before = await write_keys(cluster, 1, 80, "before")
+    assert (await meta_members(cluster)).voters == [1, 2, 3, 4]
     cluster.kill(4)
     writer = Writer(cluster, [1, 2, 3], "during")
     writer.start()
     try:
         dry = await operate(cluster, 2, "repair", {"dry_run": True, "dead": [4]})
         assert dry["dry_run"] is True and dry["steps"], dry
-        assert all(step["node"] != 4 or step["kind"] == "remove_replica" for step in dry["steps"])
+        assert meta_steps(dry) == [("remove_meta_member", 4)], dry["steps"]
+        removals = ("remove_replica", "remove_meta_member")
+        assert all(step["node"] != 4 or step["kind"] in removals for step in dry["steps"])
         job = await operate(cluster, 2, "repair", {"dead": [4]})
         result = await wait_job(cluster, 1, job["id"])
         assert result["state"] == "done", result
@@ -187,14 +333,27 @@ async def test_sigkill_a_node_for_good_then_repair_restores_three_live_replicas(
         return len(voters) == 8 and all(len(v) == 3 and 4 not in v for v in voters.values())
 
     await eventually(repaired, "every shard on 3 live voters", 30, cluster.describe)
+    # Four meta voters with one dead survive no further loss; the three left survive one.
+    assert (await meta_members(cluster)).voters == [1, 2, 3]
     await assert_readable(cluster, 3, before)
     await assert_readable(cluster, 1, writer.acked)
     assert writer.acked, "the writer never got an acknowledgement"
-    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
-    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+    print(f"runs of client errors: {[round(g, 2) for g in writer.gaps_s]} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, (writer.gaps_s, ELECTION_GAP_S_MAX)
     # Nothing left to do: a second dry run plans no step.
     again = await operate(cluster, 3, "repair", {"dry_run": True, "dead": [4]})
     assert again["steps"] == [], again
+
+    # Node 4 comes back after all: outside the meta group its map would stay stale, so the
+    # meta leader adds it again (its old replicas go once it reads the current map).
+    cluster.launch(4)
+    await cluster.wait_started(4)
+
+    async def rejoined() -> bool:
+        meta = await meta_members(cluster)
+        return meta.voters == [1, 2, 3, 4] and not shard_groups(await cluster.status(4))
+
+    await eventually(rejoined, "node 4 back in the meta group, empty", 30, cluster.describe)
 
 
 def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
@@ -252,8 +411,8 @@ async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four:
     assert {n["id"] for n in shard_map["nodes"]} == {1, 2, 3, 4, 5}
     await assert_readable(cluster, 5, before)
     await assert_readable(cluster, 5, writer.acked)
-    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
-    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+    print(f"runs of client errors: {[round(g, 2) for g in writer.gaps_s]} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, (writer.gaps_s, ELECTION_GAP_S_MAX)
 
 
 def corrupt_one_table(shard_dir: Path) -> Path:
@@ -302,7 +461,12 @@ async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) ->
     led = [s for s, g in shard_groups(await cluster.status(1)).items() if g["role"] == "leader"]
     assert led, "node 1 leads no shard (placement gives it some)"
     writer = Writer(cluster, [2, 3, 4], "during")
+    monitor = QuorumMonitor(cluster)
+    first = await monitor.observe()
+    assert not first.below_quorum(cluster.shards), first
+    assert any(1 in voters for voters in first.voters.values()), first
     writer.start()
+    monitor.start()
     try:
         dry = await operate(cluster, 2, "remove-node", {"node": 1, "dry_run": True})
         assert dry["steps"] and not dry["blocked"], dry
@@ -313,6 +477,16 @@ async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) ->
         assert "decommission" in kinds, kinds
     finally:
         await writer.stop()
+        await monitor.stop()
+    seen = monitor.observations
+    print(f"quorum monitor: {len(seen)} observations over {seen[-1].at_s:.1f} s")
+    violations = monitor.violations()
+    assert not violations, f"a shard fell below quorum: {violations[0].describe()}"
+    # It watched the moves happen (not only before or after them).
+    assert len(seen) >= 5, [o.describe() for o in seen]
+    assert len({tuple(sorted(o.voters.items())) for o in seen}) >= 3, "no move was observed"
+    last = seen[-1]
+    print(f"last observation: {last.describe()}")
     node1 = cluster.nodes[1]
     assert node1.process is not None
     assert node1.process.wait(timeout=30) == 0, "the removed node stops by itself, cleanly"
@@ -322,8 +496,8 @@ async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) ->
     assert {n["id"] for n in shard_map["nodes"]} == {2, 3, 4}
     await assert_readable(cluster, 3, before)
     await assert_readable(cluster, 4, writer.acked)
-    print(f"longest run of client errors: {writer.longest_gap_s:.2f} s")
-    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, writer.longest_gap_s
+    print(f"runs of client errors: {[round(g, 2) for g in writer.gaps_s]} s")
+    assert writer.longest_gap_s < ELECTION_GAP_S_MAX, (writer.gaps_s, ELECTION_GAP_S_MAX)
 
 
 async def test_the_meta_leader_repairs_on_its_own_after_the_repair_delay(
@@ -343,16 +517,55 @@ async def test_the_meta_leader_repairs_on_its_own_after_the_repair_delay(
 
         async def healed() -> bool:
             voters = await live_voters(cluster, 1)
-            return len(voters) == 8 and all(
-                len(v) == 3 and killed not in v for v in voters.values()
+            meta = await meta_members(cluster)
+            return (
+                len(voters) == 8
+                and all(len(v) == 3 and killed not in v for v in voters.values())
+                and meta.voters == [n for n in (1, 2, 3, 4) if n != killed]
             )
 
-        await eventually(healed, "automatic repair", 90, cluster.describe)
+        await eventually(healed, "automatic repair", HEAL_TIMEOUT_S, cluster.describe)
         status, _, payload = await cluster.request(1, "GET", "/admin/maintenance")
         assert status == 200, payload
         job = json.loads(payload)
         assert job["kind"] == "repair" and job["auto"] is True, job
         await assert_readable(cluster, 2, written)
+
+
+async def test_a_dead_meta_voter_is_replaced_by_a_live_learner(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """Six nodes: the meta group has five voters and node 6 follows it as a learner. A voter
+    dies: repair removes its vote and promotes node 6, so the group has five live voters."""
+    cluster = cluster_factory(size=6, shards=2, replicas=3)
+    preferred = place_meta(range(1, 7), 2, 3).preferred_leader
+    victim = 4  # a meta voter that holds a replica of shard 0 and is not preferred to lead
+    assert victim != preferred and 4 in place_shards(range(1, 7), 2, 3)[0].replicas
+    async with aiohttp.ClientSession() as session:
+        cluster.session = session
+        await cluster.start()
+        await cluster.wait_ready()
+
+        async def settled() -> MetaMembers | None:
+            """The meta leadership moves to its preferred node soon after a start (host.py),
+            and a job dies with its node's leadership: start it once that has happened."""
+            meta = await meta_members(cluster)
+            return meta if meta.leader == preferred else None
+
+        meta = await eventually(settled, f"node {preferred} to lead the meta group", 20)
+        assert (meta.voters, meta.learners) == ([1, 2, 3, 4, 5], [6]), meta
+        written = await write_keys(cluster, 1, 20, "key")
+        cluster.kill(victim)
+        dry = await operate(cluster, 6, "repair", {"dry_run": True, "dead": [victim]})
+        assert meta_steps(dry) == [("remove_meta_member", victim), ("add_meta_voter", 6)], dry
+        job = await operate(cluster, 6, "repair", {"dead": [victim]})
+        result = await wait_job(cluster, 1, job["id"])
+        assert result["state"] == "done", result
+        meta = await meta_members(cluster)
+        assert (meta.voters, meta.learners) == ([n for n in range(1, 7) if n != victim], [])
+        again = await operate(cluster, 2, "repair", {"dry_run": True, "dead": [victim]})
+        assert again["steps"] == [], again
+        await assert_readable(cluster, 6, written)
 
 
 async def test_a_corrupt_replica_with_no_spare_node_is_rebuilt_in_place(

@@ -5,7 +5,8 @@ reads the same snapshot, so they can never disagree about what they saw. A snaps
 only from what the nodes themselves answer (their admin documents) plus what the launcher
 knows of their processes; nothing is inferred that a node did not say. A node that does not
 answer within the poll timeout is shown as unreachable, with the reason, rather than holding
-up the poll: a paused node must not freeze a dashboard.
+up the poll: a paused node must not freeze a dashboard. A node the launcher knows is paused
+(or down) is not asked at all: it is shown as such at once, and costs the poll nothing.
 
 Snapshots round-trip through JSON (`to_json` / `from_json`) so the dashboard's snapshot tests
 and screenshots replay recorded cluster states deterministically.
@@ -245,7 +246,9 @@ class Poller:
         )
 
     async def _fetch(self, target: NodeTarget, detail: bool) -> _NodeDocuments:
-        if target.process in ("down", "stopped"):
+        # A paused (SIGSTOPped) process cannot answer: asking it only waits out the timeout,
+        # which would show it a refresh late and slow every refresh while it stays paused.
+        if target.process in ("down", "stopped", "paused"):
             return _NodeDocuments(error=f"node {target.node_id} is {target.process}")
         try:
             async with asyncio.timeout(self.timeout_s):

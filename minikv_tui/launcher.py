@@ -23,8 +23,9 @@ Why it is shaped this way:
   peers address each other by them. If one is taken later, `up`/`start` say which and by whom
   before touching anything.
 - **Partitions survive restarts.** Fault rules live in the node's memory, so the current
-  partition is also written to `partition.json` in the cluster directory and re-applied to a
-  node when it starts or resumes; `heal` and `down` remove it.
+  network faults (a symmetric partition and any one-way cuts) are also written to
+  `partition.json` in the cluster directory and re-applied to a node when it starts or
+  resumes; `heal` and `down` remove them.
 - **Membership changes.** `add_node` starts a node that joins the running cluster and
   `mark_removed` retires one the cluster let go; how founding and joined nodes are started
   differs, see `launcher_membership`.
@@ -84,8 +85,10 @@ __all__ = [  # the public API, and node_process_state re-exported for the dashbo
     "ClusterView",
     "Launcher",
     "LauncherError",
+    "NetworkFaults",
     "NodeStartFailedError",
     "NodeView",
+    "OneWayCut",
     "Step",
     "UpResult",
     "check_name",
@@ -207,11 +210,57 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class OneWayCut:
+    """Traffic from every node of `source` to every node of `sink` is dropped; the reverse
+    still flows (a leader that can send but not hear, which check-quorum must catch)."""
+
+    source: tuple[int, ...]
+    sink: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{','.join(map(str, self.source))} -> {','.join(map(str, self.sink))}"
+
+
+@dataclass(frozen=True)
+class NetworkFaults:
+    """What `partition.json` holds: the network faults the launcher put in place, from which
+    every node's fault rules are derived (a node's rules are replaced whole, so they must be
+    computed from everything in force, not patched one cut at a time)."""
+
+    groups: tuple[tuple[int, ...], ...] = ()
+    """A symmetric partition, complete (every node in one group), or empty."""
+    one_way: tuple[OneWayCut, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups and not self.one_way
+
+    def rules(self, node_id: int) -> tuple[list[int], list[int]]:
+        """(drop_to, drop_from) for the node. Both sides of a one-way cut drop it (the source
+        on sending, the sink on receiving), so either one restarting alone keeps the cut."""
+        drop_to: set[int] = set()
+        drop_from: set[int] = set()
+        group = next((g for g in self.groups if node_id in g), None)
+        if group is not None:
+            others = {n for g in self.groups for n in g} - set(group)
+            drop_to |= others
+            drop_from |= others
+        for cut in self.one_way:
+            if node_id in cut.source:
+                drop_to.update(cut.sink)
+            if node_id in cut.sink:
+                drop_from.update(cut.source)
+        return sorted(drop_to), sorted(drop_from)
+
+
+@dataclass(frozen=True)
 class ClusterView:
     record: ClusterRecord
     nodes: tuple[NodeView, ...]
     partition: tuple[tuple[int, ...], ...] = ()
     """The partition the launcher put in place (empty: none)."""
+    one_way: tuple[OneWayCut, ...] = ()
+    """One-way cuts the launcher put in place, on top of the partition."""
 
     @property
     def name(self) -> str:
@@ -507,7 +556,7 @@ class Launcher:
             )
             await registry.record_event(self.name, "resume", f"SIGCONT pid {pid}", node_id)
             records = await registry.nodes(self.name)
-            if read_partition(record.directory):
+            if not read_faults(record.directory).empty:
                 await self._apply_partition(record, records, only={node_id})
             else:
                 # A heal while it was paused could not reach it: it still holds the old rules.
@@ -644,12 +693,13 @@ class Launcher:
 
     async def partition(self, groups: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
         """Cut the cluster into groups that can talk only within themselves. Nodes not listed
-        form one more group together. Returns the groups in force."""
+        form one more group together. Replaces the faults in force (one-way cuts included):
+        the groups describe the whole network. Returns the groups in force."""
         async with self._locked(), _open_registry(self.home) as registry:
             record = await self._record(registry)
             records = await registry.nodes(self.name)
             full = _complete_groups(groups, [n.node_id for n in records])
-            _write_partition(record.directory, full)
+            _write_faults(record.directory, NetworkFaults(groups=full))
             detail = " | ".join(",".join(str(n) for n in group) for group in full)
             await registry.record_event(self.name, "partition", detail)
             await self._apply_partition(record, records)
@@ -662,10 +712,29 @@ class Launcher:
             records = await registry.nodes(self.name)
             await self._node(registry, node_id)
             full = _complete_groups([[node_id]], [n.node_id for n in records])
-            _write_partition(record.directory, full)
+            _write_faults(record.directory, NetworkFaults(groups=full))
             await registry.record_event(self.name, "isolate", f"node {node_id} cut off", node_id)
             await self._apply_partition(record, records)
             return full
+
+    async def cut_one_way(self, source: Sequence[int], sink: Sequence[int]) -> NetworkFaults:
+        """Drop traffic from the `source` nodes to the `sink` nodes, the reverse still flowing.
+        Added to the faults in force (a partition stays) and kept in partition.json, so a node
+        that restarts or resumes gets it back; `heal` removes it. Returns the faults in force.
+        """
+        async with self._locked(), _open_registry(self.home) as registry:
+            record = await self._record(registry)
+            records = await registry.nodes(self.name)
+            cut = _check_cut(source, sink, [n.node_id for n in records])
+            faults = read_faults(record.directory)
+            if cut not in faults.one_way:
+                faults = NetworkFaults(faults.groups, (*faults.one_way, cut))
+            _write_faults(record.directory, faults)
+            await registry.record_event(
+                self.name, "partition", f"{cut.describe()} dropped (one way)"
+            )
+            await self._apply_partition(record, records, only={*cut.source, *cut.sink})
+            return faults
 
     async def heal(self) -> list[int]:
         """Remove every fault rule on every running node; returns the nodes cleared."""
@@ -1107,12 +1176,12 @@ class Launcher:
         only: Iterable[int] | None = None,
     ) -> None:
         """Set each running node's fault rules from partition.json: it drops traffic to and
-        from every node outside its group. Nodes not running get theirs when they start."""
-        groups = read_partition(record.directory)
-        if not groups:
+        from every node outside its group, and what one-way cuts name it in. Nodes not
+        running get theirs when they start or resume."""
+        faults = read_faults(record.directory)
+        if faults.empty:
             return
         wanted = set(only) if only is not None else {n.node_id for n in records}
-        everyone = {n.node_id for n in records}
         skipped: list[int] = []
         async with AsyncClient([grpc_address(records[0])], timeout_s=ADMIN_TIMEOUT_S) as client:
             for node in records:
@@ -1121,10 +1190,9 @@ class Launcher:
                 if node_process_state(node) != "up":
                     skipped.append(node.node_id)
                     continue
-                group = next(g for g in groups if node.node_id in g)
-                others = sorted(everyone - set(group))
+                drop_to, drop_from = faults.rules(node.node_id)
                 try:
-                    await client.set_fault(grpc_address(node), drop_to=others, drop_from=others)
+                    await client.set_fault(grpc_address(node), drop_to=drop_to, drop_from=drop_from)
                 except ClientError as error:
                     raise LauncherError(
                         f"node {node.node_id} did not take its fault rules: {error}"
@@ -1154,7 +1222,8 @@ async def _view(registry: Registry, record: ClusterRecord) -> ClusterView:
     nodes = tuple(
         NodeView(node, node_process_state(node)) for node in await registry.nodes(record.name)
     )
-    return ClusterView(record, nodes, read_partition(record.directory))
+    faults = read_faults(record.directory)
+    return ClusterView(record, nodes, faults.groups, faults.one_way)
 
 
 async def _shard_group(client: AsyncClient, endpoint: str, shard: int) -> dict[str, Any]:
@@ -1210,19 +1279,59 @@ def _complete_groups(
     return tuple(result)
 
 
-def read_partition(directory: Path) -> tuple[tuple[int, ...], ...]:
-    """The partition in force (empty when none or the file is unreadable: then no cut)."""
+def _check_cut(source: Sequence[int], sink: Sequence[int], node_ids: Sequence[int]) -> OneWayCut:
+    unknown = sorted((set(source) | set(sink)) - set(node_ids))
+    if unknown:
+        raise LauncherError(
+            f"no node {_ids(unknown)} in this cluster (nodes: {_ids(node_ids)})",
+            exit_code=EXIT_USAGE,
+        )
+    if not source or not sink:
+        raise LauncherError(
+            "a one-way cut needs nodes on both sides",
+            hint="Name the nodes whose traffic is dropped and the nodes it no longer reaches.",
+            exit_code=EXIT_USAGE,
+        )
+    both = sorted(set(source) & set(sink))
+    if both:
+        raise LauncherError(
+            f"node {_ids(both)} is on both sides of the one-way cut",
+            hint="The two sides of a cut must not share a node.",
+            exit_code=EXIT_USAGE,
+        )
+    return OneWayCut(tuple(sorted(set(source))), tuple(sorted(set(sink))))
+
+
+def read_faults(directory: Path) -> NetworkFaults:
+    """The faults in force (none when there is no file or it is unreadable: then no cut).
+
+    The format: `{"groups": [[1], [2, 3]], "one_way": [{"from": [1], "to": [2]}]}`. Files
+    written before one-way cuts were kept hold only `groups`, and still load."""
     try:
         document = json.loads((directory / PARTITION_FILE).read_text())
-        return tuple(tuple(int(n) for n in group) for group in document["groups"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return ()
+        groups = tuple(tuple(int(n) for n in group) for group in document.get("groups", ()))
+        one_way = tuple(
+            OneWayCut(tuple(int(n) for n in cut["from"]), tuple(int(n) for n in cut["to"]))
+            for cut in document.get("one_way", ())
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return NetworkFaults()
+    return NetworkFaults(groups, one_way)
 
 
-def _write_partition(directory: Path, groups: Sequence[Sequence[int]]) -> None:
+def read_partition(directory: Path) -> tuple[tuple[int, ...], ...]:
+    """The symmetric partition in force (empty when none)."""
+    return read_faults(directory).groups
+
+
+def _write_faults(directory: Path, faults: NetworkFaults) -> None:
     path = directory / PARTITION_FILE
     tmp = path.with_name(f".{PARTITION_FILE}.tmp")
-    tmp.write_text(json.dumps({"groups": [list(g) for g in groups]}))
+    document = {
+        "groups": [list(g) for g in faults.groups],
+        "one_way": [{"from": list(c.source), "to": list(c.sink)} for c in faults.one_way],
+    }
+    tmp.write_text(json.dumps(document))
     tmp.replace(path)
 
 

@@ -156,6 +156,7 @@ def _cluster_json(view: ClusterView) -> dict[str, Any]:
         "created_at": view.record.created_at,
         "running": view.running,
         "partition": [list(group) for group in view.partition],
+        "one_way": [{"from": list(cut.source), "to": list(cut.sink)} for cut in view.one_way],
         "members": [_node_json(node) for node in view.nodes],
     }
 
@@ -318,6 +319,8 @@ def status(
         if view.partition
         else ""
     )
+    if view.one_way:
+        partition += "  one-way: " + "; ".join(cut.describe() for cut in view.one_way)
     up_count = sum(1 for node in snapshot.nodes if node.reachable)
     out.print(
         f"{up_count}/{len(snapshot.nodes)} nodes answer, {meta} (term {snapshot.meta_term}), "

@@ -27,13 +27,19 @@ from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker
 
 from minikv_tui.cluster_status import ClusterSnapshot, observe_changes
-from minikv_tui.dashboard.control import ActionError, ClusterControl, PartitionPlan
+from minikv_tui.dashboard.control import (
+    PROCESS_ACTIONS_UNAVAILABLE,
+    ActionError,
+    ClusterControl,
+    PartitionPlan,
+)
 from minikv_tui.dashboard.job_watch import JobStatus, JobWatcher
 from minikv_tui.dashboard.jobs import (
     VERIFY_QUESTION,
@@ -347,10 +353,13 @@ class DashboardApp(App[str | None]):
     @on(FrameFetched)
     def _frame_fetched(self, message: FrameFetched) -> None:
         self._load_on = message.load_on
-        self._show(message.frame, message.load)
-        if message.job is not None:
-            self._show_job()
-        log = self.query_one(EventLog)
+        try:
+            self._show(message.frame, message.load)
+            if message.job is not None:
+                self._show_job()
+            log = self.query_one(EventLog)
+        except NoMatches:
+            return  # a frame that arrives while the app is quitting: its widgets are gone
         for event in message.events:
             log.add(event, self._palette, self.options.tz)
         self._frames_applied += 1
@@ -394,9 +403,21 @@ class DashboardApp(App[str | None]):
         action: Callable[[ClusterControl], Awaitable[str]],
         *,
         confirm: str | None = None,
+        process: bool = False,
     ) -> None:
+        """`process`: the action signals a node process, which only a dashboard that started
+        the cluster can do; refused at once instead of after a confirmation."""
         control = self._control()
         if control is None:
+            return
+        if process and not control.manages_processes:
+            self.notify(
+                PROCESS_ACTIONS_UNAVAILABLE,
+                title=f"{label} refused",
+                severity="error",
+                timeout=8,
+                markup=False,
+            )
             return
         if confirm is not None and self.options.confirm:
 
@@ -432,20 +453,26 @@ class DashboardApp(App[str | None]):
         node = self._selected_node()
         if node is not None:
             self._act(
-                f"kill node {node}", lambda c: c.kill(node), confirm=f"Kill node {node} (SIGKILL)?"
+                f"kill node {node}",
+                lambda c: c.kill(node),
+                confirm=f"Kill node {node} (SIGKILL)?",
+                process=True,
             )
 
     def action_stop_node(self) -> None:
         node = self._selected_node()
         if node is not None:
             self._act(
-                f"stop node {node}", lambda c: c.stop(node), confirm=f"Stop node {node} (SIGTERM)?"
+                f"stop node {node}",
+                lambda c: c.stop(node),
+                confirm=f"Stop node {node} (SIGTERM)?",
+                process=True,
             )
 
     def action_start_node(self) -> None:
         node = self._selected_node()
         if node is not None:
-            self._act(f"start node {node}", lambda c: c.start(node))
+            self._act(f"start node {node}", lambda c: c.start(node), process=True)
 
     def action_pause_resume(self) -> None:
         node = self._selected_node()
@@ -453,12 +480,13 @@ class DashboardApp(App[str | None]):
             return
         status = self._snapshot.node(node) if self._snapshot is not None else None
         if status is not None and status.process == "paused":
-            self._act(f"resume node {node}", lambda c: c.resume(node))
+            self._act(f"resume node {node}", lambda c: c.resume(node), process=True)
         else:
             self._act(
                 f"pause node {node}",
                 lambda c: c.pause(node),
                 confirm=f"Pause node {node} (SIGSTOP)?",
+                process=True,
             )
 
     def action_partition(self) -> None:
@@ -678,7 +706,17 @@ class DashboardApp(App[str | None]):
 
     def action_save_screenshot(self) -> None:
         directory = self.options.screenshot_dir
-        path = self.save_screenshot(path=str(directory) if directory is not None else None)
+        try:
+            path = self.save_screenshot(path=str(directory) if directory is not None else None)
+        except OSError as error:
+            self.notify(
+                f"{error}: screenshots go to the current directory; "
+                "run minikv tui from a writable one",
+                title="screenshot failed",
+                severity="error",
+                markup=False,
+            )
+            return
         self.notify(f"saved {path}", title="screenshot", timeout=4)
 
     def action_help(self) -> None:

@@ -6,8 +6,8 @@ dashboard merely attached to (`--endpoints`) can still be partitioned, healed, s
 compacted — and repaired, verified and rebalanced: maintenance jobs run on the meta leader,
 which any node forwards to, so they need no launcher either. When the launcher is there,
 partitions go through it so they outlive restarts and land in the registry's journal like the
-CLI's; a one-way cut, which the launcher does not model, is set directly on the nodes and
-journalled here.
+CLI's. A one-way cut goes through the launcher too when there is one (so a restarted node
+gets it back); attached by endpoints, it is set directly on the nodes and journalled here.
 
 Every method returns one line for the UI, or raises `ActionError` with one that says what went
 wrong; nothing here prints or raises a traceback at a person.
@@ -41,6 +41,12 @@ T = TypeVar("T")
 
 Journal = Callable[[str, str, int | None], Awaitable[None]]
 """Records an action the launcher does not journal itself: (kind, detail, node)."""
+
+
+PROCESS_ACTIONS_UNAVAILABLE = (
+    "process actions need a cluster started by minikv on this machine "
+    "(attached by --endpoints: signal the process where it runs)"
+)
 
 
 class ActionError(Exception):
@@ -82,6 +88,7 @@ class ClusterControl:
 
     @property
     def manages_processes(self) -> bool:
+        """False when attached by --endpoints: kill, stop, start and pause are refused."""
         return self._launcher is not None
 
     # --- processes -------------------------------------------------------------------------
@@ -155,11 +162,18 @@ class ClusterControl:
 
     async def _one_way(self, source: Sequence[int], sink: Sequence[int]) -> str:
         addresses = self._addresses()
-        unknown = sorted(set(source) | set(sink) - set(addresses))
+        unknown = sorted((set(source) | set(sink)) - set(addresses))
         if unknown:
             raise ActionError(f"no node {_ids(unknown)} in this cluster")
+        if not source or not sink:
+            raise ActionError("a one-way cut needs nodes on both sides")
         if set(source) & set(sink):
             raise ActionError("a one-way cut needs two disjoint sets of nodes")
+        source, sink = sorted(set(source)), sorted(set(sink))
+        if self._launcher is not None:
+            launcher = self._launcher
+            await self._launched(lambda _: launcher.cut_one_way(source, sink))
+            return f"cut {_ids(source)} -> {_ids(sink)} dropped (one way)"
         for node in source:
             await self._admin(
                 f"set the fault rules of node {node}",
@@ -288,10 +302,7 @@ class ClusterControl:
 
     async def _launched(self, action: Callable[[Launcher], Awaitable[T]]) -> T:
         if self._launcher is None:
-            raise ActionError(
-                "process actions need a cluster started by minikv on this machine "
-                "(attached by --endpoints: signal the process where it runs)"
-            )
+            raise ActionError(PROCESS_ACTIONS_UNAVAILABLE)
         try:
             return await action(self._launcher)
         except UserError as error:

@@ -5,10 +5,17 @@ A session is opened inside the app (in a worker), so starting a cluster shows it
 screen instead of blocking before the first frame. It hands the app a `StatusSource`, the
 `ClusterControl` for the keys, the event journal and the load generator, and closes them all
 on exit — stopping the cluster only when the person chose that.
+
+The first frame is due within a second of the cluster being ready, and while it is being
+prepared the app's first layout and render compete for the same event loop: every await costs
+a turn of that loop. So a local session opens the registry once (it keeps it for the journal
+and the polls) and reads what it needs from it together, instead of going through the
+launcher's reads, each of which opens and closes the registry again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +29,7 @@ from minikv_tui.dashboard.source import Frame, LiveSource, RecordedSource, Statu
 from minikv_tui.errors import EXIT_USAGE, UserError
 from minikv_tui.launcher import DEFAULT_NAME, Launcher, NodeView, node_process_state
 from minikv_tui.loadgen import LoadGenerator
-from minikv_tui.registry import Registry
+from minikv_tui.registry import NodeRecord, Registry
 from minikv_tui.target import parse_endpoints
 
 Progress = Callable[[str], None]
@@ -89,6 +96,7 @@ class LocalSession:
         self._registry: Registry | None = None
         self._clients: list[AsyncClient] = []
         self._views: tuple[NodeView, ...] = ()
+        self._views_fresh = False
         self._cluster: str | None = name
 
     @property
@@ -100,23 +108,20 @@ class LocalSession:
         return True
 
     async def connect(self, progress: Progress) -> None:
-        name = self._name or await self._running_or_default()
-        self._cluster = name
-        launcher = Launcher(name, home=self._home, progress=lambda step: progress(step.message))
-        attach = False
-        if await launcher.exists():
-            view = await launcher.view()
-            attach = view.running > 0 and self._nodes is None and self._shards is None
-        if attach:
-            progress(f"attaching to cluster {name}")
-        else:
-            progress(f"starting cluster {name}")
-            await launcher.up(nodes=self._nodes, shards=self._shards)
-        view = await launcher.view()
-        self._views = view.nodes
         registry = await Registry.open(self._home)
+        try:
+            records = await self._find_or_start(registry, progress)
+        except BaseException:
+            await registry.close()
+            raise
         self._registry = registry
-        client = AsyncClient(view.endpoints())
+        name = self._cluster
+        assert name is not None
+        self._views = tuple(NodeView(record, node_process_state(record)) for record in records)
+        self._views_fresh = True
+        endpoints = [view.grpc for view in self._views]
+        launcher = Launcher(name, home=self._home, progress=lambda step: progress(step.message))
+        client = AsyncClient(endpoints)
         self._clients.append(client)
         poller = Poller(client, name=name, timeout_s=poll_timeout_s(self._refresh_hz))
         self.source = LiveSource(poller, self._targets, detail_every=detail_every(self._refresh_hz))
@@ -128,13 +133,33 @@ class LocalSession:
             launcher=launcher,
             journal=lambda kind, detail, node: journal.record(kind, detail, node, 0.0),
         )
-        load_client = AsyncClient(view.endpoints(), timeout_s=LOAD_TIMEOUT_S)
+        load_client = AsyncClient(endpoints, timeout_s=LOAD_TIMEOUT_S)
         self._clients.append(load_client)
         self.loadgen = LoadGenerator(load_client, clients=LOAD_CLIENTS, keys=LOAD_KEYS, seed=0)
 
-    async def _running_or_default(self) -> str:
-        views = await Launcher.list_clusters(self._home)
-        running = [view.name for view in views if view.running]
+    async def _find_or_start(self, registry: Registry, progress: Progress) -> list[NodeRecord]:
+        """The cluster's node records, once it runs: attached to as it is when it runs and no
+        size was asked for, else started (and created) by the launcher."""
+        name = self._name or await self._running_or_default(registry)
+        self._cluster = name
+        record, records = await asyncio.gather(registry.cluster(name), registry.nodes(name))
+        running = any(node_process_state(node) in ("up", "paused") for node in records)
+        if record is not None and running and self._nodes is None and self._shards is None:
+            progress(f"attaching to cluster {name}")
+            return records
+        progress(f"starting cluster {name}")
+        launcher = Launcher(name, home=self._home, progress=lambda step: progress(step.message))
+        await launcher.up(nodes=self._nodes, shards=self._shards)
+        return await registry.nodes(name)
+
+    async def _running_or_default(self, registry: Registry) -> str:
+        clusters = await registry.clusters()
+        members = await asyncio.gather(*(registry.nodes(c.name) for c in clusters))
+        running = [
+            cluster.name
+            for cluster, nodes in zip(clusters, members, strict=True)
+            if any(node_process_state(node) in ("up", "paused") for node in nodes)
+        ]
         if len(running) > 1:
             raise UserError(
                 f"several local clusters are running ({', '.join(running)}): which one?",
@@ -147,7 +172,11 @@ class LocalSession:
         """Process states re-read every poll (a kill from another terminal shows at once);
         the records from the registry, which a restart changes (new pid)."""
         assert self._registry is not None and self._cluster is not None
-        records = await self._registry.nodes(self._cluster)
+        if self._views_fresh:  # records read by `connect` a moment ago: no second read
+            self._views_fresh = False
+            records = [view.record for view in self._views]
+        else:
+            records = await self._registry.nodes(self._cluster)
         self._views = tuple(NodeView(record, node_process_state(record)) for record in records)
         return [view.target() for view in self._views]
 

@@ -60,7 +60,10 @@ TargetsProvider = Callable[[], Awaitable[Sequence[NodeTarget]]]
 
 class LiveSource:
     """Polls the nodes `targets()` names, asking for WAL/SSTable detail every
-    `detail_every`-th poll only: those documents cost more than the status and change slower."""
+    `detail_every`-th poll only: those documents cost more than the status and change slower.
+    The first poll asks for the status alone, so the first frame (roles, leaders: what a
+    person looks for first) is not held up by documents it can show a refresh later; detail
+    comes with the second poll, then every `detail_every`-th."""
 
     def __init__(self, poller: Poller, targets: TargetsProvider, *, detail_every: int = 4) -> None:
         assert detail_every >= 1, detail_every
@@ -82,7 +85,7 @@ class LiveSource:
         return self._polls
 
     async def fetch(self) -> Frame:
-        detailed = self._polls % self._detail_every == 0
+        detailed = self._polls > 0 and (self._polls - 1) % self._detail_every == 0
         self._polls += 1
         targets = await self._targets()
         snapshot = await self._poller.poll(targets, detail=detailed)

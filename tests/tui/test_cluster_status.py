@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
@@ -20,6 +21,7 @@ from minikv_tui.cluster_status import (
     ShardStatus,
     observe_changes,
 )
+from minikv_tui.dashboard.source import LiveSource
 from tests.integration.conftest import Cluster, cluster_factory, eventually
 
 __all__ = ["cluster_factory"]  # the fixture, imported for pytest
@@ -97,6 +99,56 @@ async def test_poll_of_a_real_cluster_shows_roles_rates_and_a_paused_node(small:
             assert {"node-down", "meta-leader-change"} <= kinds
         finally:
             os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_node_the_launcher_reports_paused_is_shown_paused_without_being_asked(
+    small: Cluster,
+) -> None:
+    """Asking a SIGSTOPped node (over the channel already open to it, as a dashboard has)
+    only waits out the timeout: the node would show a poll late, and every refresh would slow
+    down while it stays paused. The timeout here is long, so asking it at all fails the bound.
+    """
+    timeout_s = 10.0
+    victim = 2
+    pid = small.nodes[victim].process.pid  # type: ignore[union-attr]
+    async with AsyncClient(small.grpc_endpoints) as client:
+        poller = Poller(client, name="t", timeout_s=timeout_s)
+        assert (await poller.poll(targets(small))).node(victim).reachable  # type: ignore[union-attr]
+        polled = [
+            replace(target, process="paused") if target.node_id == victim else target
+            for target in targets(small)
+        ]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for _ in range(2):
+                started = time.monotonic()
+                snapshot = await poller.poll(polled)
+                elapsed = time.monotonic() - started
+                assert elapsed < timeout_s / 2, f"the poll waited {elapsed:.1f} s on a paused node"
+                node = snapshot.node(victim)
+                assert node is not None and node.state == "paused" and not node.reachable
+                assert node.error == f"node {victim} is paused"
+                assert [n.state for n in snapshot.nodes if n.node_id != victim] == ["up", "up"]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+async def test_the_first_live_frame_is_status_only_and_detail_follows_on_the_next(
+    small: Cluster,
+) -> None:
+    """The first frame is due fast: WAL and SSTable documents wait for the second poll, then
+    come every `detail_every`-th."""
+
+    async def provide() -> list[NodeTarget]:
+        return targets(small)
+
+    async with AsyncClient(small.grpc_endpoints) as client:
+        source = LiveSource(Poller(client, name="t"), provide, detail_every=2)
+        frames = [await source.fetch() for _ in range(4)]
+    assert [frame.detailed for frame in frames] == [False, True, False, True]
+    assert not any(node.wal_segments for node in frames[0].snapshot.nodes)
+    assert all(node.wal_segments for node in frames[1].snapshot.nodes)
+    assert all(node.reachable for node in frames[0].snapshot.nodes)
 
 
 async def test_snapshot_round_trips_through_json(small: Cluster) -> None:

@@ -21,8 +21,11 @@ from minikv_tui.cluster_status import ClusterSnapshot, Poller
 from minikv_tui.launcher import (
     Launcher,
     LauncherError,
+    NetworkFaults,
     NodeStartFailedError,
+    OneWayCut,
     node_process_state,
+    read_faults,
 )
 from minikv_tui.launcher_membership import new_node, node_command
 from minikv_tui.node_process import process_start_ticks
@@ -157,6 +160,78 @@ async def test_lifecycle_kill_start_partition_heal_down_restart_leaves_nothing_r
     for kind in ("create", "up", "kill", "start", "partition", "heal", "transfer-leader"):
         assert kind in kinds, kinds
     assert kinds.count("down") == 1 and kinds.count("pause") == 2, kinds
+
+
+async def test_a_one_way_cut_outlives_a_restart_of_its_sink_and_heal_clears_it(
+    local_cluster: Launcher,
+) -> None:
+    """Kept in partition.json like a partition: node 2, stopped and started again, still drops
+    what node 1 sends while node 1 still hears node 2. A partition then replaces the cut (the
+    groups describe the whole network); heal clears everything."""
+    launcher = local_cluster
+    faults = await launcher.cut_one_way([1], [2])
+    assert faults == NetworkFaults(one_way=(OneWayCut((1,), (2,)),))
+    view = await launcher.view()
+    assert view.one_way == faults.one_way and view.partition == ()
+
+    async def rules() -> dict[int, tuple[list[int], list[int]]]:
+        """Each node's (drop_to, drop_from), as the node itself reports them."""
+        async with AsyncClient(view.endpoints()) as client:
+            found = {}
+            for node in view.nodes:
+                fault = (await client.status(node.grpc))["fault"]
+                found[node.node_id] = (sorted(fault["drop_to"]), sorted(fault["drop_from"]))
+            return found
+
+    cut = {1: ([2], []), 2: ([], [1]), 3: ([], [])}
+    assert await rules() == cut
+    before = view.node(2)
+    assert before is not None and before.pid is not None
+    assert "stopped" in await launcher.stop(2, grace_s=5.0)
+    assert "started" in await launcher.start(2)
+    after = (await launcher.view()).node(2)
+    assert after is not None and after.pid not in (None, before.pid)
+    assert await rules() == cut, "the restarted sink lost the cut"
+
+    await launcher.partition([[3]])
+    assert await rules() == {1: ([3], [3]), 2: ([3], [3]), 3: ([1, 2], [1, 2])}
+    assert (await launcher.view()).one_way == ()
+    await launcher.cut_one_way([2], [1])
+    assert (await rules())[2] == ([1, 3], [3]), "a cut adds to the partition in force"
+
+    assert sorted(await launcher.heal()) == [1, 2, 3]
+    assert await rules() == {1: ([], []), 2: ([], []), 3: ([], [])}
+    healed = await launcher.view()
+    assert healed.one_way == () and healed.partition == ()
+
+
+async def test_a_one_way_cut_naming_an_unknown_or_shared_node_is_refused(
+    minikv_home: Path,
+) -> None:
+    launcher = Launcher("t", home=minikv_home)
+    directory = (await launcher.create(nodes=3, shards=2)).record.directory
+    with pytest.raises(LauncherError) as unknown:
+        await launcher.cut_one_way([1], [4])
+    assert "no node 4" in unknown.value.message and unknown.value.exit_code == 2
+    with pytest.raises(LauncherError) as shared:
+        await launcher.cut_one_way([1, 2], [2])
+    assert "node 2 is on both sides" in shared.value.message
+    with pytest.raises(LauncherError) as empty:
+        await launcher.cut_one_way([], [2])
+    assert "both sides" in empty.value.message
+    assert read_faults(directory).empty
+    # Nodes that are not running get the cut when they start.
+    await launcher.cut_one_way([3, 1], [2, 2])
+    assert read_faults(directory) == NetworkFaults(one_way=(OneWayCut((1, 3), (2,)),))
+
+
+def test_a_partition_file_from_before_one_way_cuts_still_loads(tmp_path: Path) -> None:
+    (tmp_path / "partition.json").write_text('{"groups": [[1], [2, 3]]}')
+    faults = read_faults(tmp_path)
+    assert faults == NetworkFaults(groups=((1,), (2, 3)))
+    assert faults.rules(1) == ([2, 3], [2, 3]) and faults.rules(3) == ([1], [1])
+    (tmp_path / "partition.json").write_text("{not json")
+    assert read_faults(tmp_path).empty, "an unreadable file means no cut, as before"
 
 
 def test_two_racing_ups_start_each_node_exactly_once(minikv_home: Path) -> None:

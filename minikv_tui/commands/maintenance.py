@@ -195,9 +195,7 @@ def _health_lines(plan_or_job: Plan | Job) -> list[str]:
             f"{u.shard} ({u.healthy}/{u.wanted} healthy)" for u in plan_or_job.under_replicated
         )
         lines.append(f"[yellow]under-replicated before:[/] shard {shards}")
-    lines.extend(
-        f"[red]blocked:[/] {escape(b.describe())}" for b in plan_or_job.blocked
-    )
+    lines.extend(f"[red]blocked:[/] {escape(b.describe())}" for b in plan_or_job.blocked)
     return lines
 
 

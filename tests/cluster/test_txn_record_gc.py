@@ -42,8 +42,7 @@ class Shards:
 
     def __init__(self, root: Path) -> None:
         self.engines = [
-            Engine.open(root / str(n), EngineOptions(background_compaction=False))
-            for n in range(3)
+            Engine.open(root / str(n), EngineOptions(background_compaction=False)) for n in range(3)
         ]
         self.machines = [ShardStateMachine(engine) for engine in self.engines]
         self.down: set[int] = set()
@@ -54,9 +53,7 @@ class Shards:
             raise UnavailableError(f"shard {shard} has no leader")
         self.commands.append((shard, type(body).__name__))
         machine = self.machines[shard]
-        entry = Entry(
-            2, machine.applied_index + 1, EntryType.NORMAL, TxnCommand(body, 7).encode()
-        )
+        entry = Entry(2, machine.applied_index + 1, EntryType.NORMAL, TxnCommand(body, 7).encode())
         (result,) = machine.apply([entry])
         assert result.kind is ResultKind.TXN and result.txn is not None, result
         return result.txn

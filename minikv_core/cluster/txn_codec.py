@@ -6,6 +6,8 @@ A shard takes part in a transaction through five commands, each ONE Raft entry o
     PREPARE    lock this shard's keys, evaluate its compares and gets, stage both branches
     RESOLVE    apply (commit, naming the branch) or drop (abort) a prepared part; unlock
     DECIDE     (home shard) set the transaction record; the first decision wins
+    FINISH     (home shard) the home shard's whole part and the record, in one entry: the
+               commit point of a transaction whose other participants are prepared
     FORGET     (home shard) delete the record once every participant has resolved
 
 Layout (little-endian; `struct`-packed; `bytes` = len u32 | data):
@@ -15,6 +17,8 @@ Layout (little-endian; `struct`-packed; `bytes` = len u32 | data):
     PREPARE    = txn_id[16] | home_shard u32 | expiry_ms u64 | part
     RESOLVE    = txn_id[16] | decision u8
     DECIDE     = txn_id[16] | decision u8
+    FINISH     = txn_id[16] | flags u8 (1: the others' compares hold, 2: the success
+                 branch writes somewhere, 4: the failure branch does) | part
     FORGET     = txn_id[16]
     part       = n_compare u32 | n_success u32 | n_failure u32 | compares | ops | ops
     compare    = index u32 | target u8 | op u8 | exists u8 | version u64 | key bytes | value bytes
@@ -61,6 +65,7 @@ class BodyKind(enum.IntEnum):
     FORGET_MANY = 6
     DECIDE_RESOLVE = 7
     RESOLVE_MANY = 8
+    FINISH = 9
 
 
 class Decision(enum.IntEnum):
@@ -85,6 +90,7 @@ _COMPARE_OPS_BY_CODE = {code: op for op, code in _COMPARE_OPS.items()}
 _U8 = struct.Struct("<B")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_U8U8 = struct.Struct("<BB")
 _PART_HEADER = struct.Struct("<III")
 _COMPARE_HEADER = struct.Struct("<IBBBQ")  # index, target, op, exists, version
 _OP_HEADER = struct.Struct("<IB")  # index, kind
@@ -333,6 +339,26 @@ class Decide:
 
 
 @dataclass(frozen=True, slots=True)
+class Finish:
+    """The home shard's part, evaluated and applied at once together with the record: the
+    commit point of a transaction whose other participants hold their prepared intents.
+
+    Why one entry: the home shard needs no intent of its own (nothing can change its keys
+    between the evaluation and the decision, both happen in this entry), which saves a
+    two-shard transaction one of its three Raft entries. `others_hold`: every other
+    participant's compares held at its prepare (under locks still held), so the branch is
+    success exactly if they and this part's compares hold. `success_writes` /
+    `failure_writes`: whether that branch writes on any shard; a transaction that may write
+    always leaves a record (txn_locks.py says why)."""
+
+    txn_id: bytes
+    others_hold: bool
+    success_writes: bool
+    failure_writes: bool
+    part: ShardPart
+
+
+@dataclass(frozen=True, slots=True)
 class Forget:
     """Delete these transactions' records: coordinators batch the records of many finished
     transactions into one entry (a record is only needed while an intent of it remains)."""
@@ -340,7 +366,7 @@ class Forget:
     txn_ids: tuple[bytes, ...]
 
 
-TxnBody = OnePhase | Prepare | Resolve | ResolveMany | Decide | Forget
+TxnBody = OnePhase | Prepare | Resolve | ResolveMany | Decide | Finish | Forget
 
 
 def _check_txn_id(txn_id: bytes) -> None:
@@ -398,6 +424,13 @@ def encode_body(body: TxnBody) -> bytes:
         writer.pack(_U8, kind)
         writer.raw(body.txn_id)
         writer.pack(_U8, Decision(body.decision))
+    elif isinstance(body, Finish):
+        _check_txn_id(body.txn_id)
+        writer.pack(_U8, BodyKind.FINISH)
+        writer.raw(body.txn_id)
+        flags = int(body.others_hold) | int(body.success_writes) << 1
+        writer.pack(_U8, flags | int(body.failure_writes) << 2)
+        _write_part(writer, body.part)
     elif isinstance(body, ResolveMany):
         _write_batch_header(writer, BodyKind.RESOLVE_MANY, len(body.items))
         for item in body.items:
@@ -436,6 +469,12 @@ def decode_body(data: bytes | memoryview) -> TxnBody:
             if kind == BodyKind.RESOLVE
             else Decide(txn_id, decision, resolve=kind == BodyKind.DECIDE_RESOLVE)
         )
+    elif kind == BodyKind.FINISH:
+        txn_id = reader.raw(limits.TXN_ID_BYTES, "transaction id")
+        (flags,) = reader.unpack(_U8, "finish flags")
+        if flags & ~7:
+            raise TxnCodecError(f"unknown finish flags {flags:#x}")
+        body = Finish(txn_id, bool(flags & 1), bool(flags & 2), bool(flags & 4), _read_part(reader))
     elif kind == BodyKind.RESOLVE_MANY:
         count = _read_batch_count(reader, BodyKind.RESOLVE_MANY)
         body = ResolveMany(
@@ -512,7 +551,20 @@ class Forgotten:
     """Whether any of the named records still existed."""
 
 
-TxnResult = Conflict | PartDone | Prepared | Resolved | Decided | Forgotten
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """FINISH applied, or found the record already there (a repeated FINISH answers what the
+    first one did; a resolver's ABORT that got there first answers ABORT, nothing applied).
+
+    `decision` is None only for a transaction that writes nowhere (no record); `succeeded`
+    says which branch ran; `results` are the home part's results of that branch."""
+
+    decision: Decision | None
+    succeeded: bool
+    results: tuple[tuple[int, OpResult], ...]
+
+
+TxnResult = Conflict | PartDone | Prepared | Resolved | Decided | Forgotten | Finished
 
 
 class _ResultKind(enum.IntEnum):
@@ -522,6 +574,7 @@ class _ResultKind(enum.IntEnum):
     RESOLVED = 4
     DECIDED = 5
     FORGOTTEN = 6
+    FINISHED = 7
 
 
 def _write_results(writer: _Writer, results: Sequence[tuple[int, OpResult]]) -> None:
@@ -578,6 +631,9 @@ def encode_result(result: TxnResult) -> bytes:
     elif isinstance(result, Decided):
         writer.pack(_U8, _ResultKind.DECIDED)
         writer.pack(_U8, result.decision)
+    elif isinstance(result, Finished):
+        writer.pack(_U8, _ResultKind.FINISHED)
+        _write_outcome(writer, result)
     else:
         writer.pack(_U8, _ResultKind.FORGOTTEN)
         writer.pack(_U8, int(result.existed))
@@ -619,10 +675,56 @@ def decode_result(data: bytes | memoryview) -> TxnResult:
     elif kind == _ResultKind.FORGOTTEN:
         (existed,) = reader.unpack(_U8, "existed")
         result = Forgotten(bool(existed))
+    elif kind == _ResultKind.FINISHED:
+        result = _read_outcome(reader)
     else:
         raise TxnCodecError(f"unknown transaction result kind {kind}")
     reader.end()
     return result
+
+
+def _write_outcome(writer: _Writer, finished: Finished) -> None:
+    writer.pack(_U8, 0 if finished.decision is None else finished.decision)
+    writer.pack(_U8, int(finished.succeeded))
+    _write_results(writer, finished.results)
+
+
+def _read_outcome(reader: _Reader) -> Finished:
+    (code, succeeded) = reader.unpack(_U8U8, "finish outcome")
+    decision = None if code == 0 else _decision(code)
+    return Finished(decision, bool(succeeded), _read_results(reader))
+
+
+def _decision(code: int) -> Decision:
+    try:
+        return Decision(code)
+    except ValueError:
+        raise TxnCodecError(f"unknown decision {code}") from None
+
+
+# ---------------------------------------------------------------------- transaction records
+
+
+def encode_record(finished: Finished) -> bytes:
+    """A transaction record as FINISH stores it: the decision byte first (what every reader
+    of records looks at; DECIDE writes that byte alone), then the outcome, so a repeated
+    FINISH can answer exactly what the first one did."""
+    assert finished.decision is not None
+    writer = _Writer()
+    _write_outcome(writer, finished)
+    return writer.result()
+
+
+def decode_record(data: bytes | memoryview) -> Finished:
+    """Either form: a DECIDE's single decision byte (no outcome), or FINISH's."""
+    if len(data) == 1:
+        return Finished(_decision(data[0]), False, ())
+    reader = _Reader(data)
+    finished = _read_outcome(reader)
+    reader.end()
+    if finished.decision is None:
+        raise TxnCodecError("a transaction record without a decision")
+    return finished
 
 
 # ------------------------------------------------------------------------- intent records

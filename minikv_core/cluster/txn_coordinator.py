@@ -5,17 +5,20 @@ and applied atomically at apply time (no locks held across entries).
 
 Several shards: two-phase commit whose decision is a Raft-replicated record.
 
-1. **Prepare**, in parallel, a PREPARE entry on each participant shard: locks, compares and
-   gets under those locks, both branches staged (txn_locks.py). Any conflict or failure: the
-   attempt is abandoned (RESOLVE ABORT to every participant, best effort) and retried with a
-   new transaction id after a backoff, resolving expired blockers on the way (no-wait: a
-   prepare never waits while holding locks, so there is no deadlock).
-2. **Decide**: COMMIT_SUCCESS if every participant's compares held, else COMMIT_FAILURE, as a
-   DECIDE entry on the home shard (the smallest participant). That entry is the commit point,
-   and it also resolves the home shard's own intent by the recorded decision (txn_locks.py).
-   If a resolver's ABORT got there first, the attempt lost: abort and retry. A read-only
-   transaction needs no decision: its reads were all taken under locks held at once, so it
-   just releases them.
+1. **Prepare**, in parallel, a PREPARE entry on each participant other than the home shard
+   (the smallest participant): locks, compares and gets under those locks, both branches
+   staged (txn_locks.py). Any conflict or failure: the attempt is abandoned (RESOLVE ABORT to
+   every participant, best effort) and retried with a new transaction id after a backoff,
+   resolving expired blockers on the way (no-wait: a prepare never waits while holding locks,
+   so there is no deadlock).
+2. **Finish**: one FINISH entry on the home shard evaluates the home part (its compares and
+   the others' give the branch), applies it at once and writes the record, COMMIT_SUCCESS or
+   COMMIT_FAILURE. That entry is the commit point. The home part needs no intent: nothing
+   can come between its evaluation and the decision, both happen in that entry, which saves
+   every two-shard transaction one of three Raft entries. If its keys are locked, or a
+   resolver's ABORT got there first, the attempt lost: abort and retry. A transaction that
+   writes nowhere leaves no record: the other parts' reads were taken under locks still held
+   at the home part's instant, so it just releases them.
 3. **Commit**: RESOLVE with the decision on every other participant (applies the staged
    branch, releases the locks), then FORGET the record once all have resolved (a record is only
    forgotten when no intent of it remains anywhere, so no resolver can ever find it missing
@@ -23,11 +26,11 @@ Several shards: two-phase commit whose decision is a Raft-replicated record.
    decision is the commit point, and a reader or writer meeting an intent waits until it is
    resolved, so answering first shortens a transaction by one Raft round and hides nothing.
 
-The answer comes from the prepare results (versions are the prepare entries' indexes, known
-then) once the decision is committed. A coordinator killed at any point leaves nothing stuck:
-its intents expire and whoever meets them resolves them from the record (txn_resolver.py).
-An outcome that is unknown at the deadline (the DECIDE was proposed but not seen applied) is
-DeadlineExceededError, as for a put.
+The answer comes from the prepare results (versions are the prepare entries' indexes) and the
+FINISH result (the home part's writes carry that entry's index). A coordinator killed at any
+point leaves nothing stuck: its intents expire and whoever meets them resolves them from the
+record (txn_resolver.py). An outcome that is unknown at the deadline (FINISH was proposed but
+not seen applied) is DeadlineExceededError, as for a put.
 
 Fault points for tests: `MINIKV_TXN_FAULT=after-prepare|after-decision|mid-commit` makes the
 process exit at once (no cleanup, like SIGKILL) at that point of its next cross-shard
@@ -58,9 +61,9 @@ from minikv_core.cluster.txn import OpKind, OpResult, TxnRequest, TxnResponse
 from minikv_core.cluster.txn_codec import (
     Blocker,
     Conflict,
-    Decide,
-    Decided,
     Decision,
+    Finish,
+    Finished,
     Forget,
     OnePhase,
     PartDone,
@@ -221,20 +224,20 @@ class TxnCoordinator:
         txn_id = self._rng.randbytes(limits.TXN_ID_BYTES)
         home = min(parts)
         expiry_ms = wall_ms() + limits.TXN_INTENT_TTL_MS
-        shards = sorted(parts)
+        others = [shard for shard in sorted(parts) if shard != home]
         answers = await asyncio.gather(
             *(
                 self._runner.run_txn_command(
                     shard, Prepare(txn_id, home, expiry_ms, parts[shard]), deadline
                 )
-                for shard in shards
+                for shard in others
             ),
             return_exceptions=True,
         )
         prepared: dict[int, Prepared] = {}
         retry = _Retry("")
         failure: BaseException | None = None
-        for shard, answer in zip(shards, answers, strict=True):
+        for shard, answer in zip(others, answers, strict=True):
             if isinstance(answer, Prepared):
                 prepared[shard] = answer
             elif isinstance(answer, Conflict):
@@ -251,58 +254,67 @@ class TxnCoordinator:
                 retry.reason = retry.reason or f"shard {shard}: {answer}"
             else:
                 failure = AssertionError(f"shard {shard} answered a prepare with {answer!r}")
-        if len(prepared) != len(shards):
+        if len(prepared) != len(others):
             # Abandon the attempt: nothing was decided, so aborting is always right. Every
             # participant is told (a prepare whose answer was lost may still apply; if it
             # applies after this, its intent expires and is resolved from the missing record).
             self.stats.aborted_attempts += 1
-            await self._release(txn_id, shards, Decision.ABORT, deadline)
+            await self._release(txn_id, others, Decision.ABORT, deadline)
             if failure is not None and not isinstance(failure, UnavailableError):
                 raise failure
             if time.monotonic() >= deadline:
                 raise DeadlineExceededError(f"the transaction's prepare timed out: {retry.reason}")
             return retry
         self._crash_at(FaultPoint.AFTER_PREPARE)
-        holds = all(answer.compares_hold for answer in prepared.values())
-        branch = request.success if holds else request.failure
-        if all(op.kind is OpKind.GET for op in branch):
-            # Read-only: every read was taken under locks held at the same time on every
-            # participant, which is a serializable point; no record, just release.
-            self.stats.read_only += 1
-            await self._release(txn_id, shards, Decision.ABORT, deadline)
-            return _answer(holds, prepared)
-        decision = Decision.COMMIT_SUCCESS if holds else Decision.COMMIT_FAILURE
-        decided = await self._decide(txn_id, home, decision, deadline)
-        if decided is Decision.ABORT:
-            # A resolver found our intents expired and aborted the record first.
+        finish = Finish(
+            txn_id,
+            all(answer.compares_hold for answer in prepared.values()),
+            any(op.kind is not OpKind.GET for op in request.success),
+            any(op.kind is not OpKind.GET for op in request.failure),
+            parts[home],
+        )
+        finished = await self._finish(home, finish, deadline)
+        may_write = finish.success_writes or finish.failure_writes
+        if isinstance(finished, Conflict) or finished.decision is Decision.ABORT:
+            # Keys of the home part were locked (FINISH then left an ABORT record), or a
+            # resolver found our intents expired and aborted the record first.
             self.stats.aborted_attempts += 1
-            await self._release(txn_id, shards, Decision.ABORT, deadline)
+            await self._release(txn_id, others, Decision.ABORT, deadline)
+            if may_write:
+                self._queue_forget(txn_id, home)
+            if isinstance(finished, Conflict):
+                return _Retry(f"shard {home}: {finished.reason}", {home: list(finished.blockers)})
             return _Retry("the transaction's intents expired before it was decided")
         self._crash_at(FaultPoint.AFTER_DECISION)
+        decision = finished.decision
+        if decision is None:
+            # Writes nowhere: the other parts' reads were taken under locks still held at the
+            # home part's instant, a serializable point; no record, just release them.
+            self.stats.read_only += 1
+            await self._release(txn_id, others, Decision.ABORT, deadline)
+            return _answer(finished.succeeded, prepared, finished.results)
         self.stats.committed += 1
         if self._fault is FaultPoint.MID_COMMIT:
             # The fault point tests a coordinator dying half-way through its commit, before
             # it answered: keep the commit on the answer's path when it is armed.
-            await self._commit(txn_id, home, shards, decided)
+            await self._commit(txn_id, home, others, decision)
         else:
             # The decision is durable on the home shard: the transaction is committed. The
             # intents are resolved after the answer (Percolator, CockroachDB): anyone who
             # meets one first waits until it is resolved (reads and writes wait out locks),
             # so nothing reads around the outcome.
-            self._background_task(self._commit(txn_id, home, shards, decided))
-        return _answer(holds, prepared)
+            self._background_task(self._commit(txn_id, home, others, decision))
+        return _answer(finished.succeeded, prepared, finished.results)
 
-    async def _decide(
-        self, txn_id: bytes, home: int, decision: Decision, deadline: float
-    ) -> Decision:
-        """Propose the decision until it is seen applied (DECIDE is idempotent: the record
-        keeps the first one), or raise DeadlineExceededError (outcome unknown)."""
+    async def _finish(self, home: int, finish: Finish, deadline: float) -> Finished | Conflict:
+        """Propose FINISH until its outcome is known, or raise DeadlineExceededError (outcome
+        unknown). Proposing it again is safe: a FINISH that finds the record answers what the
+        first one did (txn_locks.py), and Raft's log order means an earlier copy that was not
+        applied before a later one never will be."""
         attempt = 0
         while True:
             try:
-                decided = await self._runner.run_txn_command(
-                    home, Decide(txn_id, decision, resolve=True), deadline
-                )
+                result = await self._runner.run_txn_command(home, finish, deadline)
             except (UnavailableError, DeadlineExceededError) as error:
                 if time.monotonic() + 0.01 >= deadline:
                     raise DeadlineExceededError(
@@ -312,15 +324,14 @@ class TxnCoordinator:
                 await asyncio.sleep(backoff_s(attempt + 3, self._rng))
                 attempt += 1
                 continue
-            assert isinstance(decided, Decided), decided
-            return decided.decision
+            assert isinstance(result, Finished | Conflict), result
+            return result
 
     async def _commit(
-        self, txn_id: bytes, home: int, shards: list[int], decision: Decision
+        self, txn_id: bytes, home: int, others: list[int], decision: Decision
     ) -> None:
-        # The DECIDE entry resolved the home shard's intent: half of the commit is done.
+        # The FINISH entry applied the home part: part of the commit is done.
         self._crash_at(FaultPoint.MID_COMMIT)
-        others = [shard for shard in shards if shard != home]
         done = await asyncio.gather(
             *(self._resolve_later(Resolve(txn_id, decision), shard) for shard in others)
         )
@@ -446,8 +457,10 @@ class TxnCoordinator:
             os._exit(FAULT_EXIT_CODE)
 
 
-def _answer(holds: bool, prepared: dict[int, Prepared]) -> TxnResponse:
-    results: list[tuple[int, OpResult]] = []
+def _answer(
+    holds: bool, prepared: dict[int, Prepared], home: tuple[tuple[int, OpResult], ...]
+) -> TxnResponse:
+    results: list[tuple[int, OpResult]] = list(home)
     for answer in prepared.values():
         results.extend(answer.success if holds else answer.failure)
     results.sort(key=lambda item: item[0])

@@ -50,6 +50,8 @@ from minikv_core.cluster.txn_codec import (
     Decide,
     Decided,
     Decision,
+    Finish,
+    Finished,
     Forget,
     Forgotten,
     Intent,
@@ -65,7 +67,9 @@ from minikv_core.cluster.txn_codec import (
     TxnCodecError,
     TxnResult,
     decode_intent,
+    decode_record,
     encode_intent,
+    encode_record,
 )
 from minikv_core.storage.engine import Delete, Engine, Op, Put
 
@@ -205,6 +209,8 @@ class TxnLockTable:
             return self._resolve_many(body)
         if isinstance(body, Decide):
             return self._decide(body, engine)
+        if isinstance(body, Finish):
+            return self._finish(body, index, engine, read)
         assert isinstance(body, Forget)
         present = [txn_id for txn_id in body.txn_ids if engine.get(record_key(txn_id)) is not None]
         ops: list[Op] = [Delete(record_key(txn_id)) for txn_id in present]
@@ -215,7 +221,8 @@ class TxnLockTable:
 
         return Applied(ops, Forgotten(bool(ops)), commit)
 
-    def _one_phase(self, part: ShardPart, index: int, read: Reader) -> Applied:
+    def _part_blockers(self, part: ShardPart) -> list[Blocker]:
+        """Who stops `part` from running at once: the rules for ONE_PHASE (module docstring)."""
         blockers: list[Blocker] = []
         for key in sorted(part.write_keys()):
             blockers += self.write_blockers(key)
@@ -223,6 +230,10 @@ class TxnLockTable:
             blocker = self.read_blocker(key)
             if blocker is not None:
                 blockers.append(blocker)
+        return blockers
+
+    def _one_phase(self, part: ShardPart, index: int, read: Reader) -> Applied:
+        blockers = self._part_blockers(part)
         if blockers:
             return Applied([], Conflict(_unique(blockers), "keys are locked"), _nothing)
         holds = all(evaluate_compare(c, read(c.key)) for c in part.compare)
@@ -341,6 +352,56 @@ class TxnLockTable:
             settle()
 
         return Applied(ops, Decided(decision), commit)
+
+    def _finish(self, body: Finish, index: int, engine: Engine, read: Reader) -> Applied:
+        """The home part and the record in one entry (txn_codec.Finish says why).
+
+        Order matters, each step with the invariant it protects:
+        1. A record already there answers: a resolver's ABORT got there first (nothing is
+           applied; the coordinator retries), or this is a FINISH proposed again after an
+           unknown outcome (it answers what the first one did, from the record).
+        2. Keys locked by another transaction: nothing applied, but a transaction that may
+           write leaves an ABORT record. A FINISH is never proposed again after a Conflict,
+           but a copy of an earlier attempt could still be applied later; it must find the
+           record and not commit what the coordinator has already released elsewhere.
+        3. Otherwise the branch runs here at once, like ONE_PHASE, and the record says which
+           one (for a transaction that writes nowhere, no record: nothing to keep atomic).
+        """
+        key = record_key(body.txn_id)
+        stored = engine.get(key)
+        if stored is not None:
+            try:
+                return Applied([], decode_record(stored), _nothing)
+            except TxnCodecError as error:
+                raise TxnStateCorruptionError(f"transaction record {key!r}: {error}") from None
+        txn_id = body.txn_id
+        may_write = body.success_writes or body.failure_writes
+        blockers = self._part_blockers(body.part)
+        if blockers:
+            conflict = Conflict(_unique(blockers), "keys are locked")
+            if not may_write:
+                return Applied([], conflict, _nothing)
+            aborted = Finished(Decision.ABORT, False, ())
+
+            def record_abort() -> None:
+                self.records[txn_id] = Decision.ABORT
+
+            return Applied([Put(key, encode_record(aborted))], conflict, record_abort)
+        part = body.part
+        holds = body.others_hold and all(evaluate_compare(c, read(c.key)) for c in part.compare)
+        ops: list[Op] = []
+        branch = (part.success, part.success_index) if holds else (part.failure, part.failure_index)
+        results = _run_branch(*branch, index, read, ops)
+        if not may_write:
+            return Applied(ops, Finished(None, holds, results), _nothing)
+        decision = Decision.COMMIT_SUCCESS if holds else Decision.COMMIT_FAILURE
+        finished = Finished(decision, holds, results)
+        ops.append(Put(key, encode_record(finished)))
+
+        def record() -> None:
+            self.records[txn_id] = decision
+
+        return Applied(ops, finished, record)
 
 
 def _stored_decision(key: bytes, stored: bytes) -> Decision:

@@ -33,6 +33,8 @@ from minikv_core.cluster.txn_codec import (
     Decide,
     Decided,
     Decision,
+    Finish,
+    Finished,
     Forget,
     Intent,
     OnePhase,
@@ -47,9 +49,11 @@ from minikv_core.cluster.txn_codec import (
     TxnResult,
     decode_body,
     decode_intent,
+    decode_record,
     decode_result,
     encode_body,
     encode_intent,
+    encode_record,
     encode_result,
     split_by_shard,
 )
@@ -220,6 +224,8 @@ def test_every_body_and_result_round_trips() -> None:
         ResolveMany((Resolve(txn_id, Decision.ABORT), Resolve(bytes(16), Decision.COMMIT_FAILURE))),
         Forget((txn_id,)),
         Forget(tuple(rng.randbytes(limits.TXN_ID_BYTES) for _ in range(3))),
+        Finish(txn_id, True, True, False, part),
+        Finish(txn_id, False, False, True, part),
     ]
     for body in bodies:
         assert decode_body(encode_body(body)) == body
@@ -230,9 +236,16 @@ def test_every_body_and_result_round_trips() -> None:
         PartDone(False, ((1, OpResult(OpKind.GET, 0, value=None)),)),
         Prepared(True, ((0, OpResult(OpKind.PUT, 9)),), ((0, OpResult(OpKind.GET, 2, value=b"")),)),
         Decided(Decision.COMMIT_SUCCESS),
+        Finished(Decision.COMMIT_FAILURE, False, ((2, OpResult(OpKind.GET, 4, value=b"x")),)),
+        Finished(None, True, ()),
     ]
     for result in results:
         assert decode_result(encode_result(result)) == result
+    record = Finished(Decision.COMMIT_SUCCESS, True, ((0, OpResult(OpKind.PUT, 9)),))
+    assert decode_record(encode_record(record)) == record
+    assert encode_record(record)[0] == Decision.COMMIT_SUCCESS, "the decision byte comes first"
+    # A DECIDE's record is its decision byte alone.
+    assert decode_record(bytes([Decision.ABORT])) == Finished(Decision.ABORT, False, ())
     intent = Intent(txn_id, 1, 2, 3, (b"r",), ((b"a", b"v"), (b"b", None)), ())
     assert decode_intent(encode_intent(intent)) == intent
 
@@ -261,6 +274,14 @@ def test_a_resolve_many_names_between_one_and_the_batch_limit_of_items() -> None
     data = encode_body(ResolveMany((item,)))
     with pytest.raises(TxnCodecError, match="unknown decision"):
         decode_body(data[:-1] + b"\x09")
+
+
+def test_a_finish_with_unknown_flags_is_refused() -> None:
+    part = ShardPart.whole(parse_document(ISSUE_EXAMPLE))
+    data = bytearray(encode_body(Finish(bytes(16), True, True, True, part)))
+    data[1 + limits.TXN_ID_BYTES] |= 8
+    with pytest.raises(TxnCodecError, match="unknown finish flags"):
+        decode_body(bytes(data))
 
 
 def test_malformed_bodies_are_refused_by_the_decoder() -> None:

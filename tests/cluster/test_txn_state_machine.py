@@ -25,6 +25,8 @@ from minikv_core.cluster.txn_codec import (
     Decide,
     Decided,
     Decision,
+    Finish,
+    Finished,
     Forget,
     Forgotten,
     OnePhase,
@@ -242,6 +244,80 @@ def test_resolve_many_resolves_each_transaction_as_its_own_resolve_would(shard: 
     assert shard.machine.txn.intents == {}
     assert shard.txn(batch) == Resolved(False)
     assert shard.apply(PutCommand(b"b", b"free")).kind is ResultKind.PUT
+
+
+def test_finish_applies_the_home_part_and_writes_the_record_in_one_entry(shard: Shard) -> None:
+    shard.apply(PutCommand(b"a", b"1"))
+    body = Finish(
+        T1,
+        True,
+        True,
+        False,
+        part(
+            (Compare(b"a", CompareTarget.VALUE, value=b"1"),),
+            (put(b"a", b"2"), get(b"a")),
+        ),
+    )
+    done = shard.txn(body)
+    index = shard.index
+    expected = Finished(
+        Decision.COMMIT_SUCCESS,
+        True,
+        ((0, OpResult(OpKind.PUT, index)), (1, OpResult(OpKind.GET, 1, value=b"1"))),
+    )
+    assert done == expected
+    assert shard.machine.get(b"a") == (b"2", index)
+    assert shard.machine.txn.records == {T1: Decision.COMMIT_SUCCESS}
+    assert shard.machine.txn.intents == {}, "the home part needs no intent"
+    # Proposed again (an unknown outcome): the record answers what the first one did, and
+    # nothing is applied twice.
+    assert shard.txn(body) == expected
+    assert shard.machine.get(b"a") == (b"2", index)
+    # A resolver's DECIDE finds the commit.
+    assert shard.txn(Decide(T1, Decision.ABORT, resolve=True)) == Decided(Decision.COMMIT_SUCCESS)
+
+
+def test_finish_runs_the_failure_branch_when_another_participants_compares_failed(
+    shard: Shard,
+) -> None:
+    body = Finish(T1, False, True, True, part((), (put(b"a", b"s"),), (put(b"b", b"f"),)))
+    done = shard.txn(body)
+    assert done == Finished(
+        Decision.COMMIT_FAILURE, False, ((0, OpResult(OpKind.PUT, shard.index)),)
+    )
+    assert shard.machine.get(b"a") is None
+    assert shard.machine.get(b"b") == (b"f", shard.index)
+
+
+def test_finish_after_a_resolvers_abort_applies_nothing(shard: Shard) -> None:
+    assert shard.txn(Decide(T1, Decision.ABORT, resolve=True)) == Decided(Decision.ABORT)
+    done = shard.txn(Finish(T1, True, True, False, part((), (put(b"a", b"x"),))))
+    assert done == Finished(Decision.ABORT, False, ())
+    assert shard.machine.get(b"a") is None
+
+
+def test_finish_on_locked_keys_conflicts_and_leaves_an_abort_record(shard: Shard) -> None:
+    shard.txn(Prepare(T2, 0, 1, part((), (put(b"a", b"other"),))))
+    body = Finish(T1, True, True, False, part((), (put(b"a", b"x"),)))
+    conflict = shard.txn(body)
+    assert isinstance(conflict, Conflict) and [b.txn_id for b in conflict.blockers] == [T2]
+    assert shard.machine.txn.records == {T1: Decision.ABORT}
+    # A copy of that FINISH applied later, once the lock is gone, must not commit what the
+    # coordinator released elsewhere: the record says ABORT.
+    shard.txn(Resolve(T2, Decision.ABORT))
+    assert shard.txn(body) == Finished(Decision.ABORT, False, ())
+    assert shard.machine.get(b"a") is None
+
+
+def test_a_finish_that_writes_nowhere_leaves_no_record(shard: Shard) -> None:
+    shard.apply(PutCommand(b"a", b"1"))
+    done = shard.txn(Finish(T1, True, False, False, part((), (get(b"a"),))))
+    assert done == Finished(None, True, ((0, OpResult(OpKind.GET, 1, value=b"1")),))
+    assert shard.machine.txn.records == {}
+    shard.txn(Prepare(T2, 0, 1, part((), (put(b"a", b"x"),))))
+    conflict = shard.txn(Finish(T1, True, False, False, part((), (get(b"a"),))))
+    assert isinstance(conflict, Conflict)
+    assert shard.machine.txn.records == {}
 
 
 def test_transaction_state_is_invisible_to_scans(shard: Shard) -> None:

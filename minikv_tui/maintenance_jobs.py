@@ -164,6 +164,10 @@ class JobStep:
             return f"node {self.node} leaves the cluster"
         if self.kind == "verify":
             return f"verify shard {self.shard}"
+        if self.kind == "verify_wal":
+            return f"read node {self.node}'s WAL back"
+        if self.kind == "rewrite_wal":
+            return f"node {self.node} rewrites its WAL"
         if self.kind == "remove_meta_member":
             return f"node {self.node} leaves the meta group"
         if self.kind == "add_meta_voter":
@@ -193,8 +197,16 @@ class Blocked:
 @dataclass(frozen=True)
 class Corrupt:
     shard: int
+    """-1: the node's WAL."""
     node: int
     reason: str
+
+    def where(self) -> str:
+        return (
+            f"the WAL of node {self.node}"
+            if self.shard < 0
+            else (f"shard {self.shard} on node {self.node}")
+        )
 
 
 @dataclass(frozen=True)
@@ -388,10 +400,16 @@ class Job:
             )
         if self.kind == Operation.VERIFY:
             if self.corrupt:
-                where = ", ".join(f"shard {c.shard} on node {c.node}" for c in self.corrupt)
-                return (
-                    f"{self.title} done: {_count(len(self.corrupt), 'corrupt replica')} ({where})"
-                )
+                replicas = [c for c in self.corrupt if c.shard >= 0]
+                wal_nodes = sorted({c.node for c in self.corrupt if c.shard < 0})
+                found = []
+                if replicas:
+                    where = ", ".join(c.where() for c in replicas)
+                    found.append(f"{_count(len(replicas), 'corrupt replica')} ({where})")
+                if wal_nodes:
+                    nodes = ", ".join(map(str, wal_nodes))
+                    found.append(f"{_count(len(wal_nodes), 'damaged WAL')} (node {nodes})")
+                return f"{self.title} done: {'; '.join(found)}"
             return (
                 f"{self.title} done: all {_count(len(self.shards), 'shard')} consistent "
                 f"({_count(self.replicas_checked(), 'replica')} checked)"

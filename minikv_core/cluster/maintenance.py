@@ -164,6 +164,10 @@ class Maintenance:
             return await local.checksum(args, deadline)
         if method == "mark_corrupt":
             return local.mark_corrupt(args)
+        if method == "wal_check":
+            return await local.wal_check()
+        if method == "wal_rewrite":
+            return await local.wal_rewrite(deadline)
         if method == "operate":
             operation = args.get("operation")
             inner = args.get("args", {})

@@ -60,6 +60,8 @@ class Job:
     steps: list[StepRecord] = field(default_factory=list)
     error: str = ""
     results: list[JsonObject] = field(default_factory=list)
+    wal_checks: list[JsonObject] = field(default_factory=list)
+    """verify: each live node's WAL check ({"node", "damage": [descriptions]})."""
     """verify: one document per shard."""
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
@@ -84,6 +86,16 @@ class Job:
             document["blocked"] = plan["blocked"]
         if self.kind == "verify":
             document["shards"] = self.results
-            document["corrupt"] = [c for r in self.results for c in r.get("corrupt", [])]
+            document["wal"] = self.wal_checks
+            # A damaged WAL is a finding like a corrupt replica (shard -1: the whole node).
+            wal_corrupt = [
+                {"shard": -1, "node": check["node"], "reason": damage}
+                for check in self.wal_checks
+                for damage in check.get("damage", [])
+            ]
+            document["corrupt"] = [
+                *(c for r in self.results for c in r.get("corrupt", [])),
+                *wal_corrupt,
+            ]
             document["clean"] = self.state == "done" and not document["corrupt"]
         return document

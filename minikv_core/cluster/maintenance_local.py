@@ -24,6 +24,7 @@ from minikv_core.cluster.service import (
     UnavailableError,
 )
 from minikv_core.cluster.shard_map import META_GROUP_ID, ShardMap, group_of_shard
+from minikv_core.cluster.wal_health import check_wal, rewrite_wal
 from minikv_core.raft import NotLeaderError, ProposalDroppedError
 from minikv_core.raft.types import ConfChange, ConfChangeType
 from minikv_core.storage import verify
@@ -216,6 +217,21 @@ class LocalMaintenance:
             )
         else:
             answer.update(digest.result().to_json())
+        return answer
+
+    async def wal_check(self) -> JsonObject:
+        """Read every record of this node's WAL (verify asks each node): what is damaged is
+        remembered and reported in the status, where repair's planner finds it."""
+        damage = await asyncio.to_thread(check_wal, self._node.config.wal_dir)
+        self._node.wal_damage = [found.describe() for found in damage]
+        return {"node": self._node.node_id, "damage": list(self._node.wal_damage)}
+
+    async def wal_rewrite(self, deadline: float) -> JsonObject:
+        """Leave every WAL segment this node has now behind (wal_health.py), then check the
+        WAL again: the answer's `damage` is what is still found (normally nothing)."""
+        rewrite = await rewrite_wal(self._host, deadline)
+        answer = await self.wal_check()
+        answer.update(rewrite.to_json())
         return answer
 
     def mark_corrupt(self, args: JsonObject) -> JsonObject:

@@ -66,6 +66,9 @@ class NodeView:
     """Declared dead, or down longer than the repair delay: its replicas are replaced."""
     leaving: bool = False
     """Being decommissioned (remove-node): its replicas move elsewhere."""
+    wal_damage: str = ""
+    """What `verify` found damaged in the node's own WAL ("" if nothing): repair has the node
+    rewrite it (cluster/wal_health.py)."""
 
     @property
     def usable(self) -> bool:
@@ -115,11 +118,19 @@ class StepKind(enum.StrEnum):
     up, promote it (unless the group has META_VOTERS_MAX voters by then)."""
     ADD_META_LEARNER = "add_meta_learner"
     """Executor: add the node to the meta group as a learner (the group has all its voters)."""
+    REWRITE_WAL = "rewrite_wal"
+    """Executor: the node rewrites what it needs of its WAL from memory and truncates every
+    old segment, the damaged ones with them (cluster/wal_health.py)."""
 
     @property
     def is_meta(self) -> bool:
         """About the meta group; the step's shard is META_SHARD."""
         return self in _META_KINDS
+
+    @property
+    def is_shardless(self) -> bool:
+        """About no shard (the meta group, a node's WAL): the step's shard is META_SHARD."""
+        return self in _META_KINDS or self is StepKind.REWRITE_WAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +158,8 @@ class Step:
         if not isinstance(raw_kind, str) or raw_kind not in {kind.value for kind in StepKind}:
             raise ValueError(f"step field 'kind' must be one of {kinds}, got {raw_kind!r}")
         kind = StepKind(raw_kind)
-        shard = _int_field(doc, "shard", minimum=META_SHARD if kind.is_meta else 0)
-        if kind.is_meta and shard != META_SHARD:
+        shard = _int_field(doc, "shard", minimum=META_SHARD if kind.is_shardless else 0)
+        if kind.is_shardless and shard != META_SHARD:
             raise ValueError(f"step field 'shard' of a {kind.value} step must be {META_SHARD}")
         node = _int_field(doc, "node", minimum=1)
         reason = _field(doc, "reason")
@@ -216,6 +227,7 @@ def plan_repair(
     replace replicas on dead, leaving and corrupt nodes, fill under-replicated shards, trim
     over-replicated ones."""
     cluster = _Cluster(nodes, shards, replicas)
+    cluster.repair_wals()
     if meta is not None:
         cluster.repair_meta(meta)
     cluster.repair()
@@ -232,6 +244,7 @@ def plan_rebalance(
     of usable nodes differ by at most one, then leaders likewise (a node added to a running
     cluster starts empty; this is what fills it)."""
     cluster = _Cluster(nodes, shards, replicas)
+    cluster.repair_wals()
     if meta is not None:
         cluster.repair_meta(meta)
     cluster.repair()
@@ -390,6 +403,16 @@ class _Cluster:
         self.transfer(
             group, target, f"move leadership off node {node_id} before its replica is removed"
         )
+
+    # ---------------------------------------------------------------------------- node WALs
+
+    def repair_wals(self) -> None:
+        """First, before anything moves: a live node whose WAL verify found damaged rewrites
+        it while it still holds the good state in memory (a restart would refuse the WAL)."""
+        for node in sorted(self.nodes.values(), key=lambda n: n.node_id):
+            if node.wal_damage and node.live and not node.dead:
+                reason = f"its WAL is damaged ({node.wal_damage}): rewrite it from memory"
+                self.steps.append(Step(StepKind.REWRITE_WAL, META_SHARD, node.node_id, reason))
 
     # ------------------------------------------------------------------------- meta group
 

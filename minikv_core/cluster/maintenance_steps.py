@@ -62,6 +62,15 @@ class StepRunner:
             return await self._transfer(step.shard, step.node, deadline)
         if step.kind is StepKind.REMOVE_META_MEMBER:
             return await self._remove_meta_member(step.node, deadline)
+        if step.kind is StepKind.REWRITE_WAL:
+            answer = await self._call(step.node, "wal_rewrite", {}, deadline)
+            left = answer.get("damage") or []
+            if left:
+                raise UnavailableError(f"node {step.node}'s WAL is still damaged: {left[0]}")
+            return (
+                f"node {step.node} rewrote its WAL: {len(answer['before'])} segment(s) "
+                f"replaced by {len(answer['after'])}"
+            )
         vote = step.kind is StepKind.ADD_META_VOTER
         return await self._add_meta_member(step.node, deadline, vote=vote)
 

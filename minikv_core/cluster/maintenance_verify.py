@@ -1,4 +1,5 @@
-"""`verify`: every replica of every shard checksums its state at one agreed log index.
+"""`verify`: every replica of every shard checksums its state at one agreed log index, and
+every live node reads its own WAL back (cluster/wal_health.py).
 
 The shard's leader proposes a CHECKSUM entry; each replica hashes its whole state when it
 applies that entry (so all hash the same logical state, without stopping writes) and re-reads
@@ -49,7 +50,21 @@ class Verifier:
                     }
                 )
             )
-        for shard, record in enumerate(job.steps):
+        live = [node.node_id for node in view.nodes if node.live]
+        wal_steps = [
+            StepRecord(
+                {
+                    "kind": "verify_wal",
+                    "shard": -1,
+                    "node": node,
+                    "reason": "read every record of its WAL",
+                }
+            )
+            for node in live
+        ]
+        shard_steps = list(job.steps)
+        job.steps.extend(wal_steps)
+        for shard, record in enumerate(shard_steps):
             with record.running():
                 result = await self._verify_shard(
                     shard, view.shards[shard], time.monotonic() + STEP_TIMEOUT_S
@@ -61,6 +76,23 @@ class Verifier:
                     if not bad
                     else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
                 )
+        for node, record in zip(live, wal_steps, strict=True):
+            with record.running():
+                record.detail = await self._verify_wal(job, node)
+
+    async def _verify_wal(self, job: Job, node: int) -> str:
+        """The node reads its whole WAL (in a thread there) and remembers what is damaged,
+        which repair's planner then sees in its status. A node that does not answer is
+        reported, not a failed verify: the shards' checks above stand."""
+        try:
+            answer = await self._call(node, "wal_check", {}, time.monotonic() + STEP_TIMEOUT_S)
+        except ServiceError as error:
+            return f"not checked: {error}"
+        damage = [str(d) for d in answer.get("damage", [])]
+        job.wal_checks.append({"node": node, "damage": damage})
+        if not damage:
+            return "every record reads back"
+        return f"{len(damage)} damaged record(s): {damage[0]}"
 
     async def _verify_shard(self, shard: int, view: Any, deadline: float) -> JsonObject:
         group_id = group_of_shard(shard)

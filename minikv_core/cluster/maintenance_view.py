@@ -11,6 +11,7 @@ Where each fact comes from, and why:
   in the highest term any replica has seen (§5.1: an old leader may not know it was deposed);
   without a leader, the most advanced replica's (highest term, then applied index).
 - corrupt replicas: replicas that `verify` marked (`corrupt` in their group status).
+- a damaged WAL: what the node's last WAL check found (`wal.damage` in its status).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class ViewBuilder:
                 live=node_id in statuses,
                 dead=node_id in dead or self._down_too_long(node_id, now),
                 leaving=node_id in leaving,
+                wal_damage="; ".join(statuses.get(node_id, {}).get("wal", {}).get("damage", ())),
             )
             for node_id in ids
         )

@@ -194,6 +194,9 @@ class Node:
             self, self._led_txn_tables, self._all_shards, config.txn_record_gc_s
         )
         self._collector_task: asyncio.Task[None] | None = None
+        self.wal_damage: list[str] = []
+        """Damaged WAL records found by the last `verify` (wal_health.check_wal), cleared by a
+        clean check; repair rewrites the WAL of a node that reports some."""
         self.maintenance = Maintenance(self)
 
     def next_request_id(self) -> int:
@@ -689,6 +692,7 @@ class Node:
             segments = host.log.wal.segments()
             wal = {
                 "directory": str(self.config.wal_dir),
+                "damage": list(self.wal_damage),
                 "segments": len(segments),
                 "bytes": sum(segment.size_bytes for segment in segments),
                 "used_bytes": sum(segment.used_bytes for segment in segments),

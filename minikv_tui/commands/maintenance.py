@@ -372,20 +372,27 @@ def verify(
         _print_verify(job)
     if job.corrupt:
         raise JobFailedError(
-            f"{len(job.corrupt)} corrupt replica(s) found",
-            hint="Run `minikv cluster repair`: it rebuilds them from the healthy replicas.",
+            f"{len(job.corrupt)} corrupt replica(s) or damaged WAL record(s) found",
+            hint=(
+                "Run `minikv cluster repair`: it rebuilds corrupt replicas from the healthy "
+                "ones and has a node with a damaged WAL rewrite it."
+            ),
         )
 
 
 def _print_verify(job: Job) -> None:
     out = _out()
     if job.corrupt:
-        table = Table(title="corrupt replicas", title_justify="left")
+        table = Table(title="corrupt replicas and damaged WALs", title_justify="left")
         for column in ("shard", "node"):
             table.add_column(column, no_wrap=True)
         table.add_column("reason")
         for corrupt in job.corrupt:
-            table.add_row(str(corrupt.shard), str(corrupt.node), escape(corrupt.reason))
+            table.add_row(
+                "WAL" if corrupt.shard < 0 else str(corrupt.shard),
+                str(corrupt.node),
+                escape(corrupt.reason),
+            )
         out.print(table)
     else:
         out.print(

@@ -69,6 +69,8 @@ def step_action(step: JobStep) -> str:
     """What the step does, in a few words: "shard 3: add a replica on node 2"."""
     if step.kind == "verify":
         return f"shard {step.shard}: checksum every replica"
+    if step.kind in ("verify_wal", "rewrite_wal"):
+        return step.describe()
     if step.shard < 0:  # a meta-group step (shard -1)
         return f"meta group: {step.describe()}"
     verb = _STEP_VERBS.get(step.kind, step.kind.replace("_", " ") + " node {node}")
@@ -106,12 +108,14 @@ def outcome_parts(job: Job) -> Outcome:
     if job.kind == "verify":
         if not job.corrupt:
             return Outcome(f"all {len(job.shards)} shards consistent ({seconds})")
-        shown = "; ".join(
-            f"shard {c.shard} on node {c.node}: {c.reason}" for c in job.corrupt[:CORRUPT_SHOWN]
-        )
+        shown = "; ".join(f"{c.where()}: {c.reason}" for c in job.corrupt[:CORRUPT_SHOWN])
         hidden = len(job.corrupt) - CORRUPT_SHOWN
         more = f"; {hidden} more" if hidden > 0 else ""
-        count = _plural(len(job.corrupt), "corrupt replica", "corrupt replicas")
+        count = (
+            _plural(len(job.corrupt), "corrupt replica", "corrupt replicas")
+            if all(c.shard >= 0 for c in job.corrupt)
+            else _plural(len(job.corrupt), "finding", "findings")
+        )
         return Outcome(count, f"{shown}{more}", "press r to rebuild")
     moves = _moves(job.steps)
     headline = f"{moves} in {seconds}" if moves else f"nothing to do ({seconds})"

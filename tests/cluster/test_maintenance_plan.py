@@ -232,6 +232,26 @@ def test_dead_node_replicas_move_to_the_one_free_node() -> None:
     assert plan_repair(nodes, final, 3).steps == ()
 
 
+def test_a_live_node_with_a_damaged_wal_rewrites_it_first_and_a_dead_one_does_not() -> None:
+    nodes = [
+        replace(n, wal_damage="WAL segment 1.wal, byte 32: bad CRC") if n.node_id in (2, 4) else n
+        for n in make_nodes(4, dead=[4])
+    ]
+    plan = plan_repair(nodes, placed(4, 8, 3), 3)
+    rewrite = Step(
+        StepKind.REWRITE_WAL,
+        META_SHARD,
+        2,
+        "its WAL is damaged (WAL segment 1.wal, byte 32: bad CRC): rewrite it from memory",
+    )
+    assert plan.steps[0] == rewrite, "before any replica moves"
+    assert [s for s in plan.steps if s.kind is StepKind.REWRITE_WAL] == [rewrite]
+    assert Step.from_json(rewrite.to_json()) == rewrite
+    assert plan_rebalance(nodes, placed(4, 8, 3), 3).steps[0] == rewrite
+    with pytest.raises(ValueError, match="must be -1"):
+        Step.from_json({**rewrite.to_json(), "shard": 0})
+
+
 def test_three_nodes_one_dead_is_blocked_without_steps() -> None:
     nodes = make_nodes(3, dead=[2])
     plan = plan_repair(nodes, placed(3, 8, 3), 3)
@@ -472,7 +492,7 @@ def test_plan_json_shape() -> None:
 
 def test_step_json_round_trips() -> None:
     for kind in StepKind:
-        step = Step(kind, META_SHARD if kind.is_meta else 3, 2, "why")
+        step = Step(kind, META_SHARD if kind.is_shardless else 3, 2, "why")
         assert Step.from_json(step.to_json()) == step
 
 

@@ -23,6 +23,7 @@ import pytest
 
 from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_DEFAULT
 from minikv_core.cluster.placement import place_meta, place_shards
+from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
 from tests.integration.test_cluster import get, put, shard_groups
 
@@ -453,6 +454,45 @@ async def test_verify_names_a_corrupt_table_and_repair_rebuilds_the_replica(four
     clean = await wait_job(cluster, 1, job["id"])
     assert clean["state"] == "done" and clean["clean"], clean["corrupt"]
     await assert_readable(cluster, 4, written)
+
+
+async def test_verify_names_a_damaged_wal_record_and_repair_has_the_node_rewrite_it(
+    four: Cluster,
+) -> None:
+    """Bit rot under a running node: its WAL is read only at start, so without verify the
+    damage would surface as a node that refuses to start."""
+    cluster = four
+    written = await write_keys(cluster, 1, 100, "wal")
+    wal_dir = cluster.nodes[2].data_dir / "wal"
+    segment = sorted(wal_dir.glob("*.wal"))[0]
+    with segment.open("r+b") as file:  # inside the segment's first record
+        file.seek(SEGMENT_HEADER_SIZE + 12)
+        byte = file.read(1)
+        file.seek(SEGMENT_HEADER_SIZE + 12)
+        file.write(bytes([byte[0] ^ 0x5A]))
+
+    job = await operate(cluster, 3, "verify", {})
+    result = await wait_job(cluster, 3, job["id"])
+    assert result["state"] == "done" and not result["clean"], result
+    (found,) = [c for c in result["corrupt"] if c["shard"] == -1]
+    assert found["node"] == 2 and segment.name in found["reason"], result["corrupt"]
+    assert f"byte {SEGMENT_HEADER_SIZE}" in found["reason"], found
+
+    job = await operate(cluster, 3, "repair", {})
+    repaired = await wait_job(cluster, 3, job["id"])
+    assert repaired["state"] == "done", repaired
+    assert [(s["kind"], s["node"]) for s in repaired["steps"]][:1] == [("rewrite_wal", 2)]
+    assert not segment.exists(), "the damaged segment was truncated away"
+
+    job = await operate(cluster, 1, "verify", {})
+    clean = await wait_job(cluster, 1, job["id"])
+    assert clean["state"] == "done" and clean["clean"], clean["corrupt"]
+    # The node restarts from its data dir (a damaged WAL would have been refused).
+    cluster.terminate(2)
+    cluster.launch(2)
+    await cluster.wait_started(2)
+    await cluster.wait_ready()
+    await assert_readable(cluster, 2, written)
 
 
 async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) -> None:

@@ -23,8 +23,10 @@ from minikv_tui.dashboard.jobs import (
     parse_job,
     parse_plan,
     progress_line,
+    step_action,
 )
 from minikv_tui.dashboard.source import load_recording
+from minikv_tui.maintenance_jobs import JobStep
 
 RECORDING = Path(__file__).parent / "snapshots" / "maintenance_recording.json"
 
@@ -163,6 +165,14 @@ def test_outcomes_say_what_was_achieved_or_what_to_do() -> None:
     corrupt = parse_job(verify)
     assert corrupt is not None and not corrupt.succeeded
     assert outcome(corrupt) == "1 corrupt replica: shard 5 on node 2: checksum differs"
+    verify["corrupt"].append({"shard": -1, "node": 3, "reason": "WAL segment 1.wal: bad CRC"})
+    both = parse_job(verify)
+    assert both is not None
+    assert outcome(both) == (
+        "2 findings: shard 5 on node 2: checksum differs; the WAL of node 3: WAL segment 1.wal: "
+        "bad CRC"
+    )
+    assert both.summary().endswith("1 corrupt replica (shard 5 on node 2); 1 damaged WAL (node 3)")
     failed = job_in_state("repair", "running")
     failed.update(state="failed", error="node 3 did not catch up in time")
     parsed = parse_job(failed)
@@ -174,6 +184,10 @@ def test_a_running_step_is_told_by_what_it_does_and_why() -> None:
     assert job is not None
     line = progress_line(job)
     assert line.startswith("shard ") and " — replace replica on dead node " in line
+    rewrite = JobStep("rewrite_wal", -1, 2, "its WAL is damaged (…): rewrite it from memory")
+    assert step_action(rewrite) == "node 2 rewrites its WAL"
+    meta = JobStep("remove_meta_member", -1, 4, "node 4 is dead")
+    assert step_action(meta) == "meta group: node 4 leaves the meta group"
 
 
 def test_the_plan_dialog_lists_steps_and_escapes_markup() -> None:

@@ -52,7 +52,7 @@ bench: $(DEV_STAMP)
 bench-etcd: $(DEV_STAMP)
 	$(PY) bench/cluster_vs_etcd.py --install
 
-# screenshots/*.svg from the recorded demo scenarios (tools/screenshots.py --record re-records
+# screenshots/*.svg and *.png from the recorded demo scenarios (tools/screenshots.py --record re-records
 # them from a real cluster); the README shows them.
 screenshots: $(DEV_STAMP)
 	$(PY) tools/screenshots.py

@@ -6,7 +6,9 @@ unless the dashboard does. Update with `--snapshot-update` after checking the re
 The job panel and the repair's plan dialog replay a second recording, of a 4-node cluster
 losing a node, repaired then verified (tests/tui/snapshots/maintenance_recording.json, made by
 `tests/tui/snapshots/record_maintenance.py`); the states a healthy run never reaches (a failed
-job, corrupt replicas) are that recording's job documents with the outcome changed.
+job, corrupt replicas) are that recording's job documents with the outcome changed. A third,
+of a 5-node, 16-shard cluster losing a node (tests/tui/snapshots/large_recording.json, made by
+`tests/tui/snapshots/record_large.py`), is the largest cluster the panels must fit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +25,8 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 from textual.screen import Screen
-from textual.widgets import Input
+from textual.widget import Widget
+from textual.widgets import DataTable, Input
 
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
 from minikv_tui.dashboard.jobs import confirm_text, parse_plan
@@ -33,21 +37,42 @@ from minikv_tui.dashboard.screens.partition import PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitScreen
 from minikv_tui.dashboard.session import RecordedSession
 from minikv_tui.dashboard.source import load_recording, recorded_frames
+from minikv_tui.dashboard.widgets import compact
 from minikv_tui.dashboard.widgets.event_log import EventLog
+from minikv_tui.dashboard.widgets.shard_matrix import ShardMatrix
 
 RECORDING = Path(__file__).parent / "snapshots" / "demo_recording.json"
 MAINTENANCE = Path(__file__).parent / "snapshots" / "maintenance_recording.json"
+LARGE = Path(__file__).parent / "snapshots" / "large_recording.json"
 REPLAY_TIMEOUT_S = 20.0
 SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
+EVERY_SIZE = {**SIZES, "120x36": (120, 36)}
 
 SnapCompare = Callable[..., bool]
 
 
-def replay(scenario: str, theme: str = "dark") -> DashboardApp:
-    frames = recorded_frames(RECORDING, end=scenario)
+def replay(scenario: str, theme: str = "dark", recording: Path = RECORDING) -> DashboardApp:
+    frames = recorded_frames(recording, end=scenario)
     return DashboardApp(
         RecordedSession(frames, title="demo"), DashboardOptions(tz=dt.UTC, theme=theme)
     )
+
+
+async def wait_replayed(pilot: Pilot[str | None]) -> None:
+    """Until the whole replay is on screen, the event log scrolled to its end."""
+    app = pilot.app
+    assert isinstance(app, DashboardApp)
+    deadline = time.monotonic() + REPLAY_TIMEOUT_S
+    while not app.replay_finished:
+        assert time.monotonic() < deadline, f"replay stuck at frame {app.frames_applied}"
+        await pilot.pause(0.02)
+    await pilot.pause()
+    # The job panel appearing shrinks the event log, which then scrolls to its end after
+    # a refresh: on a busy machine that can come after the pause above (seen in CI).
+    for log in app.query(EventLog):
+        while log.auto_scroll and log.scroll_y != log.max_scroll_y:
+            assert time.monotonic() < deadline, "the event log never scrolled to its end"
+            await pilot.pause(0.02)
 
 
 def settled(
@@ -56,20 +81,9 @@ def settled(
     """Waits for the whole replay to be on screen (then opens a dialog, if any)."""
 
     async def run_before(pilot: Pilot[str | None]) -> None:
-        app = pilot.app
-        assert isinstance(app, DashboardApp)
-        deadline = time.monotonic() + REPLAY_TIMEOUT_S
-        while not app.replay_finished:
-            assert time.monotonic() < deadline, f"replay stuck at frame {app.frames_applied}"
-            await pilot.pause(0.02)
-        await pilot.pause()
-        # The job panel appearing shrinks the event log, which then scrolls to its end after
-        # a refresh: on a busy machine that can come after the pause above (seen in CI).
-        for log in app.query(EventLog):
-            while log.auto_scroll and log.scroll_y != log.max_scroll_y:
-                assert time.monotonic() < deadline, "the event log never scrolled to its end"
-                await pilot.pause(0.02)
+        await wait_replayed(pilot)
         if screen is not None:
+            app = pilot.app
             await app.push_screen(screen())
             for field in app.screen.query(Input):
                 field.cursor_blink = False  # a blinking cursor is a clock in the picture
@@ -110,6 +124,13 @@ def test_narrow_panels_switch_by_number(snap_compare: SnapCompare, panel: str) -
     assert snap_compare(
         replay("leader-killed"), press=[panel], terminal_size=(80, 24), run_before=settled()
     )
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_large_cluster(snap_compare: SnapCompare, size: str) -> None:
+    """5 nodes, 16 shards, one node killed: a column per node in the matrix, every shard."""
+    app = replay("node-down", recording=LARGE)
+    assert snap_compare(app, terminal_size=SIZES[size], run_before=settled())
 
 
 @pytest.mark.parametrize("theme", ["light", "high-contrast"])
@@ -197,3 +218,104 @@ def test_repair_plan_dialog(snap_compare: SnapCompare, size: str) -> None:
 
     app = replay_maintenance("killed")
     assert snap_compare(app, terminal_size=SIZES[size], run_before=settled(dialog))
+
+
+# --- fitting the panels ------------------------------------------------------------------------
+
+KEY_COLUMNS = {
+    "shard-map": ("#", "nodes", "ldr", "term"),
+    "wal-table": ("node", "seg", "A/S", "used", "indexes"),
+    "sstable-table": ("#", "L0", "L1", "L2+"),
+}
+"""Columns a panel keeps at any width (the rest may go when it is narrow)."""
+CLUSTERS = {
+    "3x8-steady": (RECORDING, "steady"),
+    "3x8-leader-killed": (RECORDING, "leader-killed"),
+    "5x16-node-down": (LARGE, "node-down"),
+}
+
+
+def column_labels(table: DataTable[Any]) -> list[str]:
+    return [str(column.label) for column in table.ordered_columns]
+
+
+def sideways(widget: Widget) -> str | None:
+    """Why `widget` would scroll sideways (None: it fits)."""
+    if widget.virtual_size.width > widget.scrollable_content_region.width:
+        return (
+            f"{widget.id}: {widget.virtual_size.width} wide in {widget.scrollable_content_region}"
+        )
+    return None
+
+
+@pytest.mark.parametrize("size", EVERY_SIZE)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+async def test_panels_fit_without_scrolling_sideways(cluster: str, size: str) -> None:
+    """Every panel, one at a time on a narrow screen: each node a column of the matrix, each
+    key column of the tables shown, and nothing wider than its panel."""
+    recording, scenario = CLUSTERS[cluster]
+    app = replay(scenario, recording=recording)
+    async with app.run_test(size=EVERY_SIZE[size]) as pilot:
+        await wait_replayed(pilot)
+        snapshot = app.snapshot
+        assert snapshot is not None
+        problems: list[str] = []
+        for panel in ("1", "2", "3", "4"):
+            await pilot.press(panel)
+            await pilot.pause()
+            matrix = app.query_one(ShardMatrix)
+            if matrix.region.width:
+                labels = column_labels(matrix)
+                problems += [
+                    f"matrix lacks n{n.node_id}: {labels}"
+                    for n in snapshot.nodes
+                    if f"n{n.node_id}" not in labels
+                ]
+            for table_id, wanted in KEY_COLUMNS.items():
+                table = app.query_one(f"#{table_id}", DataTable)
+                if table.region.width:
+                    labels = column_labels(table)
+                    problems += [
+                        f"{table_id} lacks {label}: {labels}"
+                        for label in wanted
+                        if label not in labels
+                    ]
+            shown = [w for w in (*app.query(DataTable), app.query_one(EventLog)) if w.region.width]
+            problems += [p for p in map(sideways, shown) if p is not None]
+        assert not problems, sorted(set(problems))
+
+
+def test_compact_figures_stay_within_their_columns() -> None:
+    """The fixed column widths rely on these bounds: sizes in 4 characters, counts in the
+    width asked for, both rounded down (never more than there is)."""
+    rng = random.Random(7)
+    edges = [0, 9, 999, 1000, 1023, 1024, 9999, 10_000, 99_999, 999_999, 1_000_000, 10**9 - 1]
+    values = edges + [rng.randrange(10**9) for _ in range(2000)]
+    for value in values:
+        shown = compact.size(value)
+        assert len(shown) <= compact.SIZE_CHARS_MAX, (value, shown)
+        assert _size_bytes(shown) <= value, (value, shown)
+        for width in (2, 3, 4, 5):
+            shown = compact.count(value, width)
+            assert len(shown) <= width, (value, width, shown)
+            assert _count(shown) <= value, (value, width, shown)
+    assert (compact.size(88_678), compact.size(64 << 20), compact.count(1999, 4)) == (
+        "86K",
+        "64M",
+        "1999",
+    )
+    assert (compact.count(12_345, 4), compact.count(1999, 3), compact.signed_lag(5, 4)) == (
+        "12k",
+        "1k",
+        "-5",
+    )
+
+
+def _size_bytes(text: str) -> float:
+    units = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    return float(text[:-1]) * units[text[-1]]
+
+
+def _count(text: str) -> float:
+    units = {"k": 1e3, "M": 1e6, "G": 1e9}
+    return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)

@@ -1,8 +1,16 @@
-"""The story of the demo: what the launcher did and what the cluster did in response."""
+"""The story of the demo: what the launcher did and what the cluster did in response.
+
+RichLog wraps a line once, at the width it has when the line is written; the log's width
+changes after that (the screen's layout settles on its first frames, the job panel comes and
+goes, the terminal is resized), and lines wrapped for another width then stick out behind a
+horizontal scrollbar. So the log keeps its entries and wraps them again when its width
+changes, always leaving room for the vertical scrollbar.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 
 from rich.text import Text
 from textual.events import Resize
@@ -50,12 +58,29 @@ class EventLog(RichLog):
             auto_scroll=True,
         )
         self.border_title = "events"
+        self._entries: deque[Text] = deque(maxlen=MAX_LINES)
+        self._wrap_width = 0
+        """The width the lines on screen are wrapped at (0: none written at a known size)."""
 
     def on_resize(self, event: Resize) -> None:
-        """The job panel appearing takes lines from the log: the newest stay in view (RichLog
-        scrolls to the end only when it writes). Textual runs RichLog's own handler too."""
+        """Rewraps every entry for the new width. Textual runs RichLog's own handler after
+        this one: on the first resize it renders the writes deferred until the size was
+        known, which `clear` has replaced with the same entries at the right width. The job
+        panel appearing takes lines from the log: the newest stay in view (RichLog scrolls to
+        the end only when it writes)."""
+        shown = self.size.width
+        width = max(self.min_width, shown - self.styles.scrollbar_size_vertical)
+        if shown and width != self._wrap_width:
+            self._wrap_width = width
+            self.clear()
+            for entry in self._entries:
+                self.write(entry, width=width, scroll_end=False)
         if self.auto_scroll:
             self.scroll_end(animate=False)
+
+    def _append(self, line: Text) -> None:
+        self._entries.append(line)
+        self.write(line, width=self._wrap_width or None)
 
     def add(self, event: LogEvent, palette: Palette, tz: dt.tzinfo | None) -> None:
         style = palette.dim
@@ -71,9 +96,8 @@ class EventLog(RichLog):
         else:
             subject = f" node {event.node}" if event.node is not None else ""
             body = Text.assemble((f"{event.kind}{subject}", style), f" {event.detail}")
-        line = Text.assemble((fmt.clock(event.at, tz), palette.dim), " ", body)
-        self.write(line)
+        self._append(Text.assemble((fmt.clock(event.at, tz), palette.dim), " ", body))
 
     def note(self, message: str, at: float, palette: Palette, tz: dt.tzinfo | None) -> None:
         """A line of the dashboard's own (progress while starting a cluster)."""
-        self.write(Text.assemble((fmt.clock(at, tz), palette.dim), " ", (message, palette.dim)))
+        self._append(Text.assemble((fmt.clock(at, tz), palette.dim), " ", (message, palette.dim)))

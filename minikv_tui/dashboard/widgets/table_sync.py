@@ -32,9 +32,15 @@ class TableSync:
         self.columns = [label for label, _ in columns]
         self._cells: dict[Hashable, list[tuple[object, ...]]] = {}
         self._order: list[Hashable] = []
+        self._cursor_row: int | None = None
 
     def reset(self, columns: Columns) -> None:
-        """New columns (a layout change): the one time the table is rebuilt."""
+        """New columns (a layout change, or the table resized): the one time the table is
+        rebuilt. The cursor comes back to its row with the next `sync`: the person's
+        selected shard survives a resize."""
+        table = self.table
+        if table.row_count and table.cursor_type != "none" and self._cursor_row is None:
+            self._cursor_row = table.cursor_row
         self.columns = [label for label, _ in columns]
         self.table.clear(columns=True)
         for label, width in columns:
@@ -75,3 +81,6 @@ class TableSync:
                         table.update_cell(str(key), self.columns[index], cells[index])
             self._cells[key] = prints
         self._order = order
+        if self._cursor_row is not None and table.row_count:
+            table.move_cursor(row=min(self._cursor_row, table.row_count - 1))
+            self._cursor_row = None

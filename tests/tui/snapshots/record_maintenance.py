@@ -146,7 +146,9 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
         await client.close()
         await load_client.close()
         await registry.close()
-    document = normalise({"marks": marks, "frames": frames, "load": loads, "events": events})
+    document = normalise(
+        {"marks": marks, "frames": frames, "load": loads, "events": events}, home=home
+    )
     document["jobs"] = [_on_fixed_clock(job, real_times[0]) for job in jobs]
     document["dry_runs"] = dry_runs
     path.write_text(json.dumps(document, separators=(",", ":")) + "\n")

@@ -475,7 +475,7 @@ class Node:
             value_size_bytes_max=self.config.value_size_bytes_max,
         )
         self._writes += 1
-        # No DECIDE may be proposed after the records it could overtake are forgotten
+        # No FINISH may be proposed after the records it could overtake are forgotten
         # (txn_record_gc.py): the transaction ends within half the collector's age.
         deadline = min(deadline, time.monotonic() + self.config.txn_record_gc_s / 2)
         return await self._serve(deadline, lambda: self.txn_coordinator.execute(request, deadline))

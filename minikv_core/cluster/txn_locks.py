@@ -25,8 +25,8 @@ Lock rules, each with the invariant it protects:
   locks in the same entry. A RESOLVE for an unknown transaction is a no-op, so resolving twice
   (coordinator and a resolver racing) cannot apply writes twice. Invariant: each prepared
   write is applied at most once, and only when its record says committed.
-- A DECIDE writes the record only if there is none: the first decision wins, so a resolver's
-  abort and a coordinator's commit can never both take effect.
+- A DECIDE or FINISH writes the record only if there is none: the first decision wins, so a
+  resolver's abort and a coordinator's commit can never both take effect.
 - Expiry times are only advice for resolvers: nothing at apply time reads a clock.
 """
 

@@ -2,7 +2,7 @@
 
 A coordinator forgets its transaction's record once every participant has resolved its intent
 (txn_coordinator.py). Some records outlive that path: the coordinator was killed after its
-DECIDE, or its resolves did not all confirm in time, or the record is an ABORT a resolver
+FINISH, or its resolves did not all confirm in time, or the record is an ABORT a resolver
 wrote for an expired intent (txn_resolver.py), which nobody forgets. Each is a few bytes, but
 a cluster that runs for months would keep them all. The collector, on every shard this node
 leads, forgets records once they have been there for `age_s`:
@@ -16,7 +16,7 @@ leads, forgets records once they have been there for `age_s`:
 Invariant protected: *a record is deleted only when no intent of its transaction remains and
 no coordinator can still decide it.* The first half is step 1: an intent that found its
 record missing would be aborted by a resolver, which is wrong for a committed transaction.
-The second half is the age: a coordinator proposes its DECIDE only before its deadline, and
+The second half is the age: a coordinator proposes its FINISH only before its deadline, and
 the node caps a transaction's deadline at half the age (NodeService.txn), so an ABORT record
 deleted after the age can no longer be overtaken by a late COMMIT of its coordinator. The age
 is measured from when *this* node first saw the record as the shard's leader, which is never

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from textual.pilot import Pilot  # noqa: E402
 
 from minikv_core.client import AsyncClient  # noqa: E402
-from minikv_tui.cluster_status import Poller  # noqa: E402
+from minikv_tui.cluster_status import ClusterSnapshot, NodeTarget, Poller  # noqa: E402
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions  # noqa: E402
 from minikv_tui.dashboard.control import ClusterControl  # noqa: E402
 from minikv_tui.dashboard.session import RecordedSession  # noqa: E402
@@ -107,6 +107,80 @@ async def record_scenario(scenario: Scenario, path: Path, prefix: str = "minikv-
             await launcher.down(grace_s=2.0)
 
 
+FrameHook = Callable[[Sequence[NodeTarget], ClusterSnapshot], Awaitable[None]]
+"""Runs once per frame after the poll, before the journal is read (a recorder that journals
+events of its own does it here)."""
+
+
+class FrameRecorder:
+    """One frame every FRAME_S, in a task of its own: the cluster's status as the dashboard
+    polls it, the load generator's window, the journal events since the last frame. Shared by
+    every recorder (the demo here, the snapshot tests' maintenance and large-cluster ones)."""
+
+    def __init__(
+        self,
+        launcher: Launcher,
+        poller: Poller,
+        registry: Registry,
+        loadgen: LoadGenerator,
+        on_frame: FrameHook | None = None,
+    ) -> None:
+        self._launcher = launcher
+        self._poller = poller
+        self._registry = registry
+        self._loadgen = loadgen
+        self._on_frame = on_frame
+        self._task: asyncio.Task[None] | None = None
+        self._last_event = 0
+        self.frames: list[dict[str, Any]] = []
+        self.loads: list[dict[str, Any] | None] = []
+        self.events: list[list[dict[str, Any]]] = []
+        self.marks: dict[str, int] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def more(self, count: int) -> None:
+        """Until `count` more frames are taken."""
+        target = len(self.frames) + count
+        deadline = time.monotonic() + count * FRAME_S * 10 + 30
+        while len(self.frames) < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the recorder fell behind: is the machine overloaded?")
+            await asyncio.sleep(0.05)
+
+    def document(self, home: Path) -> dict[str, Any]:
+        """The recording (normalised): marks, frames, load windows, events."""
+        return normalise(
+            {"marks": self.marks, "frames": self.frames, "load": self.loads, "events": self.events},
+            home=home,
+        )
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            targets = (await self._launcher.view()).targets()
+            snapshot = await self._poller.poll(targets)
+            if self._on_frame is not None:
+                await self._on_frame(targets, snapshot)
+            loadgen = self._loadgen
+            window = loadgen.take_window() if loadgen.running else None
+            new = await self._registry.events(CLUSTER, after_id=self._last_event)
+            if new:
+                self._last_event = new[-1].id
+            self.frames.append(snapshot.to_json())
+            self.loads.append(vars(window) if window is not None else None)
+            self.events.append(
+                [{"at": e.at, "kind": e.kind, "node": e.node, "detail": e.detail} for e in new]
+            )
+            await asyncio.sleep(max(0.0, FRAME_S - (time.monotonic() - started)))
+
+
 async def record(path: Path) -> None:
     await record_scenario(_record, path)
 
@@ -134,35 +208,8 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
     )
     poller = Poller(client, name=CLUSTER, timeout_s=POLL_TIMEOUT_S)
     registry = await Registry.open(home)
-    frames: list[dict[str, Any]] = []
-    loads: list[dict[str, Any] | None] = []
-    events: list[list[dict[str, Any]]] = []
-    marks: dict[str, int] = {}
-    last_event = 0
-
-    async def recorder() -> None:
-        nonlocal last_event
-        while True:
-            started = time.monotonic()
-            snapshot = await poller.poll((await launcher.view()).targets())
-            window = loadgen.take_window() if loadgen.running else None
-            new = await registry.events(CLUSTER, after_id=last_event)
-            if new:
-                last_event = new[-1].id
-            frames.append(snapshot.to_json())
-            loads.append(vars(window) if window is not None else None)
-            events.append(
-                [{"at": e.at, "kind": e.kind, "node": e.node, "detail": e.detail} for e in new]
-            )
-            await asyncio.sleep(max(0.0, FRAME_S - (time.monotonic() - started)))
-
-    async def frames_more(count: int) -> None:
-        target = len(frames) + count
-        deadline = time.monotonic() + count * FRAME_S * 10 + 30
-        while len(frames) < target:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the recorder fell behind: is the machine overloaded?")
-            await asyncio.sleep(0.05)
+    recorder = FrameRecorder(launcher, poller, registry, loadgen)
+    frames, marks, frames_more = recorder.frames, recorder.marks, recorder.more
 
     async def until(what: str, condition: Callable[[dict[str, Any]], bool]) -> int:
         """The index of the first frame taken from now on that satisfies `condition`."""
@@ -205,7 +252,7 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
             )
         )
 
-    task = asyncio.get_running_loop().create_task(recorder())
+    recorder.start()
     try:
         loadgen.start()
         await frames_more(8)
@@ -247,17 +294,14 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
         merged = await until("every shard's tables to be merged", merged_since(before))
         marks["recovering"] = merged + 1
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await recorder.stop()
         await loadgen.stop()
         await bulk.stop()
         await client.close()
         await load_client.close()
         await bulk_client.close()
         await registry.close()
-    document = normalise(
-        {"marks": marks, "frames": frames, "load": loads, "events": events}, home=home
-    )
+    document = recorder.document(home)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, separators=(",", ":")) + "\n")
     print(f"recorded {len(frames)} frames to {path}")

@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))  # `screenshots`, the module name mypy knows it by
 
 from minikv_core.client import AsyncClient  # noqa: E402
-from minikv_tui.cluster_status import Poller  # noqa: E402
+from minikv_tui.cluster_status import ClusterSnapshot, NodeTarget, Poller  # noqa: E402
 from minikv_tui.dashboard.job_watch import JobWatcher  # noqa: E402
 from minikv_tui.launcher import Launcher  # noqa: E402
 from minikv_tui.loadgen import LoadGenerator  # noqa: E402
 from minikv_tui.registry import Registry  # noqa: E402
-from screenshots import BASE_TIME, FRAME_S, normalise, record_scenario  # noqa: E402
+from screenshots import BASE_TIME, FrameRecorder, record_scenario  # noqa: E402
 
 RECORDING = Path(__file__).parent / "maintenance_recording.json"
 CLUSTER = "demo"
@@ -51,14 +51,9 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
     poller = Poller(client, name=CLUSTER, timeout_s=0.5)
     registry = await Registry.open(home)
     watcher = JobWatcher(idle_every=1)
-    frames: list[dict[str, Any]] = []
     real_times: list[float] = []
-    loads: list[dict[str, Any] | None] = []
-    events: list[list[dict[str, Any]]] = []
     jobs: list[dict[str, Any] | None] = []
-    marks: dict[str, int] = {}
     dry_runs: dict[str, dict[str, Any]] = {}
-    last_event = 0
     live: list[str] = []
     last_read: list[dict[str, Any] | None] = [None]
 
@@ -67,38 +62,19 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
         last_read[0] = document
         return document
 
-    async def recorder() -> None:
-        nonlocal last_event
-        while True:
-            started = time.monotonic()
-            targets = (await launcher.view()).targets()
-            live[:] = [t.grpc for t in targets if t.process == "up"]
-            snapshot = await poller.poll(targets)
-            last_read[0] = None
-            await watcher.poll(read, snapshot.taken_at)
-            for event in watcher.take_events():
-                await registry.record_event(CLUSTER, event.kind, event.detail, None)
-            window = loadgen.take_window() if loadgen.running else None
-            new = await registry.events(CLUSTER, after_id=last_event)
-            if new:
-                last_event = new[-1].id
-            frames.append(snapshot.to_json())
-            real_times.append(snapshot.taken_at)
-            document = last_read[0]
-            jobs.append(document if document and document.get("state") != "none" else None)
-            loads.append(vars(window) if window is not None else None)
-            events.append(
-                [{"at": e.at, "kind": e.kind, "node": e.node, "detail": e.detail} for e in new]
-            )
-            await asyncio.sleep(max(0.0, FRAME_S - (time.monotonic() - started)))
+    async def follow_jobs(targets: Sequence[NodeTarget], snapshot: ClusterSnapshot) -> None:
+        """Each frame: the job as the dashboard's watcher reads it, its events journalled."""
+        live[:] = [t.grpc for t in targets if t.process == "up"]
+        last_read[0] = None
+        await watcher.poll(read, snapshot.taken_at)
+        for event in watcher.take_events():
+            await registry.record_event(CLUSTER, event.kind, event.detail, None)
+        real_times.append(snapshot.taken_at)
+        document = last_read[0]
+        jobs.append(document if document and document.get("state") != "none" else None)
 
-    async def frames_more(count: int) -> None:
-        target = len(frames) + count
-        deadline = time.monotonic() + count * FRAME_S * 10 + 30
-        while len(frames) < target:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the recorder fell behind: is the machine overloaded?")
-            await asyncio.sleep(0.05)
+    recorder = FrameRecorder(launcher, poller, registry, loadgen, on_frame=follow_jobs)
+    frames, marks, frames_more = recorder.frames, recorder.marks, recorder.more
 
     async def run_job(operation: str, args: dict[str, Any]) -> None:
         document = await client.maintain(operation, args, endpoint=live[0], timeout_s=10.0)
@@ -122,7 +98,7 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
                 raise RuntimeError(f"{operation} did not finish: {watcher.status}")
             await asyncio.sleep(0.02)
 
-    task = asyncio.get_running_loop().create_task(recorder())
+    recorder.start()
     try:
         loadgen.start()
         await frames_more(12)
@@ -140,15 +116,12 @@ async def _record(launcher: Launcher, home: Path, path: Path) -> None:
         await frames_more(4)
         marks["verified"] = len(frames)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await recorder.stop()
         await loadgen.stop()
         await client.close()
         await load_client.close()
         await registry.close()
-    document = normalise(
-        {"marks": marks, "frames": frames, "load": loads, "events": events}, home=home
-    )
+    document = recorder.document(home)
     document["jobs"] = [_on_fixed_clock(job, real_times[0]) for job in jobs]
     document["dry_runs"] = dry_runs
     path.write_text(json.dumps(document, separators=(",", ":")) + "\n")

@@ -360,7 +360,8 @@ def verify(
     endpoints: EndpointsOption = None,
     as_json: AsJson = False,
 ) -> None:
-    """Compare every shard's replicas by checksum at one index; name the ones that differ."""
+    """Compare every shard's replicas by checksum at one index and read every node's WAL back;
+    name the replicas that differ and the damaged WAL records."""
 
     async def go() -> Job | None:
         target = await resolve_target_async(endpoints, cluster)

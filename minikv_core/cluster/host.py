@@ -10,7 +10,9 @@ DESIGN "A write, end to end", step 3, is this module's driver loop. Each iterati
 4. send a leader's appends and heartbeats at once, before its own fsync (thesis §10.2.1;
    `_route_messages` says why that is safe); apply right away the committed entries that
    were durable before this round (all of them on a leader; see Group.apply_entries), so
-   their clients do not wait for this fsync;
+   their clients do not wait for this fsync. In a round with no new leader entry (the one
+   that learns a commit) the apply comes first: woken tasks run in order, so the clients'
+   answers then leave before the commit broadcast's peer writes;
 5. persist ALL Readies with ONE `NodeRaftLog.persist_async` (one write + one fdatasync) - on
    the WAL's thread when a leader's new entries are in the round, so client writes keep
    arriving meanwhile and form the next batch; otherwise right here, blocking the loop for
@@ -876,20 +878,23 @@ class MultiRaftHost:
         inline = not any(ready.entries and group.is_leader for group, ready in taken)
         early, late = self._route_messages(taken)
         self._note_heartbeats_sent(taken, time.monotonic())
-        if early:
-            self._send_batches(early)  # a leader's appends and heartbeats: before its fsync
-            if persist and inline:
-                await asyncio.sleep(0)  # the peer senders start their writes before we block
         try:
+            if inline:
+                # No leader entry to replicate: answer the clients first. Applying resolves
+                # their futures before the peer senders are woken, so the loop writes the
+                # answers before the frames (a leader's commit broadcast: a gRPC write of
+                # ~100 us per peer).
+                self._apply_early(taken)
+            if early:
+                self._send_batches(early)  # a leader's appends and heartbeats: before its fsync
+                if inline and any(ready.must_sync for _, ready in taken):
+                    await asyncio.sleep(0)  # the peer senders start their writes before we block
+            if not inline:
+                self._apply_early(taken)
             for group, ready in taken:
                 if not ready.snapshot.is_empty:
                     counters.snapshots_received += 1
                     await asyncio.to_thread(group.prepare_snapshot, ready)
-                elif ready.committed_entries and (
-                    not ready.entries or ready.committed_entries[-1].index < ready.entries[0].index
-                ):
-                    group.apply_entries(ready)
-                    counters.early_applies += 1
             if persist:
                 await self.log.persist_async(
                     [(group.group_id, ready) for group, ready in taken], inline=inline
@@ -909,6 +914,21 @@ class MultiRaftHost:
                 self._dirty.add(group)
                 more = True
         return more
+
+    def _apply_early(self, taken: list[tuple[Group, Ready]]) -> None:
+        """Apply now the committed entries that were durable before this round (no snapshot,
+        all of them before the Ready's new entries: see Group.apply_entries), so their
+        clients do not wait for this round's fsync."""
+        for group, ready in taken:
+            if (
+                ready.committed_entries
+                and ready.snapshot.is_empty
+                and (
+                    not ready.entries or ready.committed_entries[-1].index < ready.entries[0].index
+                )
+            ):
+                group.apply_entries(ready)
+                self.counters.early_applies += 1
 
     @staticmethod
     def _route_messages(taken: list[tuple[Group, Ready]]) -> tuple[_Batches, _Batches]:

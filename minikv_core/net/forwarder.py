@@ -89,7 +89,9 @@ class GrpcForwarder:
         self.node_id = node_id
         self._addresses = addresses
         self._fault_filter = fault_filter
-        self._channels: dict[int, tuple[str, grpc.aio.Channel]] = {}
+        self._channels: dict[int, tuple[str, grpc.aio.Channel, kv_pb2_grpc.KVAsyncStub]] = {}
+        """Per peer: its address, the channel to it and the stub on that channel (a stub
+        builds a callable per method, 5-6 us, paid once per channel, not per call)."""
         self._options = (
             ("grpc.max_send_message_length", message_bytes_max),
             ("grpc.max_receive_message_length", message_bytes_max),
@@ -200,9 +202,11 @@ class GrpcForwarder:
             if len(self._channels) >= limits.CLIENT_CHANNELS_MAX:
                 oldest = next(iter(self._channels))
                 self._close_later(self._channels.pop(oldest)[1])
-            cached = (address, grpc.aio.insecure_channel(address, options=self._options))
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            stub = cast("kv_pb2_grpc.KVAsyncStub", kv_pb2_grpc.KVStub(channel))
+            cached = (address, channel, stub)
             self._channels[node_id] = cached
-        return cast("kv_pb2_grpc.KVAsyncStub", kv_pb2_grpc.KVStub(cached[1]))
+        return cached[2]
 
     def _close_later(self, channel: grpc.aio.Channel) -> None:
         task = asyncio.get_running_loop().create_task(channel.close(grace=None))
@@ -255,7 +259,7 @@ class GrpcForwarder:
 
     async def close(self) -> None:
         self._closed = True
-        channels = [channel for _, channel in self._channels.values()]
+        channels = [channel for _, channel, _ in self._channels.values()]
         self._channels.clear()
         await asyncio.gather(
             *(channel.close(grace=None) for channel in channels), *list(self._closing)

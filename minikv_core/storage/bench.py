@@ -385,8 +385,61 @@ def _puts_only(repeat: int, directory: Path | None) -> None:
         print(f"run {number} of {repeat}: minikv/sqlite {ratios}", file=sys.stderr, flush=True)
 
 
+LOADED_MARK = "LOADED"
+
+
+def _loaded_data_set(name: str, root: Path, config: BenchConfig) -> Path:
+    """`root/name` holding the data set `run_system` reads from (its put rows, then the load),
+    made once: a later `--reads-only` run on the same DIR reuses it (a mark file says the load
+    completed), so that builds of minikv under comparison read the very same tables."""
+    path = root / name
+    if (path / LOADED_MARK).exists():
+        return path
+    shutil.rmtree(path, ignore_errors=True)
+    system = make_system(name, path)
+    rng = random.Random(config.seed + 4)
+    system.open()
+    try:
+        timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
+        timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
+        load(system, config, lambda message: print(message, file=sys.stderr, flush=True))
+    finally:
+        system.close()
+    (path / LOADED_MARK).touch()
+    return path
+
+
+def _reads_only(repeat: int, directory: Path | None) -> None:
+    """The get and scan rows alone, `repeat` times, on data sets loaded once (kept in
+    `directory` if given, for A/B runs of two builds with PYTHONPATH): JSON lines on stdout,
+    each run's ratios on stderr."""
+    config = BenchConfig()
+    with tempfile.TemporaryDirectory(prefix="minikv-bench-", dir=directory) as scratch:
+        root = directory if directory is not None else Path(scratch)
+        paths = {name: _loaded_data_set(name, root, config) for name in ("minikv", "sqlite")}
+        for number in range(1, repeat + 1):
+            results: list[WorkloadResult] = []
+            for name, path in paths.items():
+                system = make_system(name, path)
+                system.open()
+                try:
+                    results.append(timed_gets(system, config))
+                    results.append(timed_scans(system, config))
+                finally:
+                    system.close()
+            for result in results:
+                print(result.to_json(), flush=True)
+            ops_per_s = {(r.workload, r.system): r.ops_per_s for r in results}
+            ratios = ", ".join(
+                f"{workload} {ops_per_s[workload, 'minikv'] / ops_per_s[workload, 'sqlite']:.2f}x"
+                for workload in ("get_random", "scan_prefix_1000")
+            )
+            print(f"run {number} of {repeat}: minikv/sqlite {ratios}", file=sys.stderr, flush=True)
+
+
 _USAGE = (
     "usage: python -m minikv_core.storage.bench --puts-only [REPEAT [DIR]]\n"
+    "       python -m minikv_core.storage.bench --reads-only [REPEAT [DIR]]\n"
     "       python -m minikv_core.storage.bench --reopen-probe SYSTEM PATH  (internal)"
 )
 
@@ -394,10 +447,10 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     if len(arguments) == 3 and arguments[0] == "--reopen-probe":
         _reopen_probe(arguments[1], Path(arguments[2]))
-    elif 1 <= len(arguments) <= 3 and arguments[0] == "--puts-only":
+    elif 1 <= len(arguments) <= 3 and arguments[0] in ("--puts-only", "--reads-only"):
         if len(arguments) > 1 and not (arguments[1].isdigit() and int(arguments[1]) > 0):
             sys.exit(f"REPEAT must be a whole number >= 1, got {arguments[1]!r}\n{_USAGE}")
-        _puts_only(
+        (_puts_only if arguments[0] == "--puts-only" else _reads_only)(
             int(arguments[1]) if len(arguments) > 1 else 3,
             Path(arguments[2]) if len(arguments) > 2 else None,
         )

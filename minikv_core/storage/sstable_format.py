@@ -42,11 +42,12 @@ u32 largest length | largest.
 
 from __future__ import annotations
 
+import enum
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
-from typing import Final
+from typing import Final, Literal
 
 import crc32c
 
@@ -132,6 +133,26 @@ def _fixed_key_struct(key_length: int, count: int) -> struct.Struct:
 DecodedBlock = tuple[Sequence[bytes], bytes | None, bytes]
 
 VALUE_SPAN: Final = struct.Struct("<II")
+
+
+class Absent(enum.Enum):
+    """A lookup found no entry for the key (distinct from a tombstone, `None`)."""
+
+    ABSENT = 0
+
+
+ABSENT: Final = Absent.ABSENT
+
+
+class NeedsDecode(enum.Enum):
+    """`search_data_block` cannot search this block without decoding it."""
+
+    NEEDS_DECODE = 0
+
+
+NEEDS_DECODE: Final = NeedsDecode.NEEDS_DECODE
+
+BlockSearch = bytes | None | Literal[Absent.ABSENT, NeedsDecode.NEEDS_DECODE]
 _HEADER_AND_VALUES_START: Final = struct.Struct("<IIIII")  # DATA_HEADER + value_offsets[0]
 
 
@@ -184,34 +205,40 @@ def encode_data_block(keys: Sequence[bytes], values: Sequence[bytes | None]) -> 
     return payload
 
 
+def _data_block_layout(data: bytes, payload_size: int) -> tuple[int, int, int, int, int]:
+    """(count, fixed_key_length, flags, values_start, kinds_start) of a data block payload
+    whose CRC has been checked, after checking the header against the payload; raises
+    `FormatError`. kinds_start is where the kinds array (or, without one, the keys) begins."""
+    try:
+        # The header and the first value offset in one unpack: this runs on every cache miss.
+        count, fixed_key_length, fixed_value_length, flags, values_start = (
+            _HEADER_AND_VALUES_START.unpack_from(data, 0)
+        )
+        kinds_start = DATA_HEADER.size + U32.size * (count + 1)
+        (values_end,) = U32.unpack_from(data, kinds_start - U32.size)
+    except struct.error as exc:
+        raise FormatError(f"data block is truncated: {exc}") from None
+    if not count or flags & ~FLAGS_KNOWN or values_end != payload_size or values_start > values_end:
+        raise FormatError(
+            f"data block header is inconsistent: {count} entries, flags {flags:#x}, value "
+            f"region [{values_start}, {values_end}), payload {payload_size} bytes"
+        )
+    if flags & FLAG_FIXED_VALUE_LENGTH and (
+        flags & FLAG_HAS_TOMBSTONES or values_start + fixed_value_length * count != values_end
+    ):
+        raise FormatError("data block fixed value length does not match its value region")
+    return count, fixed_key_length, flags, values_start, kinds_start
+
+
 def decode_data_block(data: bytes, payload_size: int) -> DecodedBlock:
     """Parse the data block payload `data[:payload_size]`, whose CRC has been checked.
 
     Raises `FormatError`. Checks the structure a reader relies on (the regions tile the
     payload); the order of keys is checked by the reader against its index.
     """
+    count, fixed_key_length, flags, values_start, position = _data_block_layout(data, payload_size)
+    has_tombstones = flags & FLAG_HAS_TOMBSTONES
     try:
-        # The header and the first value offset in one unpack: this runs on every cache miss.
-        count, fixed_key_length, fixed_value_length, flags, values_start = (
-            _HEADER_AND_VALUES_START.unpack_from(data, 0)
-        )
-        position = DATA_HEADER.size + U32.size * (count + 1)
-        (values_end,) = U32.unpack_from(data, position - U32.size)
-        if (
-            not count
-            or flags & ~FLAGS_KNOWN
-            or values_end != payload_size
-            or values_start > values_end
-        ):
-            raise FormatError(
-                f"data block header is inconsistent: {count} entries, flags {flags:#x}, value "
-                f"region [{values_start}, {values_end}), payload {payload_size} bytes"
-            )
-        has_tombstones = flags & FLAG_HAS_TOMBSTONES
-        if flags & FLAG_FIXED_VALUE_LENGTH and (
-            has_tombstones or values_start + fixed_value_length * count != values_end
-        ):
-            raise FormatError("data block fixed value length does not match its value region")
         keys: Sequence[bytes]
         if fixed_key_length:
             key_start = position + count if has_tombstones else position
@@ -231,6 +258,65 @@ def decode_data_block(data: bytes, payload_size: int) -> DecodedBlock:
     except struct.error as exc:
         raise FormatError(f"data block is truncated: {exc}") from None
     return keys, kinds, data
+
+
+def search_data_block(
+    data: bytes, payload_size: int, key: bytes, last_key: bytes, previous_last_key: bytes | None
+) -> BlockSearch:
+    """The entry for `key` in the data block payload `data[:payload_size]` (CRC checked),
+    found without decoding the block: its value, None for a tombstone, ABSENT if the block
+    has none; NEEDS_DECODE if the block's keys are not all `len(key)` bytes long (the caller
+    then decodes it). Raises `FormatError`.
+
+    Why: a point get that misses the block cache only wants one entry, yet decoding a block
+    makes an object of every key (~16) to bisect them once. With keys of one length the key
+    region is an array, so one C-speed `bytes.find` over it, a match counting only at an
+    entry boundary, finds the entry. The header is checked against the payload as in
+    `decode_data_block` (inlined: this runs on most gets). An answer of ABSENT is given only
+    once the block's first and last keys agree with the index (`last_key` of this block,
+    `previous_last_key` of the one before it, None for block 0), since a misplaced block
+    would hide the key; a key found is this table's entry whichever block it sits in.
+    """
+    try:
+        count, key_length, value_length, flags, values_start = _HEADER_AND_VALUES_START.unpack_from(
+            data, 0
+        )
+        position = DATA_HEADER.size + U32.size * (count + 1)  # kinds, or keys without them
+        (values_end,) = U32.unpack_from(data, position - U32.size)
+    except struct.error:
+        return NEEDS_DECODE  # decode_data_block names what is wrong
+    if (
+        key_length != len(key)
+        or not count
+        or flags & ~FLAGS_KNOWN
+        or values_end != payload_size
+        or values_start > values_end
+        or (
+            flags & FLAG_FIXED_VALUE_LENGTH
+            and (flags & FLAG_HAS_TOMBSTONES or values_start + value_length * count != values_end)
+        )
+    ):
+        return NEEDS_DECODE  # other key lengths; or malformed: decode_data_block says how
+    key_start = position + count if flags & FLAG_HAS_TOMBSTONES else position
+    if key_start + key_length * count != values_start:
+        return NEEDS_DECODE
+    found = data.find(key, key_start, values_start)
+    while found >= 0 and (found - key_start) % key_length:  # straddles two keys: look on
+        found = data.find(key, found + 1, values_start)
+    if found < 0:
+        if not (
+            len(last_key) == key_length and data.startswith(last_key, values_start - key_length)
+        ) or (
+            previous_last_key is not None
+            and data[key_start : key_start + key_length] <= previous_last_key
+        ):
+            raise FormatError("keys disagree with the block index")
+        return ABSENT
+    entry = (found - key_start) // key_length
+    if flags & FLAG_HAS_TOMBSTONES and data[position + entry] == KIND_TOMBSTONE:
+        return None
+    start, stop = VALUE_SPAN.unpack_from(data, DATA_HEADER.size + U32.size * entry)
+    return data[start:stop]
 
 
 def block_values(block: DecodedBlock, low: int, high: int) -> list[bytes | None]:

@@ -178,6 +178,34 @@ async def exited(pilot: Pilot[str | None], app: DashboardApp) -> None:
 # --- processes ------------------------------------------------------------------------------
 
 
+async def node_state(
+    pilot: Pilot[str | None],
+    app: DashboardApp,
+    notes: Notes,
+    node: int,
+    state: str,
+    *,
+    told: str = "",
+    timeout_s: float = CHANGE_S,
+) -> ClusterSnapshot:
+    """Until the action's toast said `told` (if given), no error toast came, and the frame
+    and the nodes table both show `node` in `state`."""
+    snapshot = await until(
+        pilot,
+        app,
+        lambda s: (
+            notes.clean()
+            and (not told or notes.told(told))
+            and (n := s.node(node)) is not None
+            and n.state == state
+        ),
+        f"node {node} {state}",
+        timeout_s,
+    )
+    assert state_cell(app, node) == state
+    return snapshot
+
+
 async def test_stop_asks_then_shows_stopped_and_start_brings_it_back_up(minikv_home: Path) -> None:
     app = make_app(minikv_home, confirm=True)
     notes = Notes()
@@ -188,28 +216,9 @@ async def test_stop_asks_then_shows_stopped_and_start_brings_it_back_up(minikv_h
         await pilot.press("s")
         assert isinstance(app.screen, ConfirmScreen), "stop did not ask first"
         await pilot.press("y")
-        await until(
-            pilot,
-            app,
-            lambda s: (
-                notes.clean()
-                and notes.told(f"node {node} stopped")
-                and (n := s.node(node)) is not None
-                and n.state == "stopped"
-            ),
-            f"node {node} stopped",
-            CHANGE_S,
-        )
-        assert state_cell(app, node) == "stopped"
+        await node_state(pilot, app, notes, node, "stopped", told=f"node {node} stopped")
         await pilot.press("u")
-        await until(
-            pilot,
-            app,
-            lambda s: notes.clean() and (n := s.node(node)) is not None and n.state == "up",
-            f"node {node} up again",
-            READY_S,
-        )
-        assert state_cell(app, node) == "up"
+        await node_state(pilot, app, notes, node, "up", timeout_s=READY_S)
         kinds = await journal_kinds(minikv_home)
         assert "stop" in kinds and "start" in kinds, kinds
 
@@ -223,33 +232,9 @@ async def test_pause_shows_paused_then_the_same_key_resumes_it(minikv_home: Path
         pid = next(n.pid for n in snapshot.nodes if n.node_id == node)
         select_node(app, node)
         await pilot.press("p")
-        await until(
-            pilot,
-            app,
-            lambda s: (
-                notes.clean()
-                and notes.told(f"node {node} paused")
-                and (n := s.node(node)) is not None
-                and n.state == "paused"
-            ),
-            f"node {node} paused",
-            CHANGE_S,
-        )
-        assert state_cell(app, node) == "paused"
+        await node_state(pilot, app, notes, node, "paused", told=f"node {node} paused")
         await pilot.press("p")
-        after = await until(
-            pilot,
-            app,
-            lambda s: (
-                notes.clean()
-                and notes.told(f"node {node} resumed")
-                and (n := s.node(node)) is not None
-                and n.state == "up"
-            ),
-            f"node {node} resumed and answering",
-            CHANGE_S,
-        )
-        assert state_cell(app, node) == "up"
+        after = await node_state(pilot, app, notes, node, "up", told=f"node {node} resumed")
         resumed = after.node(node)
         assert resumed is not None and resumed.pid == pid  # the same process, continued
         kinds = await journal_kinds(minikv_home)

@@ -107,6 +107,7 @@ class NodeStatus:
     wal_segments: tuple[WalSegment, ...] = ()
     cpu_percent: float | None = None
     rss_bytes: int | None = None
+    """Private resident memory (RssAnon: node_process.proc_usage says why not all of RSS)."""
     reads: int | None = None
     writes: int | None = None
     uptime_s: float | None = None

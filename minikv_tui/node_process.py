@@ -185,7 +185,10 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def proc_usage(pid: int) -> tuple[int | None, int | None]:
-    """CPU ticks (user+system) and resident bytes of a local process, from /proc (Linux).
+    """CPU ticks (user+system) and resident *private* bytes of a local process, from /proc
+    (Linux): resident minus file-backed and shared pages (RssAnon). Why not all of RSS: a
+    node reads its tables through mmap, and the table pages it has touched count in RSS while
+    being reclaimable page cache; the dashboard's memory column would grow with every read.
 
     Elsewhere, or for a process that is gone, both are None: shown as unknown, never as 0.
     """
@@ -198,7 +201,8 @@ def proc_usage(pid: int) -> tuple[int | None, int | None]:
     fields = stat[stat.rfind(")") + 2 :].split()
     try:
         ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-        rss = int(statm.split()[1]) * PAGE_SIZE
+        resident, shared = (int(field) for field in statm.split()[1:3])
+        rss = (resident - shared) * PAGE_SIZE
     except (IndexError, ValueError):
         return None, None
     return ticks, rss

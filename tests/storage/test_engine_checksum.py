@@ -7,11 +7,8 @@ the engine between the pin and the digest.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import struct
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,42 +25,17 @@ from minikv_core.storage.engine import (
 )
 from minikv_core.storage.errors import CorruptionError
 from minikv_core.storage.sstable import TableReader
+from tests.storage.engine_support import (
+    BACKGROUND,
+    BATCH_OPS,
+    EMPTY_DIGEST,
+    MEMTABLE_ONLY,
+    SMALL,
+    reference_digest,
+)
 
 SEEDS = (11, 12, 13)
-BATCH_OPS = 64
-# Flushes only where the calls put them; tiny tables, so a few thousand keys make many.
-SMALL = EngineOptions(
-    memtable_size_bytes=2048,
-    block_size_bytes=256,
-    table_size_bytes=4096,
-    background_flush=False,
-    background_compaction=False,
-)
-# Everything stays in the memtable.
-MEMTABLE_ONLY = EngineOptions(
-    memtable_size_bytes=64 * 1024 * 1024,
-    background_flush=False,
-    background_compaction=False,
-    flush_on_close=False,
-)
-# As a node runs it (flush and compaction threads), with tiny tables so both happen often.
-BACKGROUND = EngineOptions(
-    memtable_size_bytes=2048,
-    block_size_bytes=256,
-    table_size_bytes=4096,
-    compaction_process_min_bytes=None,
-)
-EMPTY_DIGEST = "cae66941d9efbd404e4d88758ea67670"  # BLAKE2b-128 of no input
 DEADLINE_S = 30.0
-
-
-def reference_digest(model: dict[bytes, bytes]) -> str:
-    """The documented format (storage/verify.py), computed without the engine."""
-    digest = hashlib.blake2b(digest_size=16)
-    for key in sorted(model):
-        value = model[key]
-        digest.update(struct.pack("<I", len(key)) + key + struct.pack("<I", len(value)) + value)
-    return digest.hexdigest()
 
 
 def random_ops(rng: random.Random, model: dict[bytes, bytes], count: int) -> list[Op]:
@@ -93,15 +65,6 @@ def write(engine: Engine, rng: random.Random, model: dict[bytes, bytes], batches
 
 def expected(engine: Engine, model: dict[bytes, bytes]) -> StateChecksum:
     return StateChecksum(engine.applied_index, len(model), reference_digest(model))
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    """Engines a test opens, closed even when it fails."""
-    opened: list[Engine] = []
-    yield opened
-    for engine in opened:
-        engine.close()
 
 
 def test_the_digest_format_is_pinned_by_a_golden_value(

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
-import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from minikv_core.storage.engine import Delete, Engine, EngineOptions, Op, Put, TableInfo
+from minikv_core.storage.engine import Delete, Engine, Op, Put, TableInfo
 from minikv_core.storage.errors import CorruptionError
 from minikv_core.storage.sstable import BlockCheck, TableReader
 from minikv_core.storage.sstable_format import FOOTER_SIZE_BYTES, decode_footer
@@ -22,33 +19,16 @@ from minikv_core.storage.verify import (
     state_checksum,
     verify_tables,
 )
+from tests.storage.engine_support import (
+    BACKGROUND,
+    BATCH_OPS,
+    EMPTY_DIGEST,
+    MEMTABLE_ONLY,
+    SMALL,
+    reference_digest,
+)
 
 SEEDS = (1, 2, 3)
-# Tiny sizes, flushes only where the calls put them: a few thousand keys make many tables.
-SMALL = EngineOptions(
-    memtable_size_bytes=2048,
-    block_size_bytes=256,
-    table_size_bytes=4096,
-    background_flush=False,
-    background_compaction=False,
-)
-# Everything stays in the memtable, even across close.
-MEMTABLE_ONLY = EngineOptions(
-    memtable_size_bytes=64 * 1024 * 1024,
-    background_flush=False,
-    background_compaction=False,
-    flush_on_close=False,
-)
-# The engine as a node runs it, with tiny tables so flushes and merges happen all the time.
-BACKGROUND = EngineOptions(
-    memtable_size_bytes=2048,
-    block_size_bytes=256,
-    table_size_bytes=4096,
-    compaction_process_min_bytes=None,
-)
-# BLAKE2b-128 of no input: the digest of an engine with no live key.
-EMPTY_DIGEST = "cae66941d9efbd404e4d88758ea67670"
-BATCH_OPS = 64
 
 
 def random_model(seed: int, count: int) -> dict[bytes, bytes]:
@@ -60,15 +40,6 @@ def random_model(seed: int, count: int) -> dict[bytes, bytes]:
         key = prefix + rng.randbytes(rng.randrange(1, 24))
         model[key] = rng.randbytes(rng.randrange(0, 80))
     return model
-
-
-def reference_digest(model: dict[bytes, bytes]) -> str:
-    """The documented format, computed independently of the engine."""
-    digest = hashlib.blake2b(digest_size=16)
-    for key in sorted(model):
-        value = model[key]
-        digest.update(struct.pack("<I", len(key)) + key + struct.pack("<I", len(value)) + value)
-    return digest.hexdigest()
 
 
 def apply_in_batches(engine: Engine, ops: list[Op]) -> None:
@@ -98,15 +69,6 @@ def write_with_churn(engine: Engine, model: dict[bytes, bytes], seed: int) -> No
     apply_in_batches(engine, final)
     # A small last batch (values unchanged) that stays in the memtable.
     engine.apply([Put(key, model[key]) for key in keys[:5]], engine.applied_index + 1)
-
-
-@pytest.fixture
-def engines() -> Iterator[list[Engine]]:
-    """Engines a test opens, closed even when it fails."""
-    opened: list[Engine] = []
-    yield opened
-    for engine in opened:
-        engine.close()
 
 
 def table_paths(engine: Engine) -> list[Path]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import struct
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import crc32c
@@ -60,6 +60,24 @@ def fixed_entries(count: int) -> list[tuple[bytes, bytes | None]]:
 def lookup(table: TableReader, key: bytes) -> Lookup:
     word_hash, mask = key_hashes(key)
     return table.get(key, word_hash, mask)
+
+
+def damaged_copies(
+    original: bytes, directory: Path, damage: str, cases: int, seed: int
+) -> Iterator[tuple[Path, str]]:
+    """`cases` copies of a table file, each with one seeded random damage ("flip": one bit;
+    "truncate": cut at a byte), written to `directory`; with a context naming it."""
+    rng = random.Random(seed)
+    for case in range(cases):
+        data = bytearray(original)
+        offset = rng.randrange(len(data))
+        if damage == "flip":
+            data[offset] ^= 1 << rng.randrange(8)
+        else:
+            del data[offset:]
+        path = directory / f"{case:03d}.sst"
+        path.write_bytes(bytes(data))
+        yield path, f"seed {seed} case {case}: {damage} at byte {offset}"
 
 
 @pytest.mark.parametrize("shape", ["fixed-length keys", "variable-length keys"])
@@ -208,18 +226,8 @@ def test_seeded_random_damage_never_reads_as_wrong_data(
     written, for every key: never a wrong value, never a missing key."""
     entries = fixed_entries(600)
     original = table_path.read_bytes()
-    rng = random.Random(SEED)
     outcomes = {"error at open": 0, "error at read": 0, "clean": 0}
-    for case in range(60):
-        data = bytearray(original)
-        offset = rng.randrange(len(data))
-        if damage == "flip":
-            data[offset] ^= 1 << rng.randrange(8)
-        else:
-            del data[offset:]
-        path = tmp_path / f"{case:03d}.sst"
-        path.write_bytes(bytes(data))
-        context = f"seed {SEED} case {case}: {damage} at byte {offset}"
+    for path, context in damaged_copies(original, tmp_path, damage, 60, SEED):
         try:
             table = TableReader.open(path)
         except CorruptionError as exc:

@@ -14,31 +14,23 @@ from pathlib import Path
 import pytest
 
 from minikv_core.storage.block_cache import BlockCache
-from minikv_core.storage.bloom import key_hashes
 from minikv_core.storage.engine import Engine, EngineOptions
 from minikv_core.storage.errors import CorruptionError
-from minikv_core.storage.sstable import ABSENT, Lookup, TableReader, TableWriter
+from minikv_core.storage.sstable import ABSENT, TableReader
 from minikv_core.storage.sstable_format import (
     NEEDS_DECODE,
     decode_data_block,
     encode_data_block,
     search_data_block,
 )
+from tests.storage.test_sstable import damaged_copies, lookup, write_table
 
 SEED = 11
 BLOCK_BYTES = 128
 
 
-def write_table(path: Path, entries: list[tuple[bytes, bytes | None]]) -> Path:
-    writer = TableWriter(path, block_size_bytes=BLOCK_BYTES)
-    for key, value in entries:
-        writer.add(key, value)
-    return writer.finish().path
-
-
-def lookup(table: TableReader, key: bytes) -> Lookup:
-    word_hash, mask = key_hashes(key)
-    return table.get(key, word_hash, mask)
+def table_file(path: Path, entries: list[tuple[bytes, bytes | None]]) -> Path:
+    return write_table(path, entries, BLOCK_BYTES).path
 
 
 def two_letter_words(length: int) -> list[bytes]:
@@ -57,7 +49,7 @@ def test_keys_found_across_entry_boundaries_are_not_matches(tmp_path: Path, mapp
         (key, None if rng.random() < 0.2 else b"v-" + key) for key in present
     ]
     expected = dict(entries)
-    table = TableReader.open(write_table(tmp_path / "000001.sst", entries), mapped=mapped)
+    table = TableReader.open(table_file(tmp_path / "000001.sst", entries), mapped=mapped)
     try:
         for word in words:
             found = lookup(table, word)
@@ -100,7 +92,7 @@ def test_absent_key_in_a_misplaced_block_is_reported(tmp_path: Path) -> None:
     entries: list[tuple[bytes, bytes | None]] = [
         (b"key:%08d" % i, b"value-%08d" % i) for i in range(200)
     ]
-    path = write_table(tmp_path / "000001.sst", entries)
+    path = table_file(tmp_path / "000001.sst", entries)
     table = TableReader.open(path)
     first, second = list(table.check_blocks())[:2]
     assert first.first_key is not None
@@ -128,19 +120,9 @@ def test_damage_under_a_mapping_never_reads_as_wrong_data(tmp_path: Path, damage
     entries: list[tuple[bytes, bytes | None]] = [
         (b"key:%08d" % i, None if i % 7 == 0 else b"value-%08d" % i) for i in range(400)
     ]
-    original = write_table(tmp_path / "000001.sst", entries).read_bytes()
-    rng = random.Random(SEED)
+    original = table_file(tmp_path / "000001.sst", entries).read_bytes()
     detected = 0
-    for case in range(40):
-        data = bytearray(original)
-        offset = rng.randrange(len(data))
-        if damage == "flip":
-            data[offset] ^= 1 << rng.randrange(8)
-        else:
-            del data[offset:]
-        path = tmp_path / f"{case:03d}.sst"
-        path.write_bytes(bytes(data))
-        context = f"seed {SEED} case {case}: {damage} at byte {offset}"
+    for path, context in damaged_copies(original, tmp_path, damage, 40, SEED):
         try:
             table = TableReader.open(path, mapped=True)
         except CorruptionError:

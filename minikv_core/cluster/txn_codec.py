@@ -398,6 +398,10 @@ def _read_batch_count(reader: _Reader, kind: BodyKind) -> int:
 
 def _read_decision(reader: _Reader) -> Decision:
     (code,) = reader.unpack(_U8, "decision")
+    return _decision(code)
+
+
+def _decision(code: int) -> Decision:
     try:
         return Decision(code)
     except ValueError:
@@ -667,11 +671,7 @@ def decode_result(data: bytes | memoryview) -> TxnResult:
         (had,) = reader.unpack(_U8, "had intent")
         result = Resolved(bool(had))
     elif kind == _ResultKind.DECIDED:
-        (code,) = reader.unpack(_U8, "decision")
-        try:
-            result = Decided(Decision(code))
-        except ValueError:
-            raise TxnCodecError(f"unknown decision {code}") from None
+        result = Decided(_read_decision(reader))
     elif kind == _ResultKind.FORGOTTEN:
         (existed,) = reader.unpack(_U8, "existed")
         result = Forgotten(bool(existed))
@@ -693,13 +693,6 @@ def _read_outcome(reader: _Reader) -> Finished:
     (code, succeeded) = reader.unpack(_U8U8, "finish outcome")
     decision = None if code == 0 else _decision(code)
     return Finished(decision, bool(succeeded), _read_results(reader))
-
-
-def _decision(code: int) -> Decision:
-    try:
-        return Decision(code)
-    except ValueError:
-        raise TxnCodecError(f"unknown decision {code}") from None
 
 
 # ---------------------------------------------------------------------- transaction records

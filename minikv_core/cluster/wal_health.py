@@ -68,19 +68,20 @@ class WalRewrite:
 def check_wal(directory: Path) -> list[WalDamage]:
     """Every bad record in the WAL at `directory` (blocking: run it in a thread). The end of
     the active segment may be a write in progress; that is a torn tail, not damage."""
-    for attempt in range(CHECK_ATTEMPTS):
+    for _ in range(CHECK_ATTEMPTS - 1):
         try:
-            report = wal_module.verify(directory)
+            return _damage(wal_module.verify(directory))
         except FileNotFoundError:
-            if attempt + 1 == CHECK_ATTEMPTS:
-                raise
             continue
-        return [
-            WalDamage(finding.path.name, finding.offset, finding.reason)
-            for finding in report.findings
-            if finding.kind is FindingKind.CORRUPTION
-        ]
-    raise AssertionError("unreachable")
+    return _damage(wal_module.verify(directory))
+
+
+def _damage(report: wal_module.VerifyReport) -> list[WalDamage]:
+    return [
+        WalDamage(finding.path.name, finding.offset, finding.reason)
+        for finding in report.findings
+        if finding.kind is FindingKind.CORRUPTION
+    ]
 
 
 async def rewrite_wal(host: MultiRaftHost, deadline: float) -> WalRewrite:

@@ -28,9 +28,21 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 @pytest.mark.parametrize("where", ["sealed", "active"])
-async def test_damage_is_found_while_serving_and_rewritten_away(tmp_path: Path, where: str) -> None:
+async def test_damage_is_found_while_serving_and_rewritten_away(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with started_cluster(tmp_path, 3, shards=2) as cluster:
         node = cluster.nodes[1]
+        damaged = cluster.nodes[DAMAGED]
+        # The damaged node's maintenance task would compact and truncate sealed segments
+        # whenever it runs (a slow machine lets it run mid-test and the segment to damage
+        # is gone); only the rewrite's own forced compactions may delete segments here.
+        automatic = damaged.host.plan_compactions
+
+        async def forced_only(force_shards: list[int] | None) -> list[object]:
+            return [] if force_shards is None else list(await automatic(force_shards))
+
+        monkeypatch.setattr(damaged.host, "plan_compactions", forced_only)
         value = b"v" * 400  # 300 x 400 B over 64 KiB segments: several seals
         for number in range(KEYS):
             key = f"k{number:04d}".encode()
@@ -40,7 +52,6 @@ async def test_damage_is_found_while_serving_and_rewritten_away(tmp_path: Path, 
 
             await retry_unavailable(put)
 
-        damaged = cluster.nodes[DAMAGED]
         wal_dir = damaged.config.wal_dir
         segments = damaged.host.log.wal.segments()
         assert len(segments) >= 2, segments

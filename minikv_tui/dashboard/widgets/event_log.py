@@ -62,6 +62,13 @@ class EventLog(RichLog):
         self._wrap_width = 0
         """The width the lines on screen are wrapped at (0: none written at a known size)."""
 
+    def on_mount(self) -> None:
+        # Anchored, the log stays at its end through every layout, not only its own resizes:
+        # the job panel appearing takes lines after the last write, and a scroll_end queued
+        # by on_resize could run before that layout settled (seen on a busy CI machine: the
+        # newest lines hidden until the next event). A user scrolling up releases it.
+        self.anchor()
+
     def on_resize(self, event: Resize) -> None:
         """Rewraps every entry for the new width. Textual runs RichLog's own handler after
         this one: on the first resize it renders the writes deferred until the size was

@@ -18,11 +18,19 @@ Definitions (so numbers mean one thing):
 - `scan_prefix_1000`: prefix scans each returning 1,000 keys; latency per scan, ops = scans.
 - `reopen`: a fresh child process opens the loaded data set; ops_per_s is 1 / seconds, and
   `rss_mib` is that process's total resident memory right after opening.
+
+The put workloads also run on `fsync-floor`: no store at all, each batch's keys and values
+written as they are with one `pwrite` into a preallocated, zero-filled file (the kind of file
+minikv's WAL appends to) and made durable with one `fdatasync`. It is what this disk charges
+for one durable batch, measured in the same minutes, so `fsync-floor / sqlite` is the best
+ratio any store with one sync per batch could reach here: a put target above it is a target
+for the disk, not for the code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import sqlite3
@@ -303,12 +311,59 @@ def reopen_in_child(system_name: str, path: Path) -> WorkloadResult:
     )
 
 
+class SyncFloorSystem:
+    """One pwrite + one fdatasync per batch, nothing else (see the module docstring). Puts
+    only: it keeps nothing it could read back."""
+
+    name = "fsync-floor"
+    FILE_BYTES = 16 * 1024 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._offset = 0
+
+    def open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / "floor.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        chunk = bytes(1024 * 1024)
+        for _ in range(self.FILE_BYTES // len(chunk)):
+            os.write(fd, chunk)
+        os.fsync(fd)
+        self._fd = fd
+        self._offset = 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None:
+        data = b"".join(key + value for key, value in items)
+        if self._offset + len(data) > self.FILE_BYTES:
+            self._offset = 0  # overwriting written blocks costs the same sync
+        os.pwrite(self._fd, data, self._offset)
+        os.fdatasync(self._fd)
+        self._offset += len(data)
+
+    def get(self, key: bytes) -> bytes | None:
+        raise NotImplementedError("fsync-floor only times durable writes")
+
+    def scan_prefix(self, prefix: bytes, limit: int) -> int:
+        raise NotImplementedError("fsync-floor only times durable writes")
+
+
+SYSTEMS = ("minikv", "sqlite", SyncFloorSystem.name)
+
+
 def make_system(name: str, path: Path) -> KeyValueSystem:
     if name == "minikv":
         return MinikvSystem(path)
     if name == "sqlite":
         return SqliteSystem(path)
-    raise ValueError(f"unknown system {name!r}; expected 'minikv' or 'sqlite'")
+    if name == SyncFloorSystem.name:
+        return SyncFloorSystem(path)
+    raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SYSTEMS)}")
 
 
 def rss_mib() -> float:
@@ -325,17 +380,18 @@ def run_system(
     path = root / name
     system = make_system(name, path)
     rng = random.Random(config.seed + 4)
+    puts_only = config.puts_only or name == SyncFloorSystem.name
     system.open()
     try:
         progress(f"{name}: durable puts in batches of 1")
         yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
         progress(f"{name}: durable puts in batches of 64")
         yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
-        if not config.puts_only:
+        if not puts_only:
             load(system, config, progress)
     finally:
         system.close()
-    if config.puts_only:
+    if puts_only:
         shutil.rmtree(path, ignore_errors=True)
         return
     progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
@@ -352,8 +408,9 @@ def run_system(
 
 
 def run(config: BenchConfig, root: Path, progress: Progress) -> Iterator[WorkloadResult]:
-    """Yield results as they come: minikv's workloads, then sqlite's, on `root`."""
-    for name in ("minikv", "sqlite"):
+    """Yield results as they come: minikv's workloads, then sqlite's, then the fsync floor's
+    puts, on `root`."""
+    for name in SYSTEMS:
         yield from run_system(name, root, config, progress)
 
 
@@ -378,8 +435,10 @@ def _puts_only(repeat: int, directory: Path | None) -> None:
         for result in results:
             print(result.to_json(), flush=True)
         ops_per_s = {(r.workload, r.system): r.ops_per_s for r in results}
+        floor = SyncFloorSystem.name
         ratios = ", ".join(
             f"{workload} {ops_per_s[workload, 'minikv'] / ops_per_s[workload, 'sqlite']:.2f}x"
+            f" (floor {ops_per_s[workload, floor] / ops_per_s[workload, 'sqlite']:.2f}x)"
             for workload in ("put_batch_1", "put_batch_64")
         )
         print(f"run {number} of {repeat}: minikv/sqlite {ratios}", file=sys.stderr, flush=True)

@@ -1,0 +1,42 @@
+"""The engine benchmark's put rows on all three systems (a few batches: these check that the
+numbers are produced and labelled, not their values), and the fsync floor writing what it
+was given, durably, at the offsets it says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from minikv_core.storage.bench import SYSTEMS, BenchConfig, SyncFloorSystem, run
+from minikv_tui.commands.bench import results_table
+
+
+def test_put_rows_come_from_every_system_with_a_floor_column(tmp_path: Path) -> None:
+    config = BenchConfig(puts_only=True, put_batches_of_1=4, put_batches_of_64=3)
+    results = list(run(config, tmp_path, lambda _message: None))
+    assert {(r.workload, r.system) for r in results} == {
+        (workload, system) for workload in ("put_batch_1", "put_batch_64") for system in SYSTEMS
+    }
+    for result in results:
+        assert result.ops == (4 if result.workload == "put_batch_1" else 3 * 64)
+        assert result.ops_per_s > 0 and 0 < result.p50_us <= result.p99_us
+    console = Console(width=200, record=True)
+    console.print(results_table(results))
+    text = console.export_text()
+    assert "fsync floor" in text
+    assert text.count(" µs, ") == 2  # the floor's p50 and ratio on both put rows
+    assert list(tmp_path.iterdir()) == []  # every system's files removed
+
+
+def test_the_floor_writes_each_batch_in_place(tmp_path: Path) -> None:
+    floor = SyncFloorSystem(tmp_path / "floor")
+    floor.open()
+    try:
+        floor.put_batch([(b"k1", b"v1"), (b"k2", b"v22")])
+        floor.put_batch([(b"k3", b"v3")])
+    finally:
+        floor.close()
+    data = (tmp_path / "floor" / "floor.bin").read_bytes()
+    assert len(data) == SyncFloorSystem.FILE_BYTES  # preallocated: writes never extend it
+    assert data.startswith(b"k1v1k2v22k3v3\0")

@@ -196,14 +196,15 @@ async def test_snapshot_and_compact_answer_documents(http: Http) -> None:
 
 async def test_metrics_count_requests_by_route_and_code(http: Http) -> None:
     await http.call("PUT", "/kv/m", b"v")
+    await http.call("PUT", "/kv/n", b"v")  # the same labels again: counted twice
     await http.call("GET", "/kv/absent")
     status, headers, body = await http.call("GET", "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain")
     text = body.decode()
-    assert 'minikv_requests_total{api="http",code="204",route="/kv/{key}"} 1.0' in text
+    assert 'minikv_requests_total{api="http",code="204",route="/kv/{key}"} 2.0' in text
     assert 'minikv_requests_total{api="http",code="404",route="/kv/{key}"} 1.0' in text
-    assert "minikv_request_duration_seconds_bucket" in text
+    assert 'minikv_request_duration_seconds_count{api="http",route="/kv/{key}"} 3.0' in text
     assert "minikv_raft_term{" in text
     assert "minikv_raft_commit_index{" in text
 

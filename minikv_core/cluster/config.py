@@ -150,8 +150,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if isinstance(self.node_id, bool) or not isinstance(self.node_id, int):
             raise ValueError(f"node_id must be an integer, got {self.node_id!r}")
-        if self.node_id <= 0:
-            raise ValueError(f"node_id must be a positive integer, got {self.node_id}")
+        if not 0 < self.node_id <= cluster_limits.NODE_ID_MAX:
+            raise ValueError(
+                f"node_id must be a positive integer up to {cluster_limits.NODE_ID_MAX}, "
+                f"got {self.node_id}"
+            )
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         if not str(self.data_dir):
             raise ValueError("data_dir must not be empty")

@@ -22,6 +22,16 @@ result; if another entry was committed at that index (a new leader overwrote our
 safe). Followers apply too, so a proposal still resolves after this node lost leadership if
 its entry committed.
 
+Forwarded writes (thesis §6.2): on a follower, queued writes go to the leader in a PROPOSE
+message (`RawNode.forward_proposal`) and wait in `forwarded`, by request id (unique across
+nodes: the proposer's node id is in it), for this replica to apply them. Nothing answers a
+PROPOSE, so a lost one (peer stream down, leader refusing during a transfer) is settled by
+terms: a write forwarded in term T can only be in an entry of term T, terms never decrease
+along a log, so once this replica applies an entry of a later term the write never committed
+and fails with a retry-safe UnavailableError (`_settle_forwarded`). Lost with no term change
+(the leader alive but deaf to this node, or over its uncommitted bound), it waits out the
+client's deadline, as etcd's forwarded proposals do.
+
 Shard snapshots (Raft §7). A shard's snapshot data is its engine snapshot directory (MANIFEST
 plus SSTables) packed as an uncompressed tar. Packing happens on demand, when the core ships
 a snapshot to a lagging follower (`GroupStorage.snapshot_data_source`); the data then holds
@@ -383,6 +393,10 @@ class ShardGroup(Group):
         self.state_machine = state_machine
         self.proposals: dict[int, _Bucket] = {}
         """Entry index -> the client writes it carries, waiting for its apply result."""
+        self.forwarded: dict[int, tuple[int, asyncio.Future[ApplyResult]]] = {}
+        """Request id -> (term it was forwarded in, its client) for writes this follower sent
+        to the leader in a PROPOSE (see `_settle_forwarded`)."""
+        self.forwarded_sent = 0
         self._queued: list[tuple[WriteCommand | AloneCommand, asyncio.Future[ApplyResult]]] = []
         self.corrupt = ""
         """Why this replica is known corrupt (verify found a bad table or a checksum
@@ -453,6 +467,9 @@ class ShardGroup(Group):
                 )
                 assert len(writes) == len(batch), "a transaction command is proposed alone"
                 data = BatchCommand(writes).encode()
+            if not self.is_leader and not isinstance(batch[0][0], TxnCommand | ChecksumCommand):
+                self._forward_batch(data, batch)
+                return
             term, index = self.raw.propose(data)
         except CommandEncodeError as refused:
             error = InvalidRequestError(str(refused))
@@ -476,12 +493,60 @@ class ShardGroup(Group):
             term, {command.request_id: future for command, future in batch}
         )
 
+    def _forward_batch(
+        self,
+        data: bytes,
+        batch: list[tuple[WriteCommand | AloneCommand, asyncio.Future[ApplyResult]]],
+    ) -> None:
+        """A follower's writes go to the leader in a PROPOSE (thesis §6.2) and are answered
+        when this replica applies them. Raises NotLeaderError when no leader is known."""
+        self.raw.forward_proposal([data])
+        self.forwarded_sent += 1
+        term = self.raw.term
+        for command, future in batch:
+            self.forwarded[command.request_id] = (term, future)
+
+    def _settle_forwarded(self, results: list[ApplyResult], last_term: int) -> None:
+        """Answer forwarded writes from applied entries, matched by request id (unique per
+        node: `Node.next_request_id`). A write forwarded in term T can only be in an entry of
+        term T (the leader of T appends it; no one else does), and a log's terms never go
+        down, so once an entry of a later term is applied, every term-T entry that will ever
+        commit has been applied here: a write still unanswered then never committed, and a
+        retry is safe."""
+        forwarded = self.forwarded
+        for result in results:
+            if result.request_id is not None:
+                waiting = forwarded.pop(result.request_id, None)
+                if waiting is not None and not waiting[1].done():
+                    waiting[1].set_result(result)
+        if forwarded and last_term > min(term for term, _ in forwarded.values()):
+            lost = [rid for rid, (term, _) in forwarded.items() if term < last_term]
+            for request_id in lost:
+                _, future = forwarded.pop(request_id)
+                if not future.done():
+                    future.set_exception(
+                        UnavailableError(
+                            f"shard {self.shard}: leadership changed before the leader "
+                            "appended the write; it did not commit",
+                            leader_hint=self.leader_id,
+                            retry_after_s=0.05,
+                        )
+                    )
+
+    def _fail_forwarded(self, error: Exception) -> None:
+        for _, future in self.forwarded.values():
+            if not future.done():
+                future.set_exception(error)
+        self.forwarded.clear()
+
     def forget_proposals(self) -> None:
         """Drop buckets whose clients all gave up (called when a wait times out)."""
         for index in [
             i for i, b in self.proposals.items() if all(f.done() for f in b.waiters.values())
         ]:
             del self.proposals[index]
+        for request_id in [r for r, (_, f) in self.forwarded.items() if f.done()]:
+            del self.forwarded[request_id]
 
     def prepare_snapshot(self, ready: Ready) -> None:
         if ready.snapshot.is_empty:
@@ -509,9 +574,12 @@ class ShardGroup(Group):
             )
             for index in [i for i in self.proposals if i <= covered]:
                 _fail_bucket(self.proposals.pop(index), unknown)
+            self._fail_forwarded(unknown)
         if not ready.committed_entries:
             return
         results = self.state_machine.apply(ready.committed_entries)
+        if self.forwarded:
+            self._settle_forwarded(results, ready.committed_entries[-1].term)
         proposals = self.proposals
         for result in results:
             if result.kind is ResultKind.REJECTED:
@@ -557,6 +625,7 @@ class ShardGroup(Group):
         for bucket in self.proposals.values():
             _fail_bucket(bucket, error)
         self.proposals.clear()
+        self._fail_forwarded(error)
         for _, future in self._queued:
             if not future.done():
                 future.set_exception(error)
@@ -565,6 +634,13 @@ class ShardGroup(Group):
     def status(self) -> dict[str, object]:
         document = super().status()
         document["corrupt"] = self.corrupt
+        # Writes this replica sent to its leader in PROPOSE messages, those still unanswered,
+        # and (as leader) forwarded writes it refused: a lost PROPOSE shows up here.
+        document["forwarded"] = {
+            "sent": self.forwarded_sent,
+            "waiting": len(self.forwarded),
+            "refused": self.raw.forwarded_proposals_dropped,
+        }
         return document
 
     def snapshot_data(self, scratch_dir: Path) -> Callable[[SnapshotMetadata], bytes]:

@@ -131,6 +131,12 @@ TXN_FORGET_BATCH_MAX = 1024
 TXN_RESOLVE_BATCH_MAX = 1024
 """Intents one RESOLVE_MANY entry resolves at most (17 bytes each: id and decision)."""
 
+NODE_ID_MAX = (1 << 20) - 1
+"""Node ids are 1..NODE_ID_MAX: a command's request id carries its proposer's node id in its
+top 20 bits (node_service.py), which makes ids unique across nodes."""
+REQUEST_ID_NODE_SHIFT = 44
+
+assert NODE_ID_MAX < 1 << (64 - REQUEST_ID_NODE_SHIFT), "request ids are u64"
 assert TXN_OPS_MAX >= 2, "a transaction moves at least two keys"
 assert TXN_BYTES_MAX >= COMMAND_KEY_SIZE_BYTES_MAX, "at least one maximal key fits"
 assert TXN_COMMAND_BYTES_MAX <= COMMAND_BYTES_MAX

@@ -4,8 +4,11 @@ Data path (every call bounded by its absolute `deadline`, a `time.monotonic()` v
 
 - put / delete: validated here (TooLargeError names the limit, InvalidRequestError), then
   proposed to the shard's group if this node leads it, and answered from the apply result
-  (version / existed) once committed on a quorum and applied. Otherwise forwarded to the
-  leader through the injected `Forwarder`.
+  (version / existed) once committed on a quorum and applied. A follower of the shard hands
+  the write to the leader in a Raft PROPOSE message on the peer stream and answers once its
+  own replica applies it (group.py says how a lost PROPOSE is answered). A node holding no
+  replica of the shard, or cut from its leader by the fault filter, forwards the request to
+  the leader through the injected `Forwarder`.
 - get / scan, linearizable: ReadIndex (Raft thesis §6.4) on this node's replica of the shard,
   leader or follower (a follower's request travels to the leader inside the Raft stream, so
   the fault filter covers it), then wait for applied >= read index and read locally. A node
@@ -45,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
+from minikv_core.cluster import limits as cluster_limits
 from minikv_core.cluster.commands import DeleteCommand, PutCommand, TxnCommand
 from minikv_core.cluster.config import NodeConfig
 from minikv_core.cluster.group import ShardGroup
@@ -178,9 +182,14 @@ class Node:
         self._writes = 0
         self._drained = asyncio.Event()
         self._drained.set()
-        # Proposals are matched by (term, index) first (group.py), so request ids need not be
-        # unique across nodes or restarts; a random start just makes logs easier to read.
-        self._request_ids = itertools.count(random.SystemRandom().getrandbits(40))
+        # A leader's own proposals are matched by (term, index) first, but writes a follower
+        # forwards in a PROPOSE are matched by request id alone (group.py), so ids are unique
+        # across nodes: the node id above 44 bits of counter (from a random start, which
+        # makes logs easier to read; 2^43 ids after it before a carry, never in practice).
+        self._request_ids = itertools.count(
+            (config.node_id << cluster_limits.REQUEST_ID_NODE_SHIFT)
+            | random.SystemRandom().getrandbits(cluster_limits.REQUEST_ID_NODE_SHIFT - 1)
+        )
         # ReadIndex contexts: a random incarnation prefix, then a counter. Unique across
         # restarts, so a late answer to a read of a previous incarnation (an older read
         # index) can never complete a read of this one (that would be a stale read).
@@ -371,6 +380,35 @@ class Node:
             self._leader_hints[shard] = target
         return result
 
+    def _refuse_unless_leader(self, group: ShardGroup | None, shard: int) -> None:
+        """A write forwarded here by a peer is served only by the leader: a follower would
+        hand it on in a PROPOSE, and a lost one could hold the peer's call to its deadline
+        where the peer can follow the leader hint at once."""
+        if group is not None and not group.is_leader:
+            raise UnavailableError(
+                f"node {self.node_id} does not lead shard {shard}", leader_hint=group.leader_id
+            )
+
+    def _proposes_here(self, group: ShardGroup | None) -> bool:
+        """Whether a write goes through this node's replica of its shard: as the leader, or as
+        a follower that hands it to the leader in a Raft PROPOSE message and answers once it
+        applies it (group.py) — one message on the peer stream instead of a unary call to the
+        leader and back, which cost each side more CPU than the write itself.
+
+        Not when the fault filter cuts this node from the leader in either direction: the
+        unary path then refuses at once (drop_to) or still answers (drop_from), where a
+        PROPOSE would be lost or its commit never seen, and the client would wait out its
+        deadline."""
+        if group is None:
+            return False
+        if group.is_leader:
+            return True
+        leader = group.leader_id
+        if leader == NONE:
+            return False
+        rules = self.host.transport.fault_filter.rules
+        return leader not in rules.drop_to and leader not in rules.drop_from
+
     def _shard_group(self, shard: int) -> ShardGroup:
         group = self.host.shard_groups.get(shard)
         if group is None:
@@ -399,7 +437,9 @@ class Node:
     async def _put(self, key: bytes, value: bytes, deadline: float, *, local: bool) -> int:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
-        if (group is not None and group.is_leader) or local:
+        if local:
+            self._refuse_unless_leader(group, shard)
+        if local or self._proposes_here(group):
             command = PutCommand(key, value, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.version
@@ -420,7 +460,9 @@ class Node:
     async def _delete(self, key: bytes, deadline: float, *, local: bool) -> bool:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
-        if (group is not None and group.is_leader) or local:
+        if local:
+            self._refuse_unless_leader(group, shard)
+        if local or self._proposes_here(group):
             command = DeleteCommand(key, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.existed

@@ -5,6 +5,10 @@ KV call to the leader's `--grpc` address — the same address and server the pee
 uses, so forwarding needs no extra port. Why a KV call and not a message on the Raft stream:
 the answer (value, version, error) must come back to this one request, with its deadline and
 cancellation, which is exactly a unary RPC; the Raft stream is fire-and-forget by design.
+The exception is a put or delete reaching a follower of its shard: its own replica will apply
+the write and can answer it, so it travels inside the Raft stream as a PROPOSE
+(cluster/group.py) and only comes here when the fault filter cuts that follower from its
+leader, or for nodes holding no replica.
 
 Rules:
 - One cached channel per peer (bounded by CLIENT_CHANNELS_MAX), closed when the peer's

@@ -267,6 +267,7 @@ class RawNode:
         self._assembly: _SnapshotAssembly | None = None
         self._ready_outstanding = False
         self._messages_dropped = 0
+        self._forwarded_dropped = 0
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick_role: Callable[[], None] = self._tick_election
         # Conf changes committed before the crash are in effect again at once; otherwise the
@@ -393,6 +394,24 @@ class RawNode:
             ]
             self._append_leader_entries(entries, size)
         return term, first
+
+    def forward_proposal(self, commands: Sequence[bytes]) -> int:
+        """On a follower: send `commands` to the leader for it to append (thesis §6.2, etcd's
+        MsgProp forwarding); returns the leader's id. Nothing says whether they were
+        appended: the caller learns the outcome by applying (or never seeing) them, and must
+        bound its wait. Raises NotLeaderError when this node leads (propose instead) or knows
+        no leader."""
+        if self._role == Role.LEADER or self._lead == NONE:
+            raise NotLeaderError(self._id, self._lead, self._term)
+        entries = tuple(Entry(0, 0, _NORMAL, command) for command in commands)
+        self._send(Message(MessageType.PROPOSE, self._lead, self._id, self._term, entries=entries))
+        return self._lead
+
+    @property
+    def forwarded_proposals_dropped(self) -> int:
+        """PROPOSE messages this leader refused (transfer under way, or over the uncommitted
+        bound); their proposers time out or see the leadership change."""
+        return self._forwarded_dropped
 
     def propose_conf_change(self, change: ConfChange) -> tuple[int, int]:
         """Propose a single-server membership change; returns (term, index) of its entry.
@@ -855,6 +874,9 @@ class RawNode:
         if kind == MessageType.READ_INDEX:
             self._leader_read(message.sender, message.context)  # dropped when full
             return
+        if kind == MessageType.PROPOSE:
+            self._append_forwarded(message)
+            return
         if progress is None:
             return  # not a member (removed, or not yet added)
         if kind == _APPEND_RESPONSE:
@@ -1253,6 +1275,25 @@ class RawNode:
                 f"proposal refused: {self._uncommitted_bytes} uncommitted bytes, bound is "
                 f"{self._config.uncommitted_bytes_max}"
             )
+
+    def _append_forwarded(self, message: Message) -> None:
+        """A follower's PROPOSE in this leader's term (step() dropped other terms): append
+        its commands as if proposed here, all or none, or drop them (counted)."""
+        commands = [entry.data for entry in message.entries]
+        if not commands:
+            return
+        size = sum(map(len, commands))
+        try:
+            self._check_can_propose(size)
+        except ProposalDroppedError:
+            self._forwarded_dropped += 1
+            return
+        first = self._log.last_index() + 1
+        entries = [
+            Entry(self._term, index, _NORMAL, command)
+            for index, command in enumerate(commands, first)
+        ]
+        self._append_leader_entries(entries, size)
 
     def _append_leader_entries(self, entries: list[Entry], size_bytes: int) -> None:
         self._log.append(entries)

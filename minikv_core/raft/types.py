@@ -104,6 +104,12 @@ class MessageType(enum.IntEnum):
     """The leader's answer: index = the read index for `context`."""
     TRANSFER_LEADER = 14
     """A follower forwards a transfer_leader request; `index` holds the transferee id."""
+    PROPOSE = 15
+    """A follower forwards client commands to the leader (etcd's MsgProp; thesis §6.2):
+    `entries` carry them (only their data counts: the leader gives them its term and the next
+    indexes). Sent in the follower's term and dropped by anyone not leading that term, so a
+    command never lands in a log through a stale view; the proposer learns the outcome by
+    applying the committed entry, matched by the request ids inside the commands."""
 
 
 class ConfChangeType(enum.IntEnum):

@@ -328,10 +328,23 @@ async def test_fault_injection_covers_forwarding_both_ways(trio: list[NodeServer
         await node_of(follower).put(b"cut", b"v", deadline)
     assert raised.value.leader_hint == leader_id
     node_of(follower).clear_fault()
-    # drop_from on the leader's side: it refuses what the follower forwards.
+    # drop_from on the leader's side: it refuses what the follower forwards in a call...
     node_of(leader).set_fault(FaultSpec(drop_from=frozenset({follower_id})))
-    with pytest.raises(UnavailableError, match="dropped"):
-        await node_of(follower).put(b"cut", b"v", deadline)
+    async with grpc.aio.insecure_channel(leader.grpc_address) as opened:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await kv_pb2_grpc.KVStub(opened).Put(
+                kv_pb2.PutRequest(key=b"cut", value=b"v"),
+                timeout=10,
+                metadata=((FORWARDED_BY_KEY, str(follower_id)),),
+            )
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "dropped" in (refused.value.details() or "")
+    # ...and the Raft PROPOSE a follower sends a write in: the write never commits, and the
+    # follower, still hearing its leader in the same term, answers at the deadline (as etcd).
+    with pytest.raises(DeadlineExceededError):
+        await node_of(follower).put(b"cut", b"v", time.monotonic() + 1.5)
+    with pytest.raises(NotFoundError):
+        await node_of(leader).get(b"cut", Consistency.LINEARIZABLE, time.monotonic() + 5)
     node_of(leader).clear_fault()
     assert await node_of(follower).put(b"cut", b"v", time.monotonic() + 5) > 0
 

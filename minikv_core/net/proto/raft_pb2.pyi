@@ -71,6 +71,7 @@ class _MessageTypeEnumTypeWrapper(google.protobuf.internal.enum_type_wrapper._En
     MESSAGE_TYPE_READ_INDEX: _MessageType.ValueType  # 12
     MESSAGE_TYPE_READ_INDEX_RESPONSE: _MessageType.ValueType  # 13
     MESSAGE_TYPE_TRANSFER_LEADER: _MessageType.ValueType  # 14
+    MESSAGE_TYPE_PROPOSE: _MessageType.ValueType  # 15
 
 class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
     """Values equal minikv_core.raft.types.MessageType; 0 is never sent and is rejected on receipt."""
@@ -90,6 +91,7 @@ MESSAGE_TYPE_TIMEOUT_NOW: MessageType.ValueType  # 11
 MESSAGE_TYPE_READ_INDEX: MessageType.ValueType  # 12
 MESSAGE_TYPE_READ_INDEX_RESPONSE: MessageType.ValueType  # 13
 MESSAGE_TYPE_TRANSFER_LEADER: MessageType.ValueType  # 14
+MESSAGE_TYPE_PROPOSE: MessageType.ValueType  # 15
 Global___MessageType: typing_extensions.TypeAlias = MessageType
 
 @typing.final

@@ -1,0 +1,89 @@
+"""Writes sent to a follower travel to the leader in a Raft PROPOSE and are answered when the
+follower applies them (group.py). The case that needs care: the PROPOSE is lost and
+leadership moves on. The follower must then say, before the client's deadline, that the
+write did not commit (a retry is safe), because it can know: a write forwarded in term T can
+only sit in an entry of term T, and once an entry of a later term is applied every term-T
+entry that will ever commit has been applied."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from minikv_core.cluster.node_service import Node
+from minikv_core.cluster.service import Consistency, FaultSpec, UnavailableError, VersionedValue
+from tests.cluster.node_harness import retry_unavailable, started_cluster, wait_for
+
+SHARD = 0
+
+
+async def test_a_lost_forward_fails_as_not_committed_when_leadership_moves(
+    tmp_path: Path,
+) -> None:
+    async with started_cluster(tmp_path, 3, shards=1) as cluster:
+        leader_id = cluster.nodes[1].host.shard_groups[SHARD].leader_id
+        follower_id, other_id = [n for n in (1, 2, 3) if n != leader_id]
+        leader, follower = cluster.nodes[leader_id], cluster.nodes[follower_id]
+        group = follower.host.shard_groups[SHARD]
+        # The leader ignores the follower (one way): the follower still hears the leader, so
+        # it forwards to it, and the PROPOSE is lost.
+        leader.set_fault(FaultSpec(drop_from=frozenset({follower_id})))
+        deadline = time.monotonic() + 60
+        write = asyncio.create_task(follower.put(b"lost", b"v", deadline))
+        await wait_for(lambda: bool(group.forwarded), 10, lambda: "the write was not forwarded")
+        await leader.transfer_leader(SHARD, other_id, time.monotonic() + 10)
+        with pytest.raises(UnavailableError, match="did not commit"):
+            await write
+        assert time.monotonic() < deadline  # answered by the new term, not by the deadline
+        assert not group.forwarded
+        leader.clear_fault()
+
+        async def put(deadline: float) -> int:
+            return await follower.put(b"lost", b"v2", deadline)
+
+        version = await retry_unavailable(put)
+        for node in cluster.nodes.values():
+
+            async def get(deadline: float, node: Node = node) -> VersionedValue:
+                return await node.get(b"lost", Consistency.LINEARIZABLE, deadline)
+
+            found = await retry_unavailable(get)
+            assert (found.value, found.version) == (b"v2", version)
+        forwarded = group.status()["forwarded"]
+        assert isinstance(forwarded, dict)
+        assert forwarded["sent"] >= 2 and forwarded["waiting"] == 0, forwarded
+
+
+async def test_a_follower_cut_from_its_leader_refuses_at_once(tmp_path: Path) -> None:
+    """drop_to the leader: the follower does not send a PROPOSE it knows is lost; the write
+    is refused at once with the leader named, as a unary forward would be."""
+    async with started_cluster(tmp_path, 3, shards=1) as cluster:
+        leader_id = cluster.nodes[1].host.shard_groups[SHARD].leader_id
+        follower_id = next(n for n in (1, 2, 3) if n != leader_id)
+        follower = cluster.nodes[follower_id]
+        follower.set_fault(FaultSpec(drop_to=frozenset({leader_id})))
+        with pytest.raises(UnavailableError, match="unreachable") as refused:
+            await follower.put(b"k", b"v", time.monotonic() + 60)
+        assert refused.value.leader_hint == leader_id
+        assert not follower.host.shard_groups[SHARD].forwarded
+
+
+async def test_a_write_forwarded_by_a_peer_is_served_by_the_leader_only(tmp_path: Path) -> None:
+    """`local_*` (a peer's unary forward) on a follower names the leader at once instead of
+    sending the write on again: the peer follows the hint, nothing waits on a PROPOSE."""
+    async with started_cluster(tmp_path, 3, shards=1) as cluster:
+        leader_id = cluster.nodes[1].host.shard_groups[SHARD].leader_id
+        follower = cluster.nodes[next(n for n in (1, 2, 3) if n != leader_id)]
+        deadline = time.monotonic() + 60
+        for call in (
+            follower.local_put(b"k", b"v", deadline),
+            follower.local_delete(b"k", deadline),
+        ):
+            with pytest.raises(UnavailableError, match="does not lead") as refused:
+                await call
+            assert refused.value.leader_hint == leader_id
+        assert follower.host.shard_groups[SHARD].forwarded_sent == 0
+        assert await cluster.nodes[leader_id].local_put(b"k", b"v", deadline) > 0

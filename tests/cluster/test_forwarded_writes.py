@@ -8,13 +8,23 @@ entry that will ever commit has been applied."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from pathlib import Path
 
 import pytest
 
 from minikv_core.cluster.node_service import Node
-from minikv_core.cluster.service import Consistency, FaultSpec, UnavailableError, VersionedValue
+from minikv_core.cluster.service import (
+    Consistency,
+    DeadlineExceededError,
+    FaultSpec,
+    NotFoundError,
+    ServiceError,
+    UnavailableError,
+    VersionedValue,
+)
 from tests.cluster.node_harness import retry_unavailable, started_cluster, wait_for
 
 SHARD = 0
@@ -87,3 +97,74 @@ async def test_a_write_forwarded_by_a_peer_is_served_by_the_leader_only(tmp_path
             assert refused.value.leader_hint == leader_id
         assert follower.host.shard_groups[SHARD].forwarded_sent == 0
         assert await cluster.nodes[leader_id].local_put(b"k", b"v", deadline) > 0
+
+
+async def test_did_not_commit_is_true_under_transfers_and_one_way_cuts(tmp_path: Path) -> None:
+    """Writes through followers while leadership moves and leaders go deaf to followers:
+    every acknowledged write is there with its value, and every write answered "did not
+    commit" is absent (each write has its own key, so absence is checkable)."""
+    seed = 20261126
+    rng = random.Random(seed)
+    async with started_cluster(tmp_path, 3, shards=2) as cluster:
+        acknowledged: dict[bytes, bytes] = {}
+        not_committed: set[bytes] = set()
+        stop = asyncio.Event()
+
+        async def writer(worker: int) -> None:
+            number = 0
+            while not stop.is_set():
+                key, value = f"w{worker}-{number}".encode(), f"{worker}:{number}".encode()
+                node = cluster.nodes[1 + (worker + number) % 3]
+                number += 1
+                try:
+                    await node.put(key, value, time.monotonic() + 1.0)
+                    acknowledged[key] = value
+                except UnavailableError as error:
+                    if "did not commit" in str(error):
+                        not_committed.add(key)
+                    await asyncio.sleep(0.01)
+                except DeadlineExceededError:
+                    pass  # outcome unknown: not checked
+
+        async def chaos() -> None:
+            for _ in range(6):
+                await asyncio.sleep(rng.uniform(0.1, 0.3))
+                shard = rng.randrange(2)
+                leader_id = cluster.nodes[1].host.shard_groups[shard].leader_id
+                if leader_id not in cluster.nodes:
+                    continue
+                leader = cluster.nodes[leader_id]
+                others = [n for n in (1, 2, 3) if n != leader_id]
+                leader.set_fault(FaultSpec(drop_from=frozenset({rng.choice(others)})))
+                await asyncio.sleep(rng.uniform(0.05, 0.2))
+                with contextlib.suppress(ServiceError):
+                    await leader.transfer_leader(shard, rng.choice(others), time.monotonic() + 3)
+                leader.clear_fault()
+
+        writers = [asyncio.create_task(writer(worker)) for worker in range(4)]
+        try:
+            await chaos()
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+        for node in cluster.nodes.values():
+            node.clear_fault()
+        print(f"seed {seed}: {len(acknowledged)} acknowledged, {len(not_committed)} not committed")
+        assert acknowledged, f"seed {seed}: no write was acknowledged"
+        reader = cluster.nodes[1]
+        for key, value in acknowledged.items():
+
+            async def get(deadline: float, key: bytes = key) -> VersionedValue:
+                return await reader.get(key, Consistency.LINEARIZABLE, deadline)
+
+            assert (await retry_unavailable(get)).value == value, (seed, key)
+        for key in not_committed:
+
+            async def absent(deadline: float, key: bytes = key) -> bool:
+                try:
+                    await reader.get(key, Consistency.LINEARIZABLE, deadline)
+                except NotFoundError:
+                    return True
+                return False
+
+            assert await retry_unavailable(absent), (seed, key, "answered as not committed")

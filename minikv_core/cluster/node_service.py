@@ -395,10 +395,11 @@ class Node:
         applies it (group.py) — one message on the peer stream instead of a unary call to the
         leader and back, which cost each side more CPU than the write itself.
 
-        Not when the fault filter cuts this node from the leader in either direction: the
-        unary path then refuses at once (drop_to) or still answers (drop_from), where a
-        PROPOSE would be lost or its commit never seen, and the client would wait out its
-        deadline."""
+        Not when the fault filter cuts this node from the leader in either direction, or
+        drops a share of what it sends: the unary path then refuses at once (drop_to, a lost
+        call) or still answers (drop_from), where a PROPOSE would be lost or its commit never
+        seen, and the client would wait out its deadline (a PROPOSE is never resent: a
+        duplicate could apply after a later write to the same key)."""
         if group is None:
             return False
         if group.is_leader:
@@ -407,7 +408,7 @@ class Node:
         if leader == NONE:
             return False
         rules = self.host.transport.fault_filter.rules
-        return leader not in rules.drop_to and leader not in rules.drop_from
+        return not rules.loss and leader not in rules.drop_to and leader not in rules.drop_from
 
     def _shard_group(self, shard: int) -> ShardGroup:
         group = self.host.shard_groups.get(shard)

@@ -25,7 +25,12 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
-from tests.cluster.node_harness import retry_unavailable, started_cluster, wait_for
+from tests.cluster.node_harness import (
+    DirectForwarder,
+    retry_unavailable,
+    started_cluster,
+    wait_for,
+)
 
 SHARD = 0
 
@@ -79,6 +84,16 @@ async def test_a_follower_cut_from_its_leader_refuses_at_once(tmp_path: Path) ->
             await follower.put(b"k", b"v", time.monotonic() + 60)
         assert refused.value.leader_hint == leader_id
         assert not follower.host.shard_groups[SHARD].forwarded
+        # Loss: a lost PROPOSE would hold the write to its deadline (it is never resent), so
+        # the write takes the unary call, which a loss fails at once and a retry repeats.
+        follower.set_fault(FaultSpec(loss=0.05))
+
+        async def put(deadline: float) -> int:
+            return await follower.put(b"k", b"v", deadline)
+
+        assert await retry_unavailable(put) > 0
+        assert follower.host.shard_groups[SHARD].forwarded_sent == 0
+        assert isinstance(follower.forwarder, DirectForwarder) and follower.forwarder.calls > 0
 
 
 async def test_a_write_forwarded_by_a_peer_is_served_by_the_leader_only(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ from minikv_core.cluster.txn_locks import TxnLockTable
 from minikv_core.cluster.txn_record_gc import RecordCollector
 from minikv_core.cluster.txn_resolver import wait_out
 from minikv_core.net.fault import FaultFilter, FaultRules, FaultRulesError
+from minikv_core.net.peer_transport import FEATURE_PROPOSE
 from minikv_core.raft import NONE, NotLeaderError, ProposalDroppedError, Role
 from minikv_core.storage.engine import EngineOptions
 from minikv_core.storage.errors import StorageError
@@ -395,11 +396,12 @@ class Node:
         applies it (group.py) — one message on the peer stream instead of a unary call to the
         leader and back, which cost each side more CPU than the write itself.
 
-        Not when the fault filter cuts this node from the leader in either direction, or
-        drops a share of what it sends: the unary path then refuses at once (drop_to, a lost
-        call) or still answers (drop_from), where a PROPOSE would be lost or its commit never
-        seen, and the client would wait out its deadline (a PROPOSE is never resent: a
-        duplicate could apply after a later write to the same key)."""
+        Not when the leader did not advertise PROPOSE at the stream handshake (an older node
+        would drop the frame), nor when the fault filter cuts this node from the leader in
+        either direction or drops a share of what it sends: the unary path then refuses at
+        once (drop_to, a lost call) or still answers (drop_from), where a PROPOSE would be
+        lost or its commit never seen, and the client would wait out its deadline (a PROPOSE
+        is never resent: a duplicate could apply after a later write to the same key)."""
         if group is None:
             return False
         if group.is_leader:
@@ -407,7 +409,10 @@ class Node:
         leader = group.leader_id
         if leader == NONE:
             return False
-        rules = self.host.transport.fault_filter.rules
+        transport = self.host.transport
+        if not transport.peer_supports(leader, FEATURE_PROPOSE):
+            return False  # an older leader, or no stream to it yet: the unary call works
+        rules = transport.fault_filter.rules
         return not rules.loss and leader not in rules.drop_to and leader not in rules.drop_from
 
     def _shard_group(self, shard: int) -> ShardGroup:

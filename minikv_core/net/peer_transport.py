@@ -73,7 +73,16 @@ METADATA_FROM_NODE = "x-minikv-from-node"
 METADATA_TO_NODE = "x-minikv-to-node"
 METADATA_CLUSTER_ID = "x-minikv-cluster-id"
 METADATA_NODE_ID = "x-minikv-node-id"
-"""Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID."""
+METADATA_FEATURES = "x-minikv-features"
+"""Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID and the
+FEATURES it understands (comma-separated)."""
+
+FEATURE_PROPOSE = "propose"
+"""The callee decodes PROPOSE messages (raft MessageType 15). An older node would drop a whole
+frame holding one (unknown message type), acknowledgements included, so a follower sends its
+writes in a PROPOSE only to a leader that said it understands them."""
+FEATURES: frozenset[str] = frozenset({FEATURE_PROPOSE})
+"""What this version of the transport advertises (`PeerTransport.features` by default)."""
 
 _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_send_message_length", limits.GRPC_MESSAGE_BYTES_MAX),
@@ -271,6 +280,9 @@ class _PeerSender:
         self.address = address
         self.counters = transport._counters_for_peer(node_id)
         self.connected = False
+        self.features: frozenset[str] = frozenset()
+        """What the peer advertised at the handshake of the current stream (none when
+        disconnected)."""
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         """Bytes of `_pending` (frames cut but not written are in `buffered_bytes` too)."""
@@ -360,6 +372,7 @@ class _PeerSender:
                 )
             finally:
                 self.connected = False
+                self.features = frozenset()
                 await channel.close(grace=None)
             if self._retarget.is_set():
                 continue
@@ -430,6 +443,10 @@ class _PeerSender:
             raise _StreamFailedError(
                 f"{address} is node {answered}, not node {self.node_id}: stale peer address"
             )
+        advertised = metadata.get(METADATA_FEATURES) or ""
+        if isinstance(advertised, bytes):
+            advertised = advertised.decode("ascii", "replace")
+        self.features = frozenset(part for part in advertised.split(",") if part)
         call.add_done_callback(lambda _call: self._wakeup.set())
         return call
 
@@ -570,6 +587,9 @@ class PeerTransport:
                 raise ValueError("a shared server must be bound first: pass its bound port")
             server.add_generic_rpc_handlers((self._rpc_handler(),))
             self._port = port
+        self.features = FEATURES
+        """Advertised to every peer that opens a stream here (tests shrink it to play an
+        older node)."""
         self._started = False
         self._stopped = False
         self._counters: dict[int, _Counters] = {}
@@ -685,6 +705,11 @@ class PeerTransport:
         sender = self._senders.get(node_id)
         return sender is not None and sender.connected
 
+    def peer_supports(self, node_id: int, feature: str) -> bool:
+        """Whether the stream to `node_id` is up and its node advertised `feature`."""
+        sender = self._senders.get(node_id)
+        return sender is not None and sender.connected and feature in sender.features
+
     # --- sending ---------------------------------------------------------------------------
 
     def send(self, to_node: int, messages: Iterable[tuple[int, Message]]) -> None:
@@ -751,7 +776,12 @@ class PeerTransport:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"node {self.node_id}'s transport is not running"
             )
-        await context.send_initial_metadata(((METADATA_NODE_ID, str(self.node_id)),))
+        await context.send_initial_metadata(
+            (
+                (METADATA_NODE_ID, str(self.node_id)),
+                (METADATA_FEATURES, ",".join(sorted(self.features))),
+            )
+        )
         counters = self._counters_for_other(from_node)
         counters.inbound_streams += 1
         frames = 0

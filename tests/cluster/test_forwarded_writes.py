@@ -25,6 +25,7 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
+from minikv_core.net.peer_transport import FEATURE_PROPOSE
 from tests.cluster.node_harness import (
     DirectForwarder,
     retry_unavailable,
@@ -87,6 +88,26 @@ async def test_a_follower_cut_from_its_leader_refuses_at_once(tmp_path: Path) ->
         # Loss: a lost PROPOSE would hold the write to its deadline (it is never resent), so
         # the write takes the unary call, which a loss fails at once and a retry repeats.
         follower.set_fault(FaultSpec(loss=0.05))
+
+        async def put(deadline: float) -> int:
+            return await follower.put(b"k", b"v", deadline)
+
+        assert await retry_unavailable(put) > 0
+        assert follower.host.shard_groups[SHARD].forwarded_sent == 0
+        assert isinstance(follower.forwarder, DirectForwarder) and follower.forwarder.calls > 0
+
+
+async def test_a_leader_that_does_not_speak_propose_gets_the_unary_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An older leader (its handshake did not advertise PROPOSE) would drop the frame: the
+    follower forwards the write in a unary call instead."""
+    async with started_cluster(tmp_path, 3, shards=1) as cluster:
+        leader_id = cluster.nodes[1].host.shard_groups[SHARD].leader_id
+        follower = cluster.nodes[next(n for n in (1, 2, 3) if n != leader_id)]
+        transport = follower.host.transport
+        assert transport.peer_supports(leader_id, FEATURE_PROPOSE)
+        monkeypatch.setattr(transport, "peer_supports", lambda node_id, feature: False)
 
         async def put(deadline: float) -> int:
             return await follower.put(b"k", b"v", deadline)

@@ -23,6 +23,7 @@ import pytest
 from minikv_core.net import limits
 from minikv_core.net.fault import FaultFilter, FaultRules
 from minikv_core.net.peer_transport import (
+    FEATURE_PROPOSE,
     METADATA_CLUSTER_ID,
     METADATA_FROM_NODE,
     METADATA_NODE_ID,
@@ -207,6 +208,24 @@ async def test_two_transports_exchange_messages_both_ways(net: Net) -> None:
     _, batch, _ = inbox_b.frames[-1]
     assert batch[-1] == (1, heartbeat(1, 2))
     assert a.is_connected(2) and b.is_connected(1)
+
+
+async def test_the_handshake_tells_the_caller_what_the_callee_understands(net: Net) -> None:
+    """A follower sends writes in a PROPOSE only to a leader that advertised it: an older node
+    would drop the whole frame (unknown message type), acknowledgements included."""
+    new, inbox_new = await net.start(2)
+    old, inbox_old = await net.start(3)
+    old.features = frozenset()  # plays a node from before PROPOSE
+    a, _ = await net.start(1, {2: new.address, 3: old.address})
+    assert not a.peer_supports(2, FEATURE_PROPOSE)  # nothing known before a stream is up
+    await send_until_received(a, 2, inbox_new, group=1)
+    await send_until_received(a, 3, inbox_old, group=1)
+    assert a.peer_supports(2, FEATURE_PROPOSE)
+    assert not a.peer_supports(3, FEATURE_PROPOSE)
+    assert not a.peer_supports(4, FEATURE_PROPOSE)  # not a peer at all
+    await new.stop()
+    await eventually(lambda: not a.is_connected(2), "the stream to node 2 to break")
+    assert not a.peer_supports(2, FEATURE_PROPOSE)  # forgotten with the stream
 
 
 async def test_messages_of_many_groups_to_one_peer_travel_in_one_frame(net: Net) -> None:

@@ -15,7 +15,8 @@ travel in one frame, not one per group.
 Handshake, in metadata: the caller sends `x-minikv-from-node`, `x-minikv-to-node` and
 `x-minikv-cluster-id`; the callee refuses a stream addressed to another node or cluster with
 FAILED_PRECONDITION and otherwise answers with initial metadata `x-minikv-node-id`, which the
-caller checks before it counts the peer as connected.
+caller checks before it counts the peer as connected, and `x-minikv-features` (comma-separated:
+`propose` = it decodes MESSAGE_TYPE_PROPOSE; an older node drops a frame holding one).
 """
 
 import builtins

@@ -15,6 +15,9 @@ Why this shape:
   messages and bytes, and a full buffer drops *new* messages (tail drop, as etcd does: the
   queued prefix stays contiguous, so what does arrive can still be appended by the follower).
   Every drop is counted by reason in `stats()`.
+- It never delivers a message twice (nothing is resent, not even after a reconnect). One
+  message relies on it: a PROPOSE delivered twice would append a follower's writes twice,
+  and the copy could overwrite a later write to the same key.
 - Backpressure is HTTP/2 flow control: a peer that reads slowly makes `call.write` wait, the
   buffer fills behind it, and the overflow is dropped. There is no per-frame acknowledgement:
   Raft's own responses are the acknowledgements.

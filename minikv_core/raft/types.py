@@ -109,7 +109,9 @@ class MessageType(enum.IntEnum):
     `entries` carry them (only their data counts: the leader gives them its term and the next
     indexes). Sent in the follower's term and dropped by anyone not leading that term, so a
     command never lands in a log through a stale view; the proposer learns the outcome by
-    applying the committed entry, matched by the request ids inside the commands."""
+    applying the committed entry, matched by the request ids inside the commands. Unlike
+    every other type it is not idempotent: the transport must not duplicate it (peer
+    transport: at most once)."""
 
 
 class ConfChangeType(enum.IntEnum):

@@ -326,10 +326,14 @@ class SyncFloorSystem:
     def open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / "floor.bin", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        chunk = bytes(1024 * 1024)
-        for _ in range(self.FILE_BYTES // len(chunk)):
-            os.write(fd, chunk)
-        os.fsync(fd)
+        try:
+            chunk = bytes(1024 * 1024)
+            for _ in range(self.FILE_BYTES // len(chunk)):
+                os.write(fd, chunk)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         self._fd = fd
         self._offset = 0
 

@@ -62,6 +62,22 @@ def lookup(table: TableReader, key: bytes) -> Lookup:
     return table.get(key, word_hash, mask)
 
 
+def lookups_detect_damage(
+    table: TableReader, entries: list[tuple[bytes, bytes | None]], context: str
+) -> bool:
+    """Look every entry up in a damaged table: True if some lookup raised CorruptionError;
+    a lookup that answers must answer the entry's value (damage never reads as wrong data)."""
+    failed = False
+    for key, value in entries:
+        try:
+            found = lookup(table, key)
+        except CorruptionError:
+            failed = True
+            continue
+        assert found == value, f"{context}: {key!r} read as {found!r}"
+    return failed
+
+
 def damaged_copies(
     original: bytes, directory: Path, damage: str, cases: int, seed: int
 ) -> Iterator[tuple[Path, str]]:
@@ -234,14 +250,7 @@ def test_seeded_random_damage_never_reads_as_wrong_data(
             assert exc.path == path, context
             outcomes["error at open"] += 1
             continue
-        failed = False
-        for key, value in entries:
-            try:
-                found = lookup(table, key)
-            except CorruptionError:
-                failed = True
-                continue
-            assert found == value, f"{context}: {key!r} read as {found!r}"
+        failed = lookups_detect_damage(table, entries, context)
         try:
             assert list(table.iter_range()) == entries, context
         except CorruptionError:

@@ -103,22 +103,15 @@ async def latest_job(cluster: Cluster, node_id: int, kind: str) -> dict[str, Any
     return found
 
 
-class Writer:
-    """A client writing keys in a loop through live nodes; records what was acknowledged and
-    the longest run of failures (clients must never see errors longer than an election).
+class BackgroundLoop:
+    """`_run` in a task from `start()` until `stop()` sets `_stop` and waits for it."""
 
-    A run of failures lasts from the moment the first failing request was sent (its own wait
-    counts: the client saw nothing but that) to the moment a write is acknowledged again, or
-    the writer stops (a run still going at the end counts as far as it got)."""
-
-    def __init__(self, cluster: Cluster, nodes: list[int], prefix: str) -> None:
-        self.cluster = cluster
-        self.nodes = nodes
-        self.prefix = prefix
-        self.acked: dict[str, bytes] = {}
-        self.gaps_s: list[float] = []
+    def __init__(self) -> None:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -127,6 +120,23 @@ class Writer:
         self._stop.set()
         assert self._task is not None
         await self._task
+
+
+class Writer(BackgroundLoop):
+    """A client writing keys in a loop through live nodes; records what was acknowledged and
+    the longest run of failures (clients must never see errors longer than an election).
+
+    A run of failures lasts from the moment the first failing request was sent (its own wait
+    counts: the client saw nothing but that) to the moment a write is acknowledged again, or
+    the writer stops (a run still going at the end counts as far as it got)."""
+
+    def __init__(self, cluster: Cluster, nodes: list[int], prefix: str) -> None:
+        super().__init__()
+        self.cluster = cluster
+        self.nodes = nodes
+        self.prefix = prefix
+        self.acked: dict[str, bytes] = {}
+        self.gaps_s: list[float] = []
 
     @property
     def longest_gap_s(self) -> float:
@@ -185,25 +195,16 @@ class Observation:
         ]
 
 
-class QuorumMonitor:
+class QuorumMonitor(BackgroundLoop):
     """Polls `/admin/status` of every running node every STATUS_POLL_S while maintenance runs
     and records each observation, so "no shard below quorum" is checked throughout the job,
     not only once it ended."""
 
     def __init__(self, cluster: Cluster) -> None:
+        super().__init__()
         self.cluster = cluster
         self.observations: list[Observation] = []
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
 
     def violations(self) -> list[Observation]:
         return [o for o in self.observations if o.below_quorum(self.cluster.shards)]

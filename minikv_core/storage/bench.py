@@ -88,14 +88,19 @@ class BenchConfig:
         assert self.gets > 0 and self.scans > 0
 
 
-class KeyValueSystem(Protocol):
-    """What the workloads need from a system under test; every `put_batch` is durable."""
+class DurableWriter(Protocol):
+    """What the put workloads need: every `put_batch` is durable when it returns."""
 
     name: str
 
     def open(self) -> None: ...
     def close(self) -> None: ...
     def put_batch(self, items: Sequence[tuple[bytes, bytes]]) -> None: ...
+
+
+class KeyValueSystem(DurableWriter, Protocol):
+    """What every workload needs from a system under test."""
+
     def get(self, key: bytes) -> bytes | None: ...
     def scan_prefix(self, prefix: bytes, limit: int) -> int: ...
 
@@ -208,7 +213,7 @@ def summarize(
 
 
 def timed_puts(
-    system: KeyValueSystem, batches: int, batch_size: int, value_size: int, rng: random.Random
+    system: DurableWriter, batches: int, batch_size: int, value_size: int, rng: random.Random
 ) -> WorkloadResult:
     base = 10**9  # fresh keys, outside the loaded key space
     # Made before the clock starts (see the module docstring), from the same random stream.
@@ -312,8 +317,8 @@ def reopen_in_child(system_name: str, path: Path) -> WorkloadResult:
 
 
 class SyncFloorSystem:
-    """One pwrite + one fdatasync per batch, nothing else (see the module docstring). Puts
-    only: it keeps nothing it could read back."""
+    """One pwrite + one fdatasync per batch, nothing else (see the module docstring). A
+    DurableWriter only: it keeps nothing it could read back."""
 
     name = "fsync-floor"
     FILE_BYTES = 16 * 1024 * 1024
@@ -350,14 +355,9 @@ class SyncFloorSystem:
         os.fdatasync(self._fd)
         self._offset += len(data)
 
-    def get(self, key: bytes) -> bytes | None:
-        raise NotImplementedError("fsync-floor only times durable writes")
-
-    def scan_prefix(self, prefix: bytes, limit: int) -> int:
-        raise NotImplementedError("fsync-floor only times durable writes")
-
 
 SYSTEMS = ("minikv", "sqlite", SyncFloorSystem.name)
+"""Every system a run reports on, in the order `run` measures them."""
 
 
 def make_system(name: str, path: Path) -> KeyValueSystem:
@@ -365,9 +365,7 @@ def make_system(name: str, path: Path) -> KeyValueSystem:
         return MinikvSystem(path)
     if name == "sqlite":
         return SqliteSystem(path)
-    if name == SyncFloorSystem.name:
-        return SyncFloorSystem(path)
-    raise ValueError(f"unknown system {name!r}; expected one of {', '.join(SYSTEMS)}")
+    raise ValueError(f"unknown system {name!r}; expected 'minikv' or 'sqlite'")
 
 
 def rss_mib() -> float:
@@ -383,19 +381,14 @@ def run_system(
 ) -> Iterator[WorkloadResult]:
     path = root / name
     system = make_system(name, path)
-    rng = random.Random(config.seed + 4)
-    puts_only = config.puts_only or name == SyncFloorSystem.name
     system.open()
     try:
-        progress(f"{name}: durable puts in batches of 1")
-        yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
-        progress(f"{name}: durable puts in batches of 64")
-        yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
-        if not puts_only:
+        yield from timed_put_rows(system, config, progress)
+        if not config.puts_only:
             load(system, config, progress)
     finally:
         system.close()
-    if puts_only:
+    if config.puts_only:
         shutil.rmtree(path, ignore_errors=True)
         return
     progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
@@ -411,11 +404,34 @@ def run_system(
         shutil.rmtree(path, ignore_errors=True)
 
 
+def timed_put_rows(
+    system: DurableWriter, config: BenchConfig, progress: Progress
+) -> Iterator[WorkloadResult]:
+    """The two put workloads, on the same random stream for every system."""
+    rng = random.Random(config.seed + 4)
+    progress(f"{system.name}: durable puts in batches of 1")
+    yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
+    progress(f"{system.name}: durable puts in batches of 64")
+    yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
+
+
+def run_floor(root: Path, config: BenchConfig, progress: Progress) -> Iterator[WorkloadResult]:
+    path = root / SyncFloorSystem.name
+    floor = SyncFloorSystem(path)
+    floor.open()
+    try:
+        yield from timed_put_rows(floor, config, progress)
+    finally:
+        floor.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def run(config: BenchConfig, root: Path, progress: Progress) -> Iterator[WorkloadResult]:
     """Yield results as they come: minikv's workloads, then sqlite's, then the fsync floor's
     puts, on `root`."""
-    for name in SYSTEMS:
+    for name in ("minikv", "sqlite"):
         yield from run_system(name, root, config, progress)
+    yield from run_floor(root, config, progress)
 
 
 def _reopen_probe(system_name: str, path: Path) -> None:

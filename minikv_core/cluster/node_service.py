@@ -381,14 +381,19 @@ class Node:
             self._leader_hints[shard] = target
         return result
 
-    def _refuse_unless_leader(self, group: ShardGroup | None, shard: int) -> None:
-        """A write forwarded here by a peer is served only by the leader: a follower would
-        hand it on in a PROPOSE, and a lost one could hold the peer's call to its deadline
-        where the peer can follow the leader hint at once."""
+    def _writes_here(self, group: ShardGroup | None, shard: int, *, local: bool) -> bool:
+        """Whether this node proposes the write (else it forwards it in a unary call).
+
+        A write forwarded here by a peer (`local`) is served only by the leader: a follower
+        would hand it on in a PROPOSE, and a lost one could hold the peer's call to its
+        deadline where the peer can follow the leader hint at once."""
+        if not local:
+            return self._proposes_here(group)
         if group is not None and not group.is_leader:
             raise UnavailableError(
                 f"node {self.node_id} does not lead shard {shard}", leader_hint=group.leader_id
             )
+        return True
 
     def _proposes_here(self, group: ShardGroup | None) -> bool:
         """Whether a write goes through this node's replica of its shard: as the leader, or as
@@ -443,9 +448,7 @@ class Node:
     async def _put(self, key: bytes, value: bytes, deadline: float, *, local: bool) -> int:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
-        if local:
-            self._refuse_unless_leader(group, shard)
-        if local or self._proposes_here(group):
+        if self._writes_here(group, shard, local=local):
             command = PutCommand(key, value, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.version
@@ -466,9 +469,7 @@ class Node:
     async def _delete(self, key: bytes, deadline: float, *, local: bool) -> bool:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
-        if local:
-            self._refuse_unless_leader(group, shard)
-        if local or self._proposes_here(group):
+        if self._writes_here(group, shard, local=local):
             command = DeleteCommand(key, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.existed

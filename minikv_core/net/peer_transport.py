@@ -446,9 +446,7 @@ class _PeerSender:
             raise _StreamFailedError(
                 f"{address} is node {answered}, not node {self.node_id}: stale peer address"
             )
-        advertised = metadata.get(METADATA_FEATURES) or ""
-        if isinstance(advertised, bytes):
-            advertised = advertised.decode("ascii", "replace")
+        advertised = str(metadata.get(METADATA_FEATURES) or "")  # absent from older nodes
         self.features = frozenset(part for part in advertised.split(",") if part)
         call.add_done_callback(lambda _call: self._wakeup.set())
         return call

@@ -36,6 +36,18 @@ from tests.cluster.node_harness import (
 SHARD = 0
 
 
+async def put_through_a_unary_call(follower: Node) -> None:
+    """A put through `follower` succeeds (retried past injected losses) without a PROPOSE:
+    the follower's forwarder carried it to the leader."""
+
+    async def put(deadline: float) -> int:
+        return await follower.put(b"k", b"v", deadline)
+
+    assert await retry_unavailable(put) > 0
+    assert follower.host.shard_groups[SHARD].forwarded_sent == 0
+    assert isinstance(follower.forwarder, DirectForwarder) and follower.forwarder.calls > 0
+
+
 async def test_a_lost_forward_fails_as_not_committed_when_leadership_moves(
     tmp_path: Path,
 ) -> None:
@@ -88,13 +100,7 @@ async def test_a_follower_cut_from_its_leader_refuses_at_once(tmp_path: Path) ->
         # Loss: a lost PROPOSE would hold the write to its deadline (it is never resent), so
         # the write takes the unary call, which a loss fails at once and a retry repeats.
         follower.set_fault(FaultSpec(loss=0.05))
-
-        async def put(deadline: float) -> int:
-            return await follower.put(b"k", b"v", deadline)
-
-        assert await retry_unavailable(put) > 0
-        assert follower.host.shard_groups[SHARD].forwarded_sent == 0
-        assert isinstance(follower.forwarder, DirectForwarder) and follower.forwarder.calls > 0
+        await put_through_a_unary_call(follower)
 
 
 async def test_a_leader_that_does_not_speak_propose_gets_the_unary_call(
@@ -108,13 +114,7 @@ async def test_a_leader_that_does_not_speak_propose_gets_the_unary_call(
         transport = follower.host.transport
         assert transport.peer_supports(leader_id, FEATURE_PROPOSE)
         monkeypatch.setattr(transport, "peer_supports", lambda node_id, feature: False)
-
-        async def put(deadline: float) -> int:
-            return await follower.put(b"k", b"v", deadline)
-
-        assert await retry_unavailable(put) > 0
-        assert follower.host.shard_groups[SHARD].forwarded_sent == 0
-        assert isinstance(follower.forwarder, DirectForwarder) and follower.forwarder.calls > 0
+        await put_through_a_unary_call(follower)
 
 
 async def test_a_write_forwarded_by_a_peer_is_served_by_the_leader_only(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ runs, and check afterwards that every acknowledged write is readable.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import sys
@@ -103,15 +104,15 @@ async def latest_job(cluster: Cluster, node_id: int, kind: str) -> dict[str, Any
     return found
 
 
-class BackgroundLoop:
+class BackgroundLoop(abc.ABC):
     """`_run` in a task from `start()` until `stop()` sets `_stop` and waits for it."""
 
     def __init__(self) -> None:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def _run(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def _run(self) -> None: ...
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

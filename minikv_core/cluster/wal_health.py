@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 CHECK_ATTEMPTS: Final = 3
 """A truncation may delete a segment while the check reads the directory: look again."""
 
+CONFIRM_AFTER_S: Final = 0.02
+"""Pause before the second read that confirms a finding (see `check_wal`): far longer than
+one append's write takes."""
+
 REWRITE_RETRY_S: Final = 0.05
 
 
@@ -67,7 +71,23 @@ class WalRewrite:
 
 def check_wal(directory: Path) -> list[WalDamage]:
     """Every bad record in the WAL at `directory` (blocking: run it in a thread). The end of
-    the active segment may be a write in progress; that is a torn tail, not damage."""
+    the active segment may be a write in progress; that is a torn tail, not damage.
+
+    A finding is reported only if a second read, CONFIRM_AFTER_S later, finds it again. The
+    node appends while this reads, and a read racing an append that spans pages can copy
+    the record's first page before the write reaches it and its next page after: a zeroed
+    header with data behind it, which verify rightly calls damage in a file at rest (seen
+    in CI: a repair then failed with "still damaged"). Bit rot stays where it is; a racing
+    append is whole by the second read."""
+    found = _read_damage(directory)
+    if not found:
+        return found
+    time.sleep(CONFIRM_AFTER_S)
+    again = {(damage.segment, damage.offset) for damage in _read_damage(directory)}
+    return [damage for damage in found if (damage.segment, damage.offset) in again]
+
+
+def _read_damage(directory: Path) -> list[WalDamage]:
     for _ in range(CHECK_ATTEMPTS - 1):
         try:
             return _damage(wal_module.verify(directory))

@@ -12,6 +12,7 @@ import pytest
 
 from minikv_core.cluster.service import Consistency
 from minikv_core.cluster.wal_health import check_wal, rewrite_wal
+from minikv_core.storage import wal as wal_module
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.cluster.node_harness import retry_unavailable, started_cluster
 
@@ -77,3 +78,36 @@ async def test_damage_is_found_while_serving_and_rewritten_away(
             key = f"k{number:04d}".encode()
             found = await restarted.get(key, Consistency.STALE, time.monotonic() + 5)
             assert found.value == value, key
+
+
+def _report(directory: Path, *offsets: int) -> wal_module.VerifyReport:
+    findings = tuple(
+        wal_module.Finding(
+            wal_module.FindingKind.CORRUPTION, directory / "0000000000000002.wal", offset, "x", 9
+        )
+        for offset in offsets
+    )
+    return wal_module.VerifyReport(directory, (), findings)
+
+
+def test_only_damage_a_second_read_finds_again_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read racing the node's append can see a record half-written across two pages; the
+    confirming read finds it whole. Damage that stays is reported; a clean read stays clean
+    with no second read."""
+    reads = iter([_report(tmp_path, 100, 500), _report(tmp_path, 500, 900)])
+    calls: list[Path] = []
+
+    def verify(directory: Path) -> wal_module.VerifyReport:
+        calls.append(directory)
+        return next(reads)
+
+    monkeypatch.setattr(wal_module, "verify", verify)
+    (damage,) = check_wal(tmp_path)
+    assert (damage.segment, damage.offset) == ("0000000000000002.wal", 500)
+    assert len(calls) == 2
+
+    reads = iter([_report(tmp_path)])
+    assert check_wal(tmp_path) == []
+    assert len(calls) == 3  # one clean read, no confirming one

@@ -284,9 +284,19 @@ async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> di
     return written
 
 
+READ_RETRY_S = 10.0
+
+
 async def assert_readable(cluster: Cluster, node: int, expected: dict[str, bytes]) -> None:
+    """Every key reads back its value through `node`. A 503 (no leader known: an election or
+    a transfer back to a preferred leader right after a restart) is retried, as a client
+    does, for READ_RETRY_S; any other answer fails at once."""
     for key, value in expected.items():
+        give_up = time.monotonic() + READ_RETRY_S
         status, body = await get(cluster, node, key)
+        while status == 503 and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+            status, body = await get(cluster, node, key)
         assert (status, body) == (200, value), (key, status, body)
 
 

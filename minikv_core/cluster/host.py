@@ -710,16 +710,16 @@ class MultiRaftHost:
         )
         if holders <= len(voters) // 2:
             return None
-        status = raw.status()
-        if status.lead_transferee != NONE or status.term != lease.term:
+        if raw.lead_transferee != NONE:
             return None
+        commit = raw.commit
         try:
-            if group.storage.term(status.commit) != lease.term:
+            if group.storage.term(commit) != lease.term:
                 return None
         except (CompactedError, RaftUnavailableError):
             return None
         self.counters.lease_reads += 1
-        return status.commit
+        return commit
 
     def _answer_read_index_by_lease(self, group: Group, message: Message) -> bool:
         """A follower forwarded a read (READ_INDEX): if this leader holds a lease, answer it

@@ -1,4 +1,8 @@
-"""The node's HTTP API (aiohttp): keys and values, admin and fault injection, health, metrics.
+"""The node's HTTP API: keys and values, admin and fault injection, health, metrics.
+
+Every connection starts on the data-plane protocol of `http_kv_protocol.py`, which answers
+plain `GET`/`PUT`/`DELETE /kv/{key}` requests itself (through `serve_kv`, the same code as the
+aiohttp handlers) and hands the connection to aiohttp at the first request of any other kind.
 
 Routes (every error is JSON `{"error": "<name>", "detail": "<what was wrong>"}`, with the
 status of `errors_map.ERROR_TABLE`):
@@ -48,6 +52,7 @@ everyone (scrapers and load balancers live elsewhere).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -70,6 +75,7 @@ from minikv_core.cluster.service import (
     ServiceError,
     TooLargeError,
     UnavailableError,
+    VersionedValue,
 )
 from minikv_core.cluster.txn import parse_document, response_document
 from minikv_core.net import api, limits
@@ -80,6 +86,7 @@ from minikv_core.net.errors_map import (
     mapping_for,
     retry_after_header_s,
 )
+from minikv_core.net.http_kv_protocol import KvAnswer, KvHttpServer, KvRequest
 from minikv_core.net.maintenance_rpc import MaintenanceEndpoint
 from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
 
@@ -88,6 +95,9 @@ logger = logging.getLogger(__name__)
 KV_PREFIX: Final = "/kv/"
 KEY_ROUTE: Final = r"/kv/{key:[\s\S]+}"
 """Any key, newlines and slashes included (`.` would not match a decoded newline byte)."""
+KEY_ROUTE_LABEL: Final = "/kv/{key}"
+"""KEY_ROUTE's metric label (aiohttp's canonical form of it), for requests either protocol
+serves."""
 _JSON: Final = "application/json"
 _OCTETS: Final = "application/octet-stream"
 
@@ -144,29 +154,49 @@ def _json_response(
 ) -> web.Response:
     return web.Response(
         status=status,
-        body=json.dumps(body, separators=(",", ":")).encode("utf-8"),
+        body=_json_bytes(body),
         content_type=_JSON,
         headers=headers,
     )
 
 
-def error_response(error: ServiceError) -> web.Response:
+def _json_bytes(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _error_parts(error: ServiceError) -> tuple[int, dict[str, str], dict[str, str]]:
+    """Status, headers and JSON document of `error`'s answer, whichever protocol sends it."""
     mapping = mapping_for(error)
     headers: dict[str, str] = {}
     if isinstance(error, UnavailableError):
         headers["Retry-After"] = retry_after_header_s(error)
         if error.leader_hint > 0:
             headers[LEADER_HINT_KEY] = str(error.leader_hint)
-    return _json_response(
-        mapping.http_status, {"error": mapping.name, "detail": str(error)}, headers
-    )
+    return mapping.http_status, headers, {"error": mapping.name, "detail": str(error)}
+
+
+def error_response(error: ServiceError) -> web.Response:
+    status, headers, document = _error_parts(error)
+    return _json_response(status, document, headers)
+
+
+def _error_answer(error: ServiceError) -> KvAnswer:
+    status, headers, document = _error_parts(error)
+    return KvAnswer(status, tuple(headers.items()), _json_bytes(document), _JSON)
+
+
+async def _given(body: bytes) -> bytes:
+    return body
 
 
 def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, bytes]:
+    return parse_query(request.rel_url.raw_query_string, allowed)
+
+
+def parse_query(raw: str, allowed: tuple[str, ...]) -> dict[str, bytes]:
     """Query parameters as raw bytes (percent-decoded, `+` is a space); unknown or repeated
     names are refused, so a typo (`limt=`) is an error instead of a silent default."""
     params: dict[str, bytes] = {}
-    raw = request.rel_url.raw_query_string
     if not raw:
         return params
     for part in raw.split("&"):
@@ -224,6 +254,8 @@ class HttpApi:
         self._config = config
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._kv_server: KvHttpServer | None = None
         self.app = self._build()
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -243,19 +275,47 @@ class HttpApi:
             shutdown_timeout=limits.API_SHUTDOWN_GRACE_S,
         )
         await runner.setup()
-        site = web.SockSite(runner, sock)
+        aiohttp_server = runner.server
+        assert aiohttp_server is not None
+        # Every connection starts on the data-plane protocol, which gives it to aiohttp's at
+        # the first request it does not serve itself (http_kv_protocol.py).
+        kv_server = KvHttpServer(self, aiohttp_server)
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(
+                kv_server, sock=sock, backlog=limits.HTTP_LISTEN_BACKLOG
+            )
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._kv_server = kv_server
         return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop accepting, then let both protocols' in-flight requests finish (up to
+        API_SHUTDOWN_GRACE_S, together) and close every connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         runner, self._runner = self._runner, None
+        kv_server, self._kv_server = self._kv_server, None
+        waits: list[Awaitable[None]] = []
+        if kv_server is not None:
+            waits.append(kv_server.shutdown(limits.API_SHUTDOWN_GRACE_S))
         if runner is not None:
-            await runner.cleanup()
+            waits.append(runner.cleanup())
+        await asyncio.gather(*waits)
+        if listener is not None:
+            await listener.wait_closed()
+
+    @property
+    def value_size_bytes_max(self) -> int:
+        return self._config.value_size_bytes_max
+
+    @property
+    def connections_handed_over(self) -> int:
+        """Connections the data-plane protocol gave to aiohttp since start."""
+        return 0 if self._kv_server is None else self._kv_server.handed_over
 
     # --- routing ----------------------------------------------------------------------------
 
@@ -345,12 +405,16 @@ class HttpApi:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _key(self, request: web.Request) -> bytes:
-        raw_path = request.rel_url.raw_path
-        assert raw_path.startswith(KV_PREFIX), raw_path
-        key = urllib.parse.unquote_to_bytes(raw_path[len(KV_PREFIX) :])
+    def _key(self, raw_key: str) -> bytes:
+        key = urllib.parse.unquote_to_bytes(raw_key)
         api.check_key(key, self._config)
         return key
+
+    @staticmethod
+    def _raw_key(request: web.Request) -> str:
+        raw_path = request.rel_url.raw_path
+        assert raw_path.startswith(KV_PREFIX), raw_path
+        return raw_path[len(KV_PREFIX) :]
 
     def _deadline(self, params: Mapping[str, bytes]) -> float:
         text = _text(params, "timeout_ms")
@@ -412,14 +476,66 @@ class HttpApi:
     async def _empty_key(self, request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("the key is empty: use /kv/{key} with a percent-encoded key")
 
-    async def _get(self, request: web.Request) -> web.StreamResponse:
-        key = self._key(request)
-        params = _query(request, ("consistency", "timeout_ms"))
+    # The three key routes, for both protocols: aiohttp's handlers below and `serve_kv`.
+
+    async def _kv_get(self, raw_key: str, raw_query: str) -> VersionedValue:
+        key = self._key(raw_key)
+        params = parse_query(raw_query, ("consistency", "timeout_ms"))
         deadline = self._deadline(params)
         consistency = _consistency(params)
-        found = await api.call_with_deadline(
+        return await api.call_with_deadline(
             self._service.get(key, consistency, deadline), deadline, "get"
         )
+
+    async def _kv_put(
+        self, raw_key: str, raw_query: str, read_body: Callable[[], Awaitable[bytes]]
+    ) -> int:
+        key = self._key(raw_key)
+        params = parse_query(raw_query, ("timeout_ms",))
+        deadline = self._deadline(params)
+        value = await read_body()
+        return await api.call_with_deadline(
+            self._service.put(key, value, deadline), deadline, "put"
+        )
+
+    async def _kv_delete(self, raw_key: str, raw_query: str) -> None:
+        key = self._key(raw_key)
+        params = parse_query(raw_query, ("timeout_ms",))
+        deadline = self._deadline(params)
+        existed = await api.call_with_deadline(
+            self._service.delete(key, deadline), deadline, "delete"
+        )
+        if not existed:
+            raise NotFoundError("the key does not exist")
+
+    async def serve_kv(self, request: KvRequest, body: bytes) -> KvAnswer:
+        """A key route's answer for the data-plane protocol (http_kv_protocol.py): what the
+        aiohttp handlers and `_middleware` answer for the same request, errors included."""
+        started_s = time.perf_counter()
+        answer: KvAnswer
+        try:
+            if request.method == "GET":
+                found = await self._kv_get(request.raw_key, request.raw_query)
+                headers = ((VERSION_HEADER, str(found.version)),)
+                answer = KvAnswer(200, headers, found.value, _OCTETS)
+            elif request.method == "PUT":
+                raw_key, raw_query = request.raw_key, request.raw_query
+                version = await self._kv_put(raw_key, raw_query, lambda: _given(body))
+                answer = KvAnswer(204, ((VERSION_HEADER, str(version)),))
+            else:
+                await self._kv_delete(request.raw_key, request.raw_query)
+                answer = KvAnswer(204)
+        except ServiceError as error:
+            answer = _error_answer(error)
+        except Exception as error:
+            logger.exception("HTTP %s /kv/%s failed", request.method, request.raw_key)
+            document = {"error": "internal", "detail": f"{type(error).__name__}: {error}"}
+            answer = KvAnswer(500, (), _json_bytes(document), _JSON)
+        self._metrics.observe("http", KEY_ROUTE_LABEL, str(answer.status), started_s)
+        return answer
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        found = await self._kv_get(self._raw_key(request), request.rel_url.raw_query_string)
         return web.Response(
             status=200,
             body=found.value,
@@ -428,24 +544,15 @@ class HttpApi:
         )
 
     async def _put(self, request: web.Request) -> web.StreamResponse:
-        key = self._key(request)
-        params = _query(request, ("timeout_ms",))
-        deadline = self._deadline(params)
-        value = await self._read_body(request)
-        version = await api.call_with_deadline(
-            self._service.put(key, value, deadline), deadline, "put"
+        version = await self._kv_put(
+            self._raw_key(request),
+            request.rel_url.raw_query_string,
+            lambda: self._read_body(request),
         )
         return web.Response(status=204, headers={VERSION_HEADER: str(version)})
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
-        key = self._key(request)
-        params = _query(request, ("timeout_ms",))
-        deadline = self._deadline(params)
-        existed = await api.call_with_deadline(
-            self._service.delete(key, deadline), deadline, "delete"
-        )
-        if not existed:
-            raise NotFoundError("the key does not exist")
+        await self._kv_delete(self._raw_key(request), request.rel_url.raw_query_string)
         return web.Response(status=204)
 
     async def _scan(self, request: web.Request) -> web.StreamResponse:

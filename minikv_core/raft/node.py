@@ -303,6 +303,17 @@ class RawNode:
         return self._conf
 
     @property
+    def commit(self) -> int:
+        """The highest log index known committed (what `status().commit` says, without
+        building a Status: the lease read asks on every linearizable read)."""
+        return self._log.committed
+
+    @property
+    def lead_transferee(self) -> int:
+        """The target of a leadership transfer under way on this leader, or NONE."""
+        return self._lead_transferee
+
+    @property
     def messages_dropped(self) -> int:
         """Messages dropped because the outbox was full (the host is not calling ready())."""
         return self._messages_dropped

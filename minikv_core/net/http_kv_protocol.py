@@ -301,7 +301,7 @@ class KvHttpProtocol(asyncio.Protocol):
             transport.resume_reading()
         if not self._writing_paused:
             self._next()
-        if not self._busy:
+        if not self._busy and self._transport is not None:  # None: handed over to aiohttp
             self._arm_idle()
 
     def _hand_over(self) -> None:

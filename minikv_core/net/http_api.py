@@ -279,7 +279,7 @@ class HttpApi:
         assert aiohttp_server is not None
         # Every connection starts on the data-plane protocol, which gives it to aiohttp's at
         # the first request it does not serve itself (http_kv_protocol.py).
-        kv_server = KvHttpServer(self, aiohttp_server)
+        kv_server = KvHttpServer(self, aiohttp_server, self._metrics.http_handovers.inc)
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 kv_server, sock=sock, backlog=limits.HTTP_LISTEN_BACKLOG

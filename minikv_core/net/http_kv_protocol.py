@@ -149,10 +149,17 @@ def encode_answer(answer: KvAnswer, close: bool) -> bytes:
 class KvHttpServer:
     """The protocol factory of one listener, and the set of its connections (for shutdown)."""
 
-    def __init__(self, routes: KvRoutes, hand_over: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        routes: KvRoutes,
+        hand_over: Callable[[], asyncio.Protocol],
+        on_hand_over: Callable[[], None] = lambda: None,
+    ) -> None:
         self.routes = routes
         self.hand_over = hand_over
         """Makes aiohttp's protocol for a connection this one gives up."""
+        self.on_hand_over = on_hand_over
+        """Counts it (the node's `minikv_http_connections_handed_over` metric)."""
         self.connections: set[KvHttpProtocol] = set()
         self.handed_over = 0
         self.closing = False
@@ -310,6 +317,7 @@ class KvHttpProtocol(asyncio.Protocol):
         self._cancel_idle()
         self._server.connections.discard(self)
         self._server.handed_over += 1
+        self._server.on_hand_over()
         protocol = self._server.hand_over()
         data = bytes(self._buffer)
         self._buffer.clear()

@@ -85,6 +85,12 @@ class NodeMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self.http_handovers = Counter(
+            "minikv_http_connections_handed_over",
+            "HTTP connections the data-plane protocol gave to aiohttp at a request of another "
+            "kind (served the same, at aiohttp's cost per request).",
+            registry=self.registry,
+        )
         if status_source is not None:
             self.registry.register(NodeStateCollector(status_source, transport_source))
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}

@@ -214,6 +214,7 @@ async def test_another_route_after_a_key_route_is_served_by_aiohttp(
     await connection.send(request("GET", "/metrics"))
     metrics = (await connection.answer()).body.decode()
     assert 'route="/kv/{key}"' in metrics, "both protocols count under one route label"
+    assert "minikv_http_connections_handed_over_total 1.0" in metrics
 
 
 async def test_chunked_and_expect_bodies_go_to_aiohttp_unchanged(

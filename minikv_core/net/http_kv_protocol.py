@@ -7,9 +7,11 @@ data plane and their requests are simple, so this protocol answers them itself a
 aiohttp for everything else:
 
 - It takes only the plain case: a request line `GET|PUT|DELETE /kv/<key>[?query] HTTP/1.1`
-  in visible ASCII, header lines without folding or control bytes, no Transfer-Encoding,
-  Expect or Upgrade, at most one Content-Length, and a body on PUT only, within the value
-  limit.
+  in visible ASCII, exactly one Host, header names that are tokens, lines without folding
+  or control bytes and within aiohttp's size and count limits, no Transfer-Encoding, Expect
+  or Upgrade, at most one Content-Length, and a body on PUT only, within the value limit.
+  Stricter than aiohttp, never looser: two parsers must never frame one byte stream
+  differently (request smuggling).
 - Anything else (another route, HTTP/1.0, a chunked or oversize body, `Expect:
   100-continue`, HEAD, a malformed head) hands the connection to aiohttp at that request's
   first byte: aiohttp's protocol takes over the transport and is given every byte not yet
@@ -26,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -41,13 +45,20 @@ HEAD_BYTES_MAX: Final = 32 * 1024
 """A head (request line and headers) longer than this goes to aiohttp, which refuses it with
 its own limits; a head this protocol parses is never larger."""
 
+HEADER_LINE_BYTES_MAX: Final = 8190
+HEADERS_MAX: Final = 100
+"""Within aiohttp's own limits (`max_field_size`, `max_headers`): a head past either goes to
+aiohttp, which answers it as it always did."""
+
 BUFFERED_BYTES_MAX: Final = 4 * 1024 * 1024 + HEAD_BYTES_MAX
 """Reading pauses while more than this waits behind an answer (a client pipelining faster
-than the node answers): memory per connection stays bounded."""
+than the node answers): memory per connection stays bounded. It resumes as soon as the
+connection waits for bytes again."""
 
 IDLE_TIMEOUT_S: Final = 75.0
-"""A connection with no request in flight and no complete request for this long is closed
-(aiohttp's keep-alive timeout is the same), which also bounds a head sent byte by byte."""
+"""A connection that owes no answer and has received nothing for this long is closed: an idle
+keep-alive connection, or a request that stopped arriving (a head or body sent slower than
+that stalls; one that keeps arriving, however slowly, is never cut)."""
 
 _PREFIXES: Final = (b"GET /kv/", b"PUT /kv/", b"DELETE /kv/")
 _PREFIX_BYTES_MAX: Final = max(len(prefix) for prefix in _PREFIXES)
@@ -57,6 +68,8 @@ _HEAD_END: Final = b"\r\n\r\n"
 # such heads (400), so they are left to it.
 _BAD_HEAD_BYTES: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
 _BAD_TARGET_BYTES: Final = re.compile(rb"[^\x21-\x7e]|#|/\.")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A header name (RFC 9110 token): anything else is aiohttp's 400."""
 _REASONS: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
@@ -105,35 +118,55 @@ def parse_head(head: bytes, value_size_bytes_max: int) -> KvRequest | None:
     if _BAD_TARGET_BYTES.search(target) is not None:
         return None
     path, _, query = target.partition(b"?")
+    if len(lines) - 1 > HEADERS_MAX:
+        return None
     content_length: int | None = None
-    close = False
+    hosts = 0
+    connection: set[bytes] = set()
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not name or name[-1:] in (b" ", b"\t") or line[:1] in (b" ", b"\t"):
-            return None  # no colon, whitespace before it, or obs-fold: aiohttp answers 400
+        if not colon or len(line) > HEADER_LINE_BYTES_MAX or _TOKEN.fullmatch(name) is None:
+            return None  # no colon, a bad name (spaces, obs-fold) or a long line: aiohttp's 400
         name = name.lower()
         if name == b"content-length":
             value = value.strip(b" \t")
             if content_length is not None or not value.isdigit() or len(value) > 18:
                 return None
             content_length = int(value)
+        elif name == b"host":
+            hosts += 1
         elif name == b"connection":
-            tokens = {token.strip(b" \t").lower() for token in value.split(b",")}
-            if b"upgrade" in tokens:
-                return None
-            close = b"close" in tokens
+            # Every Connection header counts: `close` in any of them closes.
+            connection.update(token.strip(b" \t").lower() for token in value.split(b","))
         elif name in (b"transfer-encoding", b"expect", b"upgrade"):
             return None
+    if hosts != 1 or b"upgrade" in connection:
+        return None  # HTTP/1.1 requires exactly one Host (RFC 9112 §3.2)
+    close = b"close" in connection
     length = content_length or 0
     if length and (method != "PUT" or length > value_size_bytes_max):
         return None  # a body on GET/DELETE, or aiohttp's 413 before reading an oversize one
     return KvRequest(method, path[4:].decode("ascii"), query.decode("ascii"), length, close)
 
 
+_date_cache: list[tuple[int, bytes]] = [(0, b"")]
+
+
+def _date_line() -> bytes:
+    """`Date: <IMF-fixdate>` (RFC 9110 §6.6.1: an origin server with a clock sends it),
+    formatted once per second."""
+    now = int(time.time())
+    second, line = _date_cache[0]
+    if second != now:
+        line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode("ascii")
+        _date_cache[0] = (now, line)
+    return line
+
+
 def encode_answer(answer: KvAnswer, close: bool) -> bytes:
     """The status line, headers and body of `answer` (no Content-Length on a 204)."""
     status = answer.status
-    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown"))]
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")), _date_line()]
     if answer.content_type is not None:
         lines.append(b"Content-Type: " + answer.content_type.encode("ascii"))
     if status != 204:
@@ -161,6 +194,9 @@ class KvHttpServer:
         self.on_hand_over = on_hand_over
         """Counts it (the node's `minikv_http_connections_handed_over` metric)."""
         self.connections: set[KvHttpProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        """Requests being answered (a reference keeps each task alive; shutdown cancels
+        those still running after the grace period)."""
         self.handed_over = 0
         self.closing = False
 
@@ -179,6 +215,10 @@ class KvHttpServer:
                     await asyncio.sleep(0.01)
         for connection in list(self.connections):
             connection.abort()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class KvHttpProtocol(asyncio.Protocol):
@@ -206,6 +246,9 @@ class KvHttpProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._server.connections.add(self)
+        if self._server.closing:
+            self._transport.close()  # accepted while the listener was closing
+            return
         self._arm_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -216,6 +259,8 @@ class KvHttpProtocol(asyncio.Protocol):
                 self._transport_or_fail().pause_reading()
             return
         self._next()
+        if not self._busy and self._transport is not None:
+            self._arm_idle()  # bytes arrived: the silence starts again
 
     def eof_received(self) -> bool:
         # A client that half-closes after its request still gets the answer, then the close.
@@ -257,12 +302,18 @@ class KvHttpProtocol(asyncio.Protocol):
         """Start the next complete request in the buffer, wait for more bytes, or give the
         connection to aiohttp. Called only when no answer is owed."""
         buffer = self._buffer
-        if not buffer or self._server.closing:
+        transport = self._transport
+        if not buffer or self._server.closing or transport is None or transport.is_closing():
             return
         end = buffer.find(_HEAD_END)
         if end < 0:
             if len(buffer) > HEAD_BYTES_MAX or not self._may_be_ours(buffer):
                 self._hand_over()
+            else:
+                self._wait_for_bytes()
+            return
+        if end > HEAD_BYTES_MAX:
+            self._hand_over()
             return
         request = parse_head(bytes(buffer[:end]), self._server.routes.value_size_bytes_max)
         if request is None:
@@ -270,12 +321,23 @@ class KvHttpProtocol(asyncio.Protocol):
             return
         start = end + len(_HEAD_END)
         if len(buffer) < start + request.content_length:
-            return  # the rest of the body is on its way
+            self._wait_for_bytes()  # the rest of the body is on its way
+            return
         body = bytes(buffer[start : start + request.content_length])
         del buffer[: start + request.content_length]
         self._cancel_idle()
         self._busy = True
-        self._loop.create_task(self._serve(request, body))
+        task = self._loop.create_task(self._serve(request, body))
+        tasks = self._server.tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def _wait_for_bytes(self) -> None:
+        """The buffer holds part of a request: read on, even if a long pipeline had paused
+        reading (the pause is for bytes queued behind an answer, not for a request's own)."""
+        if self._reading_paused and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
     @staticmethod
     def _may_be_ours(buffer: bytearray) -> bool:

@@ -8,14 +8,23 @@ byte by byte, chunked bodies, half-closes); a real in-process node behind them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
-from minikv_core.net.http_kv_protocol import KvAnswer, encode_answer, parse_head
+from minikv_core.net import http_kv_protocol
+from minikv_core.net.http_kv_protocol import (
+    KvAnswer,
+    KvHttpServer,
+    KvRequest,
+    encode_answer,
+    parse_head,
+)
 from minikv_core.server import NodeServer
 from tests.net.api_harness import configs, running
 
@@ -105,9 +114,9 @@ def served_here(server: NodeServer) -> int:
     [
         b"GET /kv/a HTTP/1.1\r\nHost: x",
         b"GET /kv/a%2Fb?consistency=stale HTTP/1.1\r\nHost: x",
-        b"PUT /kv/a HTTP/1.1\r\nContent-Length: 3\r\nContent-Type: application/octet-stream",
-        b"DELETE /kv/a HTTP/1.1",
-        b"GET /kv/a HTTP/1.1\r\nConnection: keep-alive\r\nX-Other:\tspaced value ",
+        b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Type: text/plain",
+        b"DELETE /kv/a HTTP/1.1\r\nHost: x",
+        b"GET /kv/a HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\nX-Other:\tspaced value ",
     ],
 )
 def test_plain_data_plane_heads_are_served_here(head: bytes) -> None:
@@ -141,12 +150,39 @@ def test_plain_data_plane_heads_are_served_here(head: bytes) -> None:
     ],
 )
 def test_every_other_head_goes_to_aiohttp(head: bytes, why: str) -> None:
+    if b"Host" not in head:
+        head += b"\r\nHost: x"  # the one thing wrong is `why`, not a missing Host
     assert parse_head(head, VALUE_LIMIT) is None, why
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"GET /kv/a HTTP/1.1", "no Host"),
+        (b"GET /kv/a HTTP/1.1\r\nHost: x\r\nHost: y", "two Hosts"),
+        (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent Length: 5", "a space in a name"),
+        (b'GET /kv/a HTTP/1.1\r\nHost: x\r\nX"y: 1', "a quote in a name"),
+        (b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX\xe9: 1", "a non-ASCII name"),
+        (b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX: " + b"v" * 8190, "a header line too long"),
+        (b"GET /kv/a HTTP/1.1\r\nHost: x" + b"\r\nX: 1" * 100, "too many headers"),
+    ],
+)
+def test_heads_aiohttp_refuses_go_to_aiohttp(head: bytes, why: str) -> None:
+    assert parse_head(head, VALUE_LIMIT) is None, why
+
+
+def test_close_in_any_connection_header_closes() -> None:
+    head = b"GET /kv/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: keep-alive"
+    parsed = parse_head(head, VALUE_LIMIT)
+    assert parsed is not None and parsed.close
 
 
 def test_a_204_has_no_content_length_and_close_is_said() -> None:
     wire = encode_answer(KvAnswer(204, (("x-minikv-version", "7"),)), close=True)
-    assert wire == b"HTTP/1.1 204 No Content\r\nx-minikv-version: 7\r\nConnection: close\r\n\r\n"
+    status, date, *rest = wire.split(b"\r\n")
+    assert status == b"HTTP/1.1 204 No Content"
+    assert date.startswith(b"Date: ") and date.endswith(b" GMT")
+    assert rest == [b"x-minikv-version: 7", b"Connection: close", b"", b""]
     wire = encode_answer(KvAnswer(200, (), b"abc", "application/octet-stream"), close=False)
     assert wire.endswith(b"Content-Length: 3\r\n\r\nabc")
 
@@ -262,3 +298,94 @@ async def test_a_half_closed_client_still_gets_its_answer(connection: Connection
     connection.writer.write_eof()
     assert (await connection.answer()).status == 204
     assert await connection.closed_by_server()
+
+
+# --- the protocol alone, behind routes the test controls -----------------------------------
+
+
+class SlowRoutes:
+    """KvRoutes whose answers wait until the test releases them."""
+
+    value_size_bytes_max = 8 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.started = 0
+        self.bodies: list[bytes] = []
+
+    async def serve_kv(self, request: KvRequest, body: bytes) -> KvAnswer:
+        self.started += 1
+        self.bodies.append(body)
+        await self.release.wait()
+        if request.method == "GET":
+            return KvAnswer(200, (), b"x" * 4 * 1024 * 1024, "application/octet-stream")
+        return KvAnswer(204)
+
+
+@contextlib.asynccontextmanager
+async def protocol_alone(routes: SlowRoutes) -> AsyncIterator[tuple[KvHttpServer, Connection]]:
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    assert runner.server is not None
+    server = KvHttpServer(routes, runner.server)
+    listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    connection = Connection(*await asyncio.open_connection("127.0.0.1", port))
+    try:
+        yield server, connection
+    finally:
+        routes.release.set()
+        connection.writer.close()
+        listener.close()
+        await server.shutdown(1.0)
+        await runner.cleanup()
+
+
+async def test_a_body_that_keeps_arriving_is_not_cut_but_silence_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(http_kv_protocol, "IDLE_TIMEOUT_S", 0.5)
+    routes = SlowRoutes()
+    routes.release.set()
+    async with protocol_alone(routes) as (_, connection):
+        await connection.send(b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"abcdef":  # 1.2 s in all, more than twice the idle timeout
+            await asyncio.sleep(0.2)
+            await connection.send(bytes([byte]))
+        assert (await connection.answer()).status == 204
+        assert routes.bodies == [b"abcdef"]
+        await connection.send(b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
+        assert await connection.closed_by_server(), "a stalled body is cut after the timeout"
+
+
+async def test_reading_resumes_for_a_big_body_queued_behind_an_answer() -> None:
+    routes = SlowRoutes()
+    async with protocol_alone(routes) as (_, connection):
+        body = b"b" * (6 * 1024 * 1024)  # more than BUFFERED_BYTES_MAX: reading pauses
+        head = f"PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        connection.writer.write(request("GET", "/kv/a") + head.encode() + body)
+        await eventually_true(lambda: routes.started == 1)
+        routes.release.set()
+        first = await connection.answer()
+        assert (first.status, len(first.body)) == (200, 4 * 1024 * 1024)
+        await connection.writer.drain()
+        assert (await connection.answer()).status == 204
+        assert routes.bodies[1] == body
+
+
+async def test_shutdown_cancels_what_outlives_the_grace_period() -> None:
+    routes = SlowRoutes()
+    async with protocol_alone(routes) as (server, connection):
+        await connection.send(request("PUT", "/kv/slow", b"v"))
+        await eventually_true(lambda: routes.started == 1)
+        (task,) = server.tasks
+        await server.shutdown(0.2)
+        assert task.cancelled() and not server.tasks and not server.connections
+        assert await connection.closed_by_server()
+
+
+async def eventually_true(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not predicate():
+            await asyncio.sleep(0.01)

@@ -13,7 +13,12 @@ import pytest
 
 from minikv_core.cluster.group import Group
 from minikv_core.cluster.node_service import Node
-from minikv_core.cluster.service import Consistency, FaultSpec
+from minikv_core.cluster.service import (
+    Consistency,
+    DeadlineExceededError,
+    FaultSpec,
+    VersionedValue,
+)
 from minikv_core.cluster.shard_map import shard_for_key
 from tests.cluster.node_harness import Cluster, retry_unavailable, started_cluster, wait_for
 
@@ -197,3 +202,56 @@ async def test_a_fresh_node_ignores_no_votes(cluster: Cluster) -> None:
     """Only a restart calls for the guard: a new cluster's first elections are not slowed."""
     for node in cluster.nodes.values():
         assert node.host.counters.votes_ignored_after_restart == 0
+
+
+async def test_follower_reads_see_every_write_acknowledged_before_them(cluster: Cluster) -> None:
+    """Each linearizable read on a follower, started after a write was acknowledged by the
+    leader, sees that write (the follower's ReadIndex goes to the leader)."""
+    key = b"follower-fresh"
+    shard = shard_for_key(key, cluster.shards)
+    leader, _ = leader_of_shard(cluster, shard)
+    followers = [node for node in cluster.nodes.values() if node is not leader]
+    sent_before = [node.host.counters.messages_sent for node in followers]
+    for round_number in range(40):
+        value = b"v%d" % round_number
+        reader = followers[round_number % 2]
+
+        async def put(deadline: float, value: bytes = value) -> int:
+            return await leader.put(key, value, deadline)
+
+        async def get(deadline: float, reader: Node = reader) -> VersionedValue:
+            return await reader.get(key, Consistency.LINEARIZABLE, deadline)
+
+        await retry_unavailable(put)
+        found = await retry_unavailable(get)
+        assert found.value == value, f"round {round_number}: a stale read on a follower"
+    for node, before in zip(followers, sent_before, strict=True):
+        assert not node.host.shard_groups[shard].reads, "a settled read stayed registered"
+        assert node.host.counters.messages_sent > before
+
+
+async def test_a_follower_whose_reads_go_unanswered_times_out_and_never_reads_stale(
+    cluster: Cluster,
+) -> None:
+    key = b"follower-cut"
+    shard = shard_for_key(key, cluster.shards)
+    leader, _ = leader_of_shard(cluster, shard)
+    await retry_unavailable(lambda deadline: leader.put(key, b"old", deadline))
+    follower = next(node for node in cluster.nodes.values() if node is not leader)
+    await retry_unavailable(lambda deadline: follower.get(key, Consistency.LINEARIZABLE, deadline))
+    # The leader stops hearing the follower (one way): the follower keeps following it, so
+    # its read requests go out and are lost, while a newer write commits without it.
+    leader.set_fault(FaultSpec(drop_from=frozenset({follower.node_id})))
+    try:
+        await retry_unavailable(lambda deadline: leader.put(key, b"new", deadline))
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await follower.get(key, Consistency.LINEARIZABLE, started + 1.0)
+        assert time.monotonic() - started < 5.0
+        assert not follower.host.shard_groups[shard].reads
+    finally:
+        leader.clear_fault()
+    found = await retry_unavailable(
+        lambda deadline: follower.get(key, Consistency.LINEARIZABLE, deadline)
+    )
+    assert found.value == b"new"

@@ -211,7 +211,6 @@ async def test_follower_reads_see_every_write_acknowledged_before_them(cluster: 
     shard = shard_for_key(key, cluster.shards)
     leader, _ = leader_of_shard(cluster, shard)
     followers = [node for node in cluster.nodes.values() if node is not leader]
-    sent_before = [node.host.counters.messages_sent for node in followers]
     for round_number in range(40):
         value = b"v%d" % round_number
         reader = followers[round_number % 2]
@@ -225,9 +224,8 @@ async def test_follower_reads_see_every_write_acknowledged_before_them(cluster: 
         await retry_unavailable(put)
         found = await retry_unavailable(get)
         assert found.value == value, f"round {round_number}: a stale read on a follower"
-    for node, before in zip(followers, sent_before, strict=True):
+    for node in followers:
         assert not node.host.shard_groups[shard].reads, "a settled read stayed registered"
-        assert node.host.counters.messages_sent > before
 
 
 async def test_a_follower_whose_reads_go_unanswered_times_out_and_never_reads_stale(

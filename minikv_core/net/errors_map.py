@@ -61,6 +61,16 @@ assert len({m.http_status for m in ERROR_TABLE.values()}) == len(ERROR_TABLE), (
 )
 
 
+def unexpected_error_detail(error: BaseException) -> str:
+    """What a client is told of an exception no layer expected (a bug; logged where caught)."""
+    return f"{type(error).__name__}: {error}"
+
+
+def internal_error_document(error: BaseException) -> dict[str, str]:
+    """The JSON body of an HTTP 500 for `error`."""
+    return {"error": INTERNAL.name, "detail": unexpected_error_detail(error)}
+
+
 def mapping_for(error: ServiceError) -> ErrorMapping:
     """The row of `error`'s class, or of its nearest mapped base class."""
     for cls in type(error).__mro__:

@@ -43,7 +43,7 @@ from minikv_core.cluster.service import (
 )
 from minikv_core.net import api, limits
 from minikv_core.net.api import ApiConfig
-from minikv_core.net.errors_map import hint_metadata, mapping_for
+from minikv_core.net.errors_map import hint_metadata, mapping_for, unexpected_error_detail
 from minikv_core.net.forwarder import forwarded_by
 from minikv_core.net.maintenance_rpc import MaintenanceEndpoint, cluster_handler
 from minikv_core.net.metrics import NodeMetrics
@@ -199,7 +199,7 @@ class _Calls:
         except Exception as error:
             logger.exception("gRPC %s.%s failed", self._service_name, method)
             code = grpc.StatusCode.INTERNAL
-            details = f"{type(error).__name__}: {error}"
+            details = unexpected_error_detail(error)
         finally:
             self._in_flight.leave()
             self._metrics.observe("grpc", f"{self._service_name}.{method}", code.name, started_s)

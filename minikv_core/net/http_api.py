@@ -83,10 +83,16 @@ from minikv_core.net.api import ApiConfig
 from minikv_core.net.errors_map import (
     LEADER_HINT_KEY,
     VERSION_HEADER,
+    internal_error_document,
     mapping_for,
     retry_after_header_s,
 )
-from minikv_core.net.http_kv_protocol import KvAnswer, KvHttpServer, KvRequest
+from minikv_core.net.http_kv_protocol import (
+    KvAnswer,
+    KvHttpServer,
+    KvRequest,
+    internal_error_answer,
+)
 from minikv_core.net.maintenance_rpc import MaintenanceEndpoint
 from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
 
@@ -382,9 +388,7 @@ class HttpApi:
             )
         except Exception as error:
             logger.exception("HTTP %s %s failed", request.method, request.path)
-            response = _json_response(
-                500, {"error": "internal", "detail": f"{type(error).__name__}: {error}"}
-            )
+            response = _json_response(500, internal_error_document(error))
         self._metrics.observe("http", route, str(response.status), started_s)
         return response
 
@@ -529,8 +533,7 @@ class HttpApi:
             answer = _error_answer(error)
         except Exception as error:
             logger.exception("HTTP %s /kv/%s failed", request.method, request.raw_key)
-            document = {"error": "internal", "detail": f"{type(error).__name__}: {error}"}
-            answer = KvAnswer(500, (), _json_bytes(document), _JSON)
+            answer = internal_error_answer(error)
         self._metrics.observe("http", KEY_ROUTE_LABEL, str(answer.status), started_s)
         return answer
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final, Protocol, cast
 
+from minikv_core.net.errors_map import internal_error_document
+
 logger = logging.getLogger(__name__)
 
 HEAD_BYTES_MAX: Final = 32 * 1024
@@ -161,6 +163,12 @@ def _date_line() -> bytes:
         line = b"Date: " + email.utils.formatdate(now, usegmt=True).encode("ascii")
         _date_cache[0] = (now, line)
     return line
+
+
+def internal_error_answer(error: BaseException) -> KvAnswer:
+    """The 500 for an exception no layer expected (the caller logs it)."""
+    body = json.dumps(internal_error_document(error), separators=(",", ":")).encode("utf-8")
+    return KvAnswer(500, (), body, "application/json")
 
 
 def encode_answer(answer: KvAnswer, close: bool) -> bytes:
@@ -351,8 +359,7 @@ class KvHttpProtocol(asyncio.Protocol):
             answer = await self._server.routes.serve_kv(request, body)
         except Exception as error:  # serve_kv answers errors itself; this is a bug
             logger.exception("HTTP %s /kv/%s failed", request.method, request.raw_key)
-            document = {"error": "internal", "detail": f"{type(error).__name__}: {error}"}
-            answer = KvAnswer(500, (), json.dumps(document).encode(), "application/json")
+            answer = internal_error_answer(error)
         self._answered(request, answer)
 
     def _answered(self, request: KvRequest, answer: KvAnswer) -> None:

@@ -39,6 +39,12 @@ def leader_of_shard(cluster: Cluster, shard: int) -> tuple[Node, Group]:
     raise AssertionError(f"shard {shard} has no leader")
 
 
+def shard_and_leader(cluster: Cluster, key: bytes) -> tuple[int, Node]:
+    """The shard of `key` and the node leading it."""
+    shard = shard_for_key(key, cluster.shards)
+    return shard, leader_of_shard(cluster, shard)[0]
+
+
 async def leased_leader(cluster: Cluster, shard: int) -> tuple[Node, Group, int]:
     """The shard's leader once it holds a lease, and the read index the lease gives."""
     found: list[tuple[Node, Group, int]] = []
@@ -62,8 +68,7 @@ async def test_a_leader_with_a_lease_reads_at_its_commit_index_and_followers_do_
     cluster: Cluster,
 ) -> None:
     key = b"lease-key"
-    shard = shard_for_key(key, cluster.shards)
-    node, _ = leader_of_shard(cluster, shard)
+    shard, node = shard_and_leader(cluster, key)
     version = await retry_unavailable(lambda deadline: node.put(key, b"v1", deadline))
     leader, _, index = await leased_leader(cluster, shard)
     assert index >= version, "the lease read index misses an acknowledged write"
@@ -208,8 +213,7 @@ async def test_follower_reads_see_every_write_acknowledged_before_them(cluster: 
     """Each linearizable read on a follower, started after a write was acknowledged by the
     leader, sees that write (the follower's ReadIndex goes to the leader)."""
     key = b"follower-fresh"
-    shard = shard_for_key(key, cluster.shards)
-    leader, _ = leader_of_shard(cluster, shard)
+    shard, leader = shard_and_leader(cluster, key)
     followers = [node for node in cluster.nodes.values() if node is not leader]
     for round_number in range(40):
         value = b"v%d" % round_number
@@ -232,8 +236,7 @@ async def test_a_follower_whose_reads_go_unanswered_times_out_and_never_reads_st
     cluster: Cluster,
 ) -> None:
     key = b"follower-cut"
-    shard = shard_for_key(key, cluster.shards)
-    leader, _ = leader_of_shard(cluster, shard)
+    shard, leader = shard_and_leader(cluster, key)
     await retry_unavailable(lambda deadline: leader.put(key, b"old", deadline))
     follower = next(node for node in cluster.nodes.values() if node is not leader)
     await retry_unavailable(lambda deadline: follower.get(key, Consistency.LINEARIZABLE, deadline))

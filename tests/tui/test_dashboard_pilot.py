@@ -304,7 +304,16 @@ class Operator:
         def ended(_: ClusterSnapshot) -> bool:
             status = app.job_status
             job = status.job
-            return job is not None and job != previous and (status.lost or not job.running)
+            # The panel too: the watcher learns of the end while polling, and the panel shows
+            # it only when that poll's frame is applied.
+            shown = app.query_one(JobPanel).status
+            return (
+                job is not None
+                and job != previous
+                and (status.lost or not job.running)
+                and shown is not None
+                and (shown.job, shown.lost) == (job, status.lost)
+            )
 
         await until(self.pilot, app, ended, f"the {kind} job's end", JOB_S)
         status = app.job_status

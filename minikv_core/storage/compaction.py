@@ -45,11 +45,13 @@ import json
 import math
 import os
 import select
+import struct
 import subprocess
 import sys
 import threading
+from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
@@ -67,6 +69,8 @@ from minikv_core.storage.sstable import TableReader, TableWriter, WrittenTable
 from minikv_core.storage.sstable_format import table_file_name
 
 Entry = tuple[bytes, bytes | None]  # (key, value); None is a tombstone
+# Entries per chunk handed to `write_run`, which checks for cancellation once per chunk.
+WRITE_RUN_CHUNK_ENTRIES: Final = LSM_COMPACTION_CANCEL_CHECK_ENTRIES
 
 _first = itemgetter(0)
 # How often a driver thread waiting on the worker checks for cancellation (engine close).
@@ -75,6 +79,11 @@ _CANCEL_POLL_S = 0.05
 
 class CompactionCancelledError(Exception):
     """The engine is closing; the partial output was deleted. Internal to the engine."""
+
+
+class WorkerLostError(StorageError):
+    """The worker process died or closed its pipes before answering (killed, out of memory);
+    its temporary outputs were deleted. The job itself may still succeed in-thread."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,14 +281,23 @@ def _refill(active: list[list[Any]], state: list[Any], reverse: bool) -> None:
             return
 
 
+def entry_chunks(entries: Iterator[Entry], size: int = WRITE_RUN_CHUNK_ENTRIES) -> Iterator[Chunk]:
+    """`entries` as (keys, values) chunks of up to `size`: what `write_run` takes."""
+    while batch := list(itertools.islice(entries, size)):
+        keys, values = zip(*batch, strict=True)
+        yield keys, values
+
+
 def write_run(
-    entries: Iterator[Entry],
+    chunks: Iterable[Chunk],
     new_writer: Callable[[], TableWriter],
     table_size_bytes_target: int,
     drop_tombstones: bool,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> list[WrittenTable]:
-    """Write sorted, de-duplicated entries as a run of tables of ~`table_size_bytes_target`.
+    """Write sorted, de-duplicated entries, in (keys, values) chunks (a memtable's
+    `iter_chunks`, or `entry_chunks` of a merge), as a run of tables of ~`table_size_bytes_target`.
+    `cancelled` is asked once per chunk.
 
     Every returned table is durable (fdatasynced). On any exception, including cancellation,
     every file this call created is deleted before the exception propagates.
@@ -288,17 +306,23 @@ def write_run(
     outputs: list[WrittenTable] = []
     writer: TableWriter | None = None
     try:
-        for count, (key, value) in enumerate(entries, 1):
-            if count % LSM_COMPACTION_CANCEL_CHECK_ENTRIES == 0 and cancelled():
+        for chunk_keys, chunk_values in chunks:
+            if cancelled():
                 raise CompactionCancelledError
-            if value is None and drop_tombstones:
-                continue
-            if writer is None:
-                writer = new_writer()
-            writer.add(key, value)
-            if writer.size_bytes_estimate >= table_size_bytes_target:
-                outputs.append(writer.finish())
-                writer = None
+            keys, values = chunk_keys, chunk_values
+            if drop_tombstones and None in values:
+                keys = [key for key, value in zip(keys, values, strict=True) if value is not None]
+                values = [value for value in values if value is not None]
+            while keys:
+                if writer is None:
+                    writer = new_writer()
+                taken = writer.add_chunk(keys, values, table_size_bytes_target)
+                if writer.size_bytes_estimate >= table_size_bytes_target:
+                    outputs.append(writer.finish())
+                    writer = None
+                if taken == len(keys):
+                    break
+                keys, values = keys[taken:], values[taken:]
         if writer is not None:
             outputs.append(writer.finish())
             writer = None
@@ -333,7 +357,9 @@ def write_run(
 
 @dataclass(frozen=True, slots=True)
 class CompactionJob:
-    """Merge the input runs (newest first; each a list of table paths in key order)."""
+    """Merge the input runs (newest first; each a list of table paths in key order), or, for
+    a flush (`entries_bytes` > 0, no input runs), write the entries that follow the job's line
+    on the worker's input, packed by `pack_entries`."""
 
     input_runs: tuple[tuple[str, ...], ...]
     output_dir: str
@@ -343,6 +369,7 @@ class CompactionJob:
     table_size_bytes: int
     block_size_bytes: int
     bloom_bits_per_key: int
+    entries_bytes: int = 0
 
     def output_path(self, offset: int) -> Path:
         """Where the engine installs output `offset` (a reserved table name)."""
@@ -367,11 +394,12 @@ class CompactionJob:
                 "table_size_bytes": self.table_size_bytes,
                 "block_size_bytes": self.block_size_bytes,
                 "bloom_bits_per_key": self.bloom_bits_per_key,
+                "entries_bytes": self.entries_bytes,
             }
         )
 
     @classmethod
-    def from_json(cls, line: str) -> CompactionJob:
+    def from_json(cls, line: str | bytes) -> CompactionJob:
         document = json.loads(line)
         return cls(
             input_runs=tuple(tuple(run) for run in document["input_runs"]),
@@ -382,10 +410,66 @@ class CompactionJob:
             table_size_bytes=document["table_size_bytes"],
             block_size_bytes=document["block_size_bytes"],
             bloom_bits_per_key=document["bloom_bits_per_key"],
+            entries_bytes=document.get("entries_bytes", 0),
         )
 
 
 TEMPORARY_SUFFIX = ".tmp"
+
+# A flush job's entries on the worker's input: count (u32), the key lengths and the value
+# lengths (u32 each, TOMBSTONE_LENGTH for a tombstone), then every key, then every value.
+# Native byte order: only a parent and its own child read it.
+_ENTRY_COUNT = struct.Struct("=I")
+TOMBSTONE_LENGTH: Final = 0xFFFF_FFFF
+
+
+def pack_entries(keys: Sequence[bytes], values: Sequence[bytes | None]) -> list[bytes]:
+    """A memtable's entries for a flush job, as the parts to write in order (their joined
+    bytes are what `unpack_entries` reads). A few C-speed passes (`map(len)`, joins), and no
+    final copy: the parts go to the pipe one by one, each write releasing the GIL. This is
+    what a flush still costs the engine's process, instead of writing the table here."""
+    if None in values:
+        value_lengths = array("I", [TOMBSTONE_LENGTH if v is None else len(v) for v in values])
+        stored = b"".join([v for v in values if v is not None])
+    else:
+        value_lengths = array("I", map(len, cast(Sequence[bytes], values)))
+        stored = b"".join(cast(Sequence[bytes], values))
+    return [
+        _ENTRY_COUNT.pack(len(keys)),
+        array("I", map(len, keys)).tobytes(),
+        value_lengths.tobytes(),
+        b"".join(keys),
+        stored,
+    ]
+
+
+def unpack_entries(packed: bytes) -> tuple[list[bytes], list[bytes | None]]:
+    """The inverse of `pack_entries`."""
+    (count,) = _ENTRY_COUNT.unpack_from(packed, 0)
+    offset = _ENTRY_COUNT.size
+    key_lengths = array("I")
+    key_lengths.frombytes(packed[offset : offset + 4 * count])
+    offset += 4 * count
+    value_lengths = array("I")
+    value_lengths.frombytes(packed[offset : offset + 4 * count])
+    offset += 4 * count
+    key_ends = list(itertools.accumulate(key_lengths, initial=offset))
+    keys = list(map(packed.__getitem__, map(slice, key_ends, key_ends[1:])))
+    tombstones = value_lengths.count(TOMBSTONE_LENGTH)
+    stored_lengths = (
+        [0 if n == TOMBSTONE_LENGTH else n for n in value_lengths] if tombstones else value_lengths
+    )
+    value_ends = list(itertools.accumulate(stored_lengths, initial=key_ends[-1]))
+    if value_ends[-1] != len(packed):
+        raise ValueError(f"packed entries of {len(packed)} bytes end at byte {value_ends[-1]}")
+    values: list[bytes | None] = list(
+        map(packed.__getitem__, map(slice, value_ends, value_ends[1:]))
+    )
+    if tombstones:
+        values = [
+            None if n == TOMBSTONE_LENGTH else v for n, v in zip(value_lengths, values, strict=True)
+        ]
+    return keys, values
 
 
 def temporary_table_path(final: Path, pid: int) -> Path:
@@ -407,24 +491,37 @@ def file_numbers_needed(input_bytes: int, table_size_bytes: int) -> int:
 
 
 def run_job(
-    job: CompactionJob, cancelled: Callable[[], bool] = lambda: False
+    job: CompactionJob, cancelled: Callable[[], bool] = lambda: False, entries: bytes = b""
 ) -> list[WrittenTable]:
-    """Execute a compaction job in this process (the worker's body; also usable in-thread)."""
+    """Execute a compaction job in this process (the worker's body; also usable in-thread);
+    `entries` are a flush job's, packed by `pack_entries`."""
+    outputs = itertools.count()
+    pid = os.getpid()
+
+    def new_writer() -> TableWriter:
+        return TableWriter(
+            job.temporary_path(next(outputs), pid), job.block_size_bytes, job.bloom_bits_per_key
+        )
+
+    if job.entries_bytes:
+        keys, values = unpack_entries(entries)
+        chunks = (
+            (
+                keys[start : start + WRITE_RUN_CHUNK_ENTRIES],
+                values[start : start + WRITE_RUN_CHUNK_ENTRIES],
+            )
+            for start in range(0, len(keys), WRITE_RUN_CHUNK_ENTRIES)
+        )
+        return write_run(chunks, new_writer, job.table_size_bytes, job.drop_tombstones, cancelled)
     readers = [[TableReader.open(Path(path)) for path in run_paths] for run_paths in job.input_runs]
     try:
         sources = [
             itertools.chain.from_iterable(table.iter_range(fill_cache=False) for table in run)
             for run in readers
         ]
-        outputs = itertools.count()
-        pid = os.getpid()
         return write_run(
-            merge_newest_wins(sources),
-            lambda: TableWriter(
-                job.temporary_path(next(outputs), pid),
-                job.block_size_bytes,
-                job.bloom_bits_per_key,
-            ),
+            entry_chunks(merge_newest_wins(sources)),
+            new_writer,
             job.table_size_bytes,
             job.drop_tombstones,
             cancelled,
@@ -449,11 +546,15 @@ def _worker_main() -> None:
     def orphaned() -> bool:
         return os.getppid() != parent
 
-    for line in sys.stdin:
+    jobs = sys.stdin.buffer
+    for line in jobs:
         written: list[WrittenTable] = []
         try:
             job = CompactionJob.from_json(line)
-            written = run_job(job, cancelled=orphaned)
+            entries = jobs.read(job.entries_bytes) if job.entries_bytes else b""
+            if len(entries) != job.entries_bytes:
+                return  # the parent closed our input mid-job: it is gone or stopping us
+            written = run_job(job, cancelled=orphaned, entries=entries)
             reply: dict[str, object] = {"ok": True, "outputs": [str(t.path) for t in written]}
         except CompactionCancelledError:
             return  # the parent is gone; write_run deleted the outputs
@@ -474,28 +575,36 @@ class CompactionProcess:
     """A worker process that runs compaction jobs, started on first use."""
 
     def __init__(self) -> None:
-        self._process: subprocess.Popen[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
 
-    def _started(self) -> subprocess.Popen[str]:
+    def _started(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._process.poll() is not None:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "minikv_core.storage.compaction"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                text=True,
                 close_fds=True,
             )
         return self._process
 
-    def run(self, job: CompactionJob, cancelled: Callable[[], bool]) -> list[Path]:
-        """Run `job`; return its outputs, durable and renamed to their reserved table names
-        (their directory entries are not yet fsynced). Raises CompactionCancelledError (the
-        worker is killed and its files deleted) or the job's error."""
+    def run(
+        self, job: CompactionJob, cancelled: Callable[[], bool], entries: Sequence[bytes] = ()
+    ) -> list[Path]:
+        """Run `job` (a flush job with its entries, the parts `pack_entries` made); return its
+        outputs, durable and renamed to their reserved table names (their directory entries
+        are not yet fsynced). Raises CompactionCancelledError (the worker is killed and its
+        files deleted), WorkerLostError, or the job's error."""
+        assert sum(map(len, entries)) == job.entries_bytes
         process = self._started()
         assert process.stdin is not None and process.stdout is not None
         try:
-            process.stdin.write(job.to_json() + "\n")
-            process.stdin.flush()
+            try:
+                process.stdin.write(job.to_json().encode() + b"\n")
+                for part in entries:  # the GIL is released while the pipe drains
+                    process.stdin.write(part)
+                process.stdin.flush()
+            except BrokenPipeError as exc:
+                raise WorkerLostError(f"compaction worker {process.pid} exited") from exc
             while True:
                 if cancelled():
                     raise CompactionCancelledError
@@ -504,7 +613,7 @@ class CompactionProcess:
                     break
             line = process.stdout.readline()
             if not line:
-                raise StorageError(f"compaction worker {process.pid} exited mid-job")
+                raise WorkerLostError(f"compaction worker {process.pid} exited mid-job")
             reply = json.loads(line)
         except BaseException:
             self.stop(kill=True)
@@ -556,6 +665,22 @@ class CompactionWorkers:
     @contextmanager
     def borrowed(self) -> Iterator[CompactionProcess]:
         self._slots.acquire()
+        with self._lent() as worker:
+            yield worker
+
+    @contextmanager
+    def try_borrowed(self) -> Iterator[CompactionProcess | None]:
+        """`borrowed`, or None at once when every worker is busy: for a flush, which must
+        not queue behind a long merge (the writes would stall meanwhile)."""
+        if not self._slots.acquire(blocking=False):
+            yield None
+            return
+        with self._lent() as worker:
+            yield worker
+
+    @contextmanager
+    def _lent(self) -> Iterator[CompactionProcess]:
+        """An idle worker (or a new one) for a caller holding a slot, which this releases."""
         try:
             with self._lock:
                 worker = self._idle.pop() if self._idle else CompactionProcess()

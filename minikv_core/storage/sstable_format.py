@@ -47,7 +47,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate, pairwise
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 import crc32c
 
@@ -164,24 +164,26 @@ def encode_data_block(keys: Sequence[bytes], values: Sequence[bytes | None]) -> 
     """The payload of one data block; `values[i] is None` marks a tombstone."""
     count = len(keys)
     assert count >= 1 and count == len(values)
-    first_length = len(keys[0])
-    fixed_key_length = first_length
-    for key in keys:
-        if len(key) != first_length:
-            fixed_key_length = 0
-            break
+    # Lengths once, in C (map, min, max): this runs for every block a flush or merge writes.
+    key_lengths = list(map(len, keys))
+    fixed_key_length = key_lengths[0] if min(key_lengths) == max(key_lengths) else 0
     has_tombstones = None in values
-    stored_values = [b"" if value is None else value for value in values]
-    fixed_value_length = len(stored_values[0])
-    if has_tombstones or any(len(value) != fixed_value_length for value in stored_values):
-        fixed_value_length = -1
+    stored_values = (
+        [b"" if value is None else value for value in values]
+        if has_tombstones
+        else cast(Sequence[bytes], values)
+    )
+    value_lengths = list(map(len, stored_values))
+    fixed_value_length = (
+        -1 if has_tombstones or min(value_lengths) != max(value_lengths) else value_lengths[0]
+    )
     key_region = b"".join(keys)
     header_size = DATA_HEADER.size + U32.size * (count + 1)
     if fixed_key_length == 0:
         header_size += U32.size * (count + 1)
     if has_tombstones:
         header_size += count
-    value_offsets = list(accumulate(map(len, stored_values), initial=header_size + len(key_region)))
+    value_offsets = list(accumulate(value_lengths, initial=header_size + len(key_region)))
     offsets = _u32_array(count + 1)
     parts = [
         DATA_HEADER.pack(
@@ -194,7 +196,7 @@ def encode_data_block(keys: Sequence[bytes], values: Sequence[bytes | None]) -> 
         offsets.pack(*value_offsets),
     ]
     if fixed_key_length == 0:
-        parts.append(offsets.pack(*accumulate(map(len, keys), initial=header_size)))
+        parts.append(offsets.pack(*accumulate(key_lengths, initial=header_size)))
     if has_tombstones:
         parts.append(bytes(KIND_TOMBSTONE if value is None else KIND_PUT for value in values))
     parts.append(key_region)

@@ -55,6 +55,18 @@ def test_false_positive_rate_is_about_one_percent(kind: str) -> None:
     )
 
 
+def test_filter_words_are_the_union_of_each_keys_mask_in_its_word() -> None:
+    """The bulk build (hashes in arrays, masks made in one loop) against the definition."""
+    rng = random.Random(SEED)
+    keys = [rng.randbytes(rng.randrange(1, 40)) for _ in range(5000)]
+    bloom = BloomFilter.from_keys(keys)
+    expected = [0] * bloom.word_count
+    for key in keys:
+        word_hash, mask = key_hashes(key)
+        expected[word_hash % bloom.word_count] |= mask
+    assert list(bloom.words) == expected, f"seed {SEED}"
+
+
 def test_filter_size_is_bits_per_key_rounded_up_to_words() -> None:
     assert word_count_for(0) == 1
     assert word_count_for(1) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -11,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from minikv_core.storage.compaction import pick_compaction
+from minikv_core.storage.compaction import (
+    SHARED_WORKERS,
+    CompactionProcess,
+    WorkerLostError,
+    pick_compaction,
+)
 from minikv_core.storage.engine import (
     AppliedIndexError,
     BackgroundError,
@@ -28,6 +34,7 @@ from minikv_core.storage.engine import (
 )
 from minikv_core.storage.errors import CorruptionError
 from minikv_core.storage.lsm_limits import (
+    LSM_COMPACTION_WORKERS_MAX,
     LSM_KEY_SIZE_BYTES_MAX,
     LSM_RUNS_FORCE_MERGE,
     LSM_VALUE_SIZE_BYTES_MAX,
@@ -300,17 +307,58 @@ def test_background_compaction_bounds_the_number_of_runs(engine: Engine) -> None
 
 
 def test_merges_in_a_worker_process_give_the_same_state(tmp_path: Path) -> None:
-    """compaction_process_min_bytes=0: every merge runs in the worker process."""
+    """compaction_process_min_bytes=0: every merge and flush runs in a worker process (a
+    flush that finds both workers merging runs in-thread)."""
     options = replace(SMALL, compaction_process_min_bytes=0)
     with Engine.open(tmp_path, options) as engine:
         model = fill(engine, 3000)
         engine.wait_idle(timeout_s=60)
-        assert engine.stats().compactions > 0
+        stats = engine.stats()
+        assert stats.compactions > 0 and 0 < stats.flushes_in_worker <= stats.flushes, stats
         engine.compact()
         assert engine.stats().runs == 1
         assert engine.scan() == sorted(model.items())
         assert table_files(tmp_path) == {t.name for t in engine.tables()}
         assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    with Engine.open(tmp_path, options) as engine:
+        assert engine.scan() == sorted(model.items())
+
+
+def test_a_flush_runs_in_thread_when_every_worker_is_busy(tmp_path: Path) -> None:
+    """A flush must not queue behind long merges: with every worker lent out, it is written
+    here (and the data is the same)."""
+    options = replace(SMALL, compaction_process_min_bytes=0, background_compaction=False)
+    with contextlib.ExitStack() as held:
+        for _ in range(LSM_COMPACTION_WORKERS_MAX):
+            held.enter_context(SHARED_WORKERS.borrowed())
+        with Engine.open(tmp_path, options) as engine:
+            model = fill(engine, 1000)
+            engine.flush()
+            stats = engine.stats()
+            assert stats.flushes > 0 and stats.flushes_in_worker == 0, stats
+            assert engine.scan() == sorted(model.items())
+    with Engine.open(tmp_path, options) as engine:
+        assert engine.scan() == sorted(model.items())
+        engine.put(b"one more", b"x", engine.applied_index + 1)
+        engine.flush()
+        assert engine.stats().flushes_in_worker == 1  # the workers are free again
+
+
+def test_a_flush_whose_worker_dies_is_written_in_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def lost(*_args: object, **_kwargs: object) -> list[Path]:
+        raise WorkerLostError("compaction worker 4242 exited mid-job")
+
+    monkeypatch.setattr(CompactionProcess, "run", lost)
+    options = replace(SMALL, compaction_process_min_bytes=0, background_compaction=False)
+    with Engine.open(tmp_path, options) as engine:
+        model = fill(engine, 1000)
+        engine.flush()
+        stats = engine.stats()
+        assert stats.flushes > 0 and stats.flushes_in_worker == 0 and not stats.background_error
+        assert engine.scan() == sorted(model.items())
+    monkeypatch.undo()
     with Engine.open(tmp_path, options) as engine:
         assert engine.scan() == sorted(model.items())
 

@@ -15,13 +15,16 @@ from minikv_core.storage.compaction import (
     CompactionPlan,
     CompactionProcess,
     Entry,
+    entry_chunks,
     file_numbers_needed,
     is_temporary_table_name,
     merge_chunks,
     merge_newest_wins,
+    pack_entries,
     pick_compaction,
     plan_full_compaction,
     tier_of,
+    unpack_entries,
     write_run,
 )
 from minikv_core.storage.errors import CorruptionError
@@ -128,7 +131,9 @@ def numbered_writers(directory: Path) -> Iterator[TableWriter]:
 def test_write_run_splits_at_the_target_size_into_disjoint_tables(tmp_path: Path) -> None:
     entries: list[Entry] = [(b"k%06d" % i, b"v" * 50) for i in range(2000)]
     writers = numbered_writers(tmp_path)
-    tables = write_run(iter(entries), lambda: next(writers), 16 * 1024, drop_tombstones=False)
+    tables = write_run(
+        entry_chunks(iter(entries)), lambda: next(writers), 16 * 1024, drop_tombstones=False
+    )
     assert len(tables) > 3
     assert all(t.size_bytes >= 16 * 1024 for t in tables[:-1])
     read: list[Entry] = []
@@ -142,8 +147,12 @@ def test_write_run_splits_at_the_target_size_into_disjoint_tables(tmp_path: Path
 def test_write_run_drops_tombstones_when_asked(tmp_path: Path) -> None:
     entries: list[Entry] = [(b"a", b"1"), (b"b", None), (b"c", b"3")]
     writers = numbered_writers(tmp_path)
-    (kept,) = write_run(iter(entries), lambda: next(writers), MIB, drop_tombstones=False)
-    (dropped,) = write_run(iter(entries), lambda: next(writers), MIB, drop_tombstones=True)
+    (kept,) = write_run(
+        entry_chunks(iter(entries)), lambda: next(writers), MIB, drop_tombstones=False
+    )
+    (dropped,) = write_run(
+        entry_chunks(iter(entries)), lambda: next(writers), MIB, drop_tombstones=True
+    )
     assert kept.properties.tombstone_count == 1
     assert dropped.properties.entry_count == 2 and dropped.properties.tombstone_count == 0
 
@@ -151,7 +160,10 @@ def test_write_run_drops_tombstones_when_asked(tmp_path: Path) -> None:
 def test_write_run_of_only_tombstones_writes_no_table(tmp_path: Path) -> None:
     writers = numbered_writers(tmp_path)
     entries: list[Entry] = [(b"a", None), (b"b", None)]
-    assert write_run(iter(entries), lambda: next(writers), MIB, drop_tombstones=True) == []
+    assert (
+        write_run(entry_chunks(iter(entries)), lambda: next(writers), MIB, drop_tombstones=True)
+        == []
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -161,8 +173,28 @@ def test_cancelled_write_run_deletes_every_file_it_created(tmp_path: Path) -> No
     writers = numbered_writers(tmp_path)
     checks = iter([False, True])
     with pytest.raises(CompactionCancelledError):
-        write_run(iter(entries), lambda: next(writers), 8 * 1024, False, lambda: next(checks))
+        write_run(
+            entry_chunks(iter(entries)),
+            lambda: next(writers),
+            8 * 1024,
+            False,
+            lambda: next(checks),
+        )
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", range(SEED, SEED + 3))
+def test_packed_entries_unpack_to_the_same_keys_values_and_tombstones(seed: int) -> None:
+    rng = random.Random(seed)
+    keys = sorted({rng.randbytes(rng.randrange(1, 30)) for _ in range(500)})
+    values: list[bytes | None] = [
+        rng.choice([None, b"", rng.randbytes(rng.randrange(1, 200))]) for _ in keys
+    ]
+    for chosen in (values, [v if v is not None else b"live" for v in values]):
+        packed = b"".join(pack_entries(keys, chosen))
+        assert unpack_entries(packed) == (keys, chosen), f"seed {seed}"
+    with pytest.raises(ValueError, match="end at byte"):
+        unpack_entries(b"".join(pack_entries(keys, values)) + b"extra")
 
 
 def test_failing_source_leaves_no_files(tmp_path: Path) -> None:
@@ -173,7 +205,7 @@ def test_failing_source_leaves_no_files(tmp_path: Path) -> None:
 
     writers = numbered_writers(tmp_path)
     with pytest.raises(OSError, match="disk read failed"):
-        write_run(source(), lambda: next(writers), 8 * 1024, drop_tombstones=False)
+        write_run(entry_chunks(source()), lambda: next(writers), 8 * 1024, drop_tombstones=False)
     assert list(tmp_path.iterdir()) == []
 
 

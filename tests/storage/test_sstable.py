@@ -14,13 +14,21 @@ import pytest
 from minikv_core.storage.block_cache import BlockCache
 from minikv_core.storage.bloom import key_hashes
 from minikv_core.storage.errors import CorruptionError
-from minikv_core.storage.sstable import ABSENT, Lookup, TableReader, TableWriter, WrittenTable
+from minikv_core.storage.sstable import (
+    _ENTRY_FRAMING_BYTES,
+    ABSENT,
+    Lookup,
+    TableReader,
+    TableWriter,
+    WrittenTable,
+)
 from minikv_core.storage.sstable_format import (
     FOOTER,
     FOOTER_CRC,
     FOOTER_SIZE_BYTES,
     FORMAT_VERSION,
     MAGIC,
+    block_values,
 )
 
 SEED = 7
@@ -114,6 +122,82 @@ def test_every_entry_reads_back_after_round_trip(tmp_path: Path, shape: str) -> 
         assert list(table.iter_range()) == entries
         assert table.verify() == len(entries)
         table.close()
+
+
+def write_in_chunks(
+    path: Path,
+    entries: Sequence[tuple[bytes, bytes | None]],
+    rng: random.Random,
+    block_size_bytes: int = BLOCK_BYTES,
+) -> WrittenTable:
+    """`write_table` through `add_chunk`, in chunks of random sizes (some of one entry)."""
+    writer = TableWriter(path, block_size_bytes=block_size_bytes)
+    start = 0
+    while start < len(entries):
+        end = start + rng.choice([1, rng.randrange(1, 40), rng.randrange(1, 400)])
+        keys = [key for key, _ in entries[start:end]]
+        values = [value for _, value in entries[start:end]]
+        assert writer.add_chunk(keys, values) == len(keys)
+        start = end
+    return writer.finish()
+
+
+def block_bytes(keys: Sequence[bytes], values: Sequence[bytes | None]) -> list[int]:
+    """What each entry brings to a block when deciding where to cut (the writer's rule)."""
+    return [
+        len(key) + (0 if value is None else len(value)) + _ENTRY_FRAMING_BYTES
+        for key, value in zip(keys, values, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(SEED, SEED + 4))
+def test_chunks_of_any_size_write_the_same_file_as_one_entry_at_a_time(
+    tmp_path: Path, seed: int
+) -> None:
+    rng = random.Random(seed)
+    entries = mixed_entries(rng, 3000)
+    by_entry = write_table(tmp_path / "000001.sst", entries)
+    by_chunk = write_in_chunks(tmp_path / "000002.sst", entries, rng)
+    assert by_chunk.path.read_bytes() == by_entry.path.read_bytes(), f"seed {seed}"
+    assert by_chunk.properties == by_entry.properties
+
+
+@pytest.mark.parametrize("seed", range(SEED, SEED + 4))
+def test_a_block_ends_with_the_entry_that_fills_it(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    entries = mixed_entries(rng, 3000)
+    table = TableReader.open(write_in_chunks(tmp_path / "000001.sst", entries, rng).path)
+    blocks = []
+    for number in range(table.block_count):
+        block = table.read_block(number)
+        blocks.append((block[0], block_values(block, 0, len(block[0]))))
+    table.close()
+    assert len(blocks) > 20
+    for number, (keys, values) in enumerate(blocks[:-1]):
+        sizes = block_bytes(keys, values)
+        assert sum(sizes) >= BLOCK_BYTES > sum(sizes[:-1]), f"seed {seed} block {number}"
+    assert 0 < sum(block_bytes(*blocks[-1])) < BLOCK_BYTES + max(block_bytes(*blocks[-1]))
+
+
+def test_add_chunk_stops_at_the_entry_that_fills_the_table(tmp_path: Path) -> None:
+    entries = fixed_entries(1000)
+    keys = [key for key, _ in entries]
+    values = [value for _, value in entries]
+    writer = TableWriter(tmp_path / "000001.sst", block_size_bytes=BLOCK_BYTES)
+    target = 4096
+    taken = writer.add_chunk(keys, values, table_bytes_target=target)
+    assert 0 < taken < len(keys)
+    assert writer.size_bytes_estimate >= target
+    assert writer.entry_count == taken
+    written = writer.finish()
+    table = TableReader.open(written.path)
+    assert list(table.iter_range()) == entries[:taken]
+    table.close()
+    # One entry fewer would not have filled it: the same writes, stopped one short.
+    shorter = TableWriter(tmp_path / "000002.sst", block_size_bytes=BLOCK_BYTES)
+    assert shorter.add_chunk(keys[: taken - 1], values[: taken - 1], target) == taken - 1
+    assert shorter.size_bytes_estimate < target
+    shorter.abandon()
 
 
 def test_keys_between_and_outside_stored_keys_are_absent(tmp_path: Path) -> None:

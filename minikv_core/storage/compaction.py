@@ -43,6 +43,7 @@ import heapq
 import itertools
 import json
 import math
+import operator
 import os
 import select
 import struct
@@ -421,26 +422,45 @@ TEMPORARY_SUFFIX = ".tmp"
 # Native byte order: only a parent and its own child read it.
 _ENTRY_COUNT = struct.Struct("=I")
 TOMBSTONE_LENGTH: Final = 0xFFFF_FFFF
+# Entries per part of `pack_entries`: ~0.5 MiB of 100 B values, several times the pipe's
+# buffer, so writing each part blocks (releasing the GIL) while the worker reads.
+_PACK_CHUNK_ENTRIES: Final = 4096
 
 
-def pack_entries(keys: Sequence[bytes], values: Sequence[bytes | None]) -> list[bytes]:
-    """A memtable's entries for a flush job, as the parts to write in order (their joined
-    bytes are what `unpack_entries` reads). A few C-speed passes (`map(len)`, joins), and no
-    final copy: the parts go to the pipe one by one, each write releasing the GIL. This is
-    what a flush still costs the engine's process, instead of writing the table here."""
-    if None in values:
+def pack_entries(
+    keys: Sequence[bytes], values: Sequence[bytes | None]
+) -> tuple[int, Iterator[bytes]]:
+    """A memtable's entries for a flush job (unique keys, in any order: the worker sorts them)
+    as their packed size and the parts to write in that order (`unpack_entries` reads their
+    concatenation). What a flush still costs the engine's process, kept short under the GIL:
+    no sort, C-speed passes (`map(len)`, joins), and the keys and values joined a chunk at a
+    time by the generator, each chunk written before the next is made; a write that fills the
+    pipe releases the GIL until the worker drains it, so writers run in between."""
+    count = len(keys)
+    key_lengths = array("I", map(len, keys))
+    tombstones = None in values
+    if tombstones:
         value_lengths = array("I", [TOMBSTONE_LENGTH if v is None else len(v) for v in values])
-        stored = b"".join([v for v in values if v is not None])
+        stored_bytes = sum(value_lengths) - TOMBSTONE_LENGTH * value_lengths.count(TOMBSTONE_LENGTH)
     else:
         value_lengths = array("I", map(len, cast(Sequence[bytes], values)))
-        stored = b"".join(cast(Sequence[bytes], values))
-    return [
-        _ENTRY_COUNT.pack(len(keys)),
-        array("I", map(len, keys)).tobytes(),
-        value_lengths.tobytes(),
-        b"".join(keys),
-        stored,
-    ]
+        stored_bytes = sum(value_lengths)
+    size = _ENTRY_COUNT.size + 8 * count + sum(key_lengths) + stored_bytes
+
+    def parts() -> Iterator[bytes]:
+        yield _ENTRY_COUNT.pack(count)
+        yield key_lengths.tobytes()
+        yield value_lengths.tobytes()
+        for start in range(0, count, _PACK_CHUNK_ENTRIES):
+            yield b"".join(keys[start : start + _PACK_CHUNK_ENTRIES])
+        for start in range(0, count, _PACK_CHUNK_ENTRIES):
+            chunk = values[start : start + _PACK_CHUNK_ENTRIES]
+            if tombstones:
+                yield b"".join([v for v in chunk if v is not None])
+            else:
+                yield b"".join(cast(Sequence[bytes], chunk))
+
+    return size, parts()
 
 
 def unpack_entries(packed: bytes) -> tuple[list[bytes], list[bytes | None]]:
@@ -505,6 +525,10 @@ def run_job(
 
     if job.entries_bytes:
         keys, values = unpack_entries(entries)
+        if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            keys = list(map(keys.__getitem__, order))
+            values = list(map(values.__getitem__, order))
         chunks = (
             (
                 keys[start : start + WRITE_RUN_CHUNK_ENTRIES],
@@ -588,21 +612,23 @@ class CompactionProcess:
         return self._process
 
     def run(
-        self, job: CompactionJob, cancelled: Callable[[], bool], entries: Sequence[bytes] = ()
+        self, job: CompactionJob, cancelled: Callable[[], bool], entries: Iterable[bytes] = ()
     ) -> list[Path]:
         """Run `job` (a flush job with its entries, the parts `pack_entries` made); return its
         outputs, durable and renamed to their reserved table names (their directory entries
         are not yet fsynced). Raises CompactionCancelledError (the worker is killed and its
         files deleted), WorkerLostError, or the job's error."""
-        assert sum(map(len, entries)) == job.entries_bytes
         process = self._started()
         assert process.stdin is not None and process.stdout is not None
         try:
             try:
                 process.stdin.write(job.to_json().encode() + b"\n")
+                written = 0
                 for part in entries:  # the GIL is released while the pipe drains
                     process.stdin.write(part)
+                    written += len(part)
                 process.stdin.flush()
+                assert written == job.entries_bytes, (written, job.entries_bytes)
             except BrokenPipeError as exc:
                 raise WorkerLostError(f"compaction worker {process.pid} exited") from exc
             while True:

@@ -1025,8 +1025,11 @@ class Engine:
         with SHARED_WORKERS.try_borrowed() as worker:
             if worker is None:
                 return None
-            entries = pack_entries(*memtable.sorted_items())
-            entries_bytes = sum(map(len, entries))
+            # In insertion order (the worker sorts): no sort under the GIL here. The
+            # memtable is immutable now, so the two lists pair up.
+            entries_bytes, entries = pack_entries(
+                list(memtable.entries), list(memtable.entries.values())
+            )
             count = file_numbers_needed(entries_bytes, self.options.table_size_bytes)
             with self._lock:
                 first_number = self._next_file_number

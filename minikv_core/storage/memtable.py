@@ -213,12 +213,6 @@ class Memtable:
         ):
             yield key, entries[key]
 
-    def sorted_items(self) -> tuple[list[bytes], list[bytes | None]]:
-        """Every key in order, and their values: a whole flush's input in two C-speed passes;
-        only for a memtable no one writes any more."""
-        keys = list(self._ordered_keys())
-        return keys, list(map(self.entries.__getitem__, keys))
-
     def iter_chunks(
         self,
         start: bytes | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -191,10 +192,12 @@ def test_packed_entries_unpack_to_the_same_keys_values_and_tombstones(seed: int)
         rng.choice([None, b"", rng.randbytes(rng.randrange(1, 200))]) for _ in keys
     ]
     for chosen in (values, [v if v is not None else b"live" for v in values]):
-        packed = b"".join(pack_entries(keys, chosen))
+        size, parts = pack_entries(keys, chosen)
+        packed = b"".join(parts)
+        assert len(packed) == size, f"seed {seed}"
         assert unpack_entries(packed) == (keys, chosen), f"seed {seed}"
     with pytest.raises(ValueError, match="end at byte"):
-        unpack_entries(b"".join(pack_entries(keys, values)) + b"extra")
+        unpack_entries(b"".join(pack_entries(keys, values)[1]) + b"extra")
 
 
 def test_failing_source_leaves_no_files(tmp_path: Path) -> None:
@@ -253,6 +256,34 @@ def test_worker_process_merges_newest_first_and_installs_reserved_names(tmp_path
         reader.close()
     # Newest wins for "a"; "b"'s tombstone shadows the old value and, at the bottom, is dropped.
     assert merged == [(b"a", b"new"), *old_entries[2:]]
+    assert not any(is_temporary_table_name(p.name) for p in tmp_path.iterdir())
+
+
+def test_worker_flush_job_writes_entries_in_any_order_as_sorted_tables(tmp_path: Path) -> None:
+    """A flush job: the entries travel with the job, in a memtable's insertion order."""
+    rng = random.Random(SEED)
+    entries: list[Entry] = [
+        (b"k%05d" % i, rng.choice([None, rng.randbytes(40)])) for i in range(3000)
+    ]
+    rng.shuffle(entries)
+    size, parts = pack_entries([k for k, _ in entries], [v for _, v in entries])
+    job = replace(
+        job_for(tmp_path, [], file_numbers_needed(size, 16 * 1024)),
+        drop_tombstones=False,
+        entries_bytes=size,
+    )
+    worker = CompactionProcess()
+    try:
+        outputs = worker.run(job, cancelled=lambda: False, entries=parts)
+    finally:
+        worker.stop()
+    assert len(outputs) > 1
+    written: list[Entry] = []
+    for path in outputs:
+        reader = TableReader.open(path)
+        written.extend(reader.iter_range())
+        reader.close()
+    assert written == sorted(entries), f"seed {SEED}"
     assert not any(is_temporary_table_name(p.name) for p in tmp_path.iterdir())
 
 

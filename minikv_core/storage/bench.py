@@ -14,8 +14,8 @@ Definitions (so numbers mean one thing):
   made before the clock starts: making them costs ~30 us per batch of 64, which is neither
   system's work, and counting it (as the runs in docs/benchmarks.md up to 2026-11-26 05:50 UTC
   did) pulls the ratio toward 1.
-- `put_batch_64_sustained` (`--sustained`): 3,000 batches of 64 in a row, long enough for
-  several memtable flushes (minikv) and WAL checkpoints (sqlite) to land inside the timed
+- `put_batch_64_sustained`: 3,000 batches of 64 in a row (192k keys), long enough for about
+  eight memtable flushes (minikv) and many WAL checkpoints (sqlite) to land inside the timed
   loop; the two rows above are too short for either.
 - `get_random`: point gets of random existing keys after reopening the loaded data set.
 - `scan_prefix_1000`: prefix scans each returning 1,000 keys; latency per scan, ops = scans.
@@ -50,8 +50,6 @@ from minikv_core.storage.engine import prefix_successor
 from minikv_core.storage.store import Store
 
 KEYS_PER_PREFIX = 1_000
-# `--sustained`: 3,000 batches of 64 (192k keys, ~35 MiB) flush about eight 4 MiB memtables.
-SUSTAINED_BATCHES = 3_000
 SUSTAINED_WORKLOAD = "put_batch_64_sustained"
 LOAD_BATCH_KEYS = 10_000
 SEED = 20261125
@@ -86,10 +84,10 @@ class BenchConfig:
     # Only the two put workloads (no load, reopen, gets or scans): seconds instead of minutes,
     # for iterating on the write path.
     puts_only: bool = False
-    # With puts_only: instead of the two put rows, one row of this many batches of 64, enough
-    # to flush several memtables on the way (the two put rows flush none: 20k keys fit in a
-    # 4 MiB memtable), so that the row prices what a flush costs the writer.
-    sustained_batches: int = 0
+    # A third put row: this many batches of 64 in a row, enough to flush several memtables
+    # on the way (the two rows before it flush none: 20k keys fit in a 4 MiB memtable), so
+    # that it prices what a flush costs the writer. 0 leaves the row out.
+    put_batches_sustained: int = 3_000
 
     def __post_init__(self) -> None:
         assert self.keys >= KEYS_PER_PREFIX, "need at least one full prefix of keys"
@@ -417,18 +415,17 @@ def run_system(
 def timed_put_rows(
     system: DurableWriter, config: BenchConfig, progress: Progress
 ) -> Iterator[WorkloadResult]:
-    """The two put workloads (or the sustained one), on the same random stream for every
-    system."""
+    """The put workloads, on the same random stream for every system."""
     rng = random.Random(config.seed + 4)
-    if config.sustained_batches:
-        progress(f"{system.name}: {config.sustained_batches:,} durable batches of 64")
-        result = timed_puts(system, config.sustained_batches, 64, config.value_size_bytes, rng)
-        yield replace(result, workload=SUSTAINED_WORKLOAD)
-        return
     progress(f"{system.name}: durable puts in batches of 1")
     yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
     progress(f"{system.name}: durable puts in batches of 64")
     yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
+    if config.put_batches_sustained:
+        batches = config.put_batches_sustained
+        progress(f"{system.name}: {batches:,} durable batches of 64 in a row (flushes included)")
+        result = timed_puts(system, batches, 64, config.value_size_bytes, rng)
+        yield replace(result, workload=SUSTAINED_WORKLOAD)
 
 
 def run_floor(root: Path, config: BenchConfig, progress: Progress) -> Iterator[WorkloadResult]:
@@ -461,10 +458,10 @@ def _reopen_probe(system_name: str, path: Path) -> None:
         system.close()
 
 
-def _puts_only(repeat: int, directory: Path | None, sustained_batches: int = 0) -> None:
+def _puts_only(repeat: int, directory: Path | None) -> None:
     """The put rows alone, `repeat` times: JSON lines on stdout, each run's ratios on stderr
     (the write path moves by less than one run's noise, so one run proves little)."""
-    config = BenchConfig(puts_only=True, sustained_batches=sustained_batches)
+    config = BenchConfig(puts_only=True)
     for number in range(1, repeat + 1):
         with tempfile.TemporaryDirectory(prefix="minikv-bench-", dir=directory) as root:
             results = list(run(config, Path(root), lambda _message: None))
@@ -534,7 +531,6 @@ def _reads_only(repeat: int, directory: Path | None) -> None:
 
 _USAGE = (
     "usage: python -m minikv_core.storage.bench --puts-only [REPEAT [DIR]]\n"
-    "       python -m minikv_core.storage.bench --sustained [REPEAT [DIR]]\n"
     "       python -m minikv_core.storage.bench --reads-only [REPEAT [DIR]]\n"
     "       python -m minikv_core.storage.bench --reopen-probe SYSTEM PATH  (internal)"
 )
@@ -543,19 +539,12 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     if len(arguments) == 3 and arguments[0] == "--reopen-probe":
         _reopen_probe(arguments[1], Path(arguments[2]))
-    elif 1 <= len(arguments) <= 3 and arguments[0] in (
-        "--puts-only",
-        "--sustained",
-        "--reads-only",
-    ):
+    elif 1 <= len(arguments) <= 3 and arguments[0] in ("--puts-only", "--reads-only"):
         if len(arguments) > 1 and not (arguments[1].isdigit() and int(arguments[1]) > 0):
             sys.exit(f"REPEAT must be a whole number >= 1, got {arguments[1]!r}\n{_USAGE}")
-        repeat = int(arguments[1]) if len(arguments) > 1 else 3
-        directory = Path(arguments[2]) if len(arguments) > 2 else None
-        if arguments[0] == "--reads-only":
-            _reads_only(repeat, directory)
-        else:
-            sustained = SUSTAINED_BATCHES if arguments[0] == "--sustained" else 0
-            _puts_only(repeat, directory, sustained)
+        (_puts_only if arguments[0] == "--puts-only" else _reads_only)(
+            int(arguments[1]) if len(arguments) > 1 else 3,
+            Path(arguments[2]) if len(arguments) > 2 else None,
+        )
     else:
         sys.exit(_USAGE)

@@ -8,24 +8,33 @@ from pathlib import Path
 
 from rich.console import Console
 
-from minikv_core.storage.bench import SYSTEMS, BenchConfig, SyncFloorSystem, run
+from minikv_core.storage.bench import (
+    SUSTAINED_WORKLOAD,
+    SYSTEMS,
+    BenchConfig,
+    SyncFloorSystem,
+    run,
+)
 from minikv_tui.commands.bench import results_table
 
 
 def test_put_rows_come_from_every_system_with_a_floor_column(tmp_path: Path) -> None:
-    config = BenchConfig(puts_only=True, put_batches_of_1=4, put_batches_of_64=3)
+    config = BenchConfig(
+        puts_only=True, put_batches_of_1=4, put_batches_of_64=3, put_batches_sustained=5
+    )
     results = list(run(config, tmp_path, lambda _message: None))
+    batches = {"put_batch_1": 4, "put_batch_64": 3 * 64, SUSTAINED_WORKLOAD: 5 * 64}
     assert {(r.workload, r.system) for r in results} == {
-        (workload, system) for workload in ("put_batch_1", "put_batch_64") for system in SYSTEMS
+        (workload, system) for workload in batches for system in SYSTEMS
     }
     for result in results:
-        assert result.ops == (4 if result.workload == "put_batch_1" else 3 * 64)
+        assert result.ops == batches[result.workload]
         assert result.ops_per_s > 0 and 0 < result.p50_us <= result.p99_us
     console = Console(width=200, record=True)
     console.print(results_table(results))
     text = console.export_text()
     assert "fsync floor" in text
-    assert text.count(" µs, ") == 2  # the floor's p50 and ratio on both put rows
+    assert text.count(" µs, ") == 3  # the floor's p50 and ratio on every put row
     assert list(tmp_path.iterdir()) == []  # every system's files removed
 
 

@@ -1046,13 +1046,10 @@ class Engine:
                 entries_bytes=entries_bytes,
             )
             try:
-                written = worker.run(job, cancelled=lambda: False, entries=entries)
+                return worker.run(job, cancelled=lambda: False, entries=entries)
             except WorkerLostError as exc:
                 log.warning("%s: flushing in-thread: %s", self.path, exc)
                 return None
-        with self._lock:
-            self._flushes_in_worker += 1
-        return written
 
     def _view_immutables(self) -> tuple[Memtable, ...]:
         view = self._view
@@ -1060,6 +1057,7 @@ class Engine:
 
     def _flush_memtable(self, memtable: Memtable, epoch: int, drop_tombstones: bool) -> None:
         written = self._flush_in_worker(memtable, drop_tombstones)
+        in_worker = written is not None
         if written is None:
             written = [
                 table.path
@@ -1094,6 +1092,7 @@ class Engine:
                         version,
                     )
                     self._flushes += 1
+                    self._flushes_in_worker += in_worker
                     self._bytes_flushed += 0 if run is None else run.size_bytes
                     self._cond.notify_all()
         finally:

@@ -169,8 +169,8 @@ class TableWriter:
         entry that brings the open block to the block size. Why in bulk: a memtable flush runs
         on a thread, and every microsecond it holds the GIL is one the foreground writer may
         wait for when its fsync returns (docs/benchmarks.md, "flush"). Per entry, this costs
-        a few C-speed builtins (map, accumulate, one comprehension for the filter) instead of
-        a Python call with its bookkeeping; the block cuts are bisections.
+        a few C-speed builtins (`map`, `accumulate`, the filter's two hashes by `map`) instead
+        of a Python call with its bookkeeping; the block cuts are bisections.
         """
         assert self._file is not None, "writer already finished"
         count = len(keys)

@@ -276,23 +276,31 @@ def meta_steps(document: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> dict[str, bytes]:
+    """Write `count` keys through `node`. A 503 (no leader known, or a transfer to a preferred
+    leader under way, as right after the cluster starts) is retried, as a client does, for
+    RETRY_S; the same value again, so a retry of a write that did land changes nothing."""
     written = {}
     for n in range(count):
         key, value = f"{prefix}-{n}", f"value-{n}".encode()
-        assert await put(cluster, node, key, value) == 204
+        give_up = time.monotonic() + RETRY_S
+        status = await put(cluster, node, key, value)
+        while status == 503 and time.monotonic() < give_up:
+            await asyncio.sleep(0.05)
+            status = await put(cluster, node, key, value)
+        assert status == 204, (key, status)
         written[key] = value
     return written
 
 
-READ_RETRY_S = 10.0
+RETRY_S = 10.0
 
 
 async def assert_readable(cluster: Cluster, node: int, expected: dict[str, bytes]) -> None:
     """Every key reads back its value through `node`. A 503 (no leader known: an election or
     a transfer back to a preferred leader right after a restart) is retried, as a client
-    does, for READ_RETRY_S; any other answer fails at once."""
+    does, for RETRY_S; any other answer fails at once."""
     for key, value in expected.items():
-        give_up = time.monotonic() + READ_RETRY_S
+        give_up = time.monotonic() + RETRY_S
         status, body = await get(cluster, node, key)
         while status == 503 and time.monotonic() < give_up:
             await asyncio.sleep(0.05)

@@ -32,6 +32,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import logging
 import random
@@ -730,6 +731,11 @@ def run(config: ServerConfig) -> int:
     Raises ConfigError (a bind or directory problem found at start) and NodeStartError (the
     node refused its data directory)."""
     _configure_logging(config.log_level)
+    # SIGUSR1: every thread's Python stack, written to stderr (a node's log) by the C-level
+    # handler, so it works even while the event loop or the GIL is stuck: where a node that
+    # answers nothing is, without stopping it (`kill -USR1 PID`; the integration tests do it
+    # when a wait times out).
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
     return _run(serve(config))
 
 

@@ -36,6 +36,9 @@ STOP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 HTTP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
+# describe(): how long a node gets to write its stacks, and how much of them is shown.
+STACK_DUMP_WAIT_S = 0.3
+STACK_DUMP_LINES_MAX = 300
 
 
 def reserve_ports(count: int) -> list[int]:
@@ -104,12 +107,25 @@ class NodeProcess:
         except OSError:
             return ""
 
-    def log_tail(self) -> str:
+    def log_tail(self, end: int | None = None) -> str:
+        """The last LOG_TAIL_LINES lines of the log (of its first `end` bytes, if given)."""
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            text = self.log_path.read_bytes()[:end].decode(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(lines[-LOG_TAIL_LINES:])
+        return "\n".join(text.splitlines()[-LOG_TAIL_LINES:])
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        try:
+            return self.log_path.read_bytes()[offset:].decode(errors="replace")
+        except OSError:
+            return ""
 
 
 @dataclass
@@ -143,10 +159,25 @@ class Cluster:
         return [n.grpc_address for n in self.nodes.values()]
 
     def describe(self) -> str:
+        """Each node's log tail and, for a running node, where its threads are: SIGUSR1 has
+        the server write every thread's stack to its log (server.run), so a wait that timed
+        out shows what a stuck node was doing, not only what it last logged."""
+        dump_from: dict[int, int] = {}
+        for node in self.nodes.values():
+            if node.running and node.process is not None:
+                dump_from[node.node_id] = node.log_size()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(node.process.pid, signal.SIGUSR1)
+        if dump_from:
+            time.sleep(STACK_DUMP_WAIT_S)
         parts = []
         for node in self.nodes.values():
             state = "running" if node.running else "down"
-            parts.append(f"\n--- node {node.node_id} ({state}) log tail:\n{node.log_tail()}")
+            end = dump_from.get(node.node_id)
+            parts.append(f"\n--- node {node.node_id} ({state}) log tail:\n{node.log_tail(end)}")
+            if end is not None:
+                dump = node.log_since(end).splitlines()[:STACK_DUMP_LINES_MAX]
+                parts.append(f"\n--- node {node.node_id} threads (SIGUSR1):\n" + "\n".join(dump))
         return "".join(parts)
 
     def command(self, node: NodeProcess, *extra: str) -> list[str]:

@@ -54,7 +54,10 @@ async def put(
 async def put_retrying(
     cluster: Cluster, node_ids: list[int], key: str, value: bytes, timeout_s: float = 15.0
 ) -> None:
-    """A client's retry loop over the given nodes until the write is acknowledged."""
+    """A client's retry loop over the given nodes until the write is acknowledged: a 503 or
+    504 is what a node answers while leadership moves (an election, or a transfer to a
+    preferred leader just after the cluster starts), and a client retries it. The same value
+    again, so retrying a write that did land changes nothing."""
     deadline = time.monotonic() + timeout_s
     attempt = 0
     while True:
@@ -104,7 +107,7 @@ async def test_writes_through_every_node_are_read_linearizably_everywhere(
         for n in range(12):
             key = f"user/{node_id}/{n}"
             written[key] = f"value {node_id}.{n}".encode()
-            assert await put(cluster, node_id, key, written[key]) == 204
+            await put_retrying(cluster, [node_id], key, written[key])
     for node_id in cluster.nodes:
         for key, value in written.items():
             assert await get(cluster, node_id, key) == (200, value), (node_id, key)
@@ -242,10 +245,22 @@ async def test_partitioned_leader_never_serves_stale_reads_and_majority_serves(
         assert await get(cluster, isolated, key) == (200, b"after")
 
 
+async def test_a_timed_out_wait_shows_where_each_running_node_is(cluster: Cluster) -> None:
+    """`describe()` (what a timed-out wait prints) has every running node write its threads'
+    stacks to its log (SIGUSR1), shows them, and the nodes keep serving."""
+    text = cluster.describe()
+    for node_id in cluster.nodes:
+        section = text.split(f"--- node {node_id} threads (SIGUSR1):\n", 1)
+        assert len(section) == 2, text
+        assert "(most recent call first)" in section[1] and "minikv_core" in section[1], text
+    await put_retrying(cluster, [1], "after-the-dump", b"v")
+    assert await get(cluster, 2, "after-the-dump") == (200, b"v")
+
+
 async def test_stop_all_then_restart_all_keeps_every_acknowledged_key(cluster: Cluster) -> None:
     written = {f"durable/{n}": f"v{n}".encode() for n in range(30)}
     for n, (key, value) in enumerate(written.items()):
-        assert await put(cluster, 1 + n % 3, key, value) == 204
+        await put_retrying(cluster, [1 + n % 3], key, value)
     # Graceful stop: SIGTERM exits 0 after flushing.
     for node_id in cluster.nodes:
         assert cluster.terminate(node_id) == 0, cluster.describe()
@@ -259,7 +274,7 @@ async def test_stop_all_then_restart_all_keeps_every_acknowledged_key(cluster: C
     # Crash stop: SIGKILL loses nothing that was acknowledged either.
     more = {f"crash/{n}": f"c{n}".encode() for n in range(30)}
     for n, (key, value) in enumerate(more.items()):
-        assert await put(cluster, 1 + n % 3, key, value) == 204
+        await put_retrying(cluster, [1 + n % 3], key, value)
     for node_id in cluster.nodes:
         cluster.kill(node_id)
     await cluster.start()
@@ -332,7 +347,7 @@ async def test_torn_write_at_the_wal_tail_is_cut_on_restart_and_the_node_catches
 ) -> None:
     written = {f"tail/{n}": f"t{n}".encode() for n in range(20)}
     for key, value in written.items():
-        assert await put(cluster, 1, key, value) == 204
+        await put_retrying(cluster, [1], key, value)
     victim = 3
     cluster.kill(victim)
     tail = wal_tail(cluster.nodes[victim].data_dir)
@@ -349,7 +364,7 @@ async def test_damaged_last_acknowledged_wal_record_is_recovered_from_the_peers(
 ) -> None:
     written = {f"tail/{n}": f"t{n}".encode() for n in range(20)}
     for key, value in written.items():
-        assert await put(cluster, 1, key, value) == 204
+        await put_retrying(cluster, [1], key, value)
     victim = 3
     await eventually(
         lambda: all_acknowledged_by(cluster, victim),

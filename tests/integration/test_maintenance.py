@@ -26,7 +26,7 @@ from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_D
 from minikv_core.cluster.placement import place_meta, place_shards
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
-from tests.integration.test_cluster import get, put, shard_groups
+from tests.integration.test_cluster import get, put, put_retrying, shard_groups
 
 TEST_TIMEOUT_S = 120.0
 """Each test's bound (pytest-timeout's default, stated here so the waits below fit in it)."""
@@ -276,18 +276,11 @@ def meta_steps(document: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> dict[str, bytes]:
-    """Write `count` keys through `node`. A 503 (no leader known, or a transfer to a preferred
-    leader under way, as right after the cluster starts) is retried, as a client does, for
-    RETRY_S; the same value again, so a retry of a write that did land changes nothing."""
+    """Write `count` keys through `node`, retrying as a client does (put_retrying)."""
     written = {}
     for n in range(count):
         key, value = f"{prefix}-{n}", f"value-{n}".encode()
-        give_up = time.monotonic() + RETRY_S
-        status = await put(cluster, node, key, value)
-        while status == 503 and time.monotonic() < give_up:
-            await asyncio.sleep(0.05)
-            status = await put(cluster, node, key, value)
-        assert status == 204, (key, status)
+        await put_retrying(cluster, [node], key, value)
         written[key] = value
     return written
 

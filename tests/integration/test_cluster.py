@@ -79,6 +79,20 @@ async def get(
     return status, body
 
 
+async def get_retrying(
+    cluster: Cluster, node_id: int, key: str, timeout_ms: int = 5000, retry_s: float = 10.0
+) -> tuple[int, bytes]:
+    """`get`, with a 503 (no leader known: an election, or the transfer back to a preferred
+    leader right after a restart) retried as a client does, for up to `retry_s`; any other
+    answer is returned at once."""
+    give_up = time.monotonic() + retry_s
+    status, body = await get(cluster, node_id, key, timeout_ms=timeout_ms)
+    while status == 503 and time.monotonic() < give_up:
+        await asyncio.sleep(0.05)
+        status, body = await get(cluster, node_id, key, timeout_ms=timeout_ms)
+    return status, body
+
+
 def shard_leaders(document: dict[str, Any]) -> dict[int, int]:
     """Shard -> leader node id from a `/admin/shards` document (0 = none known)."""
     return {int(s["shard"]): int(s.get("leader") or 0) for s in document["shards"]}

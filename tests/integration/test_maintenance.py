@@ -26,7 +26,7 @@ from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_D
 from minikv_core.cluster.placement import place_meta, place_shards
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
-from tests.integration.test_cluster import get, put, put_retrying, shard_groups
+from tests.integration.test_cluster import get_retrying, put, put_retrying, shard_groups
 
 TEST_TIMEOUT_S = 120.0
 """Each test's bound (pytest-timeout's default, stated here so the waits below fit in it)."""
@@ -285,19 +285,11 @@ async def write_keys(cluster: Cluster, node: int, count: int, prefix: str) -> di
     return written
 
 
-RETRY_S = 10.0
-
-
 async def assert_readable(cluster: Cluster, node: int, expected: dict[str, bytes]) -> None:
-    """Every key reads back its value through `node`. A 503 (no leader known: an election or
-    a transfer back to a preferred leader right after a restart) is retried, as a client
-    does, for RETRY_S; any other answer fails at once."""
+    """Every key reads back its value through `node` (a 503 retried: get_retrying); any
+    other answer fails at once."""
     for key, value in expected.items():
-        give_up = time.monotonic() + RETRY_S
-        status, body = await get(cluster, node, key)
-        while status == 503 and time.monotonic() < give_up:
-            await asyncio.sleep(0.05)
-            status, body = await get(cluster, node, key)
+        status, body = await get_retrying(cluster, node, key)
         assert (status, body) == (200, value), (key, status, body)
 
 

@@ -6,7 +6,6 @@ shard's leader, txn_record_gc.py, after the short age these nodes are started wi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +18,7 @@ from minikv_core.cluster import limits
 from minikv_core.cluster.shard_map import shard_for_key
 from minikv_core.cluster.txn_coordinator import FAULT_ENV, FAULT_EXIT_CODE
 from tests.integration.conftest import Cluster, eventually
+from tests.integration.test_cluster import get_retrying
 
 SHARDS = 4
 RECORD_GC_S = 4
@@ -62,20 +62,11 @@ async def txn(cluster: Cluster, node_id: int, document: Any) -> tuple[int, Any]:
 
 
 async def get_value(cluster: Cluster, node_id: int, key: str) -> bytes:
-    """GET through `node_id`. A 503 (leadership moving: the transfer back to a restarted
-    preferred leader leaves a replica without a known leader for a moment) is retried, as a
-    client does, for up to GET_RETRY_S."""
-    give_up = time.monotonic() + GET_RETRY_S
-    while True:
-        status, _, body = await cluster.request(node_id, "GET", f"/kv/{key}?timeout_ms=10000")
-        if status != 503 or time.monotonic() >= give_up:
-            break
-        await asyncio.sleep(0.05)
+    """GET through `node_id`, a 503 retried (get_retrying: after the coordinator restarts,
+    the transfer back to it leaves a replica without a known leader for a moment)."""
+    status, body = await get_retrying(cluster, node_id, key, timeout_ms=10000)
     assert status == 200, body
     return body
-
-
-GET_RETRY_S = 10.0
 
 
 @pytest.mark.parametrize(

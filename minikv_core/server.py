@@ -47,6 +47,7 @@ from typing import Any, Final
 
 import grpc.aio
 
+from minikv_core import task_dump
 from minikv_core.cluster.config import (
     REPLICAS_DEFAULT,
     SHARDS_DEFAULT,
@@ -689,6 +690,7 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
     """Run one node until SIGTERM/SIGINT (or `stop`); returns the exit status."""
     stop = stop if stop is not None else _StopSignal()
     stop.install(asyncio.get_running_loop())
+    task_dump.install(asyncio.get_running_loop())  # SIGUSR2: where every task waits
     server = NodeServer(config)
     await server.start()
     assert server.node is not None

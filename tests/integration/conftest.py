@@ -36,9 +36,9 @@ STOP_TIMEOUT_S = 20.0
 POLL_S = 0.05
 HTTP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 40
-# describe(): how long a node gets to write its stacks, and how much of them is shown.
+# describe(): how long a node gets to write its stacks and tasks, and how much is shown.
 STACK_DUMP_WAIT_S = 0.3
-STACK_DUMP_LINES_MAX = 300
+STACK_DUMP_LINES_MAX = 800
 
 
 def reserve_ports(count: int) -> list[int]:
@@ -159,15 +159,17 @@ class Cluster:
         return [n.grpc_address for n in self.nodes.values()]
 
     def describe(self) -> str:
-        """Each node's log tail and, for a running node, where its threads are: SIGUSR1 has
-        the server write every thread's stack to its log (server.run), so a wait that timed
-        out shows what a stuck node was doing, not only what it last logged."""
+        """Each node's log tail and, for a running node, where its threads and tasks are:
+        SIGUSR1 has the server write every thread's stack to its log (server.run), SIGUSR2
+        every asyncio task's chain of awaits (task_dump.py), so a wait that timed out shows
+        what a stuck node was doing or waiting for, not only what it last logged."""
         dump_from: dict[int, int] = {}
         for node in self.nodes.values():
             if node.running and node.process is not None:
                 dump_from[node.node_id] = node.log_size()
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.process.pid, signal.SIGUSR1)
+                    os.kill(node.process.pid, signal.SIGUSR2)
         if dump_from:
             time.sleep(STACK_DUMP_WAIT_S)
         parts = []
@@ -177,7 +179,7 @@ class Cluster:
             parts.append(f"\n--- node {node.node_id} ({state}) log tail:\n{node.log_tail(end)}")
             if end is not None:
                 dump = node.log_since(end).splitlines()[:STACK_DUMP_LINES_MAX]
-                parts.append(f"\n--- node {node.node_id} threads (SIGUSR1):\n" + "\n".join(dump))
+                parts.append(f"\n--- node {node.node_id} threads and tasks:\n" + "\n".join(dump))
         return "".join(parts)
 
     def command(self, node: NodeProcess, *extra: str) -> list[str]:

@@ -261,12 +261,15 @@ async def test_partitioned_leader_never_serves_stale_reads_and_majority_serves(
 
 async def test_a_timed_out_wait_shows_where_each_running_node_is(cluster: Cluster) -> None:
     """`describe()` (what a timed-out wait prints) has every running node write its threads'
-    stacks to its log (SIGUSR1), shows them, and the nodes keep serving."""
+    stacks (SIGUSR1) and its asyncio tasks' awaits (SIGUSR2) to its log, shows them, and the
+    nodes keep serving."""
     text = cluster.describe()
     for node_id in cluster.nodes:
-        section = text.split(f"--- node {node_id} threads (SIGUSR1):\n", 1)
+        section = text.split(f"--- node {node_id} threads and tasks:\n", 1)
         assert len(section) == 2, text
-        assert "(most recent call first)" in section[1] and "minikv_core" in section[1], text
+        dump = section[1].split("\n--- node ", 1)[0]
+        assert "(most recent call first)" in dump and "minikv_core" in dump, text
+        assert "asyncio tasks (SIGUSR2)" in dump and "in serve\n" in dump, text
     await put_retrying(cluster, [1], "after-the-dump", b"v")
     assert await get(cluster, 2, "after-the-dump") == (200, b"v")
 

@@ -248,6 +248,11 @@ class NodeConfig:
         return self.request_timeout_ms / 1000.0
 
     @property
+    def election_timeout_s(self) -> float:
+        """The shortest election timeout (the Raft core randomizes each in [T, 2T))."""
+        return self.election_timeout_ticks * self.tick_ms / 1000.0
+
+    @property
     def wal_dir(self) -> Path:
         return self.data_dir / "wal"
 

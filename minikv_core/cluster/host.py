@@ -429,9 +429,7 @@ class MultiRaftHost:
             await self._close_storage()
             raise
         self.started_at = time.monotonic()
-        self._votes_ignored_until = (
-            self.started_at + config.election_timeout_ticks * config.tick_ms / 1000.0
-        )
+        self._votes_ignored_until = self.started_at + config.election_timeout_s
         self._running = True
         self._campaign_preferred_fresh_groups()
         loop = asyncio.get_running_loop()
@@ -1175,7 +1173,7 @@ class MultiRaftHost:
         except UnavailableError:
             return False
         self.wake_group(meta)
-        timeout_s = self.config.election_timeout_ticks * self.config.tick_ms / 1000.0
+        timeout_s = self.config.election_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 index = await future

@@ -157,7 +157,7 @@ class LocalMaintenance:
                 node,
                 wake=self._host.wake,
                 tick_s=config.tick_ms / 1000.0,
-                retry_s=config.election_timeout_ticks * config.tick_ms / 1000.0,
+                retry_s=config.election_timeout_s,
                 deadline=deadline,
                 what=f"group {group_id}",
             )

@@ -33,7 +33,9 @@ write-locked key waits the same way before answering: that transaction may alrea
 committed on its home shard, and answering the old value would then be a stale read.
 
 Errors: UnavailableError(leader_hint) when no leader is known or reachable, and
-DeadlineExceededError when the deadline passes; nothing waits longer than its deadline.
+DeadlineExceededError when the deadline passes; nothing waits longer than its deadline. A
+replica that knows no leader (an election, a transfer) first waits up to one election timeout
+for one (`_await_leader`), so brief elections do not reach clients as 503s.
 """
 
 from __future__ import annotations
@@ -103,6 +105,17 @@ SCAN_LIMIT_MAX: Final = 10_000
 """Items one scan may ask for (the API cuts pages by bytes too)."""
 STOP_GRACE_S_MAX: Final = 10.0
 """`stop()` waits at most this long for requests in flight to finish."""
+LEADER_POLL_S: Final = 0.01
+"""How often a request waiting for its shard to have a leader looks again (`_await_leader`;
+only while none is known: an election takes a few hundred milliseconds)."""
+
+
+def _leaderless(group: ShardGroup, *, writes: bool) -> bool:
+    """No leader known here, or (for a write) this leader refusing proposals while it hands
+    leadership over (thesis §3.10; reads are still served then)."""
+    if group.leader_id == NONE:
+        return True
+    return writes and group.raw.lead_transferee != NONE
 
 
 class Forwarder(Protocol):
@@ -337,6 +350,23 @@ class Node:
     def _shard_of(self, key: bytes) -> int:
         return shard_for_key(key, self.config.shards)
 
+    async def _await_leader(
+        self, group: ShardGroup | None, deadline: float, *, writes: bool
+    ) -> None:
+        """Wait, briefly, until this replica of the shard knows a leader that can serve.
+
+        Elections, leadership transfers and restarts leave a replica without a leader for a
+        few hundred milliseconds. Answering 503 then would show every one of them to a curl
+        user or a client that does not retry; waiting up to one election timeout (within
+        the deadline) hides them. A replica cut off from a majority learns no leader at all
+        and still answers 503, one election timeout later. The request goes on either way:
+        what it meets then (a leader, or still none) decides its answer."""
+        if group is None or not _leaderless(group, writes=writes):
+            return
+        until = min(deadline, time.monotonic() + self.config.election_timeout_s)
+        while _leaderless(group, writes=writes) and time.monotonic() + LEADER_POLL_S < until:
+            await asyncio.sleep(LEADER_POLL_S)
+
     def _leader_target(self, shard: int) -> int:
         """Where to forward a request for a shard this node does not lead."""
         group = self.host.shard_groups.get(shard)
@@ -448,6 +478,7 @@ class Node:
     async def _put(self, key: bytes, value: bytes, deadline: float, *, local: bool) -> int:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
+        await self._await_leader(group, deadline, writes=True)
         if self._writes_here(group, shard, local=local):
             command = PutCommand(key, value, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
@@ -469,6 +500,7 @@ class Node:
     async def _delete(self, key: bytes, deadline: float, *, local: bool) -> bool:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
+        await self._await_leader(group, deadline, writes=True)
         if self._writes_here(group, shard, local=local):
             command = DeleteCommand(key, next(self._request_ids))
             result = await self._propose(self._shard_group(shard), command, deadline)
@@ -543,6 +575,7 @@ class Node:
         """Apply one transaction command on shard `shard` through its leader (txn_resolver's
         ShardRunner): proposed here when this node leads it, else forwarded."""
         group = self.host.shard_groups.get(shard)
+        await self._await_leader(group, deadline, writes=True)
         if group is not None and group.is_leader:
             return await self._propose_txn(group, body, deadline)
         forwarder = self.forwarder
@@ -627,6 +660,7 @@ class Node:
         clock assumption is on MultiRaftHost.lease_read_index)."""
         index = self.host.lease_read_index(group)
         if index is None:
+            await self._await_leader(group, deadline, writes=False)
             context = self._read_incarnation + next(self._read_contexts).to_bytes(8, "big")
             future = group.read_index(context)
             self.host.wake_group(group)
@@ -953,7 +987,7 @@ class Node:
                     target_node,
                     wake=self.host.wake,
                     tick_s=self.config.tick_ms / 1000.0,
-                    retry_s=self.config.election_timeout_ticks * self.config.tick_ms / 1000.0,
+                    retry_s=self.config.election_timeout_s,
                     deadline=deadline,
                     what=f"shard {shard}",
                 )

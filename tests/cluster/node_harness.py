@@ -168,9 +168,11 @@ class Cluster:
 
 
 @contextlib.asynccontextmanager
-async def started_cluster(root: Path, size: int, shards: int) -> AsyncIterator[Cluster]:
+async def started_cluster(
+    root: Path, size: int, shards: int, tick_ms: int = TICK_MS
+) -> AsyncIterator[Cluster]:
     """A started, ready in-process cluster, stopped on the way out whatever happened."""
-    nodes = Cluster(root, size, shards=shards)
+    nodes = Cluster(root, size, shards=shards, tick_ms=tick_ms)
     try:
         await nodes.start()
         await nodes.wait_ready()
@@ -205,3 +207,22 @@ async def retry_unavailable(
             if time.monotonic() > give_up:
                 raise AssertionError(f"still unavailable after {timeout_s} s: {error}") from error
             await asyncio.sleep(error.retry_after_s / 20)
+
+
+def leaders_seen(cluster: Cluster) -> dict[int, set[int]]:
+    """Shard -> the leader ids the running nodes report."""
+    seen: dict[int, set[int]] = {}
+    for node in cluster.nodes.values():
+        for shard, group in node.host.shard_groups.items():
+            seen.setdefault(shard, set()).add(group.leader_id)
+    return seen
+
+
+async def shard_leader_and_another(cluster: Cluster, shard: int) -> tuple[int, int]:
+    """Once every group has one leader: `shard`'s leader and another node of the three."""
+    await wait_for(
+        lambda: all(len(ids) == 1 and 0 not in ids for ids in leaders_seen(cluster).values()),
+        10,
+    )
+    current = next(iter(leaders_seen(cluster)[shard]))
+    return current, 1 + current % 3

@@ -174,7 +174,7 @@ async def test_a_restarted_node_ignores_votes_for_an_election_timeout_then_votes
         await restarted.start()
         cluster.nodes[3] = restarted
         started_at = time.monotonic()
-        guard_s = restarted.config.election_timeout_ticks * restarted.config.tick_ms / 1000
+        guard_s = restarted.config.election_timeout_s
         candidate = cluster.nodes[2].host.shard_groups[0]
         await wait_for(
             lambda: cluster.nodes[2].host.transport.is_connected(3),

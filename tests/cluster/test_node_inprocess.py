@@ -32,7 +32,9 @@ from minikv_core.raft import Message, MessageType
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.cluster.node_harness import (
     Cluster,
+    leaders_seen,
     retry_unavailable,
+    shard_leader_and_another,
     started_cluster,
     wait_for,
 )
@@ -45,15 +47,6 @@ STALE = Consistency.STALE
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     async with started_cluster(tmp_path, 3, shards=4) as nodes:
         yield nodes
-
-
-def leaders_seen(cluster: Cluster) -> dict[int, set[int]]:
-    """Shard -> the leader ids the running nodes report."""
-    seen: dict[int, set[int]] = {}
-    for node in cluster.nodes.values():
-        for shard, group in node.host.shard_groups.items():
-            seen.setdefault(shard, set()).add(group.leader_id)
-    return seen
 
 
 async def put(node: Node, key: bytes, value: bytes) -> int:
@@ -257,16 +250,6 @@ async def test_partitioned_minority_never_serves_a_stale_linearizable_read(
     )
 
 
-async def shard_leader_and_another(cluster: Cluster, shard: int) -> tuple[int, int]:
-    """Once every group has one leader: `shard`'s leader and another node of the three."""
-    await wait_for(
-        lambda: all(len(ids) == 1 and 0 not in ids for ids in leaders_seen(cluster).values()),
-        10,
-    )
-    current = next(iter(leaders_seen(cluster)[shard]))
-    return current, 1 + current % 3
-
-
 async def test_admin_transfer_moves_a_leader_and_it_stays(cluster: Cluster) -> None:
     shard = 0
     _, target = await shard_leader_and_another(cluster, shard)
@@ -293,9 +276,8 @@ async def test_a_transfer_abandoned_while_the_target_was_cut_off_is_asked_again(
     transfer = asyncio.create_task(
         cluster.nodes[current].transfer_leader(shard, target, time.monotonic() + 8)
     )
-    node_config = cluster.nodes[current].config
-    timeout_s = node_config.election_timeout_ticks * node_config.tick_ms / 1000.0
-    await asyncio.sleep(timeout_s * 2.5)  # the first attempt is abandoned meanwhile
+    # The first attempt is abandoned meanwhile.
+    await asyncio.sleep(cluster.nodes[current].config.election_timeout_s * 2.5)
     assert not transfer.done()
     cluster.nodes[current].clear_fault()
     await asyncio.wait_for(transfer, 8)

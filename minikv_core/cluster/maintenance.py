@@ -48,9 +48,7 @@ from minikv_core.cluster.service import (
     ServiceError,
     UnavailableError,
 )
-from minikv_core.cluster.shard_map import (
-    META_GROUP_ID,
-)
+from minikv_core.cluster.shard_map import META_GROUP_ID, ShardMap
 from minikv_core.net.api import is_loopback
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 
@@ -83,8 +81,10 @@ class Maintenance:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._job_ids = itertools.count(1)
         self._running: Job | None = None
-        self._rebalance_after_join: set[int] = set()
-        """Joined nodes whose rebalance job has not started yet (the meta leader's memory)."""
+        self._rebalanced_for: set[int] = set()
+        """Joined nodes this meta leader started a rebalance for (the owed rebalance itself
+        is in the shard map): one automatic try per node per leadership, so a rebalance that
+        cannot finish (a node down) is not started again every period."""
         self._tasks: set[asyncio.Task[None]] = set()
         """Running jobs (cancelled when this node loses the meta leadership)."""
         self._side_tasks: set[asyncio.Task[None]] = set()
@@ -381,12 +381,16 @@ class Maintenance:
         node_id = requested or (
             same_address[0] if same_address else max((*nodes, *current.retired)) + 1
         )
-        await self.local.update_map(lambda m: m.with_nodes({**m.nodes, node_id: address}), deadline)
+        rebalance = bool(args.get("rebalance", True))
+
+        def joined(m: ShardMap) -> ShardMap:
+            m = m.with_nodes({**m.nodes, node_id: address})
+            return m.with_rebalance_owed({*m.rebalance_after_join, node_id}) if rebalance else m
+
+        await self.local.update_map(joined, deadline)
         await self.local.change_replicas(
             {"group": META_GROUP_ID, "op": "add_learner", "node": node_id}, deadline
         )
-        if args.get("rebalance", True):
-            self._rebalance_after_join.add(node_id)
         config = self._node.config
         logger.info("node %d (%s) joined the cluster", node_id, address)
         return {
@@ -469,6 +473,7 @@ class Maintenance:
             meta = self._host.meta
             if meta is None or not meta.is_leader or not self._host.running:
                 self._views.down_since.clear()  # measured afresh by the next leader
+                self._rebalanced_for.clear()
                 for task in self._tasks:
                     task.cancel()  # one driver: a deposed meta leader's job stops here
                 continue
@@ -477,16 +482,7 @@ class Maintenance:
                     continue
                 await self._promote_meta_learner()
                 view = await self._observe({})
-                joined = {n.node_id for n in view.nodes if n.live} & self._rebalance_after_join
-                if joined:
-                    # Rebalance once a joined node serves (issue #10: automatic after add).
-                    self._rebalance_after_join -= joined
-                    self._start_job(
-                        "rebalance",
-                        {"after_join": sorted(joined)},
-                        self._planner("rebalance", {}),
-                        auto=True,
-                    )
+                if await self._rebalance_after_join(view):
                     continue
                 if self._node.config.repair_after_s <= 0:
                     continue
@@ -502,6 +498,26 @@ class Maintenance:
                 logger.info("automatic maintenance skipped a round: %s", error)
             except Exception:
                 logger.exception("automatic maintenance failed")
+
+    async def _rebalance_after_join(self, view: ClusterView) -> bool:
+        """Rebalance once a joined node serves (issue #10: automatic after add); True when a
+        job started. The debt stays in the map until the cluster is balanced, so a meta
+        leader that changes mid-way (or before starting) leaves it to the next one."""
+        owed = set(self.local.shard_map().rebalance_after_join)
+        joined = {n.node_id for n in view.nodes if n.live} & owed
+        if not joined:
+            return False
+        planner = self._planner("rebalance", {})
+        if not planner(view).steps:
+            await self.local.update_map(
+                lambda m: m.with_rebalance_owed(set(m.rebalance_after_join) - joined), soon()
+            )
+            return False
+        if joined <= self._rebalanced_for:
+            return False  # tried under this leadership; the debt waits for the next leader
+        self._rebalanced_for |= joined
+        self._start_job("rebalance", {"after_join": sorted(joined)}, planner, auto=True)
+        return True
 
     async def _promote_meta_learner(self) -> None:
         meta = self._host.meta

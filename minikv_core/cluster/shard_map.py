@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -79,6 +79,11 @@ class ShardMap:
     retired: tuple[int, ...] = ()
     """Ids of removed nodes: never given out again (a stale process or data directory of a
     removed node must not pass for a new member)."""
+    rebalance_after_join: tuple[int, ...] = ()
+    """Joined nodes whose rebalance is owed (issue #10: automatic after add). Recorded by the
+    join itself and dropped by the meta leader once the cluster is balanced with them: kept
+    here, not in one leader's memory, so a meta leadership change between the join and the
+    rebalance (the move to the preferred meta leader soon after a start) does not lose it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", MappingProxyType(dict(sorted(self.nodes.items()))))
@@ -103,6 +108,9 @@ class ShardMap:
                     f"shard {number}: preferred leader {assignment.preferred_leader} is not "
                     "one of its replicas"
                 )
+        owed = [n for n in self.rebalance_after_join if n not in self.nodes]
+        if owed:
+            raise ShardMapError(f"rebalance owed to nodes {owed} that are not cluster nodes")
 
     @property
     def shard_count(self) -> int:
@@ -121,16 +129,21 @@ class ShardMap:
     def with_shard(self, assignment: ShardAssignment) -> ShardMap:
         shards = list(self.shards)
         shards[assignment.shard] = assignment
-        return ShardMap(self.epoch, self.nodes, tuple(shards), self.retired)
+        return replace(self, shards=tuple(shards))
 
     def with_nodes(self, nodes: Mapping[int, str]) -> ShardMap:
-        return ShardMap(self.epoch, nodes, self.shards, self.retired)
+        return replace(self, nodes=nodes)
 
     def without_node(self, node_id: int) -> ShardMap:
         """The map after `node_id` left for good (its id retired)."""
         nodes = {n: a for n, a in self.nodes.items() if n != node_id}
         retired = tuple(sorted({*self.retired, node_id}))
-        return ShardMap(self.epoch, nodes, self.shards, retired)
+        owed = tuple(n for n in self.rebalance_after_join if n != node_id)
+        return replace(self, nodes=nodes, retired=retired, rebalance_after_join=owed)
+
+    def with_rebalance_owed(self, owed: set[int]) -> ShardMap:
+        """The map with a rebalance owed to exactly the nodes `owed`."""
+        return replace(self, rebalance_after_join=tuple(sorted(owed)))
 
     @classmethod
     def bootstrap(cls, peers: Mapping[int, str], shards: int, replicas: int) -> ShardMap:
@@ -145,12 +158,12 @@ class ShardMap:
         )
 
     def with_epoch(self, epoch: int) -> ShardMap:
-        return ShardMap(epoch, self.nodes, self.shards, self.retired)
+        return replace(self, epoch=epoch)
 
     # --------------------------------------------------------------------------- codec
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document: dict[str, Any] = {
             "format": SHARD_MAP_FORMAT,
             "epoch": self.epoch,
             "nodes": {str(node_id): address for node_id, address in self.nodes.items()},
@@ -165,6 +178,9 @@ class ShardMap:
             ],
             "retired": list(self.retired),
         }
+        if self.rebalance_after_join:  # absent when empty: most maps encode as before
+            document["rebalance_after_join"] = list(self.rebalance_after_join)
+        return document
 
     def encode(self) -> bytes:
         return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode()
@@ -188,7 +204,8 @@ class ShardMap:
                 for item in document["shards"]
             )
             retired = tuple(int(n) for n in document.get("retired", ()))
-            return cls(int(document["epoch"]), nodes, shards, retired)
+            owed = tuple(int(n) for n in document.get("rebalance_after_join", ()))
+            return cls(int(document["epoch"]), nodes, shards, retired, owed)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             if isinstance(error, ShardMapError):
                 raise

@@ -56,6 +56,21 @@ def test_bootstrap_map_round_trips_through_its_encoding() -> None:
     assert shard_map.shards_of_node(2) == list(range(8))
 
 
+def test_an_owed_rebalance_is_part_of_the_map_until_the_node_leaves() -> None:
+    """The join's rebalance debt rides in the replicated map (not one meta leader's memory),
+    through every change of the map, and is absent from the encoding when nothing is owed."""
+    plain = ShardMap.bootstrap(PEERS, 4, 3).with_epoch(1)
+    assert b"rebalance_after_join" not in plain.encode()
+    joined = plain.with_nodes({**plain.nodes, 4: "127.0.0.1:9004"}).with_rebalance_owed({4})
+    assert ShardMap.decode(joined.encode()) == joined
+    moved = joined.with_epoch(2).with_shard(ShardAssignment(0, (1, 2, 4), 1))
+    assert moved.rebalance_after_join == (4,)
+    assert joined.without_node(4).rebalance_after_join == ()
+    assert joined.with_rebalance_owed(set()).encode() == plain.with_nodes(joined.nodes).encode()
+    with pytest.raises(ShardMapError, match="rebalance owed to nodes \\[7\\]"):
+        plain.with_rebalance_owed({7})
+
+
 def test_invalid_maps_are_refused_naming_the_problem() -> None:
     good = ShardAssignment(0, (1, 2, 3), 1)
     with pytest.raises(ShardMapError, match="not cluster nodes"):

@@ -24,6 +24,7 @@ import pytest
 
 from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_DEFAULT
 from minikv_core.cluster.placement import place_meta, place_shards
+from minikv_core.net.maintenance_rpc import MaintenanceClient
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
 from tests.integration.test_cluster import get_retrying, put, put_retrying, shard_groups
@@ -100,7 +101,7 @@ async def latest_job(cluster: Cluster, node_id: int, kind: str) -> dict[str, Any
         found = json.loads(payload) if status == 200 else {}
         return found.get("kind") == kind
 
-    await eventually(started, f"a {kind} job", 30, lambda: f"\n{found}")
+    await eventually(started, f"a {kind} job", 30, lambda: f"\n{found}{cluster.describe()}")
     return found
 
 
@@ -393,16 +394,32 @@ def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
 
 
 async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four: Cluster) -> None:
+    """Also when the meta leadership moves right after the join (as it does to the preferred
+    meta leader soon after a start): the rebalance owed is in the shard map, so the next
+    meta leader runs it (a job the old one may have started dies with its leadership)."""
     cluster = four
     before = await write_keys(cluster, 2, 60, "before")
     join_node(cluster, 5, via=3)
     await cluster.wait_started(5)
+    joined_under = (await meta_members(cluster)).leader
+    successor = next(n for n in (1, 2, 3, 4) if n != joined_under)
+    client = MaintenanceClient()
+    try:
+        await client.call(
+            cluster.nodes[joined_under].grpc_address,
+            "transfer_leader",
+            {"group": 0, "node": successor},
+            time.monotonic() + 10,
+        )
+    finally:
+        await client.close()
     await cluster.wait_ready(5)
     writer = Writer(cluster, [1, 2, 3, 4], "during")
     writer.start()
     try:
         # Joining starts a rebalance job on the meta leader once node 5 serves.
         job = await latest_job(cluster, 5, "rebalance")
+        assert job["id"].startswith(f"{successor}-"), (joined_under, successor, job)
         assert job["auto"] is True and job["args"] == {"after_join": [5]}, job
         result = await wait_job(cluster, 5, job["id"])
         assert result["state"] == "done", result

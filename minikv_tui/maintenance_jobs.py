@@ -297,6 +297,8 @@ class Job:
     """Started by the meta leader on its own (a node stayed dead), not by a person."""
     dead: tuple[int, ...] = ()
     """repair: the nodes it was told to treat as dead."""
+    resumed: bool = False
+    """Taken over by a new meta leader (its steps are those run since)."""
     started_at: float = 0.0
     finished_at: float = 0.0
     document: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -336,6 +338,7 @@ class Job:
                 for c in _objects(document, "corrupt")
             ),
             auto=bool(document.get("auto", False)),
+            resumed=document.get("resumed") is True,
             dead=tuple(n for n in dead if isinstance(n, int)) if isinstance(dead, list) else (),
             started_at=float(started_at) if isinstance(started_at, int | float) else 0.0,
             finished_at=float(finished_at) if isinstance(finished_at, int | float) else 0.0,
@@ -384,7 +387,8 @@ class Job:
 
     @property
     def title(self) -> str:
-        return f"{self.kind.replace('_', '-')} job {self.id}"
+        resumed = " (resumed)" if self.resumed else ""
+        return f"{self.kind.replace('_', '-')} job {self.id}{resumed}"
 
     def replicas_checked(self) -> int:
         return sum(1 for s in self.shards for r in s.replicas if r.digest is not None)
@@ -506,7 +510,7 @@ class JobRunner:
             except RefusedError:
                 await self._record(KIND_FAILED, f"{job.title} lost with the meta leader")
                 raise JobFailedError(
-                    f"{job.title} is gone: the meta leader changed while it ran "
+                    f"{job.title} is gone: the meta leader changed and does not know it "
                     f"({job.steps_done}/{len(job.steps)} steps were done)",
                     hint=f"Run `minikv cluster {job.kind.replace('_', '-')}` again: every "
                     "step is safe to interrupt, and it plans from what the cluster is now.",

@@ -6,8 +6,10 @@ it, so the node that can propose the map is the one that drives the moves; one l
 one driver, and `operate` on any other node forwards there. Why jobs: a repair that catches a
 replica up by snapshot can outlast any request deadline; a job runs on, and `operate job`
 reports its steps as they finish (the CLI's progress bar, the dashboard, `GET /admin/...`).
-A job is lost if its node loses the meta leadership; every step is safe to interrupt, and
-running the operation again re-plans from what the cluster now is.
+The shard map names the job under way (`JobRecord`) from before its first step until it ends:
+if its node loses the meta leadership (or stops), the task dies with it and the next meta
+leader resumes the job from the map. Every step is safe to interrupt, and a resumed job
+re-plans from what the cluster now is.
 
 How a replica moves (the order is the safety argument; see also host.reconcile_replicas):
   add(shard s, node n):  map lists n as learner of s  ->  n creates an empty replica  ->
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -48,7 +51,7 @@ from minikv_core.cluster.service import (
     ServiceError,
     UnavailableError,
 )
-from minikv_core.cluster.shard_map import META_GROUP_ID, ShardMap
+from minikv_core.cluster.shard_map import META_GROUP_ID, JobRecord, ShardMap
 from minikv_core.net.api import is_loopback
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 
@@ -87,6 +90,12 @@ class Maintenance:
         cannot finish (a node down) is not started again every period."""
         self._tasks: set[asyncio.Task[None]] = set()
         """Running jobs (cancelled when this node loses the meta leadership)."""
+        self._leading_since: float | None = None
+        """When the automatic loop first saw this node lead the meta group (None: it does not)."""
+        self._resume_after_s = 2 * AUTO_PERIOD_S + node.config.election_timeout_s
+        """How long a new meta leader waits before it resumes a recorded job: the previous
+        leader's loop cancels its copy within AUTO_PERIOD_S of learning it lost, which a
+        partitioned leader learns within an election timeout (check-quorum). One driver."""
         self._side_tasks: set[asyncio.Task[None]] = set()
         self._auto: asyncio.Task[None] | None = None
 
@@ -265,12 +274,17 @@ class Maintenance:
                 return {"id": "", "state": "none"}
             return next(reversed(self._jobs.values())).to_json()
         job = self._jobs.get(str(job_id))
-        if job is None:
-            raise InvalidRequestError(
-                f"no job {job_id!r} on this meta leader (jobs end with a leader change: "
-                "run the operation again)"
-            )
-        return job.to_json()
+        if job is not None:
+            return job.to_json()
+        recorded = self.local.shard_map().job
+        if recorded is not None and recorded.id == str(job_id):
+            # Started under the previous meta leader; it resumes here within seconds.
+            args = json.loads(recorded.args)
+            return Job(recorded.id, recorded.kind, args, auto=recorded.auto, resumed=True).to_json()
+        raise InvalidRequestError(
+            f"no job {job_id!r} on this meta leader (a job that ended under an earlier meta "
+            "leader is not kept: run the operation again to see what is left to do)"
+        )
 
     # ----------------------------------------------------------------------- jobs
 
@@ -281,14 +295,24 @@ class Maintenance:
         planner: Callable[[ClusterView], Plan] | None,
         *,
         auto: bool,
+        resumed: str = "",
     ) -> Job:
+        """Start a job (`resumed`: the id of the recorded job this one takes over)."""
         if self._running is not None:
             raise UnavailableError(
                 f"job {self._running.id} ({self._running.kind}) is running; wait for it "
                 "(`operate job`) and try again",
                 retry_after_s=2,
             )
-        job = Job(f"{self._node.node_id}-{next(self._job_ids)}", kind, dict(args), auto=auto)
+        recorded = self.local.shard_map().job
+        if recorded is not None and recorded.id != resumed:
+            raise UnavailableError(
+                f"job {recorded.id} ({recorded.kind}), started under the previous meta leader, "
+                "resumes here first; wait for it (`operate job`) and try again",
+                retry_after_s=2,
+            )
+        job_id = resumed or f"{self._node.node_id}-{next(self._job_ids)}"
+        job = Job(job_id, kind, dict(args), auto=auto, resumed=bool(resumed))
         self._jobs[job.id] = job
         while len(self._jobs) > JOBS_KEPT:
             self._jobs.popitem(last=False)
@@ -300,33 +324,48 @@ class Maintenance:
         return job
 
     async def _run_job(self, job: Job, planner: Callable[[ClusterView], Plan] | None) -> None:
+        """Run `job` with the map naming it, from before its first step until it ended: a
+        meta leader lost meanwhile (the task is cancelled, the record stays) leaves it to the
+        next one (`_resume_recorded_job`). The job reads as running until its record is
+        gone, so an operator who sees it end can start the next one at once."""
+        recorded = False
+        outcome, error = "done", ""
         try:
-            if planner is None:
-                await self._verifier.run(job)
-            else:
-                await self._run_plan(job, planner)
-                if job.kind == "remove_node":
-                    await self._finish_removal(job)
-                    if job.args.get("rebalance", True):
-                        await self._run_plan(job, self._planner("rebalance", {}))
-            job.state = "done"
-        except asyncio.CancelledError:
-            job.state = "failed"
-            meta = self._host.meta
-            job.error = (
-                "this node lost the meta leadership (run the operation again)"
-                if meta is not None and not meta.is_leader
-                else "the node stopped"
-            )
-            raise
-        except ServiceError as error:
-            job.state = "failed"
-            job.error = str(error)
-        except Exception as error:
-            logger.exception("maintenance job %s failed", job.id)
-            job.state = "failed"
-            job.error = f"{type(error).__name__}: {error}"
+            try:
+                await self._record_job(job)
+                recorded = True
+                if planner is None:
+                    await self._verifier.run(job)
+                else:
+                    await self._run_plan(job, planner)
+                    if job.kind == "remove_node":
+                        await self._finish_removal(job)
+                        if job.args.get("rebalance", True):
+                            await self._run_plan(job, self._planner("rebalance", {}))
+            except asyncio.CancelledError:
+                meta = self._host.meta
+                outcome, error = (
+                    "failed",
+                    (
+                        "this node lost the meta leadership (the next meta leader resumes the job)"
+                        if meta is not None and not meta.is_leader
+                        else "the node stopped (the next meta leader resumes the job)"
+                    ),
+                )
+                raise
+            except ServiceError as failure:
+                outcome, error = "failed", str(failure)
+                meta = self._host.meta
+                if recorded and (meta is None or not meta.is_leader):
+                    # A step met the leadership change before the loop noticed it.
+                    error += " (this node lost the meta leadership: the next resumes the job)"
+                    return  # the record stays
+            except Exception as failure:
+                logger.exception("maintenance job %s failed", job.id)
+                outcome, error = "failed", f"{type(failure).__name__}: {failure}"
+            await self._forget_job(job.id)
         finally:
+            job.state, job.error = outcome, error
             job.finished_at = time.time()
             self._running = None
             job.done.set()
@@ -351,7 +390,7 @@ class Maintenance:
         assert step is not None
         meta = self._host.meta
         if meta is None or not meta.is_leader:
-            raise UnavailableError("this node lost the meta leadership; run the operation again")
+            raise UnavailableError("this node lost the meta leadership")
         with record.running():
             record.detail = await self._steps.run(step, time.monotonic() + STEP_TIMEOUT_S)
 
@@ -464,21 +503,27 @@ class Maintenance:
     # ------------------------------------------------------------------- automatic
 
     async def _auto_loop(self) -> None:
-        """On the meta leader: promote caught-up meta learners while the meta group has
-        fewer than META_VOTERS_MAX voters, and repair (meta group included) when a node is
-        down longer than the repair delay or a live node is no member of the meta group (it
-        came back after being removed as dead: without the meta group its map goes stale)."""
+        """On the meta leader: resume the job the shard map names (`_resume_recorded_job`),
+        promote caught-up meta learners while the meta group has fewer than META_VOTERS_MAX
+        voters, rebalance after a join, and repair (meta group included) when a node is down
+        longer than the repair delay or a live node is no member of the meta group (it came
+        back after being removed as dead: without the meta group its map goes stale)."""
         while True:
             await asyncio.sleep(AUTO_PERIOD_S)
             meta = self._host.meta
             if meta is None or not meta.is_leader or not self._host.running:
                 self._views.down_since.clear()  # measured afresh by the next leader
+                self._leading_since = None
                 self._rebalanced_for.clear()
                 for task in self._tasks:
                     task.cancel()  # one driver: a deposed meta leader's job stops here
                 continue
+            if self._leading_since is None:
+                self._leading_since = time.monotonic()
             try:
                 if self._running is not None:
+                    continue
+                if await self._resume_recorded_job(time.monotonic() - self._leading_since):
                     continue
                 await self._promote_meta_learner()
                 view = await self._observe({})
@@ -498,6 +543,46 @@ class Maintenance:
                 logger.info("automatic maintenance skipped a round: %s", error)
             except Exception:
                 logger.exception("automatic maintenance failed")
+
+    async def _resume_recorded_job(self, leading_s: float) -> bool:
+        """Take over the job the map names, started under an earlier meta leader (or before
+        this node restarted); True when it runs again here, or will once this node has led
+        for `_resume_after_s` (nothing else automatic starts meanwhile). It re-plans from
+        what the cluster now is, so the steps already done are not done twice."""
+        record = self.local.shard_map().job
+        if record is None:
+            return False
+        if leading_s < self._resume_after_s:
+            return True
+        args = json.loads(record.args)
+        try:
+            planner = None if record.kind == "verify" else self._planner(record.kind, args)
+        except ServiceError as error:
+            logger.warning("job %s (%s) cannot resume: %s", record.id, record.kind, error)
+            await self._forget_job(record.id)
+            return False
+        logger.info("resuming maintenance job %s (%s) from the shard map", record.id, record.kind)
+        self._start_job(record.kind, args, planner, auto=record.auto, resumed=record.id)
+        return True
+
+    async def _record_job(self, job: Job) -> None:
+        record = JobRecord.of(job.id, job.kind, job.args, job.auto)
+        if self.local.shard_map().job != record:
+            await self.local.update_map(lambda m: m.with_job(record), soon())
+
+    async def _forget_job(self, job_id: str) -> None:
+        """Drop the map's record of a job that ended here. If that fails (this node just lost
+        the meta leadership), the next leader runs the job again and finds little to do."""
+
+        def forgotten(m: ShardMap) -> ShardMap:
+            return m.with_job(None) if m.job is not None and m.job.id == job_id else m
+
+        if self.local.shard_map().job is None:
+            return
+        try:
+            await self.local.update_map(forgotten, soon())
+        except ServiceError as error:
+            logger.warning("job %s ended, but the map still names it: %s", job_id, error)
 
     async def _rebalance_after_join(self, view: ClusterView) -> bool:
         """Rebalance once a joined node serves (issue #10: automatic after add); True when a

@@ -55,14 +55,17 @@ class Job:
     kind: str
     args: JsonObject
     auto: bool = False
+    resumed: bool = False
+    """Taken over from the shard map's record after a meta leadership change: the steps
+    listed are those run since (the earlier ones were done under the previous leader)."""
     state: str = "running"
     plan: Plan | None = None
     steps: list[StepRecord] = field(default_factory=list)
     error: str = ""
     results: list[JsonObject] = field(default_factory=list)
+    """verify: one document per shard."""
     wal_checks: list[JsonObject] = field(default_factory=list)
     """verify: each live node's WAL check ({"node", "damage": [descriptions]})."""
-    """verify: one document per shard."""
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -73,6 +76,7 @@ class Job:
             "kind": self.kind,
             "args": self.args,
             "auto": self.auto,
+            "resumed": self.resumed,
             "state": self.state,
             "error": self.error,
             "steps": [s.to_json() for s in self.steps],

@@ -261,8 +261,8 @@ class LocalMaintenance:
         for _ in range(MAP_UPDATE_ATTEMPTS):
             current = self.shard_map()
             wanted = change(current)
-            if _same_layout(wanted, current):
-                return current
+            if wanted.with_epoch(current.epoch) == current:
+                return current  # nothing to change (the map's every field compared)
             proposed = wanted.with_epoch(current.epoch + 1)
             try:
                 _, index = meta.raw.propose(encode_set_shard_map(proposed))
@@ -288,7 +288,3 @@ def membership(group: Group) -> JsonObject:
         "voters": list(conf.voters),
         "learners": list(conf.learners),
     }
-
-
-def _same_layout(a: ShardMap, b: ShardMap) -> bool:
-    return dict(a.nodes) == dict(b.nodes) and a.shards == b.shards

@@ -50,6 +50,33 @@ class ShardMapError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class JobRecord:
+    """A maintenance job under way (maintenance.py), as the replicated map names it: a meta
+    leader that loses its leadership loses the job's task with it, and the next meta leader
+    resumes the job from this record (every job re-plans from what the cluster now is)."""
+
+    id: str
+    kind: str
+    args: str
+    """Its arguments as canonical JSON: an immutable value, like the rest of the map."""
+    auto: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "args": json.loads(self.args), "auto": self.auto}
+
+    @classmethod
+    def of(cls, job_id: str, kind: str, args: Mapping[str, Any], auto: bool) -> JobRecord:
+        return cls(job_id, kind, json.dumps(args, sort_keys=True, separators=(",", ":")), auto)
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> JobRecord:
+        args = document["args"]
+        if not isinstance(args, dict):
+            raise ShardMapError("the job record's args must be a JSON object")
+        return cls.of(str(document["id"]), str(document["kind"]), args, document["auto"] is True)
+
+
+@dataclass(frozen=True, slots=True)
 class ShardAssignment:
     shard: int
     replicas: tuple[int, ...]
@@ -84,6 +111,8 @@ class ShardMap:
     join itself and dropped by the meta leader once the cluster is balanced with them: kept
     here, not in one leader's memory, so a meta leadership change between the join and the
     rebalance (the move to the preferred meta leader soon after a start) does not lose it."""
+    job: JobRecord | None = None
+    """The maintenance job under way, if any (`JobRecord`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "nodes", MappingProxyType(dict(sorted(self.nodes.items()))))
@@ -145,6 +174,9 @@ class ShardMap:
         """The map with a rebalance owed to exactly the nodes `owed`."""
         return replace(self, rebalance_after_join=tuple(sorted(owed)))
 
+    def with_job(self, job: JobRecord | None) -> ShardMap:
+        return replace(self, job=job)
+
     @classmethod
     def bootstrap(cls, peers: Mapping[int, str], shards: int, replicas: int) -> ShardMap:
         """The initial map every founding node computes alike (placement.py), epoch 0."""
@@ -180,6 +212,8 @@ class ShardMap:
         }
         if self.rebalance_after_join:  # absent when empty: most maps encode as before
             document["rebalance_after_join"] = list(self.rebalance_after_join)
+        if self.job is not None:
+            document["job"] = self.job.to_json()
         return document
 
     def encode(self) -> bytes:
@@ -205,7 +239,8 @@ class ShardMap:
             )
             retired = tuple(int(n) for n in document.get("retired", ()))
             owed = tuple(int(n) for n in document.get("rebalance_after_join", ()))
-            return cls(int(document["epoch"]), nodes, shards, retired, owed)
+            job = JobRecord.from_json(document["job"]) if "job" in document else None
+            return cls(int(document["epoch"]), nodes, shards, retired, owed, job)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             if isinstance(error, ShardMapError):
                 raise

@@ -272,6 +272,19 @@ async def meta_members(cluster: Cluster) -> MetaMembers:
     return MetaMembers(leader, sorted(group["voters"]), sorted(group["learners"]))
 
 
+async def settled_meta_leader(cluster: Cluster) -> int:
+    """The meta leadership moves to its preferred node soon after a start (host.py): wait
+    for that before a test moves it on purpose or starts a job it means to watch."""
+    preferred = place_meta(sorted(cluster.nodes), cluster.shards, cluster.replicas)
+    leader = preferred.preferred_leader
+
+    async def settled() -> bool:
+        return (await meta_members(cluster)).leader == leader
+
+    await eventually(settled, f"node {leader} to lead the meta group", 20, cluster.describe)
+    return leader
+
+
 def meta_steps(document: dict[str, Any]) -> list[tuple[str, int]]:
     return [(s["kind"], s["node"]) for s in document["steps"] if s["shard"] == -1]
 
@@ -436,6 +449,60 @@ async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four:
     await assert_readable(cluster, 5, writer.acked)
     print(f"runs of client errors: {[round(g, 2) for g in writer.gaps_s]} s")
     assert writer.longest_gap_s < ELECTION_GAP_S_MAX, (writer.gaps_s, ELECTION_GAP_S_MAX)
+
+
+async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
+    """The shard map names the job under way, so when the meta leadership moves mid-job the
+    next leader resumes it (same id, re-planned from the cluster as it now is) instead of
+    leaving the operator a failed job and a half-moved cluster."""
+    cluster = four
+    first = await settled_meta_leader(cluster)
+    leaving = next(n for n in (1, 2, 3, 4) if n != first)
+    successor = next(n for n in (1, 2, 3, 4) if n not in (first, leaving))
+    written = await write_keys(cluster, successor, 40, "kept")
+    job = await operate(cluster, first, "remove-node", {"node": leaving})
+
+    async def under_way() -> dict[str, Any] | None:
+        status, _, payload = await cluster.request(
+            first, "GET", f"/admin/maintenance?id={job['id']}"
+        )
+        document: dict[str, Any] = json.loads(payload)
+        return document if status == 200 and document["steps_done"] >= 1 else None
+
+    before = await eventually(under_way, "the job's first step", 60, cluster.describe)
+    assert before["state"] == "running", before
+    client = MaintenanceClient()
+    try:
+        await client.call(
+            cluster.nodes[first].grpc_address,
+            "transfer_leader",
+            {"group": 0, "node": successor},
+            time.monotonic() + 10,
+        )
+    finally:
+        await client.close()
+    # An operator following the job (the CLI's progress bar) sees it run on throughout: the
+    # new leader answers for the recorded job before it resumes it, never "no such job".
+    answers: list[int] = []
+
+    async def ended() -> dict[str, Any] | None:
+        status, _, payload = await cluster.request(
+            successor, "GET", f"/admin/maintenance?id={job['id']}"
+        )
+        answers.append(status)
+        document: dict[str, Any] = json.loads(payload) if status == 200 else {}
+        return document if document.get("state") in ("done", "failed") else None
+
+    result = await eventually(ended, f"job {job['id']}", JOB_TIMEOUT_S, cluster.describe)
+    assert result["state"] == "done" and result["resumed"] is True, result
+    assert set(answers) <= {200, 503}, answers
+    assert (await meta_members(cluster)).leader == successor
+    node = cluster.nodes[leaving]
+    assert node.process is not None
+    assert node.process.wait(timeout=30) == 0, "the removed node stops by itself, cleanly"
+    voters = await live_voters(cluster, successor)
+    assert all(len(v) == 3 and leaving not in v for v in voters.values()), voters
+    await assert_readable(cluster, successor, written)
 
 
 def corrupt_one_table(shard_dir: Path) -> Path:
@@ -614,13 +681,8 @@ async def test_a_dead_meta_voter_is_replaced_by_a_live_learner(
         await cluster.start()
         await cluster.wait_ready()
 
-        async def settled() -> MetaMembers | None:
-            """The meta leadership moves to its preferred node soon after a start (host.py),
-            and a job dies with its node's leadership: start it once that has happened."""
-            meta = await meta_members(cluster)
-            return meta if meta.leader == preferred else None
-
-        meta = await eventually(settled, f"node {preferred} to lead the meta group", 20)
+        await settled_meta_leader(cluster)
+        meta = await meta_members(cluster)
         assert (meta.voters, meta.learners) == ([1, 2, 3, 4, 5], [6]), meta
         written = await write_keys(cluster, 1, 20, "key")
         cluster.kill(victim)

@@ -75,19 +75,24 @@ async def operate(
 async def wait_job(cluster: Cluster, node_id: int, job_id: str) -> dict[str, Any]:
     """Poll the job (through any node: it forwards to the meta leader) until it ends."""
     last: dict[str, Any] = {}
+    refused = ""
 
     async def finished() -> bool:
-        nonlocal last
+        nonlocal last, refused
         status, _, payload = await cluster.request(
             node_id, "GET", f"/admin/maintenance?id={job_id}", timeout_s=15
         )
         if status != 200:
+            refused = f"{status}: {payload.decode(errors='replace')}"
             return False
-        last = json.loads(payload)
+        last, refused = json.loads(payload), ""
         return last["state"] in ("done", "failed")
 
     await eventually(
-        finished, f"job {job_id}", JOB_TIMEOUT_S, lambda: f"\n{last}{cluster.describe()}"
+        finished,
+        f"job {job_id}",
+        JOB_TIMEOUT_S,
+        lambda: f"\nlast document: {last}\nlast refusal: {refused or '-'}{cluster.describe()}",
     )
     return last
 
@@ -545,12 +550,6 @@ async def test_verify_names_a_corrupt_table_and_repair_rebuilds_the_replica(four
     await assert_readable(cluster, 4, written)
 
 
-# Quarantined to `make test-slow` (2026-11-27): in 2 of 6 full CI runs that day a verify job
-# of this test waited 30 s on node 2's `wal_check` while every thread of every node was idle
-# (their SIGUSR1 stacks, conftest `describe`): the call or its answer was lost between the
-# meta leader's job and node 2, not stuck in a node. Never seen in 20+ runs of this module
-# alone. Back in the default run once that is found and fixed.
-@pytest.mark.slow
 async def test_verify_names_a_damaged_wal_record_and_repair_has_the_node_rewrite_it(
     four: Cluster,
 ) -> None:

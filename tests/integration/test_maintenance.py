@@ -290,6 +290,21 @@ async def settled_meta_leader(cluster: Cluster) -> int:
     return leader
 
 
+async def transfer_meta_leadership(cluster: Cluster, leader: int, target: int) -> None:
+    """What a node does to move the meta leadership (the node-to-node `Call`, which answers
+    loopback callers): the tests' way to change meta leaders at a chosen moment."""
+    client = MaintenanceClient()
+    try:
+        await client.call(
+            cluster.nodes[leader].grpc_address,
+            "transfer_leader",
+            {"group": 0, "node": target},
+            time.monotonic() + 10,
+        )
+    finally:
+        await client.close()
+
+
 def meta_steps(document: dict[str, Any]) -> list[tuple[str, int]]:
     return [(s["kind"], s["node"]) for s in document["steps"] if s["shard"] == -1]
 
@@ -421,16 +436,7 @@ async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four:
     await cluster.wait_started(5)
     joined_under = (await meta_members(cluster)).leader
     successor = next(n for n in (1, 2, 3, 4) if n != joined_under)
-    client = MaintenanceClient()
-    try:
-        await client.call(
-            cluster.nodes[joined_under].grpc_address,
-            "transfer_leader",
-            {"group": 0, "node": successor},
-            time.monotonic() + 10,
-        )
-    finally:
-        await client.close()
+    await transfer_meta_leadership(cluster, joined_under, successor)
     await cluster.wait_ready(5)
     writer = Writer(cluster, [1, 2, 3, 4], "during")
     writer.start()
@@ -476,16 +482,7 @@ async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
 
     before = await eventually(under_way, "the job's first step", 60, cluster.describe)
     assert before["state"] == "running", before
-    client = MaintenanceClient()
-    try:
-        await client.call(
-            cluster.nodes[first].grpc_address,
-            "transfer_leader",
-            {"group": 0, "node": successor},
-            time.monotonic() + 10,
-        )
-    finally:
-        await client.close()
+    await transfer_meta_leadership(cluster, first, successor)
     # An operator following the job (the CLI's progress bar) sees it run on throughout: the
     # new leader answers for the recorded job before it resumes it, never "no such job".
     answers: list[int] = []

@@ -175,6 +175,9 @@ class Maintenance:
             return local.mark_corrupt(args)
         if method == "wal_check":
             return await local.wal_check()
+        if method == "job_document":
+            kept = self._jobs.get(str(args.get("id")))
+            return kept.to_json() if kept is not None else {}
         if method == "wal_rewrite":
             return await local.wal_rewrite(deadline)
         if method == "operate":
@@ -223,7 +226,7 @@ class Maintenance:
                     continue
             raise UnavailableError("the meta group has no leader right now", retry_after_s=1)
         if operation == "job":
-            return self._job_document(args)
+            return await self._job_document(args, deadline)
         if operation == "join":
             return await self._join(args, deadline)
         if operation == "decommission":
@@ -267,24 +270,44 @@ class Maintenance:
             raise InvalidRequestError(f"node {node} is not a member of the cluster")
         return lambda view: plan_remove_node(view.nodes, view.shards, replicas, node)
 
-    def _job_document(self, args: JsonObject) -> JsonObject:
+    async def _job_document(self, args: JsonObject, deadline: float) -> JsonObject:
         job_id = args.get("id")
         if job_id is None:
             if not self._jobs:
                 return {"id": "", "state": "none"}
             return next(reversed(self._jobs.values())).to_json()
         job = self._jobs.get(str(job_id))
-        if job is not None:
+        if job is not None and not job.handed_off:
             return job.to_json()
         recorded = self.local.shard_map().job
         if recorded is not None and recorded.id == str(job_id):
             # Started under the previous meta leader; it resumes here within seconds.
             args = json.loads(recorded.args)
             return Job(recorded.id, recorded.kind, args, auto=recorded.auto, resumed=True).to_json()
+        ended = await self._ended_elsewhere(str(job_id), deadline)
+        if ended is not None:
+            return ended
+        if job is not None:
+            return job.to_json()  # this node's copy, handed off; no other node answered
         raise InvalidRequestError(
-            f"no job {job_id!r} on this meta leader (a job that ended under an earlier meta "
-            "leader is not kept: run the operation again to see what is left to do)"
+            f"no job {job_id!r} on this meta leader, nor on any node that answered (a node "
+            "keeps the jobs it ran until it restarts): run the operation again to see what "
+            "is left to do"
         )
+
+    async def _ended_elsewhere(self, job_id: str, deadline: float) -> JsonObject | None:
+        """The document of a job that ended under an earlier meta leader, from the node that
+        ran it to its end: every live node is asked (`job_document`), and of the copies the
+        latest to finish wins (an earlier leader's copy of a job it lost, then resumed
+        elsewhere, ended first)."""
+        others = [n for n in self.local.shard_map().nodes if n != self._node.node_id]
+        answers = await asyncio.gather(
+            *(self._call(n, "job_document", {"id": job_id}, min(deadline, soon())) for n in others),
+            return_exceptions=True,
+        )
+        copies = [a for a in answers if isinstance(a, dict) and a.get("id") == job_id]
+        ended = [c for c in copies if c.get("state") in ("done", "failed")]
+        return max(ended, key=lambda c: float(c.get("finished_at", 0.0)), default=None)
 
     # ----------------------------------------------------------------------- jobs
 
@@ -343,6 +366,7 @@ class Maintenance:
                         if job.args.get("rebalance", True):
                             await self._run_plan(job, self._planner("rebalance", {}))
             except asyncio.CancelledError:
+                job.handed_off = True
                 meta = self._host.meta
                 outcome, error = (
                     "failed",
@@ -359,6 +383,7 @@ class Maintenance:
                 if recorded and (meta is None or not meta.is_leader):
                     # A step met the leadership change before the loop noticed it.
                     error += " (this node lost the meta leadership: the next resumes the job)"
+                    job.handed_off = True
                     return  # the record stays
             except Exception as failure:
                 logger.exception("maintenance job %s failed", job.id)

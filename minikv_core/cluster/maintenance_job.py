@@ -58,6 +58,9 @@ class Job:
     resumed: bool = False
     """Taken over from the shard map's record after a meta leadership change: the steps
     listed are those run since (the earlier ones were done under the previous leader)."""
+    handed_off: bool = False
+    """It stopped here with its record left in the map for the next meta leader: this
+    copy's end is not the job's (`Maintenance._job_document` looks for the later one)."""
     state: str = "running"
     plan: Plan | None = None
     steps: list[StepRecord] = field(default_factory=list)

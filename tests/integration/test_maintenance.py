@@ -499,6 +499,18 @@ async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
     assert result["state"] == "done" and result["resumed"] is True, result
     assert set(answers) <= {200, 503}, answers
     assert (await meta_members(cluster)).leader == successor
+    # Its document outlives that leader as well: a later one asks the nodes for the job, and
+    # the first leader's own copy (it lost the job mid-way) does not pass for its end.
+    await transfer_meta_leadership(cluster, successor, first)
+
+    async def read_again() -> dict[str, Any] | None:
+        status, _, payload = await cluster.request(
+            first, "GET", f"/admin/maintenance?id={job['id']}"
+        )
+        return json.loads(payload) if status == 200 else None
+
+    again = await eventually(read_again, "the job's document", 20, cluster.describe)
+    assert (again["state"], again["resumed"]) == ("done", True), again
     node = cluster.nodes[leaving]
     assert node.process is not None
     assert node.process.wait(timeout=30) == 0, "the removed node stops by itself, cleanly"

@@ -43,6 +43,7 @@ class Step:
     errors: int
     cpu_ms_per_write: float
     nodes: list[dict[str, Any]]
+    writes: int = 0
 
 
 async def _statuses(session: aiohttp.ClientSession, urls: list[str]) -> list[dict[str, Any]]:
@@ -57,6 +58,7 @@ def _node_deltas(
     before: dict[str, Any], after: dict[str, Any], seconds: float, writes: int
 ) -> dict[str, Any]:
     rounds = after["host"]["rounds"] - before["host"]["rounds"]
+    frames = after["host"]["frames_received"] - before["host"]["frames_received"]
     syncs = after["wal"]["syncs"] - before["wal"]["syncs"]
     sync_s = after["wal"]["sync_seconds_total"] - before["wal"]["sync_seconds_total"]
     return {
@@ -66,6 +68,7 @@ def _node_deltas(
         "syncs_per_s": syncs / seconds,
         "sync_pct": 100.0 * sync_s / seconds,
         "writes_per_round": writes / rounds if rounds else 0.0,
+        "frames_received": frames,
     }
 
 
@@ -100,13 +103,17 @@ async def _step(
         1000.0 * cpu / writes if writes else float("nan"),
         # Every node applies every write of the shards it holds (all of them here).
         [_node_deltas(b, a, elapsed, writes) for b, a in zip(before, after, strict=True)],
+        writes,
     )
 
 
 def _print(step: Step) -> None:
+    writes = step.writes
+    frames = sum(node["frames_received"] for node in step.nodes)
     print(
         f"{step.clients:>4} clients  {step.ops_per_s:8.0f} writes/s  p50 {step.p50_ms:6.1f} ms  "
-        f"errors {step.errors}  cpu {step.cpu_ms_per_write:.2f} ms/write"
+        f"errors {step.errors}  cpu {step.cpu_ms_per_write:.2f} ms/write  "
+        f"peer frames {frames / writes if writes else 0.0:.2f}/write"
     )
     for node in step.nodes:
         print(

@@ -9,6 +9,7 @@ import pytest
 
 from minikv_core.client import ShardRouting
 from minikv_core.cluster.shard_map import (
+    JobRecord,
     ShardAssignment,
     ShardMap,
     ShardMapError,
@@ -69,6 +70,26 @@ def test_an_owed_rebalance_is_part_of_the_map_until_the_node_leaves() -> None:
     assert joined.with_rebalance_owed(set()).encode() == plain.with_nodes(joined.nodes).encode()
     with pytest.raises(ShardMapError, match="rebalance owed to nodes \\[7\\]"):
         plain.with_rebalance_owed({7})
+
+
+def test_the_job_under_way_is_part_of_the_map() -> None:
+    """The next meta leader resumes the job the map names: it must survive the codec exactly,
+    args included, and a malformed record must be refused like any malformed map."""
+    plain = ShardMap.bootstrap(PEERS, 4, 3).with_epoch(1)
+    record = JobRecord.of("2-7", "repair", {"dead": [3], "wait": True}, auto=False)
+    with_job = plain.with_job(record)
+    assert ShardMap.decode(with_job.encode()) == with_job
+    assert with_job.to_json()["job"] == {
+        "id": "2-7",
+        "kind": "repair",
+        "args": {"dead": [3], "wait": True},
+        "auto": False,
+    }
+    assert with_job.with_job(None).encode() == plain.encode()
+    broken = with_job.to_json()
+    broken["job"]["args"] = [3]
+    with pytest.raises(ShardMapError, match="args must be a JSON object"):
+        ShardMap.from_json(broken)
 
 
 def test_invalid_maps_are_refused_naming_the_problem() -> None:

@@ -59,10 +59,12 @@ def parse_plan(document: Mapping[str, Any]) -> Plan:
 
 
 def job_title(job: Job) -> str:
-    """How the panel and the event log name a job: "automatic repair 1-3 (dead: node 4)"."""
+    """How the panel and the event log name a job: "automatic repair 1-3 (dead: node 4)",
+    "(resumed)" once a new meta leader took it over."""
     who = "automatic " if job.auto else ""
     dead = f" (dead: node {_ids(job.dead)})" if job.dead else ""
-    return f"{who}{job.kind} {job.id}{dead}"
+    resumed = " (resumed)" if job.resumed else ""
+    return f"{who}{job.kind} {job.id}{dead}{resumed}"
 
 
 def step_action(step: JobStep) -> str:

@@ -219,6 +219,15 @@ def test_a_repair_told_of_dead_nodes_is_titled_with_them_and_timed_by_the_clock(
     assert job.elapsed_s(job.started_at + 7.5) == 7.5  # running: the clock moves with `now`
 
 
+def test_a_job_a_new_meta_leader_took_over_says_so() -> None:
+    document = job_in_state("repair", "running")
+    document["resumed"] = True
+    job = parse_job(document)
+    assert job is not None and job.resumed
+    assert job_title(job) == f"repair {document['id']} (resumed)"
+    assert job.title.endswith("(resumed)")  # the CLI's name for it
+
+
 def test_a_plan_with_nothing_to_do_says_what_blocks_it() -> None:
     plan = parse_plan(
         {

@@ -221,7 +221,7 @@ def test_a_repair_told_of_dead_nodes_is_titled_with_them_and_timed_by_the_clock(
 
 def test_a_job_a_new_meta_leader_took_over_says_so() -> None:
     document = job_in_state("repair", "running")
-    document["resumed"] = True
+    document["args"], document["resumed"] = {}, True
     job = parse_job(document)
     assert job is not None and job.resumed
     assert job_title(job) == f"repair {document['id']} (resumed)"

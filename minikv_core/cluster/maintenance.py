@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -282,8 +281,10 @@ class Maintenance:
         recorded = self.local.shard_map().job
         if recorded is not None and recorded.id == str(job_id):
             # Started under the previous meta leader; it resumes here within seconds.
-            args = json.loads(recorded.args)
-            return Job(recorded.id, recorded.kind, args, auto=recorded.auto, resumed=True).to_json()
+            placeholder = Job(
+                recorded.id, recorded.kind, recorded.arguments, auto=recorded.auto, resumed=True
+            )
+            return placeholder.to_json()
         ended = await self._ended_elsewhere(str(job_id), deadline)
         if ended is not None:
             return ended
@@ -579,7 +580,7 @@ class Maintenance:
             return False
         if leading_s < self._resume_after_s:
             return True
-        args = json.loads(record.args)
+        args = record.arguments
         try:
             planner = None if record.kind == "verify" else self._planner(record.kind, args)
         except ServiceError as error:
@@ -591,9 +592,10 @@ class Maintenance:
         return True
 
     async def _record_job(self, job: Job) -> None:
+        """Name `job` in the map (a resumed job is named already: update_map then changes
+        nothing)."""
         record = JobRecord.of(job.id, job.kind, job.args, job.auto)
-        if self.local.shard_map().job != record:
-            await self.local.update_map(lambda m: m.with_job(record), soon())
+        await self.local.update_map(lambda m: m.with_job(record), soon())
 
     async def _forget_job(self, job_id: str) -> None:
         """Drop the map's record of a job that ended here. If that fails (this node just lost
@@ -602,8 +604,9 @@ class Maintenance:
         def forgotten(m: ShardMap) -> ShardMap:
             return m.with_job(None) if m.job is not None and m.job.id == job_id else m
 
-        if self.local.shard_map().job is None:
-            return
+        recorded = self.local.shard_map().job
+        if recorded is None or recorded.id != job_id:
+            return  # not ours to forget (nor a reason to need the meta leadership)
         try:
             await self.local.update_map(forgotten, soon())
         except ServiceError as error:

@@ -61,8 +61,14 @@ class JobRecord:
     """Its arguments as canonical JSON: an immutable value, like the rest of the map."""
     auto: bool = False
 
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The arguments as the job takes them (a fresh dict each time)."""
+        arguments: dict[str, Any] = json.loads(self.args)
+        return arguments
+
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind, "args": json.loads(self.args), "auto": self.auto}
+        return {"id": self.id, "kind": self.kind, "args": self.arguments, "auto": self.auto}
 
     @classmethod
     def of(cls, job_id: str, kind: str, args: Mapping[str, Any], auto: bool) -> JobRecord:

@@ -73,6 +73,16 @@ async def wait_replayed(pilot: Pilot[str | None]) -> None:
         while log.auto_scroll and log.scroll_y != log.max_scroll_y:
             assert time.monotonic() < deadline, "the event log never scrolled to its end"
             await pilot.pause(0.02)
+    # Any other late layout pass (a panel resized by the last frame: one such row differed
+    # in a CI run) ends the same way: the screen must read the same twice in a row.
+    shown = app.export_screenshot()
+    while True:
+        await pilot.pause(0.05)
+        again = app.export_screenshot()
+        if again == shown:
+            return
+        assert time.monotonic() < deadline, "the screen never settled"
+        shown = again
 
 
 def settled(

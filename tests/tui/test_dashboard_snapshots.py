@@ -209,7 +209,16 @@ BAD_OUTCOMES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
 }
 
 
-@pytest.mark.parametrize("outcome", BAD_OUTCOMES)
+# "verify-corrupt" is quarantined to `make test-slow` (2026-11-27): it failed 2 of 3 fresh-clone
+# runs that day (one panel's border a row lower than the saved picture) and passed every run
+# in this checkout; the cause is open.
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name == "verify-corrupt" else name
+        for name in BAD_OUTCOMES
+    ],
+)
 def test_job_panel_bad_outcomes(snap_compare: SnapCompare, outcome: str) -> None:
     """What a healthy recording never shows: the error, or the corrupt replicas."""
     scenario, make_job = BAD_OUTCOMES[outcome]

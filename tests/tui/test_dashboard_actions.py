@@ -40,6 +40,7 @@ from tests.tui.test_dashboard_pilot import (
     healthy,
     journal_kinds,
     make_app,
+    settled,
     until,
 )
 
@@ -210,7 +211,7 @@ async def test_stop_asks_then_shows_stopped_and_start_brings_it_back_up(minikv_h
     app = make_app(minikv_home, confirm=True)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         node = max(others(snapshot, snapshot.meta_leader or 0))
         select_node(app, node)
         await pilot.press("s")
@@ -227,7 +228,7 @@ async def test_pause_shows_paused_then_the_same_key_resumes_it(minikv_home: Path
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         node = min(others(snapshot, snapshot.meta_leader or 0))
         pid = next(n.pid for n in snapshot.nodes if n.node_id == node)
         select_node(app, node)
@@ -248,7 +249,7 @@ async def test_transfer_hands_the_selected_shard_to_the_selected_node(minikv_hom
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         shard = shard_of(snapshot, 1)
         target = max(n for n in shard.replicas if n != shard.leader)
         select_shard(app, shard.shard)
@@ -285,7 +286,7 @@ async def test_snapshot_flushes_the_leaders_tables_and_compact_merges_them(
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         shard_id = 0
         leader = shard_of(snapshot, shard_id).leader
         assert leader is not None
@@ -362,7 +363,7 @@ async def test_snapshot_flushes_the_leaders_tables_and_compact_merges_them(
 async def test_put_get_box_writes_a_key_and_reads_it_back(minikv_home: Path) -> None:
     app = make_app(minikv_home)
     async with app.run_test(size=SIZE) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         await pilot.press("g")
         screen = app.screen
         assert isinstance(screen, KvScreen)
@@ -418,7 +419,7 @@ async def test_ctrl_s_saves_an_svg_where_the_notification_says(
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        await until(pilot, app, settled, "a settled cluster", READY_S)
         await pilot.press("ctrl+s")
         await until(
             pilot,
@@ -457,7 +458,7 @@ async def test_partition_dialog_groups_splits_the_cluster_and_heal_rejoins_it(
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         first, second, third = sorted(n.node_id for n in snapshot.nodes)
         await choose_partition(pilot, app, "groups", f"{first},{second} | {third}")
         expected = {first: (third,), second: (third,), third: (first, second)}
@@ -493,7 +494,7 @@ async def test_partition_dialog_isolates_a_shards_leader_and_another_replica_tak
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         shard_id = 1
         leader = shard_of(snapshot, shard_id).leader
         assert leader is not None
@@ -523,7 +524,7 @@ async def test_partition_dialog_one_way_cut_drops_one_direction_only(minikv_home
     app = make_app(minikv_home)
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         source, sink, bystander = sorted(n.node_id for n in snapshot.nodes)
         await choose_partition(pilot, app, "one-way", f"{source} > {sink}")
         await until(
@@ -566,7 +567,7 @@ async def test_endpoints_session_refuses_kill_but_partitions_and_heals(minikv_ho
     app = DashboardApp(session, DashboardOptions(confirm=True, on_exit="ask", tz=dt.UTC))
     notes = Notes()
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
-        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        snapshot = await until(pilot, app, settled, "a settled cluster", READY_S)
         victim = max(others(snapshot, snapshot.meta_leader or 0))
         select_node(app, victim)
         await pilot.press("k")
@@ -609,7 +610,7 @@ async def test_quit_keep_leaves_the_nodes_running_and_quit_stop_leaves_none(
 ) -> None:
     app = make_app(minikv_home, on_exit="ask")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        await until(pilot, app, settled, "a settled cluster", READY_S)
         pids = sorted(processes_under(minikv_home))
         assert len(pids) == 3, pids
         await pilot.press("q")

@@ -21,6 +21,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from minikv_core.client import AsyncClient
+from minikv_core.cluster.placement import place_meta, place_shards
 from minikv_tui.cluster_status import ClusterSnapshot
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
 from minikv_tui.dashboard.job_watch import JobStatus
@@ -96,6 +97,23 @@ def healthy(snapshot: ClusterSnapshot) -> bool:
         and all(node.state == "up" for node in snapshot.nodes)
         and snapshot.meta_leader is not None
         and all(shard.leader is not None for shard in snapshot.shards)
+    )
+
+
+def settled(snapshot: ClusterSnapshot) -> bool:
+    """Healthy, and every group led by its preferred node (placement.py). A fresh cluster
+    moves leadership there a few seconds after electing, so a test that picks a shard's
+    leader before this can see it move away mid-test (a flush waited for on node 2 while
+    node 1 had taken over)."""
+    if not healthy(snapshot) or not snapshot.shards:
+        return False
+    ids = [node.node_id for node in snapshot.nodes]
+    replicas = len(snapshot.shards[0].replicas)
+    placements = place_shards(ids, len(snapshot.shards), replicas)
+    return snapshot.meta_leader == place_meta(
+        ids, len(snapshot.shards), replicas
+    ).preferred_leader and all(
+        shard.leader == placements[shard.shard].preferred_leader for shard in snapshot.shards
     )
 
 

@@ -219,7 +219,10 @@ async def test_stop_asks_then_shows_stopped_and_start_brings_it_back_up(minikv_h
         await pilot.press("y")
         await node_state(pilot, app, notes, node, "stopped", told=f"node {node} stopped")
         await pilot.press("u")
-        await node_state(pilot, app, notes, node, "up", timeout_s=READY_S)
+        # The toast comes after the journal entry: the node can show up before either.
+        await node_state(
+            pilot, app, notes, node, "up", told=f"node {node} started", timeout_s=READY_S
+        )
         kinds = await journal_kinds(minikv_home)
         assert "stop" in kinds and "start" in kinds, kinds
 

@@ -142,9 +142,10 @@ def check_register(ops: Sequence[Op]) -> Violation | None:
     for first, second in itertools.pairwise(forward):
         if second.f < first.s:
             reason = (
-                f"{_show(first.value)} and {_show(second.value)} were each seen by a read that "
-                "began after another read of the same value had completed, in overlapping "
-                "windows: the reads disagree on which came first"
+                f"{_show(first.value)} (its put and reads) must take effect between "
+                f"{first.f:.3f} and {first.s:.3f}, and {_show(second.value)} between "
+                f"{second.f:.3f} and {second.s:.3f}: the windows overlap, so no one order "
+                "explains both"
             )
             return Violation(key, reason, _by_invocation(first.ops + second.ops))
     backward = [c for c in clusters if not c.forward]
@@ -152,9 +153,10 @@ def check_register(ops: Sequence[Op]) -> Violation | None:
         for inner in backward:
             if outer.f < inner.s and inner.f < outer.s:
                 reason = (
-                    f"{_show(inner.value)} had to take effect while {_show(outer.value)} "
-                    "was the value: every read of it fits inside the window in which "
-                    f"{_show(outer.value)} was read before and after"
+                    f"{_show(inner.value)} (its put and reads) must take effect between "
+                    f"{inner.s:.3f} and {inner.f:.3f}, inside the window "
+                    f"{outer.f:.3f}-{outer.s:.3f} in which {_show(outer.value)} must stay "
+                    "the value"
                 )
                 return Violation(key, reason, _by_invocation(outer.ops + inner.ops))
     return None

@@ -19,17 +19,23 @@ What it does for the caller:
   until the request's deadline (default 5 s).
 - **Typed errors.** `NotFoundError`, `InvalidRequestError`, `TooLargeError`,
   `UnavailableError` (no leader reachable before the deadline, with the last hint),
+  `OutcomeUnknownError` (an `UnavailableError`: a write failed after it may have applied),
   `DeadlineExceededError` (the deadline passed; a write's outcome is then unknown), and
   `PermissionDeniedError` (admin calls from a non-loopback client), all `ClientError`s.
 
 Transactions: `txn(compare=[...], success=[...], failure=[...])` with `Compare` and `TxnOp`
 (or `txn_document(json_document)`) returns a `TxnResponse`; the call goes to the leader of
 the first key's shard, so a transaction on one shard needs no forwarding. The node retries
-conflicts until the deadline; UnavailableError then means nothing was applied.
+conflicts until the deadline; UnavailableError then means nothing was applied (but
+OutcomeUnknownError that it may have been).
 
-Retried writes: a put or delete answered UNAVAILABLE may still have been proposed, so a retry
-can apply it twice. A put is idempotent in effect (the same value wins, with a newer version);
-a retried delete may report that the key did not exist when the first attempt deleted it.
+Retried writes: a put, delete or writing transaction is sent again only when the node said it
+cannot have taken effect (`x-minikv-unapplied`: refused before it was proposed, or its entry
+lost to another) or the connection never opened. Any other failure of a write raises
+`OutcomeUnknownError` (an `UnavailableError`): the write may have been applied, and a retry
+could apply it a second time *after* later writes to the key, bringing back an overwritten
+value (a linearizability violation tests/integration/test_register_histories.py caught).
+Reads are retried on any unavailability.
 
 `Client` runs an `AsyncClient` on a private event loop in a daemon thread, so it works from
 plain scripts and from threads that run their own loop alike.
@@ -87,6 +93,7 @@ __all__ = [
     "NotFoundError",
     "OpKind",
     "OpResult",
+    "OutcomeUnknownError",
     "PermissionDeniedError",
     "ScanItem",
     "ScanResult",
@@ -145,11 +152,22 @@ class TooLargeError(ClientError):
 
 
 class UnavailableError(ClientError):
-    """No leader of the key's shard answered before the deadline."""
+    """No leader of the key's shard answered before the deadline.
 
-    def __init__(self, message: str, leader_hint: int = 0) -> None:
+    `unapplied`: the node said the request cannot take effect (it was refused before being
+    proposed), so sending it again is safe, writes included."""
+
+    def __init__(self, message: str, leader_hint: int = 0, *, unapplied: bool = False) -> None:
         super().__init__(message)
         self.leader_hint = leader_hint
+        self.unapplied = unapplied
+
+
+class OutcomeUnknownError(UnavailableError):
+    """A write failed in a way that leaves its outcome unknown (its leader died or the
+    connection broke after it was sent): it may have been applied. It is not sent again,
+    because a retry of a write that did apply lands a second time after later writes, and a
+    reader sees an overwritten value come back. Read the key to learn what happened."""
 
 
 class DeadlineExceededError(ClientError):
@@ -170,7 +188,7 @@ def _client_error(error: service.ServiceError) -> ClientError:
     if isinstance(error, service.DeadlineExceededError):
         return DeadlineExceededError(str(error))
     if isinstance(error, service.UnavailableError):
-        return UnavailableError(str(error), error.leader_hint)
+        return UnavailableError(str(error), error.leader_hint, unapplied=error.unapplied)
     return ClientError(str(error))
 
 
@@ -399,7 +417,7 @@ class AsyncClient:
             answer = await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout)
             return int(answer.version)
 
-        return await self._routed(key, call, timeout_s)
+        return await self._routed(key, call, timeout_s, write=True)
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         """Delete `key`; returns whether it existed."""
@@ -414,7 +432,7 @@ class AsyncClient:
                 raise
             return True
 
-        return await self._routed(key, call, timeout_s)
+        return await self._routed(key, call, timeout_s, write=True)
 
     async def txn(
         self,
@@ -452,7 +470,8 @@ class AsyncClient:
         home_key = keys[0]
         if routing is not None:
             home_key = min(keys, key=lambda key: shard_for_key(key, routing.shard_count))
-        return await self._routed(home_key, call, timeout_s)
+        writes = any(op.kind is not OpKind.GET for op in (*request.success, *request.failure))
+        return await self._routed(home_key, call, timeout_s, write=writes)
 
     async def scan(
         self,
@@ -662,8 +681,11 @@ class AsyncClient:
         key: bytes | None,
         call: Callable[[grpc.aio.Channel, float], Awaitable[T]],
         timeout_s: float | None,
+        *,
+        write: bool = False,
     ) -> T:
-        """Send to the key's leader, following hints and backing off until the deadline."""
+        """Send to the key's leader, following hints and backing off until the deadline. A
+        `write` is sent again only after a failure that says it cannot have applied."""
         deadline = self._deadline(timeout_s)
         router = self._router
         backoff_s = BACKOFF_INITIAL_S
@@ -688,6 +710,13 @@ class AsyncClient:
             attempt += 1
             if not isinstance(failure, UnavailableError):
                 raise failure
+            if write and not failure.unapplied:
+                raise OutcomeUnknownError(
+                    f"{failure}; the write may have been applied, so it was not sent again "
+                    "(a retry could land it after later writes): read the key to learn its "
+                    "outcome",
+                    failure.leader_hint,
+                )
             last = failure
             learned = router.learn_leader(shard, failure.leader_hint)
             if learned and hints_followed < HINTS_FOLLOWED_MAX:

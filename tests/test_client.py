@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from minikv_core.client import (
@@ -20,12 +22,16 @@ from minikv_core.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    OutcomeUnknownError,
     ShardRouting,
     TooLargeError,
     UnavailableError,
     _Router,
 )
+from minikv_core.cluster import service
 from minikv_core.cluster.shard_map import shard_for_key
+from minikv_core.net.errors_map import hint_metadata
+from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
 from minikv_core.server import NodeServer
 from tests.net.api_harness import configs, node_of, running
 
@@ -293,3 +299,73 @@ def test_sync_client_works_from_plain_threads(tmp_path: Path) -> None:
     finally:
         done.set()
         server_thread.join(30)
+
+
+# --- writes are sent again only when they cannot have applied ---------------------------------
+
+
+class ScriptedKV(kv_pb2_grpc.KVServicer):
+    """Answers each Put or Delete with the next scripted error, then succeeds: what a node
+    says after a refusal or a crash, without the crash."""
+
+    def __init__(self, errors: list[service.UnavailableError]) -> None:
+        self.errors = errors
+        self.writes = 0
+
+    async def _answer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self.writes += 1
+        if self.errors:
+            error = self.errors.pop(0)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, str(error), trailing_metadata=hint_metadata(error)
+            )
+
+    async def Put(  # noqa: N802 (the gRPC method's name)
+        self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.PutResponse:
+        await self._answer(context)
+        return kv_pb2.PutResponse(version=7)
+
+    async def Delete(  # noqa: N802 (the gRPC method's name)
+        self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> kv_pb2.DeleteResponse:
+        await self._answer(context)
+        return kv_pb2.DeleteResponse()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[str, ScriptedKV]]:
+    servicer = ScriptedKV([])  # type: ignore[abstract]  # only the writes are served
+    server = grpc.aio.server()
+    kv_pb2_grpc.add_KVServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}", servicer
+    finally:
+        await server.stop(grace=None)
+
+
+async def test_a_write_refused_before_it_was_proposed_is_sent_again(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    address, servicer = scripted
+    servicer.errors = [service.UnavailableError("not the leader", unapplied=True)]
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        assert await client.put(b"k", b"v") == 7
+    assert servicer.writes == 2
+
+
+async def test_a_write_whose_outcome_is_unknown_is_not_sent_again(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    """Sent again, a write that did apply would land after later writes to its key."""
+    address, servicer = scripted
+    servicer.errors = [service.UnavailableError("the leader stopped mid-write")]
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        with pytest.raises(OutcomeUnknownError, match="may have been applied"):
+            await client.put(b"k", b"v")
+        servicer.errors = [service.UnavailableError("the connection broke")]
+        with pytest.raises(OutcomeUnknownError):
+            await client.delete(b"k")
+    assert servicer.writes == 2

@@ -477,12 +477,14 @@ class ShardGroup(Group):
             error = UnavailableError(
                 f"node {self.raw.node_id} does not lead shard {self.shard}",
                 leader_hint=refused.leader_id,
+                unapplied=True,
             )
         except ProposalDroppedError as refused:
             error = UnavailableError(
                 f"shard {self.shard} refused the write: {refused}",
                 leader_hint=self.leader_id,
                 retry_after_s=0.1,
+                unapplied=True,
             )
         if error is not None:
             for _, future in batch:
@@ -530,6 +532,7 @@ class ShardGroup(Group):
                             "appended the write; it did not commit",
                             leader_hint=self.leader_id,
                             retry_after_s=0.05,
+                            unapplied=True,
                         )
                     )
 
@@ -607,6 +610,7 @@ class ShardGroup(Group):
                         f"committed at index {result.index}; the write did not commit",
                         leader_hint=self.leader_id,
                         retry_after_s=0.05,
+                        unapplied=True,
                     ),
                 )
         if proposals and results:

@@ -286,10 +286,12 @@ class Node:
     async def _serve(self, deadline: float, work: Callable[[], Awaitable[T]]) -> T:
         """Run one request: refuse it while stopped, count it in flight, bound it."""
         if not self._accepting:
-            raise UnavailableError(f"node {self.node_id} is not serving (starting or stopping)")
+            raise UnavailableError(
+                f"node {self.node_id} is not serving (starting or stopping)", unapplied=True
+            )
         failure = self.host.failure
         if failure is not None:
-            raise UnavailableError(f"node {self.node_id} failed: {failure}")
+            raise UnavailableError(f"node {self.node_id} failed: {failure}", unapplied=True)
         if deadline - time.monotonic() <= 0:
             raise DeadlineExceededError("the deadline passed before the request started")
         self._in_flight += 1
@@ -373,7 +375,9 @@ class Node:
         if group is not None:
             leader = group.leader_id
             if leader == NONE:
-                raise UnavailableError(f"shard {shard} has no known leader", leader_hint=0)
+                raise UnavailableError(
+                    f"shard {shard} has no known leader", leader_hint=0, unapplied=True
+                )
             return leader
         hint = self._leader_hints.get(shard)
         if hint:
@@ -392,11 +396,13 @@ class Node:
                 f"shard {shard}: leadership is changing on node {self.node_id}",
                 leader_hint=0,
                 retry_after_s=0.05,
+                unapplied=True,
             )
         if forwarder is None:
             raise UnavailableError(
                 f"node {self.node_id} does not lead shard {shard} and cannot forward",
                 leader_hint=target,
+                unapplied=True,
             )
         try:
             result = await call(forwarder, target)
@@ -404,6 +410,8 @@ class Node:
             hint = error.leader_hint
             if hint in (0, target, self.node_id) or deadline - time.monotonic() <= 0:
                 raise
+            if not error.unapplied:
+                raise  # the call may have taken effect there: sent again, it could land twice
             self._leader_hints[shard] = hint
             result = await call(forwarder, hint)
             return result
@@ -421,7 +429,9 @@ class Node:
             return self._proposes_here(group)
         if group is not None and not group.is_leader:
             raise UnavailableError(
-                f"node {self.node_id} does not lead shard {shard}", leader_hint=group.leader_id
+                f"node {self.node_id} does not lead shard {shard}",
+                leader_hint=group.leader_id,
+                unapplied=True,
             )
         return True
 
@@ -457,7 +467,9 @@ class Node:
                 self._leader_hints.get(shard) or self.host.shard_map.shards[shard].preferred_leader
             )
             raise UnavailableError(
-                f"node {self.node_id} holds no replica of shard {shard}", leader_hint=hint
+                f"node {self.node_id} holds no replica of shard {shard}",
+                leader_hint=hint,
+                unapplied=True,
             )
         return group
 
@@ -582,7 +594,8 @@ class Node:
         if not isinstance(forwarder, TxnForwarder):
             raise UnavailableError(
                 f"node {self.node_id} does not lead shard {shard} and cannot forward "
-                "transaction commands"
+                "transaction commands",
+                unapplied=True,
             )
         data = encode_body(body)
 

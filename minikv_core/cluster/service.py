@@ -52,12 +52,28 @@ class UnavailableError(ServiceError):
     """No leader is reachable for the shard right now: 503 + Retry-After, UNAVAILABLE.
 
     `leader_hint` is the node id of the last known leader (0 if none), for clients that
-    route directly (`x-minikv-leader`)."""
+    route directly (`x-minikv-leader`).
 
-    def __init__(self, message: str, leader_hint: int = 0, retry_after_s: float = 1.0) -> None:
+    `unapplied`: the request cannot take effect, now or later — refused before it was
+    proposed, or its entry lost to another at its index — so sending it again cannot apply
+    a write twice. False (the default) when that is not known: a write may have been
+    proposed and may still commit (a leader died mid-request, a forwarded call broke).
+    Why it matters: a write retried after it did apply lands again *after* writes that
+    followed it, and a reader sees a value come back (the anomaly tests/integration/
+    test_register_histories.py found). Clients retry writes only on `unapplied`."""
+
+    def __init__(
+        self,
+        message: str,
+        leader_hint: int = 0,
+        retry_after_s: float = 1.0,
+        *,
+        unapplied: bool = False,
+    ) -> None:
         super().__init__(message)
         self.leader_hint = leader_hint
         self.retry_after_s = retry_after_s
+        self.unapplied = unapplied
 
 
 class DeadlineExceededError(ServiceError):

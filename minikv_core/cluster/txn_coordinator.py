@@ -205,8 +205,9 @@ class TxnCoordinator:
         try:
             result = await self._runner.run_txn_command(shard, OnePhase(part), deadline)
         except UnavailableError as error:
-            # Not applied as far as anyone can tell (a lost answer is the put caveat).
-            if time.monotonic() >= deadline:
+            # Retried only when it cannot have applied: a lost answer of a command that did
+            # apply would apply it again, after writes that came later (a resurrected value).
+            if time.monotonic() >= deadline or not error.unapplied:
                 raise
             return _Retry(str(error))
         if isinstance(result, Conflict):

@@ -7,6 +7,8 @@ HTTP is an UNAVAILABLE over gRPC is an `UnavailableError` in Python, with the sa
 Leader hints and retry delays travel as metadata (gRPC trailing metadata, HTTP headers):
 `x-minikv-leader` (node id of the last known leader, absent when unknown) and, over gRPC,
 `x-minikv-retry-after-ms` (HTTP uses the standard `Retry-After`, in whole seconds).
+`x-minikv-unapplied: 1` marks an UnavailableError whose request cannot take effect (safe to
+send again, writes included); without it a write's outcome is unknown.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from minikv_core.cluster.service import (
 
 LEADER_HINT_KEY: Final = "x-minikv-leader"
 RETRY_AFTER_MS_KEY: Final = "x-minikv-retry-after-ms"
+UNAPPLIED_KEY: Final = "x-minikv-unapplied"
 VERSION_HEADER: Final = "x-minikv-version"
 
 
@@ -89,6 +92,8 @@ def hint_metadata(error: ServiceError) -> tuple[tuple[str, str], ...]:
     if error.leader_hint > 0:
         pairs.append((LEADER_HINT_KEY, str(error.leader_hint)))
     pairs.append((RETRY_AFTER_MS_KEY, str(max(0, math.ceil(error.retry_after_s * 1000)))))
+    if error.unapplied:
+        pairs.append((UNAPPLIED_KEY, "1"))
     return tuple(pairs)
 
 
@@ -103,6 +108,12 @@ def _positive_int(text: str | bytes | None) -> int:
     if text is None or not text.isdigit():
         return 0
     return int(text)
+
+
+def _never_sent(details: str) -> bool:
+    """gRPC's own UNAVAILABLE for a channel that never connected: the call was not sent.
+    (A connection that broke mid-call says otherwise: "Socket closed", "Connection reset".)"""
+    return "failed to connect to all addresses" in details.lower()
 
 
 def error_from_grpc(
@@ -130,5 +141,10 @@ def error_from_grpc(
         retry_after_s = retry_ms / 1000.0 if retry_ms else 1.0
         if error_type is None:
             text = f"{code.name}: {text}"
-        return UnavailableError(text, leader_hint=leader, retry_after_s=retry_after_s)
+        unapplied = error_type is UnavailableError and _positive_int(hints.get(UNAPPLIED_KEY)) == 1
+        if code == grpc.StatusCode.UNAVAILABLE and not hints and _never_sent(text):
+            unapplied = True
+        return UnavailableError(
+            text, leader_hint=leader, retry_after_s=retry_after_s, unapplied=unapplied
+        )
     return error_type(text)

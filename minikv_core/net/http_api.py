@@ -82,6 +82,7 @@ from minikv_core.net import api, limits
 from minikv_core.net.api import ApiConfig
 from minikv_core.net.errors_map import (
     LEADER_HINT_KEY,
+    UNAPPLIED_KEY,
     VERSION_HEADER,
     internal_error_document,
     mapping_for,
@@ -178,6 +179,8 @@ def _error_parts(error: ServiceError) -> tuple[int, dict[str, str], dict[str, st
         headers["Retry-After"] = retry_after_header_s(error)
         if error.leader_hint > 0:
             headers[LEADER_HINT_KEY] = str(error.leader_hint)
+        if error.unapplied:
+            headers[UNAPPLIED_KEY] = "1"
     return mapping.http_status, headers, {"error": mapping.name, "detail": str(error)}
 
 

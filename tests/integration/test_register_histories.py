@@ -1,5 +1,6 @@
 """Linearizable under faults: clients put and get a handful of keys on a real 3-node cluster
-while a seeded nemesis SIGKILLs and restarts nodes, cuts one off, and pauses one (SIGSTOP).
+while a seeded nemesis SIGKILLs and restarts nodes, cuts one off (both ways, or only what it
+sends, or only what it hears), and pauses one (SIGSTOP).
 Every answer goes into a history with its real-time interval, and the history must be
 linearizable (tests/linearizability.py): no stale read, no lost or resurrected write, no value
 seen and then unseen — what "never lie, never lose an acknowledged write" means, checked on
@@ -127,15 +128,18 @@ class Nemesis:
         self.paused: int | None = None
 
     async def run(self, stop_at: float) -> None:
+        """Every kind of fault once, then more at random until `stop_at`."""
         faults: dict[str, Callable[[int], Awaitable[None]]] = {
             "kill": self.kill,
             "isolate": self.isolate,
             "pause": self.pause,
+            "mute": self.mute,
+            "deafen": self.deafen,
         }
         order = list(faults)
         self.rng.shuffle(order)  # each kind once first, then at random
         await asyncio.sleep(self.rng.uniform(1.0, 2.0))
-        while time.monotonic() < stop_at:
+        while order or time.monotonic() < stop_at:
             kind = order.pop(0) if order else self.rng.choice(sorted(faults))
             victim = self.rng.choice(sorted(self.cluster.nodes))
             self.done.append(f"{kind} {victim} at {time.monotonic():.3f}")
@@ -150,6 +154,32 @@ class Nemesis:
 
     async def isolate(self, node_id: int) -> None:
         await partition(self.cluster, node_id)
+        await asyncio.sleep(self.rng.uniform(1.0, 3.0))
+        await heal(self.cluster)
+
+    async def mute(self, node_id: int) -> None:
+        """Nothing the node sends arrives; it still hears everyone (a one-way cut)."""
+        await self._one_way(senders=[node_id], receivers=self._others(node_id))
+
+    async def deafen(self, node_id: int) -> None:
+        """The node hears no one; what it sends still arrives (a leader keeps sending
+        heartbeats that hold the followers back, and must step down on its own)."""
+        await self._one_way(senders=self._others(node_id), receivers=[node_id])
+
+    def _others(self, node_id: int) -> list[int]:
+        return [n for n in sorted(self.cluster.nodes) if n != node_id]
+
+    async def _one_way(self, senders: list[int], receivers: list[int]) -> None:
+        rules: dict[int, dict[str, list[int]]] = {}
+        for sender in senders:
+            rules.setdefault(sender, {"drop_to": [], "drop_from": []})["drop_to"] += receivers
+        for receiver in receivers:
+            rules.setdefault(receiver, {"drop_to": [], "drop_from": []})["drop_from"] += senders
+        for node_id, rule in rules.items():
+            status, _, body = await self.cluster.request(
+                node_id, "POST", "/admin/fault", json_body=rule
+            )
+            assert status == 200, body
         await asyncio.sleep(self.rng.uniform(1.0, 3.0))
         await heal(self.cluster)
 
@@ -191,14 +221,14 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         async with AsyncClient(
             cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
         ) as routed:
-            stop_at = time.monotonic() + CHAOS_S
+            calm = asyncio.Event()
             nemesis = Nemesis(cluster, random.Random(rng.getrandbits(32)))
 
             async def client(number: int) -> None:
                 local = random.Random(SEED * 1000 + number)
                 node_id = sorted(cluster.nodes)[number % len(cluster.nodes)]
                 writes = 0
-                while time.monotonic() < stop_at:
+                while not calm.is_set():
                     key = local.choice(KEYS)
                     over_grpc = number >= HTTP_CLIENTS
                     if local.random() < 0.5:
@@ -220,10 +250,15 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
                     if not answered:
                         await asyncio.sleep(0.05)  # its node is down or cut off
 
+            async def chaos() -> None:
+                try:
+                    await nemesis.run(time.monotonic() + CHAOS_S)
+                finally:
+                    calm.set()
+
             try:
                 await asyncio.gather(
-                    nemesis.run(stop_at),
-                    *(client(n) for n in range(HTTP_CLIENTS + GRPC_CLIENTS)),
+                    chaos(), *(client(n) for n in range(HTTP_CLIENTS + GRPC_CLIENTS))
                 )
             finally:
                 await nemesis.settle()
@@ -245,7 +280,7 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         f"history in {history_file}:\n" + "\n".join(str(v) for v in violations)
     )
     kinds = {fault.split()[0] for fault in nemesis.done}
-    assert kinds == {"kill", "isolate", "pause"}, nemesis.done
+    assert kinds == {"kill", "isolate", "pause", "mute", "deafen"}, nemesis.done
     assert history.counts["put ok"] >= 100 and history.counts["get ok"] >= 100, (
         f"too little got through to mean anything: {history.counts}"
     )

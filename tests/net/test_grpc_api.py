@@ -29,6 +29,7 @@ from minikv_core.net.errors_map import (
     ERROR_TABLE,
     LEADER_HINT_KEY,
     RETRY_AFTER_MS_KEY,
+    UNAPPLIED_KEY,
     error_from_grpc,
     hint_metadata,
     mapping_for,
@@ -72,6 +73,28 @@ def test_unavailable_round_trips_its_leader_hint_and_retry_delay() -> None:
     back = error_from_grpc(grpc.StatusCode.UNAVAILABLE, "no leader", metadata)
     assert isinstance(back, UnavailableError)
     assert (back.leader_hint, back.retry_after_s) == (3, 0.25)
+
+
+@pytest.mark.parametrize("unapplied", [True, False])
+def test_unavailable_says_whether_the_request_cannot_have_applied(unapplied: bool) -> None:
+    """A client retries a write only on `unapplied`; without the key its outcome is unknown."""
+    error = UnavailableError("refused", leader_hint=2, unapplied=unapplied)
+    metadata = hint_metadata(error)
+    assert ((UNAPPLIED_KEY, "1") in metadata) is unapplied
+    back = error_from_grpc(grpc.StatusCode.UNAVAILABLE, "refused", metadata)
+    assert isinstance(back, UnavailableError) and back.unapplied is unapplied
+
+
+def test_a_call_that_never_connected_cannot_have_applied_but_a_broken_one_may() -> None:
+    refused = error_from_grpc(
+        grpc.StatusCode.UNAVAILABLE,
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9: "
+        "Failed to connect to remote host: Connection refused",
+        (),
+    )
+    broken = error_from_grpc(grpc.StatusCode.UNAVAILABLE, "Stream removed (Socket closed)", ())
+    assert isinstance(refused, UnavailableError) and refused.unapplied
+    assert isinstance(broken, UnavailableError) and not broken.unapplied
 
 
 def test_unknown_codes_are_unavailable_to_the_caller() -> None:

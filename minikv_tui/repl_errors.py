@@ -12,6 +12,7 @@ from minikv_core.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    OutcomeUnknownError,
     PermissionDeniedError,
     TooLargeError,
     UnavailableError,
@@ -47,6 +48,12 @@ DOWN_HINT = (
 def from_client_error(error: ClientError, what: str, *, cluster_down: bool = False) -> ReplError:
     """Translate a client error met while doing `what` ("GET user/1"). `cluster_down`: no
     node answered lately, so a failure to reach one is about the cluster, not one shard."""
+    if isinstance(error, OutcomeUnknownError):
+        return ReplError(
+            f"{what}: the node went away mid-write; it may or may not have been applied",
+            "GET the key to see which (the write was not sent again: a repeat could land "
+            f"after later writes). {STATUS_HINT}",
+        )
     if cluster_down and isinstance(error, UnavailableError | DeadlineExceededError):
         return ReplError(f"{what}: the cluster does not answer", DOWN_HINT)
     if isinstance(error, NotFoundError):
@@ -82,11 +89,13 @@ def from_client_error(error: ClientError, what: str, *, cluster_down: bool = Fal
 def from_txn_error(error: ClientError, what: str, *, cluster_down: bool = False) -> ReplError:
     """`from_client_error` for EXEC: an UNAVAILABLE transaction is usually one that kept
     meeting other transactions' locks until its deadline, and then nothing of it applied."""
-    if isinstance(error, UnavailableError) and not cluster_down:
+    if isinstance(error, UnavailableError) and not isinstance(error, OutcomeUnknownError):
+        if cluster_down:
+            return from_client_error(error, what, cluster_down=True)
         return ReplError(
             f"{what}: the transaction did not commit ({error})",
             "Its keys stayed locked by other transactions, or a shard had no leader, until the "
-            "deadline; nothing was applied unless a leader was lost mid-request. GET the keys "
-            f"to check, then run it again. {STATUS_HINT}",
+            "deadline; nothing was applied. Run it again. "
+            f"{STATUS_HINT}",
         )
     return from_client_error(error, what, cluster_down=cluster_down)

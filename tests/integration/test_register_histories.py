@@ -31,10 +31,12 @@ from minikv_core.client import AsyncClient, ClientError, NotFoundError
 from tests.integration.conftest import Cluster, heal, partition
 from tests.linearizability import Op, check_history
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = pytest.mark.integration
 
 SEED = int(os.environ.get("MINIKV_TEST_SEED", "20261127"))
 CHAOS_S = 20.0
+SOAK_CHAOS_S = 120.0
+"""`make test-slow`: six times as long, so rarer interleavings get their chance."""
 KEYS = [f"reg-{number}".encode() for number in range(6)]
 HTTP_CLIENTS = 6
 GRPC_CLIENTS = 2
@@ -208,8 +210,15 @@ class Nemesis:
         await self.cluster.wait_ready()
 
 
+@pytest.mark.parametrize(
+    "chaos_s",
+    [
+        pytest.param(CHAOS_S, marks=pytest.mark.timeout(180), id="20s"),
+        pytest.param(SOAK_CHAOS_S, marks=[pytest.mark.slow, pytest.mark.timeout(400)], id="soak"),
+    ],
+)
 async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
-    cluster_factory: Callable[..., Cluster], tmp_path: Path
+    cluster_factory: Callable[..., Cluster], tmp_path: Path, chaos_s: float
 ) -> None:
     cluster = cluster_factory(size=3, shards=4)
     rng = random.Random(SEED)
@@ -252,7 +261,7 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
 
             async def chaos() -> None:
                 try:
-                    await nemesis.run(time.monotonic() + CHAOS_S)
+                    await nemesis.run(time.monotonic() + chaos_s)
                 finally:
                     calm.set()
 

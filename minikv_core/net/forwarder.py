@@ -197,7 +197,9 @@ class GrpcForwarder:
     def _stub(self, node_id: int) -> kv_pb2_grpc.KVAsyncStub:
         address = self._address(node_id)
         if address is None:
-            raise UnavailableError(f"node {node_id} has no known address", leader_hint=node_id)
+            raise UnavailableError(
+                f"node {node_id} has no known address", leader_hint=node_id, unapplied=True
+            )
         cached = self._channels.get(node_id)
         if cached is not None and cached[0] != address:
             self._close_later(self._channels.pop(node_id)[1])
@@ -225,7 +227,9 @@ class GrpcForwarder:
         deadline: float,
     ) -> T:
         if self._closed:
-            raise UnavailableError(f"node {self.node_id} is stopping", leader_hint=node_id)
+            raise UnavailableError(
+                f"node {self.node_id} is stopping", leader_hint=node_id, unapplied=True
+            )
         if node_id == self.node_id:
             raise AssertionError(f"node {node_id} asked to forward {what} to itself")
         verdict = self._fault_filter.outbound(node_id)
@@ -235,6 +239,7 @@ class GrpcForwarder:
                 f"node {node_id} (the leader) is unreachable from node {self.node_id} "
                 f"(fault injection: {verdict.action.value})",
                 leader_hint=node_id,
+                unapplied=True,  # dropped here, before it was sent
             )
         if verdict.delay_ms:
             await asyncio.sleep(
@@ -258,6 +263,7 @@ class GrpcForwarder:
                     f"forwarding {what} to node {node_id}: {mapped}",
                     leader_hint=0,
                     retry_after_s=mapped.retry_after_s,
+                    unapplied=mapped.unapplied,
                 )
             raise mapped from None
 

@@ -266,7 +266,9 @@ class KvServicer(kv_pb2_grpc.KVServicer):
             return None
         cut = self._peer_filter(peer) if self._peer_filter is not None else None
         if cut is not None:
-            raise UnavailableError(f"a request forwarded by node {peer} was dropped: {cut}")
+            raise UnavailableError(
+                f"a request forwarded by node {peer} was dropped: {cut}", unapplied=True
+            )
         return self._local
 
     def _consistency(self, value: int) -> Consistency:

@@ -46,17 +46,25 @@ class DirectForwarder:
         self.calls = 0
 
     def _target(self, node_id: int) -> Node:
+        """The node to call; its refusals, like the gRPC forwarder's before a call is sent,
+        cannot have applied anything (`unapplied`)."""
         self.calls += 1
         if self.closed:
-            raise UnavailableError(f"node {self._node_id} is stopping", leader_hint=node_id)
+            raise UnavailableError(
+                f"node {self._node_id} is stopping", leader_hint=node_id, unapplied=True
+            )
         if self._fault.outbound(node_id).action is not OutboundAction.DELIVER:
-            raise UnavailableError(f"node {node_id} unreachable (fault)", leader_hint=node_id)
+            raise UnavailableError(
+                f"node {node_id} unreachable (fault)", leader_hint=node_id, unapplied=True
+            )
         node = self._cluster.nodes.get(node_id)
         if node is None:
-            raise UnavailableError(f"node {node_id} is down", leader_hint=node_id)
+            raise UnavailableError(f"node {node_id} is down", leader_hint=node_id, unapplied=True)
         transport = node.host.transport_or_none
         if transport is None or not transport.fault_filter.inbound(self._node_id):
-            raise UnavailableError(f"node {node_id} unreachable (fault)", leader_hint=node_id)
+            raise UnavailableError(
+                f"node {node_id} unreachable (fault)", leader_hint=node_id, unapplied=True
+            )
         return node
 
     async def forward_get(

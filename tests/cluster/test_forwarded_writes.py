@@ -63,8 +63,9 @@ async def test_a_lost_forward_fails_as_not_committed_when_leadership_moves(
         write = asyncio.create_task(follower.put(b"lost", b"v", deadline))
         await wait_for(lambda: bool(group.forwarded), 10, lambda: "the write was not forwarded")
         await leader.transfer_leader(SHARD, other_id, time.monotonic() + 10)
-        with pytest.raises(UnavailableError, match="did not commit"):
+        with pytest.raises(UnavailableError, match="did not commit") as lost:
             await write
+        assert lost.value.unapplied, "a client may send it again: the answer must say so"
         assert time.monotonic() < deadline  # answered by the new term, not by the deadline
         assert not group.forwarded
         leader.clear_fault()
@@ -204,3 +205,32 @@ async def test_did_not_commit_is_true_under_transfers_and_one_way_cuts(tmp_path:
                 return False
 
             assert await retry_unavailable(absent), (seed, key, "answered as not committed")
+
+
+@pytest.mark.parametrize("unapplied", [True, False])
+async def test_a_forward_goes_to_the_hinted_leader_only_if_it_cannot_have_applied(
+    tmp_path: Path, unapplied: bool
+) -> None:
+    """A unary forward answered UNAVAILABLE with a new leader's hint is sent there only when
+    the answer says it cannot have applied; otherwise the same write could land twice, the
+    second time after later writes."""
+    async with started_cluster(tmp_path, 3, shards=1) as cluster:
+        leader_id = cluster.nodes[1].host.shard_groups[SHARD].leader_id
+        follower_id, hinted = [n for n in (1, 2, 3) if n != leader_id]
+        follower = cluster.nodes[follower_id]
+        sent_to: list[int] = []
+
+        async def call(_: object, node: int) -> int:
+            sent_to.append(node)
+            if len(sent_to) == 1:
+                raise UnavailableError("leadership moved", leader_hint=hinted, unapplied=unapplied)
+            return 7
+
+        deadline = time.monotonic() + 10
+        if unapplied:
+            assert await follower._forward(SHARD, call, deadline) == 7
+            assert sent_to == [leader_id, hinted]
+        else:
+            with pytest.raises(UnavailableError, match="leadership moved"):
+                await follower._forward(SHARD, call, deadline)
+            assert sent_to == [leader_id]

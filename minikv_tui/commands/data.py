@@ -26,6 +26,7 @@ from minikv_core.client import (
     DeadlineExceededError,
     InvalidRequestError,
     NotFoundError,
+    OutcomeUnknownError,
     TooLargeError,
     UnavailableError,
 )
@@ -112,6 +113,11 @@ def _request(
         raise
     except (InvalidRequestError, TooLargeError) as error:
         raise UserError(str(error), exit_code=EXIT_USAGE) from None
+    except OutcomeUnknownError as error:
+        raise UserError(
+            f"cluster {where}: the write may or may not have been applied ({error})",
+            hint="Read the key (`minikv get`) to see which before writing it again.",
+        ) from None
     except (UnavailableError, DeadlineExceededError) as error:
         raise UserError(
             f"cluster {where} did not answer in time: {error}",

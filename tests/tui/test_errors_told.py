@@ -1,10 +1,14 @@
-"""How the REPL tells a failed command: a write whose outcome is unknown never reads as a
-refusal (the user must GET the key before repeating it), and a plain unavailability of a
-transaction means nothing of it applied."""
+"""How the REPL and the CLI tell a failed command: a write whose outcome is unknown never
+reads as a refusal or a timeout (the user must read the key before repeating it), and a plain
+unavailability of a transaction means nothing of it applied."""
 
 from __future__ import annotations
 
-from minikv_core.client import OutcomeUnknownError, UnavailableError
+import pytest
+
+from minikv_core.client import AsyncClient, OutcomeUnknownError, UnavailableError
+from minikv_tui.commands.data import _request
+from minikv_tui.errors import UserError
 from minikv_tui.repl_errors import from_client_error, from_txn_error
 
 
@@ -24,3 +28,12 @@ def test_an_unavailable_transaction_applied_nothing() -> None:
     assert "did not commit" in told.message and "nothing was applied" in told.hint
     down = from_txn_error(UnavailableError("no leader"), "EXEC", cluster_down=True)
     assert "the cluster does not answer" in down.message
+
+
+def test_the_cli_says_a_write_may_have_applied() -> None:
+    async def put(_: AsyncClient) -> None:
+        raise OutcomeUnknownError("Socket closed; the write may have been applied")
+
+    with pytest.raises(UserError, match="may or may not have been applied") as told:
+        _request("127.0.0.1:1", None, 1.0, put)
+    assert "minikv get" in told.value.hint

@@ -30,6 +30,7 @@ import pytest
 
 from minikv_core.client import AsyncClient, ClientError, NotFoundError
 from tests.integration.conftest import Cluster, heal, partition
+from tests.integration.test_maintenance import join_node, latest_job, operate, wait_job
 from tests.linearizability import Op, check_history
 
 pytestmark = pytest.mark.integration
@@ -255,6 +256,73 @@ class Nemesis:
         await self.cluster.wait_ready()
 
 
+class Workload:
+    """The clients and what they saw: HTTP clients pinned to the nodes alive at the start
+    (one each, round the ring), gRPC clients routed by the shard map."""
+
+    def __init__(self, cluster: Cluster, routed: AsyncClient) -> None:
+        self.cluster = cluster
+        self.routed = routed
+        self.history = History()
+        self.nodes = sorted(n for n, p in cluster.nodes.items() if p.running)
+
+    async def run(self, calm: asyncio.Event) -> None:
+        await asyncio.gather(*(self._client(n, calm) for n in range(HTTP_CLIENTS + GRPC_CLIENTS)))
+
+    async def _client(self, number: int, calm: asyncio.Event) -> None:
+        local = random.Random(SEED * 1000 + number)
+        node_id = self.nodes[number % len(self.nodes)]
+        over_grpc = number >= HTTP_CLIENTS
+        writes = 0
+        while not calm.is_set():
+            key = local.choice(KEYS)
+            if local.random() < 0.5:
+                writes += 1
+                value = f"c{number}-{writes}".encode()
+                call = (
+                    grpc_put(self.routed, key, value)
+                    if over_grpc
+                    else http_put(self.cluster, node_id, key, value)
+                )
+                await self.history.put(number, key, value, call)
+                answered = True
+            else:
+                read = (
+                    grpc_get(self.routed, key)
+                    if over_grpc
+                    else http_get(self.cluster, node_id, key)
+                )
+                answered = await self.history.get(number, key, read)
+            if not answered:
+                await asyncio.sleep(0.05)  # its node is down, cut off or gone
+
+    async def final_reads(self) -> None:
+        """Every key through every running node, until each read answers: a write lost at
+        the end shows too."""
+        for key in KEYS:
+            for node_id, process in sorted(self.cluster.nodes.items()):
+                if not process.running:
+                    continue
+                deadline = time.monotonic() + FINAL_READ_TIMEOUT_S
+                read = 100 + node_id
+                while not await self.history.get(read, key, http_get(self.cluster, node_id, key)):
+                    assert time.monotonic() < deadline, f"node {node_id} never read {key!r}"
+                    await asyncio.sleep(0.1)
+
+    def check(self, tmp_path: Path, what: str) -> None:
+        history_file = tmp_path / "history.json"
+        self.history.dump(history_file)
+        violations = check_history(self.history.ops)
+        assert not violations, (
+            f"seed {SEED} (MINIKV_TEST_SEED={SEED} reruns it); {what}; "
+            f"history in {history_file}:\n" + "\n".join(str(v) for v in violations)
+        )
+        counts = self.history.counts
+        assert counts["put ok"] >= 100 and counts["get ok"] >= 100, (
+            f"too little got through to mean anything: {counts}"
+        )
+
+
 @pytest.mark.parametrize(
     ("nodes", "chaos_s"),
     [
@@ -272,7 +340,6 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
 ) -> None:
     cluster = cluster_factory(size=nodes, shards=4, replicas=3)
     rng = random.Random(SEED)
-    history = History()
     async with aiohttp.ClientSession() as session:
         cluster.session = session
         await cluster.start()
@@ -280,34 +347,9 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         async with AsyncClient(
             cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
         ) as routed:
+            workload = Workload(cluster, routed)
             calm = asyncio.Event()
             nemesis = Nemesis(cluster, random.Random(rng.getrandbits(32)))
-
-            async def client(number: int) -> None:
-                local = random.Random(SEED * 1000 + number)
-                node_id = sorted(cluster.nodes)[number % len(cluster.nodes)]
-                writes = 0
-                while not calm.is_set():
-                    key = local.choice(KEYS)
-                    over_grpc = number >= HTTP_CLIENTS
-                    if local.random() < 0.5:
-                        writes += 1
-                        value = f"c{number}-{writes}".encode()
-                        call = (
-                            grpc_put(routed, key, value)
-                            if over_grpc
-                            else http_put(cluster, node_id, key, value)
-                        )
-                        await history.put(number, key, value, call)
-                        answered = True
-                    else:
-                        answered = await history.get(
-                            number,
-                            key,
-                            grpc_get(routed, key) if over_grpc else http_get(cluster, node_id, key),
-                        )
-                    if not answered:
-                        await asyncio.sleep(0.05)  # its node is down or cut off
 
             async def chaos() -> None:
                 try:
@@ -316,28 +358,12 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
                     calm.set()
 
             try:
-                await asyncio.gather(
-                    chaos(), *(client(n) for n in range(HTTP_CLIENTS + GRPC_CLIENTS))
-                )
+                await asyncio.gather(chaos(), workload.run(calm))
             finally:
                 await nemesis.settle()
+            await workload.final_reads()
 
-            # Every key through every node, until each read answers.
-            for key in KEYS:
-                for node_id in sorted(cluster.nodes):
-                    deadline = time.monotonic() + FINAL_READ_TIMEOUT_S
-                    reader = 100 + node_id
-                    while not await history.get(reader, key, http_get(cluster, node_id, key)):
-                        assert time.monotonic() < deadline, f"node {node_id} never read {key!r}"
-                        await asyncio.sleep(0.1)
-
-    history_file = tmp_path / "history.json"
-    history.dump(history_file)
-    violations = check_history(history.ops)
-    assert not violations, (
-        f"seed {SEED} (MINIKV_TEST_SEED={SEED} reruns it); faults: {nemesis.done}; "
-        f"history in {history_file}:\n" + "\n".join(str(v) for v in violations)
-    )
+    workload.check(tmp_path, f"faults: {nemesis.done}")
     kinds = {fault.split()[0] for fault in nemesis.done if not fault.startswith(" ")}
     assert kinds == {
         "kill",
@@ -349,7 +375,48 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         "transfer",
         "snapshot",
     }, nemesis.done
-    assert history.counts["put ok"] >= 100 and history.counts["get ok"] >= 100, (
-        f"too little got through to mean anything: {history.counts}"
-    )
-    print(f"seed {SEED}: {history.counts}; faults: {nemesis.done}")
+    print(f"seed {SEED}: {workload.history.counts}; faults: {nemesis.done}")
+
+
+@pytest.mark.timeout(300)
+async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins(
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """Membership changes under traffic: node 1 (it leads shards) is removed — its replicas
+    move to the others (learner, catch up, promote, remove: one change at a time) and it
+    stops — then node 5 joins and the rebalance that follows moves replicas and leaders onto
+    it. Every answer of the clients meanwhile must fit one order."""
+    cluster = cluster_factory(size=4, shards=4, replicas=3)
+    steps: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        cluster.session = session
+        await cluster.start()
+        await cluster.wait_ready()
+        async with AsyncClient(
+            cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
+        ) as routed:
+            workload = Workload(cluster, routed)
+            calm = asyncio.Event()
+
+            async def maintenance() -> None:
+                try:
+                    await asyncio.sleep(2.0)
+                    job = await operate(cluster, 2, "remove-node", {"node": 1})
+                    done = await wait_job(cluster, 2, job["id"])
+                    steps.append(f"remove-node 1: {done['state']}, {len(done['steps'])} steps")
+                    assert done["state"] == "done", done
+                    join_node(cluster, 5, via=3)
+                    await cluster.wait_started(5)
+                    job = await latest_job(cluster, 5, "rebalance")
+                    done = await wait_job(cluster, 5, job["id"])
+                    steps.append(f"rebalance after join: {done['state']}, {len(done['steps'])}")
+                    assert done["state"] == "done", done
+                    await asyncio.sleep(2.0)
+                finally:
+                    calm.set()
+
+            await asyncio.gather(maintenance(), workload.run(calm))
+            await workload.final_reads()
+
+    workload.check(tmp_path, f"maintenance: {steps}")
+    print(f"seed {SEED}: {workload.history.counts}; maintenance: {steps}")

@@ -178,4 +178,8 @@ class NodeService(Protocol):
 
 class TxnConflictError(UnavailableError):
     """A transaction kept meeting other transactions' locks until its deadline: nothing of it
-    was applied; retry it (503 + Retry-After, UNAVAILABLE: a conflict is transient)."""
+    was applied; retry it (503 + Retry-After, UNAVAILABLE: a conflict is transient). Always
+    `unapplied`, so clients may send it again."""
+
+    def __init__(self, message: str, leader_hint: int = 0, retry_after_s: float = 1.0) -> None:
+        super().__init__(message, leader_hint, retry_after_s, unapplied=True)

@@ -21,6 +21,7 @@ from minikv_core.cluster.service import (
     NotFoundError,
     ServiceError,
     TooLargeError,
+    TxnConflictError,
     UnavailableError,
 )
 from minikv_core.cluster.shard_map import shard_for_key
@@ -83,6 +84,12 @@ def test_unavailable_says_whether_the_request_cannot_have_applied(unapplied: boo
     assert ((UNAPPLIED_KEY, "1") in metadata) is unapplied
     back = error_from_grpc(grpc.StatusCode.UNAVAILABLE, "refused", metadata)
     assert isinstance(back, UnavailableError) and back.unapplied is unapplied
+
+
+def test_a_transaction_conflict_applied_nothing_and_may_be_sent_again() -> None:
+    error = TxnConflictError("keys stayed locked until the deadline")
+    back = error_from_grpc(grpc.StatusCode.UNAVAILABLE, str(error), hint_metadata(error))
+    assert isinstance(back, UnavailableError) and back.unapplied
 
 
 def test_a_call_that_never_connected_cannot_have_applied_but_a_broken_one_may() -> None:

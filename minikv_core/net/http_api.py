@@ -184,6 +184,19 @@ def _error_parts(error: ServiceError) -> tuple[int, dict[str, str], dict[str, st
     return mapping.http_status, headers, {"error": mapping.name, "detail": str(error)}
 
 
+def _told_as_write(error: ServiceError) -> ServiceError:
+    """A 503 of a write that may have applied says so in its detail: a curl user who reads
+    "no leader" and sends the write again could land it after later writes."""
+    if not isinstance(error, UnavailableError) or error.unapplied:
+        return error
+    return UnavailableError(
+        f"{error}; the write may have been applied (its outcome is unknown): read the key "
+        "to see whether it did before sending it again",
+        leader_hint=error.leader_hint,
+        retry_after_s=error.retry_after_s,
+    )
+
+
 def error_response(error: ServiceError) -> web.Response:
     status, headers, document = _error_parts(error)
     return _json_response(status, document, headers)
@@ -369,7 +382,10 @@ class HttpApi:
         try:
             response = await handler(request)
         except ServiceError as error:
-            response = error_response(error)
+            writes = (request.method != "GET" and request.path.startswith(KV_PREFIX)) or (
+                request.method == "POST" and request.path == "/txn"
+            )
+            response = error_response(_told_as_write(error) if writes else error)
         except web.HTTPMethodNotAllowed as error:
             allow = ", ".join(sorted(error.allowed_methods))
             response = _json_response(
@@ -533,7 +549,7 @@ class HttpApi:
                 await self._kv_delete(request.raw_key, request.raw_query)
                 answer = KvAnswer(204)
         except ServiceError as error:
-            answer = _error_answer(error)
+            answer = _error_answer(_told_as_write(error) if request.method != "GET" else error)
         except Exception as error:
             logger.exception("HTTP %s /kv/%s failed", request.method, request.raw_key)
             answer = internal_error_answer(error)

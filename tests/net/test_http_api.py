@@ -14,7 +14,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from minikv_core.net.http_api import decode_bytes_field, encode_bytes_field
+from minikv_core.cluster.service import UnavailableError
+from minikv_core.net.http_api import (
+    _error_parts,
+    _told_as_write,
+    decode_bytes_field,
+    encode_bytes_field,
+)
 from minikv_core.server import NodeServer
 from tests.net.api_harness import configs, non_loopback_ip, running
 
@@ -252,3 +258,18 @@ async def test_without_quorum_reads_and_writes_answer_503_or_504_within_the_dead
                     assert int(response.headers["Retry-After"]) >= 1
                 assert (await response.json())["error"] in ("unavailable", "deadline_exceeded")
             assert elapsed < 0.3 + 1.0, f"{method} took {elapsed:.2f}s past a 300 ms deadline"
+
+
+def test_a_503_of_a_write_says_whether_it_may_have_applied() -> None:
+    """curl users get the client's rule in words: the header when sending again is safe, and
+    a detail naming the unknown outcome when it is not."""
+    refused = UnavailableError("no leader", leader_hint=2, unapplied=True)
+    status, headers, document = _error_parts(_told_as_write(refused))
+    assert (status, headers["x-minikv-unapplied"]) == (503, "1")
+    assert "may have been applied" not in document["detail"]
+
+    broken = UnavailableError("Socket closed", leader_hint=2, retry_after_s=0.5)
+    status, headers, document = _error_parts(_told_as_write(broken))
+    assert status == 503 and "x-minikv-unapplied" not in headers
+    assert headers["x-minikv-leader"] == "2"
+    assert "Socket closed; the write may have been applied" in document["detail"]

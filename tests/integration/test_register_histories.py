@@ -1,5 +1,5 @@
-"""Linearizable under faults: clients put and get a handful of keys on a real 3-node cluster
-while a seeded nemesis SIGKILLs and restarts nodes (one, or all at once), cuts one off (both
+"""Linearizable under faults: clients put and get a handful of keys on a real cluster (3 nodes,
+or 4 with 3 replicas each) while a seeded nemesis SIGKILLs and restarts nodes (one, or all at once), cuts one off (both
 ways, or only what it sends, or only what it hears), pauses one (SIGSTOP), hands shard
 leaderships around, and snapshots a node's logs before restarting another.
 Every answer goes into a history with its real-time interval, and the history must be
@@ -11,7 +11,8 @@ Clients: HTTP clients pinned to one node each (forwarded reads and writes, follo
 proposals, ReadIndex on followers) and gRPC clients routed by the shard map. A put answered
 with anything but success has an unknown outcome (it may have been applied); a failed get saw
 nothing and is left out. Once the nemesis stops, every node is healed and every key read
-through every node, so a write lost at the end shows too.
+through every node, so a write lost at the end shows too. A second test does the same while a
+node is removed and another joins (membership changes under traffic).
 """
 
 from __future__ import annotations

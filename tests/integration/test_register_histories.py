@@ -1,8 +1,8 @@
 """Linearizable under faults: clients put and get a handful of keys on a real cluster (3
 nodes, or 4 with 3 replicas each) while a seeded nemesis SIGKILLs and restarts nodes (one, or
 all at once), cuts one off (both ways, or only what it sends, or only what it hears), pauses
-one (SIGSTOP), hands shard leaderships around, and snapshots a node's logs before restarting
-another.
+one (SIGSTOP), makes every link lossy and slow, hands shard leaderships around, and snapshots
+a node's logs before restarting another.
 Every answer goes into a history with its real-time interval, and the history must be
 linearizable (tests/linearizability.py): no stale read, no lost or resurrected write, no value
 seen and then unseen — what "never lie, never lose an acknowledged write" means, checked on
@@ -145,6 +145,7 @@ class Nemesis:
             "crash-all": self.crash_all,
             "transfer": self.transfer,
             "snapshot": self.snapshot,
+            "lossy": self.lossy,
         }
         order = list(faults)
         self.rng.shuffle(order)  # each kind once first, then at random
@@ -207,6 +208,20 @@ class Nemesis:
             return
         assert status != 500, f"{path} {body} on node {node_id}: {answer!r}"
         self.done.append(f"  {path} {body} on node {node_id}: {status}")
+
+    async def lossy(self, node_id: int) -> None:
+        """Every node loses a share of what it sends and delays the rest: retransmission,
+        reordering across groups, and a follower's writes taking the unary path (a PROPOSE
+        is never resent, so it is not used under loss)."""
+        rules = {"loss": self.rng.uniform(0.1, 0.4), "delay_ms": self.rng.randrange(5, 60)}
+        for node in sorted(self.cluster.nodes):
+            status, _, body = await self.cluster.request(
+                node, "POST", "/admin/fault", json_body=rules
+            )
+            assert status == 200, body
+        self.done.append(f"  {rules} on every node (around node {node_id})")
+        await asyncio.sleep(self.rng.uniform(1.5, 3.0))
+        await heal(self.cluster)
 
     async def mute(self, node_id: int) -> None:
         """Nothing the node sends arrives; it still hears everyone (a one-way cut)."""
@@ -377,6 +392,7 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         "crash-all",
         "transfer",
         "snapshot",
+        "lossy",
     }, nemesis.done
     print(f"seed {SEED}: {workload.history.counts}; faults: {nemesis.done}")
 

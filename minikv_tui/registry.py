@@ -31,6 +31,8 @@ from minikv_tui.errors import EXIT_USAGE, UserError
 
 REGISTRY_FILENAME: Final = "registry.sqlite3"
 BUSY_TIMEOUT_MS: Final = 10_000
+OPEN_RETRY_S: Final = 0.02
+"""Between attempts to open a registry another process is setting up (`Registry.open`)."""
 CLUSTER_NAME_RULE: Final = "[a-z0-9][a-z0-9_-]{0,39}"
 _CLUSTER_NAME: Final = re.compile(CLUSTER_NAME_RULE)
 
@@ -241,6 +243,11 @@ def _user_facing(path: Path, exc: sqlite3.Error) -> RegistryError | None:
     return None
 
 
+def _locked(exc: BaseException | None) -> bool:
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    return isinstance(exc, sqlite3.Error) and code in (_SQLITE_BUSY, _SQLITE_LOCKED)
+
+
 @contextmanager
 def _sqlite_errors(path: Path) -> Iterator[None]:
     try:
@@ -349,16 +356,31 @@ class Registry:
                 hint="set MINIKV_HOME to a writable directory",
             ) from exc
         path = home / REGISTRY_FILENAME
-        with _sqlite_errors(path):
-            db = await aiosqlite.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        registry = cls(path, db)
-        try:
-            await registry._configure()
-            await registry._migrate()
-        except BaseException:
-            await db.close()
-            raise
-        return registry
+        # SQLite answers SQLITE_BUSY at once, without its busy handler, in cases met while a
+        # new file is set up by several processes (the switch to WAL mode needs an exclusive
+        # lock; a connection that meets another's WAL set-up does not wait): a race of three
+        # processes creating one registry failed 1 run in 15 after ~1 s, not 10. So opening
+        # retries a lock error itself, for as long as the busy timeout would have waited.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            with _sqlite_errors(path):
+                db = await aiosqlite.connect(
+                    path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+                )
+            registry = cls(path, db)
+            try:
+                await registry._configure()
+                await registry._migrate()
+            except RegistryError as error:
+                await db.close()
+                if not _locked(error.__cause__) or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(OPEN_RETRY_S)
+                continue
+            except BaseException:
+                await db.close()
+                raise
+            return registry
 
     async def close(self) -> None:
         await self._db.close()

@@ -94,6 +94,14 @@ class _Cluster:
     def forward(self) -> bool:
         return self.f < self.s
 
+    def must(self) -> str:
+        """Where the cluster must take effect: inside its zone, either way round."""
+        start, end = (self.f, self.s) if self.forward else (self.s, self.f)
+        return (
+            f"{_show(self.value)} (its put and reads) must take effect between "
+            f"{start:.3f} and {end:.3f}"
+        )
+
 
 def _show(value: bytes | None) -> str:
     return "absent" if value is None else value.decode(errors="replace")
@@ -143,9 +151,7 @@ def check_register(ops: Sequence[Op]) -> Violation | None:
     for first, second in itertools.pairwise(forward):
         if second.f < first.s:
             reason = (
-                f"{_show(first.value)} (its put and reads) must take effect between "
-                f"{first.f:.3f} and {first.s:.3f}, and {_show(second.value)} between "
-                f"{second.f:.3f} and {second.s:.3f}: the windows overlap, so no one order "
+                f"{first.must()}, and {second.must()}: the windows overlap, so no one order "
                 "explains both"
             )
             return Violation(key, reason, _by_invocation(first.ops + second.ops))
@@ -159,10 +165,7 @@ def check_register(ops: Sequence[Op]) -> Violation | None:
             outer = forward[position]
             if inner.f < outer.s:
                 reason = (
-                    f"{_show(inner.value)} (its put and reads) must take effect between "
-                    f"{inner.s:.3f} and {inner.f:.3f}, inside the window "
-                    f"{outer.f:.3f}-{outer.s:.3f} in which {_show(outer.value)} must stay "
-                    "the value"
+                    f"{inner.must()}, inside the window in which {outer.must()}, and stay the value"
                 )
                 return Violation(key, reason, _by_invocation(outer.ops + inner.ops))
     return None

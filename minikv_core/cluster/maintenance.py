@@ -281,10 +281,10 @@ class Maintenance:
         recorded = self.local.shard_map().job
         if recorded is not None and recorded.id == str(job_id):
             # Started under the previous meta leader; it resumes here within seconds.
-            placeholder = Job(
+            resuming = Job(
                 recorded.id, recorded.kind, recorded.arguments, auto=recorded.auto, resumed=True
             )
-            return placeholder.to_json()
+            return resuming.to_json()
         ended = await self._ended_elsewhere(str(job_id), deadline)
         if ended is not None:
             return ended

@@ -19,12 +19,13 @@ node is removed and another joins (membership changes under traffic).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -341,6 +342,19 @@ class Workload:
         )
 
 
+@contextlib.asynccontextmanager
+async def started_workload(cluster: Cluster) -> AsyncIterator[Workload]:
+    """`cluster` started and ready, and the clients' workload on it (not yet running)."""
+    async with aiohttp.ClientSession() as session:
+        cluster.session = session
+        await cluster.start()
+        await cluster.wait_ready()
+        async with AsyncClient(
+            cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
+        ) as routed:
+            yield Workload(cluster, routed)
+
+
 @pytest.mark.parametrize(
     ("nodes", "chaos_s"),
     [
@@ -358,28 +372,21 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
 ) -> None:
     cluster = cluster_factory(size=nodes, shards=4, replicas=3)
     rng = random.Random(SEED)
-    async with aiohttp.ClientSession() as session:
-        cluster.session = session
-        await cluster.start()
-        await cluster.wait_ready()
-        async with AsyncClient(
-            cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
-        ) as routed:
-            workload = Workload(cluster, routed)
-            calm = asyncio.Event()
-            nemesis = Nemesis(cluster, random.Random(rng.getrandbits(32)))
+    async with started_workload(cluster) as workload:
+        calm = asyncio.Event()
+        nemesis = Nemesis(cluster, random.Random(rng.getrandbits(32)))
 
-            async def chaos() -> None:
-                try:
-                    await nemesis.run(time.monotonic() + chaos_s)
-                finally:
-                    calm.set()
-
+        async def chaos() -> None:
             try:
-                await asyncio.gather(chaos(), workload.run(calm))
+                await nemesis.run(time.monotonic() + chaos_s)
             finally:
-                await nemesis.settle()
-            await workload.final_reads()
+                calm.set()
+
+        try:
+            await asyncio.gather(chaos(), workload.run(calm))
+        finally:
+            await nemesis.settle()
+        await workload.final_reads()
 
     workload.check(tmp_path, f"faults: {nemesis.done}")
     kinds = {fault.split()[0] for fault in nemesis.done if not fault.startswith(" ")}
@@ -407,35 +414,28 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
     it. Every answer of the clients meanwhile must fit one order."""
     cluster = cluster_factory(size=4, shards=4, replicas=3)
     steps: list[str] = []
-    async with aiohttp.ClientSession() as session:
-        cluster.session = session
-        await cluster.start()
-        await cluster.wait_ready()
-        async with AsyncClient(
-            cluster.grpc_endpoints, timeout_s=REQUEST_TIMEOUT_S, rng=random.Random(SEED)
-        ) as routed:
-            workload = Workload(cluster, routed)
-            calm = asyncio.Event()
+    async with started_workload(cluster) as workload:
+        calm = asyncio.Event()
 
-            async def maintenance() -> None:
-                try:
-                    await asyncio.sleep(2.0)
-                    job = await operate(cluster, 2, "remove-node", {"node": 1})
-                    done = await wait_job(cluster, 2, job["id"])
-                    steps.append(f"remove-node 1: {done['state']}, {len(done['steps'])} steps")
-                    assert done["state"] == "done", done
-                    join_node(cluster, 5, via=3)
-                    await cluster.wait_started(5)
-                    job = await latest_job(cluster, 5, "rebalance")
-                    done = await wait_job(cluster, 5, job["id"])
-                    steps.append(f"rebalance after join: {done['state']}, {len(done['steps'])}")
-                    assert done["state"] == "done", done
-                    await asyncio.sleep(2.0)
-                finally:
-                    calm.set()
+        async def maintenance() -> None:
+            try:
+                await asyncio.sleep(2.0)
+                job = await operate(cluster, 2, "remove-node", {"node": 1})
+                done = await wait_job(cluster, 2, job["id"])
+                steps.append(f"remove-node 1: {done['state']}, {len(done['steps'])} steps")
+                assert done["state"] == "done", done
+                join_node(cluster, 5, via=3)
+                await cluster.wait_started(5)
+                job = await latest_job(cluster, 5, "rebalance")
+                done = await wait_job(cluster, 5, job["id"])
+                steps.append(f"rebalance after join: {done['state']}, {len(done['steps'])}")
+                assert done["state"] == "done", done
+                await asyncio.sleep(2.0)
+            finally:
+                calm.set()
 
-            await asyncio.gather(maintenance(), workload.run(calm))
-            await workload.final_reads()
+        await asyncio.gather(maintenance(), workload.run(calm))
+        await workload.final_reads()
 
     workload.check(tmp_path, f"maintenance: {steps}")
     print(f"seed {SEED}: {workload.history.counts}; maintenance: {steps}")

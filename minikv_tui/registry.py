@@ -215,8 +215,13 @@ _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
 
 
+def _primary_code(exc: BaseException | None) -> int:
+    """SQLite's primary result code of `exc` (-1 & 0xFF for anything without one)."""
+    return getattr(exc, "sqlite_errorcode", -1) & 0xFF
+
+
 def _user_facing(path: Path, exc: sqlite3.Error) -> RegistryError | None:
-    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    code = _primary_code(exc)
     if code in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
         return RegistryError(
             f"the minikv registry {path} is corrupt or not a SQLite database ({exc})",
@@ -244,8 +249,7 @@ def _user_facing(path: Path, exc: sqlite3.Error) -> RegistryError | None:
 
 
 def _locked(exc: BaseException | None) -> bool:
-    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
-    return isinstance(exc, sqlite3.Error) and code in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.Error) and _primary_code(exc) in (_SQLITE_BUSY, _SQLITE_LOCKED)
 
 
 @contextmanager

@@ -29,13 +29,19 @@ the first key's shard, so a transaction on one shard needs no forwarding. The no
 conflicts until the deadline; UnavailableError then means nothing was applied (but
 OutcomeUnknownError that it may have been).
 
-Retried writes: a put, delete or writing transaction is sent again only when the node said it
-cannot have taken effect (`x-minikv-unapplied`: refused before it was proposed, or its entry
-lost to another) or the connection never opened. Any other failure of a write raises
-`OutcomeUnknownError` (an `UnavailableError`): the write may have been applied, and a retry
-could apply it a second time *after* later writes to the key, bringing back an overwritten
-value (a linearizability violation tests/integration/test_register_histories.py caught).
-Reads are retried on any unavailability.
+Retried writes. A write sent blindly a second time after it did apply lands again *after*
+later writes to the key, bringing back an overwritten value (a linearizability violation
+tests/integration/test_register_histories.py caught). So:
+
+- Puts and deletes carry the client's session (`WriteSession`: a random client id, the
+  write's number, and the number below which every write is answered; sessions.py): the
+  shard applies each at most once and answers a repeat with what the first one answered.
+  They are retried on any unavailability, like reads. Only when the shard can no longer match
+  a repeat (its session forgotten) does the write fail with `OutcomeUnknownError`.
+- A writing transaction is sent again only when the node said it cannot have taken effect
+  (`x-minikv-unapplied`: refused before it was proposed, or its entry lost to another) or the
+  connection never opened; any other failure raises `OutcomeUnknownError` (an
+  `UnavailableError`): it may have been applied.
 
 `Client` runs an `AsyncClient` on a private event loop in a daemon thread, so it works from
 plain scripts and from threads that run their own loop alike.
@@ -46,10 +52,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
@@ -57,6 +64,7 @@ from typing import Any, Final, Self, TypeVar
 import grpc
 import grpc.aio
 
+from minikv_core.cluster import limits as cluster_limits
 from minikv_core.cluster import service
 from minikv_core.cluster.service import Consistency, ScanItem, ScanResult, VersionedValue
 from minikv_core.cluster.shard_map import shard_for_key
@@ -187,9 +195,65 @@ def _client_error(error: service.ServiceError) -> ClientError:
         return TooLargeError(str(error))
     if isinstance(error, service.DeadlineExceededError):
         return DeadlineExceededError(str(error))
+    if isinstance(error, service.SessionExpiredError):
+        return OutcomeUnknownError(
+            f"{error}; it was not applied again: read the key to learn its outcome"
+        )
     if isinstance(error, service.UnavailableError):
         return UnavailableError(str(error), error.leader_hint, unapplied=error.unapplied)
     return ClientError(str(error))
+
+
+# ----------------------------------------------------------------------------------- sessions
+
+
+class _WriteNumbers:
+    """This client's session (sessions.py): its random id, the next write number, and the
+    numbers still in flight, whose smallest is the `acked` every write reports (all below it
+    are answered or given up, so shards may forget them).
+
+    Why the id comes from `os.urandom` and not the client's rng: two clients seeded alike (a
+    test, a benchmark) would share a session and answer each other's writes."""
+
+    __slots__ = ("_client_id", "_in_flight", "_next")
+
+    def __init__(self) -> None:
+        self._client_id = os.urandom(cluster_limits.SESSION_CLIENT_ID_BYTES)
+        self._next = 1
+        self._in_flight: set[int] = set()
+
+    @contextlib.contextmanager
+    def numbered(self) -> Iterator[_NumberedWrite]:
+        """A number for one write, in flight until the block ends (answered or given up)."""
+        seq = self._next
+        self._next += 1
+        self._in_flight.add(seq)
+        try:
+            yield _NumberedWrite(self, seq)
+        finally:
+            self._in_flight.discard(seq)
+
+    def acked(self) -> int:
+        return min(self._in_flight, default=self._next)
+
+
+class _NumberedWrite:
+    __slots__ = ("_numbers", "_sent", "_seq")
+
+    def __init__(self, numbers: _WriteNumbers, seq: int) -> None:
+        self._numbers = numbers
+        self._seq = seq
+        self._sent = False
+
+    def next_send(self) -> kv_pb2.WriteSession:
+        """The session of this write's next send: a `retry` after the first."""
+        retry, self._sent = self._sent, True
+        return kv_pb2.WriteSession(
+            client_id=self._numbers._client_id,
+            seq=self._seq,
+            acked=self._numbers.acked(),
+            retry=retry,
+        )
 
 
 # ----------------------------------------------------------------------------------- routing
@@ -359,6 +423,7 @@ class AsyncClient:
         self._timeout_s = timeout_s
         self._rng = rng if rng is not None else random.Random()
         self._router = _Router([_check_endpoint(e) for e in seeds], self._rng)
+        self._writes = _WriteNumbers()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -412,27 +477,31 @@ class AsyncClient:
         """Write `value`; returns once committed on a quorum and applied, with the new
         version of the key."""
         request = kv_pb2.PutRequest(key=_bytes(key, "key"), value=_bytes(value, "value"))
+        with self._writes.numbered() as write:
 
-        async def call(channel: grpc.aio.Channel, timeout: float) -> int:
-            answer = await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout)
-            return int(answer.version)
+            async def call(channel: grpc.aio.Channel, timeout: float) -> int:
+                request.session.CopyFrom(write.next_send())
+                answer = await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout)
+                return int(answer.version)
 
-        return await self._routed(key, call, timeout_s, write=True)
+            return await self._routed(key, call, timeout_s, idempotent=True)
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         """Delete `key`; returns whether it existed."""
         request = kv_pb2.DeleteRequest(key=_bytes(key, "key"))
+        with self._writes.numbered() as write:
 
-        async def call(channel: grpc.aio.Channel, timeout: float) -> bool:
-            try:
-                await kv_pb2_grpc.KVStub(channel).Delete(request, timeout=timeout)
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return False
-                raise
-            return True
+            async def call(channel: grpc.aio.Channel, timeout: float) -> bool:
+                request.session.CopyFrom(write.next_send())
+                try:
+                    await kv_pb2_grpc.KVStub(channel).Delete(request, timeout=timeout)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.NOT_FOUND:
+                        return False
+                    raise
+                return True
 
-        return await self._routed(key, call, timeout_s, write=True)
+            return await self._routed(key, call, timeout_s, idempotent=True)
 
     async def txn(
         self,
@@ -683,9 +752,11 @@ class AsyncClient:
         timeout_s: float | None,
         *,
         write: bool = False,
+        idempotent: bool = False,
     ) -> T:
         """Send to the key's leader, following hints and backing off until the deadline. A
-        `write` is sent again only after a failure that says it cannot have applied."""
+        `write` is sent again only after a failure that says it cannot have applied; an
+        `idempotent` one (it carries its session) and a read after any unavailability."""
         deadline = self._deadline(timeout_s)
         router = self._router
         backoff_s = BACKOFF_INITIAL_S
@@ -708,9 +779,11 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 failure = _from_rpc(error)
             attempt += 1
-            if not isinstance(failure, UnavailableError):
-                raise failure
-            if write and not failure.unapplied:
+            if not isinstance(failure, UnavailableError) or isinstance(
+                failure, OutcomeUnknownError
+            ):
+                raise failure  # OutcomeUnknownError: the shard cannot match the repeat
+            if write and not idempotent and not failure.unapplied:
                 raise OutcomeUnknownError(
                     f"{failure}; the write may have been applied, so it was not sent again "
                     "(a retry could land it after later writes): read the key to learn its "

@@ -30,7 +30,7 @@ from minikv_core.client import (
 )
 from minikv_core.cluster import service
 from minikv_core.cluster.shard_map import shard_for_key
-from minikv_core.net.errors_map import hint_metadata
+from minikv_core.net.errors_map import hint_metadata, mapping_for
 from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
 from minikv_core.server import NodeServer
 from tests.net.api_harness import configs, node_of, running
@@ -306,30 +306,36 @@ def test_sync_client_works_from_plain_threads(tmp_path: Path) -> None:
 
 class ScriptedKV(kv_pb2_grpc.KVServicer):
     """Answers each Put or Delete with the next scripted error, then succeeds: what a node
-    says after a refusal or a crash, without the crash."""
+    says after a refusal or a crash, without the crash. Keeps the session each write sent."""
 
-    def __init__(self, errors: list[service.UnavailableError]) -> None:
+    def __init__(self, errors: list[service.ServiceError]) -> None:
         self.errors = errors
         self.writes = 0
+        self.sessions: list[kv_pb2.WriteSession] = []
 
-    async def _answer(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def _answer(
+        self,
+        request: kv_pb2.PutRequest | kv_pb2.DeleteRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> None:
         self.writes += 1
+        self.sessions.append(request.session)
         if self.errors:
             error = self.errors.pop(0)
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, str(error), trailing_metadata=hint_metadata(error)
+                mapping_for(error).grpc_code, str(error), trailing_metadata=hint_metadata(error)
             )
 
     async def Put(  # noqa: N802 (the gRPC method's name)
         self, request: kv_pb2.PutRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.PutResponse:
-        await self._answer(context)
+        await self._answer(request, context)
         return kv_pb2.PutResponse(version=7)
 
     async def Delete(  # noqa: N802 (the gRPC method's name)
         self, request: kv_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> kv_pb2.DeleteResponse:
-        await self._answer(context)
+        await self._answer(request, context)
         return kv_pb2.DeleteResponse()
 
 
@@ -356,16 +362,54 @@ async def test_a_write_refused_before_it_was_proposed_is_sent_again(
     assert servicer.writes == 2
 
 
-async def test_a_write_whose_outcome_is_unknown_is_not_sent_again(
+async def test_a_write_whose_outcome_is_unknown_is_sent_again_as_a_repeat_of_its_session(
     scripted: tuple[str, ScriptedKV],
 ) -> None:
-    """Sent again, a write that did apply would land after later writes to its key."""
+    """The repeat carries the first send's client id and number, marked `retry`: the shard
+    answers it with the first one's result if that one applied (sessions.py)."""
     address, servicer = scripted
     servicer.errors = [service.UnavailableError("the leader stopped mid-write")]
     async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
-        with pytest.raises(OutcomeUnknownError, match="may have been applied"):
-            await client.put(b"k", b"v")
+        assert await client.put(b"k", b"v") == 7
         servicer.errors = [service.UnavailableError("the connection broke")]
-        with pytest.raises(OutcomeUnknownError):
-            await client.delete(b"k")
+        assert await client.delete(b"k") is True
+    first, repeat, second, repeat2 = servicer.sessions
+    assert len(first.client_id) == 16
+    assert (first.client_id, first.seq, first.retry) == (repeat.client_id, 1, False)
+    assert (repeat.seq, repeat.retry) == (1, True)
+    assert (second.client_id, second.seq, second.acked, second.retry) == (
+        first.client_id,
+        2,
+        2,
+        False,
+    )
+    assert (repeat2.seq, repeat2.retry) == (2, True)
+
+
+async def test_a_repeat_the_shard_cannot_match_raises_outcome_unknown(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    """FAILED_PRECONDITION (the session is forgotten): the write may have applied and is not
+    sent a third time."""
+    address, servicer = scripted
+    servicer.errors = [
+        service.UnavailableError("the leader stopped mid-write"),
+        service.SessionExpiredError("shard 0: this shard does not know the client's session"),
+    ]
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        with pytest.raises(OutcomeUnknownError, match="not applied again"):
+            await client.put(b"k", b"v")
     assert servicer.writes == 2
+
+
+async def test_writes_in_flight_together_report_the_smallest_unanswered_number(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    address, servicer = scripted
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        await asyncio.gather(*(client.put(b"k%d" % i, b"v") for i in range(5)))
+        await client.put(b"after", b"v")
+    seqs = sorted(s.seq for s in servicer.sessions)
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    assert all(s.acked <= s.seq for s in servicer.sessions)
+    assert servicer.sessions[-1].acked == 6  # 1..5 were all answered

@@ -13,6 +13,14 @@ Layout (little-endian, unsigned; `struct`-packed, no per-byte Python loops):
              | BATCH  kind u8 (= 3) | count u32 | count x (PUT or DELETE item)
              | TXN    kind u8 (= 4) | request_id u64 | body_len u32 | body (txn_codec.py)
              | CHECKSUM kind u8 (= 5) | request_id u64
+             | SPUT    kind u8 (= 6) | request_id u64 | session | key_len u32 | value_len u32
+                       | key | value
+             | SDELETE kind u8 (= 7) | request_id u64 | session | key_len u32 | key
+    session = client_id 16 bytes | seq u64 | acked u64 | retry u8 (0 or 1)
+
+SPUT and SDELETE are a put and a delete that carry the client's session (sessions.py): the
+state machine applies each at most once however often the client sends it. They may be
+batched like PUT and DELETE.
 
 A CHECKSUM command (issue #10, `minikv cluster verify`) writes nothing: every replica
 computes the checksum of its state when it applies it, so all replicas checksum the state at
@@ -47,6 +55,7 @@ import struct
 from dataclasses import dataclass
 
 from minikv_core.cluster import limits
+from minikv_core.cluster.sessions import SessionError, WriteSession
 from minikv_core.cluster.txn_codec import TxnBody, TxnCodecError, decode_body, encode_body
 
 FORMAT_VERSION = 1
@@ -59,6 +68,8 @@ class CommandKind(enum.IntEnum):
     BATCH = 3
     TXN = 4
     CHECKSUM = 5
+    SESSION_PUT = 6
+    SESSION_DELETE = 7
 
 
 _U64_MAX = 2**64 - 1
@@ -68,10 +79,16 @@ _DELETE_ITEM = struct.Struct("<BQI")  # kind, request_id, key_len
 _BATCH_ITEM = struct.Struct("<BI")  # kind, count
 _TXN_ITEM = struct.Struct("<BQI")  # kind, request_id, body_len
 _CHECKSUM_ITEM = struct.Struct("<BQ")  # kind, request_id
+# kind, request_id, client_id, seq, acked, retry, key_len, value_len
+_SESSION_PUT_ITEM = struct.Struct(f"<BQ{limits.SESSION_CLIENT_ID_BYTES}sQQBII")
+# kind, request_id, client_id, seq, acked, retry, key_len
+_SESSION_DELETE_ITEM = struct.Struct(f"<BQ{limits.SESSION_CLIENT_ID_BYTES}sQQBI")
+_SESSION = struct.Struct(f"<{limits.SESSION_CLIENT_ID_BYTES}sQQB")
+assert _SESSION.size == limits.COMMAND_SESSION_BYTES
 
 # The real fixed overhead of the largest single command stays under the bound limits.py
 # reasons with.
-assert _FORMAT.size + _PUT_ITEM.size <= limits.COMMAND_PUT_OVERHEAD_BYTES_MAX
+assert _FORMAT.size + _SESSION_PUT_ITEM.size <= limits.COMMAND_PUT_OVERHEAD_BYTES_MAX
 
 _FORMAT_BYTE = _FORMAT.pack(FORMAT_VERSION)
 _PUT = CommandKind.PUT
@@ -79,6 +96,8 @@ _DELETE = CommandKind.DELETE
 _BATCH = CommandKind.BATCH
 _TXN = CommandKind.TXN
 _CHECKSUM = CommandKind.CHECKSUM
+_SESSION_PUT = CommandKind.SESSION_PUT
+_SESSION_DELETE = CommandKind.SESSION_DELETE
 
 
 class CommandError(ValueError):
@@ -126,6 +145,15 @@ def _check_request_id(request_id: object) -> int:
     return request_id
 
 
+def _check_session(session: object) -> WriteSession:
+    if not isinstance(session, WriteSession):
+        raise CommandEncodeError(f"session must be a WriteSession, got {type(session).__name__}")
+    try:
+        return session.check()
+    except SessionError as error:
+        raise CommandEncodeError(str(error)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class PutCommand:
     """Set `key` to `value`. `request_id` identifies the waiting client (0: nobody waits)."""
@@ -133,15 +161,34 @@ class PutCommand:
     key: bytes
     value: bytes
     request_id: int = 0
+    session: WriteSession | None = None
+    """The client's session, when it sent one: the write then applies at most once."""
 
     def _encode_item(self, parts: list[bytes]) -> int:
         key = _check_key(self.key)
         value = _check_value(self.value, key)
         request_id = _check_request_id(self.request_id)
-        parts.append(_PUT_ITEM.pack(_PUT, request_id, len(key), len(value)))
+        if self.session is None:
+            parts.append(_PUT_ITEM.pack(_PUT, request_id, len(key), len(value)))
+            header = _PUT_ITEM.size
+        else:
+            s = _check_session(self.session)
+            parts.append(
+                _SESSION_PUT_ITEM.pack(
+                    _SESSION_PUT,
+                    request_id,
+                    s.client_id,
+                    s.seq,
+                    s.acked,
+                    s.retry,
+                    len(key),
+                    len(value),
+                )
+            )
+            header = _SESSION_PUT_ITEM.size
         parts.append(key)
         parts.append(value)
-        return _PUT_ITEM.size + len(key) + len(value)
+        return header + len(key) + len(value)
 
     def encode(self) -> bytes:
         return _encode_top(self)
@@ -153,13 +200,25 @@ class DeleteCommand:
 
     key: bytes
     request_id: int = 0
+    session: WriteSession | None = None
+    """The client's session, when it sent one: the write then applies at most once."""
 
     def _encode_item(self, parts: list[bytes]) -> int:
         key = _check_key(self.key)
         request_id = _check_request_id(self.request_id)
-        parts.append(_DELETE_ITEM.pack(_DELETE, request_id, len(key)))
+        if self.session is None:
+            parts.append(_DELETE_ITEM.pack(_DELETE, request_id, len(key)))
+            header = _DELETE_ITEM.size
+        else:
+            s = _check_session(self.session)
+            parts.append(
+                _SESSION_DELETE_ITEM.pack(
+                    _SESSION_DELETE, request_id, s.client_id, s.seq, s.acked, s.retry, len(key)
+                )
+            )
+            header = _SESSION_DELETE_ITEM.size
         parts.append(key)
-        return _DELETE_ITEM.size + len(key)
+        return header + len(key)
 
     def encode(self) -> bytes:
         return _encode_top(self)
@@ -301,11 +360,56 @@ def _decode_write(view: memoryview, offset: int, size: int) -> tuple[WriteComman
             raise CommandDecodeError(offset, f"DELETE of a {key_len}-byte key overruns the data")
         _check_decoded_key(offset, key_len)
         return DeleteCommand(bytes(view[start:end]), request_id), end
+    if kind == _SESSION_PUT:
+        if offset + _SESSION_PUT_ITEM.size > size:
+            raise CommandDecodeError(offset, "SPUT header is cut short")
+        _, request_id, client_id, seq, acked, retry, key_len, value_len = (
+            _SESSION_PUT_ITEM.unpack_from(view, offset)
+        )
+        start = offset + _SESSION_PUT_ITEM.size
+        end = start + key_len + value_len
+        if end > size:
+            raise CommandDecodeError(
+                offset, f"SPUT of a {key_len}-byte key and {value_len}-byte value overruns the data"
+            )
+        _check_decoded_key(offset, key_len)
+        if value_len > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
+            raise CommandDecodeError(
+                offset,
+                f"SPUT value of {value_len} bytes exceeds {limits.COMMAND_VALUE_SIZE_BYTES_MAX}",
+            )
+        session = _decoded_session(offset, client_id, seq, acked, retry)
+        key = bytes(view[start : start + key_len])
+        return PutCommand(key, bytes(view[start + key_len : end]), request_id, session), end
+    if kind == _SESSION_DELETE:
+        if offset + _SESSION_DELETE_ITEM.size > size:
+            raise CommandDecodeError(offset, "SDELETE header is cut short")
+        _, request_id, client_id, seq, acked, retry, key_len = _SESSION_DELETE_ITEM.unpack_from(
+            view, offset
+        )
+        start = offset + _SESSION_DELETE_ITEM.size
+        end = start + key_len
+        if end > size:
+            raise CommandDecodeError(offset, f"SDELETE of a {key_len}-byte key overruns the data")
+        _check_decoded_key(offset, key_len)
+        session = _decoded_session(offset, client_id, seq, acked, retry)
+        return DeleteCommand(bytes(view[start:end]), request_id, session), end
     if kind == _BATCH:
         raise CommandDecodeError(offset, "a BATCH inside a BATCH (batches do not nest)")
     if kind == _TXN:
         raise CommandDecodeError(offset, "a TXN inside a BATCH (a TXN is alone in its entry)")
     raise CommandDecodeError(offset, f"unknown command kind {kind}")
+
+
+def _decoded_session(
+    offset: int, client_id: bytes, seq: int, acked: int, retry: int
+) -> WriteSession:
+    if retry > 1:
+        raise CommandDecodeError(offset, f"session retry flag is {retry} (0 or 1)")
+    try:
+        return WriteSession(client_id, seq, acked, bool(retry)).check()
+    except SessionError as error:
+        raise CommandDecodeError(offset, str(error)) from None
 
 
 def _check_decoded_key(offset: int, key_len: int) -> None:

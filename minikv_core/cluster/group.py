@@ -67,7 +67,7 @@ from minikv_core.cluster.commands import (
     WriteCommand,
 )
 from minikv_core.cluster.config import fsync_directory
-from minikv_core.cluster.limits import COMMAND_BATCH_COMMANDS_MAX
+from minikv_core.cluster.limits import COMMAND_BATCH_COMMANDS_MAX, COMMAND_SESSION_BYTES
 from minikv_core.cluster.meta import MetaStateMachine
 from minikv_core.cluster.raft_log import GroupStorage
 from minikv_core.cluster.service import InvalidRequestError, UnavailableError
@@ -441,6 +441,8 @@ class ShardGroup(Group):
                 self._propose_batch([(command, future)])
                 continue
             cost = _PUT_ITEM_BYTES + len(command.key) + len(getattr(command, "value", b""))
+            if command.session is not None:
+                cost += COMMAND_SESSION_BYTES
             if batch and (
                 command.key in keys
                 or len(batch) >= COMMAND_BATCH_COMMANDS_MAX

@@ -147,3 +147,31 @@ assert TXN_COMMAND_BYTES_MAX + STORED_VERSION_BYTES <= lsm_limits.LSM_VALUE_SIZE
 assert TXN_OPS_MAX <= COMMAND_BATCH_COMMANDS_MAX, "a part's writes are one engine batch"
 assert TXN_INTENT_TTL_MS > 0
 assert TXN_INTENTS_PER_SHARD_MAX > 0
+
+# =============================================================================================
+# Client sessions (sessions.py): what a shard remembers so that a retried write applies once
+# =============================================================================================
+
+# A client id: 16 random bytes chosen by the client (collision odds negligible).
+SESSION_CLIENT_ID_BYTES = 16
+
+# Client sessions one shard remembers. Past it, the session touched longest ago (by log index,
+# then client id: the same choice on every replica) is forgotten; a retry of that client's
+# write is then refused as of unknown outcome, never applied a second time. Bounds the
+# shard's memory and the records scanned at start (~4 KiB each at most in practice).
+SESSIONS_PER_SHARD_MAX = 4096
+
+# Applied writes one session remembers, i.e. writes of one client that may still be retried
+# (the client's writes in flight to that shard). Past it, the oldest are forgotten and the
+# session's acknowledged mark moves above them (their retries are refused, not re-applied).
+SESSION_RESULTS_MAX = 1024
+
+# Fixed bytes a session adds to a put or delete in a command (client id, seq, acked, flags).
+COMMAND_SESSION_BYTES = SESSION_CLIENT_ID_BYTES + 8 + 8 + 1
+
+assert SESSION_CLIENT_ID_BYTES == 16
+assert SESSIONS_PER_SHARD_MAX > 0 and SESSION_RESULTS_MAX > 0
+# One entry's engine batch: its writes, one session record per client and as many evictions.
+assert 3 * COMMAND_BATCH_COMMANDS_MAX <= lsm_limits.LSM_BATCH_OPS_MAX
+# A session record (acked, last index, count, then seq/kind/value per result) is one value.
+assert 8 + 8 + 4 + SESSION_RESULTS_MAX * 17 <= lsm_limits.LSM_VALUE_SIZE_BYTES_MAX

@@ -69,10 +69,12 @@ from minikv_core.cluster.service import (
     ScanRequest,
     ScanResult,
     ServiceError,
+    SessionExpiredError,
     TooLargeError,
     UnavailableError,
     VersionedValue,
 )
+from minikv_core.cluster.sessions import WriteSession
 from minikv_core.cluster.shard_map import META_GROUP_ID, ShardMap, shard_for_key
 from minikv_core.cluster.state_machine import ApplyResult, ResultKind
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX, TxnRequest, TxnResponse, validate
@@ -133,9 +135,18 @@ class Forwarder(Protocol):
         self, node_id: int, key: bytes, consistency: Consistency, deadline: float
     ) -> VersionedValue: ...
 
-    async def forward_put(self, node_id: int, key: bytes, value: bytes, deadline: float) -> int: ...
+    async def forward_put(
+        self,
+        node_id: int,
+        key: bytes,
+        value: bytes,
+        deadline: float,
+        session: WriteSession | None = None,
+    ) -> int: ...
 
-    async def forward_delete(self, node_id: int, key: bytes, deadline: float) -> bool: ...
+    async def forward_delete(
+        self, node_id: int, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool: ...
 
     async def forward_scan_shard(
         self, node_id: int, shard: int, request: ScanRequest, deadline: float
@@ -475,50 +486,74 @@ class Node:
 
     # ------------------------------------------------------------------------ writes
 
-    async def put(self, key: bytes, value: bytes, deadline: float) -> int:
+    async def put(
+        self, key: bytes, value: bytes, deadline: float, session: WriteSession | None = None
+    ) -> int:
         self._check_key(key)
         self._check_value(value)
         self._writes += 1
-        return await self._serve(deadline, lambda: self._put(key, value, deadline, local=False))
+        return await self._serve(
+            deadline, lambda: self._put(key, value, deadline, session, local=False)
+        )
 
-    async def local_put(self, key: bytes, value: bytes, deadline: float) -> int:
+    async def local_put(
+        self, key: bytes, value: bytes, deadline: float, session: WriteSession | None = None
+    ) -> int:
         """A put forwarded by another node: served here or refused with the leader hint."""
         self._check_key(key)
         self._check_value(value)
-        return await self._serve(deadline, lambda: self._put(key, value, deadline, local=True))
+        return await self._serve(
+            deadline, lambda: self._put(key, value, deadline, session, local=True)
+        )
 
-    async def _put(self, key: bytes, value: bytes, deadline: float, *, local: bool) -> int:
+    async def _put(
+        self,
+        key: bytes,
+        value: bytes,
+        deadline: float,
+        session: WriteSession | None,
+        *,
+        local: bool,
+    ) -> int:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
         await self._await_leader(group, deadline, writes=True)
         if self._writes_here(group, shard, local=local):
-            command = PutCommand(key, value, next(self._request_ids))
+            command = PutCommand(key, value, next(self._request_ids), session)
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.version
         return await self._forward(
-            shard, lambda f, node: f.forward_put(node, key, value, deadline), deadline
+            shard, lambda f, node: f.forward_put(node, key, value, deadline, session), deadline
         )
 
-    async def delete(self, key: bytes, deadline: float) -> bool:
+    async def delete(
+        self, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool:
         self._check_key(key)
         self._writes += 1
-        return await self._serve(deadline, lambda: self._delete(key, deadline, local=False))
+        return await self._serve(
+            deadline, lambda: self._delete(key, deadline, session, local=False)
+        )
 
-    async def local_delete(self, key: bytes, deadline: float) -> bool:
+    async def local_delete(
+        self, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool:
         """A delete forwarded by another node: served here or refused with the leader hint."""
         self._check_key(key)
-        return await self._serve(deadline, lambda: self._delete(key, deadline, local=True))
+        return await self._serve(deadline, lambda: self._delete(key, deadline, session, local=True))
 
-    async def _delete(self, key: bytes, deadline: float, *, local: bool) -> bool:
+    async def _delete(
+        self, key: bytes, deadline: float, session: WriteSession | None, *, local: bool
+    ) -> bool:
         shard = self._shard_of(key)
         group = self.host.shard_groups.get(shard)
         await self._await_leader(group, deadline, writes=True)
         if self._writes_here(group, shard, local=local):
-            command = DeleteCommand(key, next(self._request_ids))
+            command = DeleteCommand(key, next(self._request_ids), session)
             result = await self._propose(self._shard_group(shard), command, deadline)
             return result.existed
         return await self._forward(
-            shard, lambda f, node: f.forward_delete(node, key, deadline), deadline
+            shard, lambda f, node: f.forward_delete(node, key, deadline, session), deadline
         )
 
     async def _propose(
@@ -532,6 +567,8 @@ class Node:
             result = await self._propose_once(group, command, deadline)
             if result.kind is ResultKind.REJECTED:
                 raise InvalidRequestError(f"the write was rejected: {result.error}")
+            if result.kind is ResultKind.EXPIRED:
+                raise SessionExpiredError(f"shard {group.shard}: {result.error}")
             if result.kind is not ResultKind.CONFLICT:
                 assert result.kind in (ResultKind.PUT, ResultKind.DELETE), result
                 return result
@@ -539,9 +576,11 @@ class Node:
             await self._wait_out(result.txn.blockers, group.shard, deadline, attempt)
             attempt += 1
             if isinstance(command, PutCommand):
-                command = PutCommand(command.key, command.value, next(self._request_ids))
+                command = PutCommand(
+                    command.key, command.value, next(self._request_ids), command.session
+                )
             else:
-                command = DeleteCommand(command.key, next(self._request_ids))
+                command = DeleteCommand(command.key, next(self._request_ids), command.session)
 
     async def _propose_once(
         self, group: ShardGroup, command: PutCommand | DeleteCommand | TxnCommand, deadline: float

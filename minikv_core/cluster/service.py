@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from minikv_core.cluster.sessions import WriteSession
     from minikv_core.cluster.txn import TxnRequest, TxnResponse
 
 
@@ -74,6 +75,12 @@ class UnavailableError(ServiceError):
         self.leader_hint = leader_hint
         self.retry_after_s = retry_after_s
         self.unapplied = unapplied
+
+
+class SessionExpiredError(ServiceError):
+    """A write sent again with its client session, which the shard no longer remembers
+    (sessions.py): it may or may not have applied, and applying it now could land it after
+    later writes, so it was not: 409, FAILED_PRECONDITION. Read the key to learn the outcome."""
 
 
 class DeadlineExceededError(ServiceError):
@@ -147,11 +154,16 @@ class NodeService(Protocol):
         """Raises NotFoundError if absent."""
         ...
 
-    async def put(self, key: bytes, value: bytes, deadline: float) -> int:
-        """Returns once committed on a quorum and applied; the result is the new version."""
+    async def put(
+        self, key: bytes, value: bytes, deadline: float, session: WriteSession | None = None
+    ) -> int:
+        """Returns once committed on a quorum and applied; the result is the new version.
+        With a `session`, a write sent again applies at most once (sessions.py)."""
         ...
 
-    async def delete(self, key: bytes, deadline: float) -> bool:
+    async def delete(
+        self, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool:
         """Returns whether the key existed."""
         ...
 

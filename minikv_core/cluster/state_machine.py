@@ -69,6 +69,15 @@ from minikv_core.cluster.commands import (
     WriteCommand,
     decode_command,
 )
+from minikv_core.cluster.sessions import (
+    Remembered,
+    SessionChanges,
+    SessionTable,
+    Verdict,
+)
+from minikv_core.cluster.sessions import (
+    ResultKind as SessionResultKind,
+)
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
 from minikv_core.cluster.txn_codec import Conflict, TxnResult
 from minikv_core.cluster.txn_locks import TxnLockTable
@@ -100,6 +109,7 @@ class ResultKind(enum.Enum):
     REJECTED = "rejected"  # the entry's data is not a valid command
     TXN = "txn"  # a transaction command: see `txn`
     CONFLICT = "conflict"  # a put/delete refused: the key is locked (see `txn`)
+    EXPIRED = "expired"  # a session write whose outcome the shard cannot tell (sessions.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +126,8 @@ class ApplyResult:
     existed: bool = False
     """DELETE: whether the key had a value."""
     error: str | None = None
-    """REJECTED: why the entry's data is not a command."""
+    """REJECTED: why the entry's data is not a command. EXPIRED: why the shard cannot tell
+    whether the write applied."""
     txn: TxnResult | None = None
     """TXN: the transaction command's result. CONFLICT: the `Conflict` (lock holders)."""
 
@@ -192,7 +203,14 @@ class ShardStateMachine:
     each batch atomically).
     """
 
-    __slots__ = ("_checksum_executor", "_engine", "_entries_skipped", "checksums", "txn")
+    __slots__ = (
+        "_checksum_executor",
+        "_engine",
+        "_entries_skipped",
+        "checksums",
+        "sessions",
+        "txn",
+    )
 
     def __init__(self, engine: Engine, checksum_executor: Executor | None = None) -> None:
         """`checksum_executor` computes the digests of CHECKSUM entries (default: the shared
@@ -203,6 +221,10 @@ class ShardStateMachine:
         self.txn = TxnLockTable()
         """Prepared transactions and their locks: an index over replicated state."""
         self.txn.load(engine)
+        self.sessions = SessionTable()
+        """What each client's retried writes answered (sessions.py): an index over records
+        in the engine, like `txn`."""
+        self.sessions.load(engine)
         self.checksums: dict[int, Future[ChecksumRecord]] = {}
         """Checksums of the applied state taken at CHECKSUM entries, by entry index (the
         newest CHECKSUMS_KEPT; memory only: a restarted replica is simply checked again).
@@ -310,6 +332,7 @@ class ShardStateMachine:
         entry_results: list[ApplyResult] = []
         get = self._engine.get
         locks = self.txn
+        changes: SessionChanges | None = None
         for write in writes:
             if write.key.startswith(SYSTEM_KEY_PREFIX):
                 # The shard's transaction state lives there: a plain write must never
@@ -324,6 +347,26 @@ class ShardStateMachine:
                     )
                 )
                 continue
+            session = write.session
+            if session is not None:
+                if changes is None:
+                    changes = self.sessions.begin(index)
+                admission = changes.admit(session)
+                if admission.verdict is not Verdict.APPLY:
+                    # Applied before (answer what it answered then), or the shard no longer
+                    # knows: either way, applying it now could land it after later writes.
+                    entry_results.append(
+                        _not_applied_again(entry, write.request_id, admission.remembered)
+                        if admission.verdict is Verdict.DUPLICATE
+                        else ApplyResult(
+                            ResultKind.EXPIRED,
+                            index,
+                            entry.term,
+                            request_id=write.request_id,
+                            error=admission.reason,
+                        )
+                    )
+                    continue
             if locks.intents:
                 blockers = locks.write_blockers(write.key)
                 if blockers:
@@ -341,6 +384,9 @@ class ShardStateMachine:
                     continue
             if isinstance(write, PutCommand):
                 ops.append(Put(write.key, _VERSION.pack(index) + write.value))
+                if session is not None:
+                    assert changes is not None
+                    changes.remember(session, SessionResultKind.PUT, index)
                 entry_results.append(
                     ApplyResult(
                         ResultKind.PUT,
@@ -356,6 +402,9 @@ class ShardStateMachine:
                 # this entry answers "existed" for every delete of it.
                 existed = get(write.key) is not None
                 ops.append(Delete(write.key))
+                if session is not None:
+                    assert changes is not None
+                    changes.remember(session, SessionResultKind.DELETE, int(existed))
                 entry_results.append(
                     ApplyResult(
                         ResultKind.DELETE,
@@ -365,6 +414,8 @@ class ShardStateMachine:
                         existed=existed,
                     )
                 )
+        if changes is not None:
+            ops.extend(changes.ops())
         try:
             self._engine.apply(ops, index)
         except (InvalidKeyError, InvalidValueError) as exc:
@@ -372,6 +423,8 @@ class ShardStateMachine:
             # deterministic refusal on every replica, so reject rather than crash the group.
             self._reject(entry, f"the engine refused the command: {exc}", results)
             return
+        if changes is not None:
+            changes.commit()  # only now: the session records are in the engine
         results.extend(entry_results)
 
     def _apply_txn(self, entry: Entry, command: TxnCommand, results: list[ApplyResult]) -> None:
@@ -441,15 +494,32 @@ class ShardStateMachine:
 
     def install_snapshot(self, snapshot_dir: Path | str) -> SnapshotInfo:
         """Replace the whole state with a snapshot's (its applied index becomes ours); the
-        lock table is rebuilt from the snapshot's intent records."""
+        lock table and the session table are rebuilt from the snapshot's records."""
         info = self._engine.install_snapshot(snapshot_dir)
         self.txn.load(self._engine)
+        self.sessions.load(self._engine)
         return info
 
     def checksum(self) -> StateChecksum:
         """A digest of every live key, value *and version* at the applied index: replicas
         that applied the same entries agree on it."""
         return self._engine.checksum()
+
+
+def _not_applied_again(entry: Entry, request_id: int, remembered: Remembered | None) -> ApplyResult:
+    """A session write applied before: what it answered then, for this entry's request."""
+    assert remembered is not None
+    if remembered.kind is SessionResultKind.PUT:
+        return ApplyResult(
+            ResultKind.PUT, entry.index, entry.term, request_id=request_id, version=remembered.value
+        )
+    return ApplyResult(
+        ResultKind.DELETE,
+        entry.index,
+        entry.term,
+        request_id=request_id,
+        existed=bool(remembered.value),
+    )
 
 
 def _digest_pinned(index: int, pinned: PinnedState) -> ChecksumRecord:

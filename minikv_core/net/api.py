@@ -23,6 +23,7 @@ from minikv_core.cluster.service import (
     ScanResult,
     TooLargeError,
 )
+from minikv_core.cluster.sessions import SessionError, WriteSession
 from minikv_core.cluster.txn import (
     SYSTEM_KEY_PREFIX,
     Compare,
@@ -315,3 +316,25 @@ def txn_response_from_proto(message: kv_pb2.TxnResponse) -> TxnResponse:
         value = r.value if (kind is OpKind.GET and r.found) else None
         results.append(OpResult(kind, r.version, r.deleted, value))
     return TxnResponse(message.succeeded, tuple(results))
+
+
+# ------------------------------------------------------------------------------- sessions
+
+
+def session_from_proto(request: kv_pb2.PutRequest | kv_pb2.DeleteRequest) -> WriteSession | None:
+    """The write's session, if it carries one; InvalidRequestError names a bad field."""
+    if not request.HasField("session"):
+        return None
+    message = request.session
+    try:
+        return WriteSession(message.client_id, message.seq, message.acked, message.retry).check()
+    except SessionError as error:
+        raise InvalidRequestError(str(error)) from None
+
+
+def session_to_proto(session: WriteSession | None) -> kv_pb2.WriteSession | None:
+    if session is None:
+        return None
+    return kv_pb2.WriteSession(
+        client_id=session.client_id, seq=session.seq, acked=session.acked, retry=session.retry
+    )

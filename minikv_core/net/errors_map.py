@@ -25,6 +25,7 @@ from minikv_core.cluster.service import (
     InvalidRequestError,
     NotFoundError,
     ServiceError,
+    SessionExpiredError,
     TooLargeError,
     UnavailableError,
 )
@@ -51,6 +52,7 @@ ERROR_TABLE: Final[Mapping[type[ServiceError], ErrorMapping]] = {
     DeadlineExceededError: ErrorMapping(
         504, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"
     ),
+    SessionExpiredError: ErrorMapping(409, grpc.StatusCode.FAILED_PRECONDITION, "session_expired"),
 }
 
 INTERNAL: Final = ErrorMapping(500, grpc.StatusCode.INTERNAL, "internal")

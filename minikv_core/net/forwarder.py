@@ -45,7 +45,8 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
-from minikv_core.net import limits
+from minikv_core.cluster.sessions import WriteSession
+from minikv_core.net import api, limits
 from minikv_core.net.errors_map import error_from_grpc
 from minikv_core.net.fault import FaultFilter, OutboundAction
 from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
@@ -123,8 +124,15 @@ class GrpcForwarder:
 
         return await self._forward(node_id, "get", call, deadline)
 
-    async def forward_put(self, node_id: int, key: bytes, value: bytes, deadline: float) -> int:
-        request = kv_pb2.PutRequest(key=key, value=value)
+    async def forward_put(
+        self,
+        node_id: int,
+        key: bytes,
+        value: bytes,
+        deadline: float,
+        session: WriteSession | None = None,
+    ) -> int:
+        request = kv_pb2.PutRequest(key=key, value=value, session=api.session_to_proto(session))
 
         async def call(stub: kv_pb2_grpc.KVAsyncStub, timeout: float) -> int:
             answer = await stub.Put(request, timeout=timeout, metadata=self._metadata)
@@ -132,8 +140,10 @@ class GrpcForwarder:
 
         return await self._forward(node_id, "put", call, deadline)
 
-    async def forward_delete(self, node_id: int, key: bytes, deadline: float) -> bool:
-        request = kv_pb2.DeleteRequest(key=key)
+    async def forward_delete(
+        self, node_id: int, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool:
+        request = kv_pb2.DeleteRequest(key=key, session=api.session_to_proto(session))
 
         async def call(stub: kv_pb2_grpc.KVAsyncStub, timeout: float) -> bool:
             try:

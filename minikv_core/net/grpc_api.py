@@ -41,6 +41,7 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
+from minikv_core.cluster.sessions import WriteSession
 from minikv_core.net import api, limits
 from minikv_core.net.api import ApiConfig
 from minikv_core.net.errors_map import hint_metadata, mapping_for, unexpected_error_detail
@@ -217,9 +218,13 @@ class LocalService(Protocol):
         self, key: bytes, consistency: Consistency, deadline: float
     ) -> VersionedValue: ...
 
-    async def local_put(self, key: bytes, value: bytes, deadline: float) -> int: ...
+    async def local_put(
+        self, key: bytes, value: bytes, deadline: float, session: WriteSession | None = None
+    ) -> int: ...
 
-    async def local_delete(self, key: bytes, deadline: float) -> bool: ...
+    async def local_delete(
+        self, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool: ...
 
     async def local_scan_shard(
         self, shard: int, request: ScanRequest, deadline: float
@@ -298,11 +303,12 @@ class KvServicer(kv_pb2_grpc.KVServicer):
         async def call(deadline: float) -> kv_pb2.PutResponse:
             api.check_key(request.key, self._config)
             api.check_value_size(len(request.value), self._config)
+            session = api.session_from_proto(request)
             local = self._local_for(context)
             if local is not None:
-                version = await local.local_put(request.key, request.value, deadline)
+                version = await local.local_put(request.key, request.value, deadline, session)
             else:
-                version = await self._service.put(request.key, request.value, deadline)
+                version = await self._service.put(request.key, request.value, deadline, session)
             return kv_pb2.PutResponse(version=version)
 
         return await self._calls.serve("Put", context, call)
@@ -312,11 +318,12 @@ class KvServicer(kv_pb2_grpc.KVServicer):
     ) -> kv_pb2.DeleteResponse:
         async def call(deadline: float) -> kv_pb2.DeleteResponse:
             api.check_key(request.key, self._config)
+            session = api.session_from_proto(request)
             local = self._local_for(context)
             if local is not None:
-                existed = await local.local_delete(request.key, deadline)
+                existed = await local.local_delete(request.key, deadline, session)
             else:
-                existed = await self._service.delete(request.key, deadline)
+                existed = await self._service.delete(request.key, deadline, session)
             if not existed:
                 raise NotFoundError("the key does not exist")
             return kv_pb2.DeleteResponse(deleted=True)

@@ -25,6 +25,7 @@ from minikv_core.cluster.service import (
     UnavailableError,
     VersionedValue,
 )
+from minikv_core.cluster.sessions import WriteSession
 from minikv_core.net.fault import FaultFilter, OutboundAction
 from minikv_core.storage.engine import EngineOptions
 from minikv_tui.node_process import free_ports
@@ -72,11 +73,20 @@ class DirectForwarder:
     ) -> VersionedValue:
         return await self._target(node_id).local_get(key, consistency, deadline)
 
-    async def forward_put(self, node_id: int, key: bytes, value: bytes, deadline: float) -> int:
-        return await self._target(node_id).local_put(key, value, deadline)
+    async def forward_put(
+        self,
+        node_id: int,
+        key: bytes,
+        value: bytes,
+        deadline: float,
+        session: WriteSession | None = None,
+    ) -> int:
+        return await self._target(node_id).local_put(key, value, deadline, session)
 
-    async def forward_delete(self, node_id: int, key: bytes, deadline: float) -> bool:
-        return await self._target(node_id).local_delete(key, deadline)
+    async def forward_delete(
+        self, node_id: int, key: bytes, deadline: float, session: WriteSession | None = None
+    ) -> bool:
+        return await self._target(node_id).local_delete(key, deadline, session)
 
     async def forward_scan_shard(
         self, node_id: int, shard: int, request: ScanRequest, deadline: float

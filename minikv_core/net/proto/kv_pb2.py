@@ -24,57 +24,59 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eminikv_core/net/proto/kv.proto\x12\tminikv.v1\"F\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.minikv.v1.Consistency\"-\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\"(\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1e\n\x0bPutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x93\x01\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.minikv.v1.Consistency\x12\x12\n\x05shard\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"7\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\"@\n\x0cScanResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.minikv.v1.KeyValue\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x11\n\x0fShardMapRequest\" \n\x10ShardMapResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x95\x01\n\nTxnCompare\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12(\n\x06target\x18\x02 \x01(\x0e\x32\x18.minikv.v1.CompareTarget\x12 \n\x02op\x18\x03 \x01(\x0e\x32\x14.minikv.v1.CompareOp\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x0e\n\x06\x65xists\x18\x06 \x01(\x08\"G\n\x05TxnOp\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.minikv.v1.TxnOpKind\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"z\n\nTxnRequest\x12&\n\x07\x63ompare\x18\x01 \x03(\x0b\x32\x15.minikv.v1.TxnCompare\x12!\n\x07success\x18\x02 \x03(\x0b\x32\x10.minikv.v1.TxnOp\x12!\n\x07\x66\x61ilure\x18\x03 \x03(\x0b\x32\x10.minikv.v1.TxnOp\"q\n\x0bTxnOpResult\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.minikv.v1.TxnOpKind\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\r\n\x05\x66ound\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\x0c\"I\n\x0bTxnResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.minikv.v1.TxnOpResult\"1\n\x0fTxnShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\x0c\"\"\n\x10TxnShardResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c*B\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x01*`\n\rCompareTarget\x12\x18\n\x14\x43OMPARE_TARGET_VALUE\x10\x00\x12\x1a\n\x16\x43OMPARE_TARGET_VERSION\x10\x01\x12\x19\n\x15\x43OMPARE_TARGET_EXISTS\x10\x02*h\n\tCompareOp\x12\x14\n\x10\x43OMPARE_OP_EQUAL\x10\x00\x12\x18\n\x14\x43OMPARE_OP_NOT_EQUAL\x10\x01\x12\x13\n\x0f\x43OMPARE_OP_LESS\x10\x02\x12\x16\n\x12\x43OMPARE_OP_GREATER\x10\x03*>\n\tTxnOpKind\x12\x0e\n\nTXN_OP_PUT\x10\x00\x12\x11\n\rTXN_OP_DELETE\x10\x01\x12\x0e\n\nTXN_OP_GET\x10\x02\x32\xa8\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.minikv.v1.GetRequest\x1a\x16.minikv.v1.GetResponse\x12\x34\n\x03Put\x12\x15.minikv.v1.PutRequest\x1a\x16.minikv.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.minikv.v1.DeleteRequest\x1a\x19.minikv.v1.DeleteResponse\x12\x37\n\x04Scan\x12\x16.minikv.v1.ScanRequest\x1a\x17.minikv.v1.ScanResponse\x12\x43\n\x08ShardMap\x12\x1a.minikv.v1.ShardMapRequest\x1a\x1b.minikv.v1.ShardMapResponse\x12\x34\n\x03Txn\x12\x15.minikv.v1.TxnRequest\x1a\x16.minikv.v1.TxnResponse\x12\x43\n\x08TxnShard\x12\x1a.minikv.v1.TxnShardRequest\x1a\x1b.minikv.v1.TxnShardResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eminikv_core/net/proto/kv.proto\x12\tminikv.v1\"F\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12+\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x16.minikv.v1.Consistency\"-\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x0f\n\x07version\x18\x02 \x01(\x04\"L\n\x0cWriteSession\x12\x11\n\tclient_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\r\n\x05\x61\x63ked\x18\x03 \x01(\x04\x12\r\n\x05retry\x18\x04 \x01(\x08\"c\n\nPutRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12-\n\x07session\x18\x03 \x01(\x0b\x32\x17.minikv.v1.WriteSessionH\x00\x88\x01\x01\x42\n\n\x08_session\"\x1e\n\x0bPutResponse\x12\x0f\n\x07version\x18\x01 \x01(\x04\"W\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12-\n\x07session\x18\x02 \x01(\x0b\x32\x17.minikv.v1.WriteSessionH\x00\x88\x01\x01\x42\n\n\x08_session\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"\x93\x01\n\x0bScanRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\x0c\x12\r\n\x05start\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x0c\x12\r\n\x05limit\x18\x04 \x01(\r\x12+\n\x0b\x63onsistency\x18\x05 \x01(\x0e\x32\x16.minikv.v1.Consistency\x12\x12\n\x05shard\x18\x06 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_shard\"7\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x04\"@\n\x0cScanResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.minikv.v1.KeyValue\x12\x0c\n\x04more\x18\x02 \x01(\x08\"\x11\n\x0fShardMapRequest\" \n\x10ShardMapResponse\x12\x0c\n\x04json\x18\x01 \x01(\t\"\x95\x01\n\nTxnCompare\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12(\n\x06target\x18\x02 \x01(\x0e\x32\x18.minikv.v1.CompareTarget\x12 \n\x02op\x18\x03 \x01(\x0e\x32\x14.minikv.v1.CompareOp\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x0f\n\x07version\x18\x05 \x01(\x04\x12\x0e\n\x06\x65xists\x18\x06 \x01(\x08\"G\n\x05TxnOp\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.minikv.v1.TxnOpKind\x12\x0b\n\x03key\x18\x02 \x01(\x0c\x12\r\n\x05value\x18\x03 \x01(\x0c\"z\n\nTxnRequest\x12&\n\x07\x63ompare\x18\x01 \x03(\x0b\x32\x15.minikv.v1.TxnCompare\x12!\n\x07success\x18\x02 \x03(\x0b\x32\x10.minikv.v1.TxnOp\x12!\n\x07\x66\x61ilure\x18\x03 \x03(\x0b\x32\x10.minikv.v1.TxnOp\"q\n\x0bTxnOpResult\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.minikv.v1.TxnOpKind\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x03 \x01(\x08\x12\r\n\x05\x66ound\x18\x04 \x01(\x08\x12\r\n\x05value\x18\x05 \x01(\x0c\"I\n\x0bTxnResponse\x12\x11\n\tsucceeded\x18\x01 \x01(\x08\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.minikv.v1.TxnOpResult\"1\n\x0fTxnShardRequest\x12\r\n\x05shard\x18\x01 \x01(\r\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\x0c\"\"\n\x10TxnShardResponse\x12\x0e\n\x06result\x18\x01 \x01(\x0c*B\n\x0b\x43onsistency\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x00\x12\x15\n\x11\x43ONSISTENCY_STALE\x10\x01*`\n\rCompareTarget\x12\x18\n\x14\x43OMPARE_TARGET_VALUE\x10\x00\x12\x1a\n\x16\x43OMPARE_TARGET_VERSION\x10\x01\x12\x19\n\x15\x43OMPARE_TARGET_EXISTS\x10\x02*h\n\tCompareOp\x12\x14\n\x10\x43OMPARE_OP_EQUAL\x10\x00\x12\x18\n\x14\x43OMPARE_OP_NOT_EQUAL\x10\x01\x12\x13\n\x0f\x43OMPARE_OP_LESS\x10\x02\x12\x16\n\x12\x43OMPARE_OP_GREATER\x10\x03*>\n\tTxnOpKind\x12\x0e\n\nTXN_OP_PUT\x10\x00\x12\x11\n\rTXN_OP_DELETE\x10\x01\x12\x0e\n\nTXN_OP_GET\x10\x02\x32\xa8\x03\n\x02KV\x12\x34\n\x03Get\x12\x15.minikv.v1.GetRequest\x1a\x16.minikv.v1.GetResponse\x12\x34\n\x03Put\x12\x15.minikv.v1.PutRequest\x1a\x16.minikv.v1.PutResponse\x12=\n\x06\x44\x65lete\x12\x18.minikv.v1.DeleteRequest\x1a\x19.minikv.v1.DeleteResponse\x12\x37\n\x04Scan\x12\x16.minikv.v1.ScanRequest\x1a\x17.minikv.v1.ScanResponse\x12\x43\n\x08ShardMap\x12\x1a.minikv.v1.ShardMapRequest\x1a\x1b.minikv.v1.ShardMapResponse\x12\x34\n\x03Txn\x12\x15.minikv.v1.TxnRequest\x1a\x16.minikv.v1.TxnResponse\x12\x43\n\x08TxnShard\x12\x1a.minikv.v1.TxnShardRequest\x1a\x1b.minikv.v1.TxnShardResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'minikv_core.net.proto.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=1255
-  _globals['_CONSISTENCY']._serialized_end=1321
-  _globals['_COMPARETARGET']._serialized_start=1323
-  _globals['_COMPARETARGET']._serialized_end=1419
-  _globals['_COMPAREOP']._serialized_start=1421
-  _globals['_COMPAREOP']._serialized_end=1525
-  _globals['_TXNOPKIND']._serialized_start=1527
-  _globals['_TXNOPKIND']._serialized_end=1589
+  _globals['_CONSISTENCY']._serialized_start=1451
+  _globals['_CONSISTENCY']._serialized_end=1517
+  _globals['_COMPARETARGET']._serialized_start=1519
+  _globals['_COMPARETARGET']._serialized_end=1615
+  _globals['_COMPAREOP']._serialized_start=1617
+  _globals['_COMPAREOP']._serialized_end=1721
+  _globals['_TXNOPKIND']._serialized_start=1723
+  _globals['_TXNOPKIND']._serialized_end=1785
   _globals['_GETREQUEST']._serialized_start=45
   _globals['_GETREQUEST']._serialized_end=115
   _globals['_GETRESPONSE']._serialized_start=117
   _globals['_GETRESPONSE']._serialized_end=162
-  _globals['_PUTREQUEST']._serialized_start=164
-  _globals['_PUTREQUEST']._serialized_end=204
-  _globals['_PUTRESPONSE']._serialized_start=206
-  _globals['_PUTRESPONSE']._serialized_end=236
-  _globals['_DELETEREQUEST']._serialized_start=238
-  _globals['_DELETEREQUEST']._serialized_end=266
-  _globals['_DELETERESPONSE']._serialized_start=268
-  _globals['_DELETERESPONSE']._serialized_end=301
-  _globals['_SCANREQUEST']._serialized_start=304
-  _globals['_SCANREQUEST']._serialized_end=451
-  _globals['_KEYVALUE']._serialized_start=453
-  _globals['_KEYVALUE']._serialized_end=508
-  _globals['_SCANRESPONSE']._serialized_start=510
-  _globals['_SCANRESPONSE']._serialized_end=574
-  _globals['_SHARDMAPREQUEST']._serialized_start=576
-  _globals['_SHARDMAPREQUEST']._serialized_end=593
-  _globals['_SHARDMAPRESPONSE']._serialized_start=595
-  _globals['_SHARDMAPRESPONSE']._serialized_end=627
-  _globals['_TXNCOMPARE']._serialized_start=630
-  _globals['_TXNCOMPARE']._serialized_end=779
-  _globals['_TXNOP']._serialized_start=781
-  _globals['_TXNOP']._serialized_end=852
-  _globals['_TXNREQUEST']._serialized_start=854
-  _globals['_TXNREQUEST']._serialized_end=976
-  _globals['_TXNOPRESULT']._serialized_start=978
-  _globals['_TXNOPRESULT']._serialized_end=1091
-  _globals['_TXNRESPONSE']._serialized_start=1093
-  _globals['_TXNRESPONSE']._serialized_end=1166
-  _globals['_TXNSHARDREQUEST']._serialized_start=1168
-  _globals['_TXNSHARDREQUEST']._serialized_end=1217
-  _globals['_TXNSHARDRESPONSE']._serialized_start=1219
-  _globals['_TXNSHARDRESPONSE']._serialized_end=1253
-  _globals['_KV']._serialized_start=1592
-  _globals['_KV']._serialized_end=2016
+  _globals['_WRITESESSION']._serialized_start=164
+  _globals['_WRITESESSION']._serialized_end=240
+  _globals['_PUTREQUEST']._serialized_start=242
+  _globals['_PUTREQUEST']._serialized_end=341
+  _globals['_PUTRESPONSE']._serialized_start=343
+  _globals['_PUTRESPONSE']._serialized_end=373
+  _globals['_DELETEREQUEST']._serialized_start=375
+  _globals['_DELETEREQUEST']._serialized_end=462
+  _globals['_DELETERESPONSE']._serialized_start=464
+  _globals['_DELETERESPONSE']._serialized_end=497
+  _globals['_SCANREQUEST']._serialized_start=500
+  _globals['_SCANREQUEST']._serialized_end=647
+  _globals['_KEYVALUE']._serialized_start=649
+  _globals['_KEYVALUE']._serialized_end=704
+  _globals['_SCANRESPONSE']._serialized_start=706
+  _globals['_SCANRESPONSE']._serialized_end=770
+  _globals['_SHARDMAPREQUEST']._serialized_start=772
+  _globals['_SHARDMAPREQUEST']._serialized_end=789
+  _globals['_SHARDMAPRESPONSE']._serialized_start=791
+  _globals['_SHARDMAPRESPONSE']._serialized_end=823
+  _globals['_TXNCOMPARE']._serialized_start=826
+  _globals['_TXNCOMPARE']._serialized_end=975
+  _globals['_TXNOP']._serialized_start=977
+  _globals['_TXNOP']._serialized_end=1048
+  _globals['_TXNREQUEST']._serialized_start=1050
+  _globals['_TXNREQUEST']._serialized_end=1172
+  _globals['_TXNOPRESULT']._serialized_start=1174
+  _globals['_TXNOPRESULT']._serialized_end=1287
+  _globals['_TXNRESPONSE']._serialized_start=1289
+  _globals['_TXNRESPONSE']._serialized_end=1362
+  _globals['_TXNSHARDREQUEST']._serialized_start=1364
+  _globals['_TXNSHARDREQUEST']._serialized_end=1413
+  _globals['_TXNSHARDRESPONSE']._serialized_start=1415
+  _globals['_TXNSHARDRESPONSE']._serialized_end=1449
+  _globals['_KV']._serialized_start=1788
+  _globals['_KV']._serialized_end=2212
 # @@protoc_insertion_point(module_scope)

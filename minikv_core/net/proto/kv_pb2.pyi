@@ -150,21 +150,65 @@ class GetResponse(google.protobuf.message.Message):
 Global___GetResponse: typing_extensions.TypeAlias = GetResponse
 
 @typing.final
+class WriteSession(google.protobuf.message.Message):
+    """Makes a write sent again apply at most once (Raft thesis §6.3; sessions.py). A client picks
+    a random client_id and numbers its writes; the shard remembers what each applied write
+    answered and answers a repeat with it instead of applying it again. A repeat the shard can
+    no longer match is refused with FAILED_PRECONDITION: its outcome is unknown.
+    """
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: builtins.int
+    SEQ_FIELD_NUMBER: builtins.int
+    ACKED_FIELD_NUMBER: builtins.int
+    RETRY_FIELD_NUMBER: builtins.int
+    client_id: builtins.bytes
+    """16 random bytes, the same for all the client's writes."""
+    seq: builtins.int
+    """This write's number: 1, 2, 3, ... per client."""
+    acked: builtins.int
+    """Every write of the client numbered below this one is answered or given up (<= seq)."""
+    retry: builtins.bool
+    """A repeat of a write sent before."""
+    def __init__(
+        self,
+        *,
+        client_id: builtins.bytes = ...,
+        seq: builtins.int = ...,
+        acked: builtins.int = ...,
+        retry: builtins.bool = ...,
+    ) -> None: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["acked", b"acked", "client_id", b"client_id", "retry", b"retry", "seq", b"seq"]
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+
+Global___WriteSession: typing_extensions.TypeAlias = WriteSession
+
+@typing.final
 class PutRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     KEY_FIELD_NUMBER: builtins.int
     VALUE_FIELD_NUMBER: builtins.int
+    SESSION_FIELD_NUMBER: builtins.int
     key: builtins.bytes
     value: builtins.bytes
+    @property
+    def session(self) -> Global___WriteSession: ...
     def __init__(
         self,
         *,
         key: builtins.bytes = ...,
         value: builtins.bytes = ...,
+        session: Global___WriteSession | None = ...,
     ) -> None: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["key", b"key", "value", b"value"]
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["_session", b"_session", "session", b"session"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["_session", b"_session", "key", b"key", "session", b"session", "value", b"value"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__session: typing_extensions.TypeAlias = typing.Literal["session"]
+    _WhichOneofArgType__session: typing_extensions.TypeAlias = typing.Literal["_session", b"_session"]
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__session) -> _WhichOneofReturnType__session | None: ...
 
 Global___PutRequest: typing_extensions.TypeAlias = PutRequest
 
@@ -189,14 +233,23 @@ class DeleteRequest(google.protobuf.message.Message):
     DESCRIPTOR: google.protobuf.descriptor.Descriptor
 
     KEY_FIELD_NUMBER: builtins.int
+    SESSION_FIELD_NUMBER: builtins.int
     key: builtins.bytes
+    @property
+    def session(self) -> Global___WriteSession: ...
     def __init__(
         self,
         *,
         key: builtins.bytes = ...,
+        session: Global___WriteSession | None = ...,
     ) -> None: ...
-    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["key", b"key"]
+    _HasFieldArgType: typing_extensions.TypeAlias = typing.Literal["_session", b"_session", "session", b"session"]
+    def HasField(self, field_name: _HasFieldArgType) -> builtins.bool: ...
+    _ClearFieldArgType: typing_extensions.TypeAlias = typing.Literal["_session", b"_session", "key", b"key", "session", b"session"]
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__session: typing_extensions.TypeAlias = typing.Literal["session"]
+    _WhichOneofArgType__session: typing_extensions.TypeAlias = typing.Literal["_session", b"_session"]
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__session) -> _WhichOneofReturnType__session | None: ...
 
 Global___DeleteRequest: typing_extensions.TypeAlias = DeleteRequest
 

@@ -1,0 +1,296 @@
+"""Client sessions: a write sent again after an unknown outcome applies at most once.
+
+Why: when a leader dies or a connection breaks after a write was sent, the client cannot
+know whether it applied. Sending it again blindly can apply it a second time *after* later
+writes to the key, and readers see an overwritten value come back (the anomaly
+tests/integration/test_register_histories.py found). Without sessions the client must give up
+and report an unknown outcome; with them it retries safely (Raft thesis §6.3, "Implementing
+linearizable semantics").
+
+How: a client picks a random 16-byte id and numbers its writes 1, 2, 3, ... (`seq`). Each
+write carries `WriteSession(client_id, seq, acked, retry)`: `acked` says every write of this
+client numbered below it has been answered or given up, so the shard may forget them; `retry`
+marks a repeat. A shard's state machine remembers, per client, the result of each applied
+write numbered `acked` or more. When it applies a write:
+
+- seen before (same client and seq): nothing is written; the remembered result is answered
+  again (the retry learns the outcome of the write that did apply);
+- numbered below the session's `acked`, or a retry of a client the shard does not know while
+  the shard has ever forgotten a session (the client's may be the one): refused with
+  EXPIRED, nothing written. The outcome is then unknown to the client, which says so —
+  never applied a second time. (A shard that never forgot a session and does not know the
+  client has never applied any of its writes, so a retry of its first one applies.)
+- otherwise applied, and its result remembered.
+
+Every decision depends only on the log, so every replica decides alike. The table lives in
+the shard's engine under SESSION_KEY_PREFIX (one record per client, written in the same
+atomic batch as the entry's writes), so it survives crashes (replay restarts above the
+engine's durable applied index with the records as of that index), travels in snapshots, and
+is rebuilt from the engine at open and after a snapshot install.
+
+Bounds (limits.py): SESSIONS_PER_SHARD_MAX sessions (the one touched longest ago, by log
+index then client id, is forgotten first) and SESSION_RESULTS_MAX results per session (the
+oldest are forgotten and `acked` moves above them). No clock: expiry by wall time would need
+the leader's clock in every entry, and eviction by count is deterministic without it.
+
+Record layout (little-endian): `acked u64 | last_index u64 | count u32 |
+count x (seq u64, kind u8, value u64)` where kind 1 is a put (value: its version) and kind 2
+a delete (value: 1 if the key existed).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from minikv_core.cluster import limits
+from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
+from minikv_core.storage.engine import Delete, Engine, Op, Put
+from minikv_core.storage.errors import StorageError
+
+SESSION_KEY_PREFIX = SYSTEM_KEY_PREFIX + b"s/"
+EVICTED_KEY = SYSTEM_KEY_PREFIX + b"sessions-evicted"
+"""How many sessions the shard has forgotten (u64), absent while none."""
+assert not EVICTED_KEY.startswith(SESSION_KEY_PREFIX)
+_COUNT = struct.Struct("<Q")
+
+_U64_MAX = 2**64 - 1
+_HEADER = struct.Struct("<QQI")  # acked, last_index, count
+_RESULT = struct.Struct("<QBQ")  # seq, kind, value
+
+
+class SessionError(ValueError):
+    """A session's fields are out of range."""
+
+
+class SessionCorruptionError(StorageError):
+    """A stored session record does not decode (it was not written by this module)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteSession:
+    """What a client's write carries so that sending it again cannot apply it twice."""
+
+    client_id: bytes
+    """SESSION_CLIENT_ID_BYTES random bytes, fixed for the client's lifetime."""
+    seq: int
+    """This write's number, 1.. and unique per client."""
+    acked: int
+    """Every write of the client numbered below it is answered or given up (<= seq)."""
+    retry: bool = False
+    """A repeat of a write sent before."""
+
+    def check(self) -> WriteSession:
+        """Self, or SessionError naming the field that is out of range."""
+        if not isinstance(self.client_id, bytes) or (
+            len(self.client_id) != limits.SESSION_CLIENT_ID_BYTES
+        ):
+            raise SessionError(
+                f"session client_id must be {limits.SESSION_CLIENT_ID_BYTES} bytes, got "
+                f"{len(self.client_id) if isinstance(self.client_id, bytes) else self.client_id!r}"
+            )
+        if type(self.seq) is not int or not 1 <= self.seq <= _U64_MAX:
+            raise SessionError(f"session seq must be in 1..2**64-1, got {self.seq!r}")
+        if type(self.acked) is not int or not 0 <= self.acked <= self.seq:
+            raise SessionError(
+                f"session acked must be in 0..seq ({self.seq}), got {self.acked!r}: a client "
+                "cannot have given up on the write it is sending"
+            )
+        if type(self.retry) is not bool:
+            raise SessionError(f"session retry must be a bool, got {self.retry!r}")
+        return self
+
+
+class ResultKind(enum.IntEnum):
+    PUT = 1
+    DELETE = 2
+
+
+class Remembered(NamedTuple):
+    """The result of an applied write, as a session keeps it for its retries."""
+
+    kind: ResultKind
+    value: int
+    """PUT: the version it wrote. DELETE: 1 if the key existed, else 0."""
+
+
+class Verdict(enum.Enum):
+    APPLY = "apply"
+    DUPLICATE = "duplicate"
+    EXPIRED = "expired"
+
+
+class Admission(NamedTuple):
+    verdict: Verdict
+    remembered: Remembered | None = None
+    """DUPLICATE: what the write answered when it applied."""
+    reason: str = ""
+    """EXPIRED: why the shard cannot tell whether the write applied."""
+
+
+class _Session:
+    __slots__ = ("acked", "last_index", "results")
+
+    def __init__(self, acked: int, last_index: int, results: dict[int, Remembered]) -> None:
+        self.acked = acked
+        self.last_index = last_index
+        self.results = results
+
+    def copy(self) -> _Session:
+        return _Session(self.acked, self.last_index, dict(self.results))
+
+    def encode(self) -> bytes:
+        parts = [_HEADER.pack(self.acked, self.last_index, len(self.results))]
+        parts.extend(_RESULT.pack(seq, kind, value) for seq, (kind, value) in self.results.items())
+        return b"".join(parts)
+
+
+def _decode(key: bytes, stored: bytes) -> _Session:
+    if len(stored) < _HEADER.size:
+        raise SessionCorruptionError(f"session record {key!r} is {len(stored)} bytes, too short")
+    acked, last_index, count = _HEADER.unpack_from(stored, 0)
+    if len(stored) != _HEADER.size + count * _RESULT.size:
+        raise SessionCorruptionError(
+            f"session record {key!r} is {len(stored)} bytes, but its header counts {count} results"
+        )
+    results: dict[int, Remembered] = {}
+    for seq, kind, value in _RESULT.iter_unpack(memoryview(stored)[_HEADER.size :]):
+        if kind not in (ResultKind.PUT, ResultKind.DELETE):
+            raise SessionCorruptionError(f"session record {key!r} holds a result of kind {kind}")
+        results[seq] = Remembered(ResultKind(kind), value)
+    return _Session(acked, last_index, results)
+
+
+class SessionTable:
+    """A shard's client sessions: an index over records in its engine (module docstring)."""
+
+    __slots__ = ("_sessions", "evicted")
+
+    def __init__(self) -> None:
+        self._sessions: dict[bytes, _Session] = {}
+        self.evicted = 0
+        """Sessions forgotten so far (SESSIONS_PER_SHARD_MAX)."""
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def load(self, engine: Engine) -> None:
+        """Rebuild from the records in `engine` (at open and after a snapshot install)."""
+        self._sessions = {
+            key[len(SESSION_KEY_PREFIX) :]: _decode(key, stored)
+            for key, stored in engine.scan(prefix=SESSION_KEY_PREFIX)
+        }
+        stored = engine.get(EVICTED_KEY)
+        if stored is not None and len(stored) != _COUNT.size:
+            raise SessionCorruptionError(f"{EVICTED_KEY!r} is {len(stored)} bytes, not 8")
+        self.evicted = 0 if stored is None else _COUNT.unpack(stored)[0]
+
+    def begin(self, index: int) -> SessionChanges:
+        """The sessions' changes for the entry at `index`, staged until `commit()`."""
+        return SessionChanges(self, index)
+
+    def results_of(self, client_id: bytes) -> dict[int, Remembered]:
+        """A copy of what the shard remembers of `client_id` (tests, inspection)."""
+        session = self._sessions.get(client_id)
+        return {} if session is None else dict(session.results)
+
+
+class SessionChanges:
+    """What one entry does to the session table: decided against the table as the entry
+    found it plus the entry's own earlier writes, written to the engine in the entry's batch
+    (`ops()`), and made visible only by `commit()` once that batch applied."""
+
+    __slots__ = ("_evicted", "_index", "_table", "_touched")
+
+    def __init__(self, table: SessionTable, index: int) -> None:
+        self._table = table
+        self._index = index
+        self._touched: dict[bytes, _Session] = {}
+        self._evicted: list[bytes] = []
+
+    def _session(self, client_id: bytes) -> _Session | None:
+        session = self._touched.get(client_id)
+        if session is None:
+            found = self._table._sessions.get(client_id)
+            if found is None:
+                return None
+            session = self._touched[client_id] = found.copy()
+        return session
+
+    def admit(self, write: WriteSession) -> Admission:
+        """Whether a write carrying `write` applies (module docstring)."""
+        session = self._session(write.client_id)
+        if session is None:
+            if write.retry and self._table.evicted:
+                return Admission(
+                    Verdict.EXPIRED,
+                    reason="this shard does not know the client's session and has forgotten "
+                    "sessions before, so it cannot tell whether the write applied",
+                )
+            session = self._touched[write.client_id] = _Session(0, self._index, {})
+        session.last_index = self._index
+        if write.acked > session.acked:
+            session.acked = write.acked
+            session.results = {s: r for s, r in session.results.items() if s >= write.acked}
+        remembered = session.results.get(write.seq)
+        if remembered is not None:
+            return Admission(Verdict.DUPLICATE, remembered)
+        if write.seq < session.acked:
+            return Admission(
+                Verdict.EXPIRED,
+                reason=f"write {write.seq} of the client is older than the writes this shard "
+                f"still remembers (from {session.acked}), so it cannot tell whether it applied",
+            )
+        return Admission(Verdict.APPLY)
+
+    def remember(self, write: WriteSession, kind: ResultKind, value: int) -> None:
+        """Record the result of a write `admit` let apply."""
+        session = self._touched[write.client_id]
+        session.results[write.seq] = Remembered(kind, value)
+        if len(session.results) > limits.SESSION_RESULTS_MAX:
+            oldest = min(session.results)
+            del session.results[oldest]
+            session.acked = min(session.results)
+
+    def ops(self) -> list[Op]:
+        """The engine ops of these changes: the touched sessions' records, and deletes of the
+        sessions forgotten to stay within SESSIONS_PER_SHARD_MAX."""
+        sessions = self._table._sessions
+        excess = len(sessions) + sum(1 for c in self._touched if c not in sessions)
+        excess -= limits.SESSIONS_PER_SHARD_MAX
+        if excess > 0:
+            self._evicted = self._oldest(excess)
+        evicted = set(self._evicted)
+        ops: list[Op] = [
+            Put(SESSION_KEY_PREFIX + client_id, session.encode())
+            for client_id, session in self._touched.items()
+            if client_id not in evicted
+        ]
+        ops.extend(Delete(SESSION_KEY_PREFIX + client_id) for client_id in self._evicted)
+        if self._evicted:
+            ops.append(Put(EVICTED_KEY, _COUNT.pack(self._table.evicted + len(self._evicted))))
+        return ops
+
+    def _oldest(self, count: int) -> list[bytes]:
+        """The `count` sessions touched longest ago, by (last index, client id): sessions this
+        entry touched count with this entry's index, so they go last."""
+
+        def candidates() -> Iterator[tuple[int, bytes]]:
+            for client_id, session in self._table._sessions.items():
+                touched = self._touched.get(client_id)
+                yield (session if touched is None else touched).last_index, client_id
+            for client_id, session in self._touched.items():
+                if client_id not in self._table._sessions:
+                    yield session.last_index, client_id
+
+        return [client_id for _, client_id in sorted(candidates())[:count]]
+
+    def commit(self) -> None:
+        sessions = self._table._sessions
+        sessions.update(self._touched)
+        for client_id in self._evicted:
+            sessions.pop(client_id, None)
+        self._table.evicted += len(self._evicted)

@@ -404,12 +404,15 @@ def _decode_write(view: memoryview, offset: int, size: int) -> tuple[WriteComman
 def _decoded_session(
     offset: int, client_id: bytes, seq: int, acked: int, retry: int
 ) -> WriteSession:
-    if retry > 1:
+    # The struct already fixed the id's length and the integers' ranges; check the rest
+    # inline (this runs for every session write on every replica).
+    if retry > 1 or seq < 1 or acked > seq:
+        try:
+            WriteSession(client_id, seq, acked, bool(retry)).check()
+        except SessionError as error:
+            raise CommandDecodeError(offset, str(error)) from None
         raise CommandDecodeError(offset, f"session retry flag is {retry} (0 or 1)")
-    try:
-        return WriteSession(client_id, seq, acked, bool(retry)).check()
-    except SessionError as error:
-        raise CommandDecodeError(offset, str(error)) from None
+    return WriteSession(client_id, seq, acked, retry == 1)
 
 
 def _check_decoded_key(offset: int, key_len: int) -> None:

@@ -33,18 +33,17 @@ index then client id, is forgotten first) and SESSION_RESULTS_MAX results per se
 oldest are forgotten and `acked` moves above them). No clock: expiry by wall time would need
 the leader's clock in every entry, and eviction by count is deterministic without it.
 
-Record layout (little-endian): `acked u64 | last_index u64 | count u32 |
-count x (seq u64, kind u8, value u64)` where kind 1 is a put (value: its version) and kind 2
-a delete (value: 1 if the key existed).
+Record layout (little-endian): `acked u64 | last_index u64 | count u32 | count x seq u64 |
+count x code u64`, where a code is the version a put wrote, or DELETED_CODE /
+DELETED_ABSENT_CODE for a delete that found the key or not (versions are Raft indexes and
+never reach those). Columns of u64: the whole record packs in one call.
 """
 
 from __future__ import annotations
 
-import enum
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from minikv_core.cluster import limits
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
@@ -59,7 +58,7 @@ _COUNT = struct.Struct("<Q")
 
 _U64_MAX = 2**64 - 1
 _HEADER = struct.Struct("<QQI")  # acked, last_index, count
-_RESULT = struct.Struct("<QBQ")  # seq, kind, value
+_RESULT_BYTES = 8 + 8  # seq, code
 
 
 class SessionError(ValueError):
@@ -70,9 +69,9 @@ class SessionCorruptionError(StorageError):
     """A stored session record does not decode (it was not written by this module)."""
 
 
-@dataclass(frozen=True, slots=True)
-class WriteSession:
-    """What a client's write carries so that sending it again cannot apply it twice."""
+class WriteSession(NamedTuple):
+    """What a client's write carries so that sending it again cannot apply it twice. (A
+    NamedTuple: one is built per write decoded on every replica.)"""
 
     client_id: bytes
     """SESSION_CLIENT_ID_BYTES random bytes, fixed for the client's lifetime."""
@@ -104,63 +103,66 @@ class WriteSession:
         return self
 
 
-class ResultKind(enum.IntEnum):
-    PUT = 1
-    DELETE = 2
+DELETED_CODE = _U64_MAX
+"""The remembered result of a delete that found the key."""
+DELETED_ABSENT_CODE = _U64_MAX - 1
+"""The remembered result of a delete that found no key."""
+# Any other code is the version a put wrote (a Raft index: never this large).
 
 
-class Remembered(NamedTuple):
-    """The result of an applied write, as a session keeps it for its retries."""
-
-    kind: ResultKind
-    value: int
-    """PUT: the version it wrote. DELETE: 1 if the key existed, else 0."""
+def put_code(version: int) -> int:
+    assert 1 <= version < DELETED_ABSENT_CODE, version
+    return version
 
 
-class Verdict(enum.Enum):
-    APPLY = "apply"
-    DUPLICATE = "duplicate"
-    EXPIRED = "expired"
+def delete_code(existed: bool) -> int:
+    return DELETED_CODE if existed else DELETED_ABSENT_CODE
 
 
-class Admission(NamedTuple):
-    verdict: Verdict
-    remembered: Remembered | None = None
-    """DUPLICATE: what the write answered when it applied."""
-    reason: str = ""
-    """EXPIRED: why the shard cannot tell whether the write applied."""
+def is_delete_code(code: int) -> bool:
+    return code >= DELETED_ABSENT_CODE
+
+
+_APPLY: Final = None
 
 
 class _Session:
     __slots__ = ("acked", "last_index", "results")
 
-    def __init__(self, acked: int, last_index: int, results: dict[int, Remembered]) -> None:
+    def __init__(self, acked: int, last_index: int, results: dict[int, int]) -> None:
         self.acked = acked
         self.last_index = last_index
         self.results = results
+        """Write number to its result code (put_code / delete_code)."""
 
     def copy(self) -> _Session:
         return _Session(self.acked, self.last_index, dict(self.results))
 
     def encode(self) -> bytes:
-        parts = [_HEADER.pack(self.acked, self.last_index, len(self.results))]
-        parts.extend(_RESULT.pack(seq, kind, value) for seq, (kind, value) in self.results.items())
-        return b"".join(parts)
+        """The record, after forgetting the results below `acked` (done here, once per entry,
+        rather than on every write that raises `acked`: every replica encodes alike)."""
+        acked = self.acked
+        results = self.results
+        if results and min(results) < acked:
+            results = self.results = {s: r for s, r in results.items() if s >= acked}
+        count = len(results)
+        return struct.pack(
+            f"<QQI{2 * count}Q", acked, self.last_index, count, *results, *results.values()
+        )
 
 
 def _decode(key: bytes, stored: bytes) -> _Session:
     if len(stored) < _HEADER.size:
         raise SessionCorruptionError(f"session record {key!r} is {len(stored)} bytes, too short")
     acked, last_index, count = _HEADER.unpack_from(stored, 0)
-    if len(stored) != _HEADER.size + count * _RESULT.size:
+    if len(stored) != _HEADER.size + count * _RESULT_BYTES:
         raise SessionCorruptionError(
             f"session record {key!r} is {len(stored)} bytes, but its header counts {count} results"
         )
-    results: dict[int, Remembered] = {}
-    for seq, kind, value in _RESULT.iter_unpack(memoryview(stored)[_HEADER.size :]):
-        if kind not in (ResultKind.PUT, ResultKind.DELETE):
-            raise SessionCorruptionError(f"session record {key!r} holds a result of kind {kind}")
-        results[seq] = Remembered(ResultKind(kind), value)
+    columns = struct.unpack_from(f"<{2 * count}Q", stored, _HEADER.size)
+    results = dict(zip(columns[:count], columns[count:], strict=True))
+    if 0 in results.values():
+        raise SessionCorruptionError(f"session record {key!r} holds a result code of 0")
     return _Session(acked, last_index, results)
 
 
@@ -192,7 +194,7 @@ class SessionTable:
         """The sessions' changes for the entry at `index`, staged until `commit()`."""
         return SessionChanges(self, index)
 
-    def results_of(self, client_id: bytes) -> dict[int, Remembered]:
+    def results_of(self, client_id: bytes) -> dict[int, int]:
         """A copy of what the shard remembers of `client_id` (tests, inspection)."""
         session = self._sessions.get(client_id)
         return {} if session is None else dict(session.results)
@@ -220,40 +222,37 @@ class SessionChanges:
             session = self._touched[client_id] = found.copy()
         return session
 
-    def admit(self, write: WriteSession) -> Admission:
-        """Whether a write carrying `write` applies (module docstring)."""
+    def admit(self, write: WriteSession) -> int | str | None:
+        """Whether a write carrying `write` applies (module docstring): None if it does, the
+        result code it answered if it applied before, or why the shard cannot tell."""
         session = self._session(write.client_id)
         if session is None:
             if write.retry and self._table.evicted:
-                return Admission(
-                    Verdict.EXPIRED,
-                    reason="this shard does not know the client's session and has forgotten "
-                    "sessions before, so it cannot tell whether the write applied",
+                return (
+                    "this shard does not know the client's session and has forgotten sessions "
+                    "before, so it cannot tell whether the write applied"
                 )
             session = self._touched[write.client_id] = _Session(0, self._index, {})
         session.last_index = self._index
-        if write.acked > session.acked:
-            session.acked = write.acked
-            session.results = {s: r for s, r in session.results.items() if s >= write.acked}
-        remembered = session.results.get(write.seq)
-        if remembered is not None:
-            return Admission(Verdict.DUPLICATE, remembered)
+        session.acked = max(session.acked, write.acked)  # results below it are dropped by encode()
+        code = session.results.get(write.seq)
+        if code is not None:
+            return code
         if write.seq < session.acked:
-            return Admission(
-                Verdict.EXPIRED,
-                reason=f"write {write.seq} of the client is older than the writes this shard "
-                f"still remembers (from {session.acked}), so it cannot tell whether it applied",
+            return (
+                f"write {write.seq} of the client is older than the writes this shard still "
+                f"remembers (from {session.acked}), so it cannot tell whether it applied"
             )
-        return Admission(Verdict.APPLY)
+        return _APPLY
 
-    def remember(self, write: WriteSession, kind: ResultKind, value: int) -> None:
-        """Record the result of a write `admit` let apply."""
-        session = self._touched[write.client_id]
-        session.results[write.seq] = Remembered(kind, value)
-        if len(session.results) > limits.SESSION_RESULTS_MAX:
-            oldest = min(session.results)
-            del session.results[oldest]
-            session.acked = min(session.results)
+    def remember(self, write: WriteSession, code: int) -> None:
+        """Record the result code of a write `admit` let apply."""
+        results = self._touched[write.client_id].results
+        results[write.seq] = code
+        if len(results) > limits.SESSION_RESULTS_MAX:
+            session = self._touched[write.client_id]
+            del results[min(results)]
+            session.acked = min(results)
 
     def ops(self) -> list[Op]:
         """The engine ops of these changes: the touched sessions' records, and deletes of the

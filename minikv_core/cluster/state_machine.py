@@ -70,13 +70,11 @@ from minikv_core.cluster.commands import (
     decode_command,
 )
 from minikv_core.cluster.sessions import (
-    Remembered,
     SessionChanges,
     SessionTable,
-    Verdict,
-)
-from minikv_core.cluster.sessions import (
-    ResultKind as SessionResultKind,
+    delete_code,
+    is_delete_code,
+    put_code,
 )
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
 from minikv_core.cluster.txn_codec import Conflict, TxnResult
@@ -352,20 +350,10 @@ class ShardStateMachine:
                 if changes is None:
                     changes = self.sessions.begin(index)
                 admission = changes.admit(session)
-                if admission.verdict is not Verdict.APPLY:
+                if admission is not None:
                     # Applied before (answer what it answered then), or the shard no longer
                     # knows: either way, applying it now could land it after later writes.
-                    entry_results.append(
-                        _not_applied_again(entry, write.request_id, admission.remembered)
-                        if admission.verdict is Verdict.DUPLICATE
-                        else ApplyResult(
-                            ResultKind.EXPIRED,
-                            index,
-                            entry.term,
-                            request_id=write.request_id,
-                            error=admission.reason,
-                        )
-                    )
+                    entry_results.append(_not_applied_again(entry, write, admission))
                     continue
             if locks.intents:
                 blockers = locks.write_blockers(write.key)
@@ -386,7 +374,7 @@ class ShardStateMachine:
                 ops.append(Put(write.key, _VERSION.pack(index) + write.value))
                 if session is not None:
                     assert changes is not None
-                    changes.remember(session, SessionResultKind.PUT, index)
+                    changes.remember(session, put_code(index))
                 entry_results.append(
                     ApplyResult(
                         ResultKind.PUT,
@@ -404,7 +392,7 @@ class ShardStateMachine:
                 ops.append(Delete(write.key))
                 if session is not None:
                     assert changes is not None
-                    changes.remember(session, SessionResultKind.DELETE, int(existed))
+                    changes.remember(session, delete_code(existed))
                 entry_results.append(
                     ApplyResult(
                         ResultKind.DELETE,
@@ -506,19 +494,34 @@ class ShardStateMachine:
         return self._engine.checksum()
 
 
-def _not_applied_again(entry: Entry, request_id: int, remembered: Remembered | None) -> ApplyResult:
-    """A session write applied before: what it answered then, for this entry's request."""
-    assert remembered is not None
-    if remembered.kind is SessionResultKind.PUT:
-        return ApplyResult(
-            ResultKind.PUT, entry.index, entry.term, request_id=request_id, version=remembered.value
+def _not_applied_again(entry: Entry, write: WriteCommand, admission: int | str) -> ApplyResult:
+    """A session write not applied now: answered with what it answered when it applied (its
+    result code), or EXPIRED with why the shard cannot tell."""
+    request_id = write.request_id
+    if isinstance(admission, int):
+        if is_delete_code(admission) == isinstance(write, DeleteCommand):
+            if isinstance(write, PutCommand):
+                return ApplyResult(
+                    ResultKind.PUT,
+                    entry.index,
+                    entry.term,
+                    request_id=request_id,
+                    version=admission,
+                )
+            return ApplyResult(
+                ResultKind.DELETE,
+                entry.index,
+                entry.term,
+                request_id=request_id,
+                existed=admission == delete_code(True),
+            )
+        admission = (
+            f"write {write.session.seq if write.session else 0} of the client was a "
+            f"{'delete' if is_delete_code(admission) else 'put'} when it applied, not a "
+            f"{'delete' if isinstance(write, DeleteCommand) else 'put'}: the client reused a number"
         )
     return ApplyResult(
-        ResultKind.DELETE,
-        entry.index,
-        entry.term,
-        request_id=request_id,
-        existed=bool(remembered.value),
+        ResultKind.EXPIRED, entry.index, entry.term, request_id=request_id, error=admission
     )
 
 

@@ -38,6 +38,12 @@ so plain writes serialize with transactions. The transaction state lives in the 
 `txn.SYSTEM_KEY_PREFIX`; `scan` never returns those keys and the lock table is rebuilt from
 them at open and after a snapshot install.
 
+Client sessions (sessions.py): a put or delete carrying a `WriteSession` is checked against
+the shard's session table first. A repeat of a write that applied yields that write's result
+again (same version, same "existed") and writes nothing; one the shard cannot match yields
+EXPIRED; otherwise it applies and its result is remembered. The touched session records go
+into the entry's engine batch, so they are exactly as durable as the writes.
+
 Idempotence guard (decided: skip, don't refuse). Entries at or below `applied_index` are
 skipped and counted (`entries_skipped`), yielding no result. The engine already holds their
 effects: a host that restarts a RawNode with a lower applied index than the engine's (say the

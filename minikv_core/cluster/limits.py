@@ -157,14 +157,16 @@ SESSION_CLIENT_ID_BYTES = 16
 
 # Client sessions one shard remembers. Past it, the session touched longest ago (by log index,
 # then client id: the same choice on every replica) is forgotten; a retry of that client's
-# write is then refused as of unknown outcome, never applied a second time. Bounds the
-# shard's memory and the records scanned at start (~4 KiB each at most in practice).
-SESSIONS_PER_SHARD_MAX = 4096
+# write is then refused as of unknown outcome, never applied a second time.
+SESSIONS_PER_SHARD_MAX = 1024
 
 # Applied writes one session remembers, i.e. writes of one client that may still be retried
 # (the client's writes in flight to that shard). Past it, the oldest are forgotten and the
 # session's acknowledged mark moves above them (their retries are refused, not re-applied).
-SESSION_RESULTS_MAX = 1024
+# With SESSIONS_PER_SHARD_MAX it bounds a shard's table: 256 Ki results (~25 MiB of Python
+# objects) at worst, when every session holds a write that never finishes; a client with a
+# few dozen writes in flight keeps a few dozen.
+SESSION_RESULTS_MAX = 256
 
 # Fixed bytes a session adds to a put or delete in a command (client id, seq, acked, flags).
 COMMAND_SESSION_BYTES = SESSION_CLIENT_ID_BYTES + 8 + 8 + 1
@@ -173,5 +175,6 @@ assert SESSION_CLIENT_ID_BYTES == 16
 assert SESSIONS_PER_SHARD_MAX > 0 and SESSION_RESULTS_MAX > 0
 # One entry's engine batch: its writes, one session record per client and as many evictions.
 assert 3 * COMMAND_BATCH_COMMANDS_MAX <= lsm_limits.LSM_BATCH_OPS_MAX
-# A session record (acked, last index, count, then seq/kind/value per result) is one value.
-assert 8 + 8 + 4 + SESSION_RESULTS_MAX * 17 <= lsm_limits.LSM_VALUE_SIZE_BYTES_MAX
+# A session record (acked, last index, count, then a seq and a result code per result) is one
+# engine value.
+assert 8 + 8 + 4 + SESSION_RESULTS_MAX * 16 <= lsm_limits.LSM_VALUE_SIZE_BYTES_MAX

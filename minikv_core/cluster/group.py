@@ -647,6 +647,9 @@ class ShardGroup(Group):
             "waiting": len(self.forwarded),
             "refused": self.raw.forwarded_proposals_dropped,
         }
+        # Client sessions (sessions.py): how many clients the shard remembers, and how many
+        # writes sent again it answered from memory or refused as unmatched.
+        document["sessions"] = self.state_machine.sessions.status()
         return document
 
     def snapshot_data(self, scratch_dir: Path) -> Callable[[SnapshotMetadata], bytes]:

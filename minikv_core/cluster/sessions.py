@@ -169,12 +169,16 @@ def _decode(key: bytes, stored: bytes) -> _Session:
 class SessionTable:
     """A shard's client sessions: an index over records in its engine (module docstring)."""
 
-    __slots__ = ("_sessions", "evicted")
+    __slots__ = ("_sessions", "evicted", "repeats_answered", "repeats_refused")
 
     def __init__(self) -> None:
         self._sessions: dict[bytes, _Session] = {}
         self.evicted = 0
-        """Sessions forgotten so far (SESSIONS_PER_SHARD_MAX)."""
+        """Sessions forgotten so far (SESSIONS_PER_SHARD_MAX): replicated state."""
+        self.repeats_answered = 0
+        """Repeats answered with the first send's result since this replica started."""
+        self.repeats_refused = 0
+        """Repeats refused as unmatched (EXPIRED) since this replica started."""
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -194,6 +198,14 @@ class SessionTable:
         """The sessions' changes for the entry at `index`, staged until `commit()`."""
         return SessionChanges(self, index)
 
+    def status(self) -> dict[str, int]:
+        return {
+            "clients": len(self._sessions),
+            "forgotten": self.evicted,
+            "repeats_answered": self.repeats_answered,
+            "repeats_refused": self.repeats_refused,
+        }
+
     def results_of(self, client_id: bytes) -> dict[int, int]:
         """A copy of what the shard remembers of `client_id` (tests, inspection)."""
         session = self._sessions.get(client_id)
@@ -205,13 +217,15 @@ class SessionChanges:
     found it plus the entry's own earlier writes, written to the engine in the entry's batch
     (`ops()`), and made visible only by `commit()` once that batch applied."""
 
-    __slots__ = ("_evicted", "_index", "_table", "_touched")
+    __slots__ = ("_answered", "_evicted", "_index", "_refused", "_table", "_touched")
 
     def __init__(self, table: SessionTable, index: int) -> None:
         self._table = table
         self._index = index
         self._touched: dict[bytes, _Session] = {}
         self._evicted: list[bytes] = []
+        self._answered = 0
+        self._refused = 0
 
     def _session(self, client_id: bytes) -> _Session | None:
         session = self._touched.get(client_id)
@@ -228,6 +242,7 @@ class SessionChanges:
         session = self._session(write.client_id)
         if session is None:
             if write.retry and self._table.evicted:
+                self._refused += 1
                 return (
                     "this shard does not know the client's session and has forgotten sessions "
                     "before, so it cannot tell whether the write applied"
@@ -237,8 +252,10 @@ class SessionChanges:
         session.acked = max(session.acked, write.acked)  # results below it are dropped by encode()
         code = session.results.get(write.seq)
         if code is not None:
+            self._answered += 1
             return code
         if write.seq < session.acked:
+            self._refused += 1
             return (
                 f"write {write.seq} of the client is older than the writes this shard still "
                 f"remembers (from {session.acked}), so it cannot tell whether it applied"
@@ -293,3 +310,5 @@ class SessionChanges:
         for client_id in self._evicted:
             sessions.pop(client_id, None)
         self._table.evicted += len(self._evicted)
+        self._table.repeats_answered += self._answered
+        self._table.repeats_refused += self._refused

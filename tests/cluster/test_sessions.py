@@ -65,6 +65,12 @@ def test_a_repeat_after_later_writes_answers_the_first_result_and_writes_nothing
     assert again == [ApplyResult(ResultKind.PUT, 3, TERM, request_id=1, version=1)]
     assert machine.get(b"k") == VersionedValue(b"new", 2)
     assert machine.applied_index == 3
+    assert machine.sessions.status() == {
+        "clients": 1,
+        "forgotten": 0,
+        "repeats_answered": 1,
+        "repeats_refused": 0,
+    }
 
 
 def test_a_repeated_delete_answers_whether_the_key_existed_the_first_time(
@@ -88,6 +94,7 @@ def test_a_repeat_the_shard_cannot_match_is_refused_not_applied(
     machine.apply([entry(2, put(b"a", b"1", BOB, 1)), entry(3, put(b"b", b"2", BOB, 5, 5))])
     [old] = machine.apply([entry(4, put(b"c", b"3", BOB, 2, acked=2, retry=True))])
     assert old.kind is ResultKind.EXPIRED and "older than" in (old.error or "")
+    assert machine.sessions.status()["repeats_refused"] == 1
     assert machine.get(b"c") is None
     assert machine.sessions.results_of(BOB) == {5: 3}  # write 5 put version 3
 

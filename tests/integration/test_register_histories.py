@@ -328,6 +328,24 @@ class Workload:
                     assert time.monotonic() < deadline, f"node {node_id} never read {key!r}"
                     await asyncio.sleep(0.1)
 
+    async def session_counts(self) -> dict[str, int]:
+        """Writes sent again that the shards answered from memory or refused (sessions.py),
+        per shard the most any live replica counted (a restarted one counts from zero)."""
+        per_shard: dict[int, dict[str, int]] = {}
+        for node_id, process in sorted(self.cluster.nodes.items()):
+            if not process.running:
+                continue
+            for group in (await self.cluster.status(node_id))["groups"]:
+                if group.get("shard") is None or "sessions" not in group:
+                    continue
+                best = per_shard.setdefault(group["shard"], {})
+                for name in ("repeats_answered", "repeats_refused"):
+                    best[name] = max(best.get(name, 0), int(group["sessions"][name]))
+        return {
+            name: sum(counts.get(name, 0) for counts in per_shard.values())
+            for name in ("repeats_answered", "repeats_refused")
+        }
+
     def check(self, tmp_path: Path, what: str) -> None:
         history_file = tmp_path / "history.json"
         self.history.dump(history_file)
@@ -387,6 +405,7 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         finally:
             await nemesis.settle()
         await workload.final_reads()
+        repeats = await workload.session_counts()
 
     workload.check(tmp_path, f"faults: {nemesis.done}")
     kinds = {fault.split()[0] for fault in nemesis.done if not fault.startswith(" ")}
@@ -401,7 +420,7 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
         "snapshot",
         "lossy",
     }, nemesis.done
-    print(f"seed {SEED}: {workload.history.counts}; faults: {nemesis.done}")
+    print(f"seed {SEED}: {workload.history.counts}; {repeats}; faults: {nemesis.done}")
 
 
 @pytest.mark.timeout(300)
@@ -436,6 +455,7 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
 
         await asyncio.gather(maintenance(), workload.run(calm))
         await workload.final_reads()
+        repeats = await workload.session_counts()
 
     workload.check(tmp_path, f"maintenance: {steps}")
-    print(f"seed {SEED}: {workload.history.counts}; maintenance: {steps}")
+    print(f"seed {SEED}: {workload.history.counts}; {repeats}; maintenance: {steps}")

@@ -12,7 +12,7 @@ import pytest
 
 from minikv_core.client import AsyncClient, OutcomeUnknownError
 from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +45,17 @@ async def test_a_repeat_through_any_node_answers_the_first_result_and_writes_not
             assert repeat.version == first.version, node_id
             got = await stubs[node_id].Get(kv_pb2.GetRequest(key=b"s/k"), timeout=10)
             assert (got.value, got.version) == (b"new", later.version), node_id
+        # Every replica answers the three repeats from memory (each applies every entry; a
+        # follower may still be an entry behind, hence eventually).
+        for node_id in (1, 2, 3):
+
+            async def answered_all(node_id: int = node_id) -> bool:
+                groups = (await cluster.status(node_id))["groups"]
+                counts = [int(g["sessions"]["repeats_answered"]) for g in groups if "sessions" in g]
+                assert sum(counts) <= 3, counts
+                return sum(counts) == 3
+
+            await eventually(answered_all, f"node {node_id} answering the 3 repeats", 10)
 
         delete = kv_pb2.DeleteRequest(key=b"s/k", session=session(me, 2, 2, retry=False))
         await stubs[3].Delete(delete, timeout=10)

@@ -53,6 +53,7 @@ from minikv_core.cluster.service import (
 from minikv_core.cluster.shard_map import META_GROUP_ID, JobRecord, ShardMap
 from minikv_core.net.api import is_loopback
 from minikv_core.net.maintenance_rpc import MaintenanceClient
+from minikv_core.raft.types import NONE
 
 if TYPE_CHECKING:
     from minikv_core.cluster.node_service import Node
@@ -308,6 +309,9 @@ class Maintenance:
         )
         copies = [a for a in answers if isinstance(a, dict) and a.get("id") == job_id]
         ended = [c for c in copies if c.get("state") in ("done", "failed")]
+        # A copy handed off to the next meta leader ended there only; the job ended where a
+        # copy ran to its end, so that one speaks for it whenever a node still has it.
+        ended = [c for c in ended if not c.get("handed_off")] or ended
         return max(ended, key=lambda c: float(c.get("finished_at", 0.0)), default=None)
 
     # ----------------------------------------------------------------------- jobs
@@ -381,8 +385,13 @@ class Maintenance:
             except ServiceError as failure:
                 outcome, error = "failed", str(failure)
                 meta = self._host.meta
-                if recorded and (meta is None or not meta.is_leader):
-                    # A step met the leadership change before the loop noticed it.
+                if recorded and (
+                    meta is None or not meta.is_leader or meta.raw.lead_transferee != NONE
+                ):
+                    # A step met the leadership change before the loop noticed it, or while
+                    # the leadership is being handed over (its proposals are refused then):
+                    # the job is not over, the next leader (or this one, if the hand-over
+                    # fails) resumes it from the record.
                     error += " (this node lost the meta leadership: the next resumes the job)"
                     job.handed_off = True
                     return  # the record stays
@@ -508,9 +517,11 @@ class Maintenance:
                 if int(progress["match"].get(str(node), 0)) >= index:
                     break
                 await asyncio.sleep(0.1)
-        await self.local.change_replicas(
-            {"group": META_GROUP_ID, "op": "remove", "node": node}, deadline
-        )
+        conf = meta.raw.conf_state
+        if node in conf.voters or node in conf.learners:  # not when resumed after it left
+            await self.local.change_replicas(
+                {"group": META_GROUP_ID, "op": "remove", "node": node}, deadline
+            )
 
     async def _hand_over_meta(self, deadline: float) -> int:
         """Move the meta leadership to the most caught-up other voter; answers its id."""
@@ -581,8 +592,18 @@ class Maintenance:
         if leading_s < self._resume_after_s:
             return True
         args = record.arguments
+        planner: Callable[[ClusterView], Plan] | None
         try:
-            planner = None if record.kind == "verify" else self._planner(record.kind, args)
+            if record.kind == "verify":
+                planner = None
+            elif record.kind == "remove_node" and self._left_already(args):
+                # The removal ended under an earlier meta leader — the removed node may have
+                # run its last steps itself and stopped before it could clear the record —
+                # so what is left is the rebalance after it. Failing the job here would
+                # leave an earlier leader's handed-off copy as its last word.
+                planner = _nothing_left_to_move
+            else:
+                planner = self._planner(record.kind, args)
         except ServiceError as error:
             logger.warning("job %s (%s) cannot resume: %s", record.id, record.kind, error)
             await self._forget_job(record.id)
@@ -590,6 +611,19 @@ class Maintenance:
         logger.info("resuming maintenance job %s (%s) from the shard map", record.id, record.kind)
         self._start_job(record.kind, args, planner, auto=record.auto, resumed=record.id)
         return True
+
+    def _left_already(self, args: JsonObject) -> bool:
+        """Whether the node a remove_node job names is gone from the map and the meta group."""
+        node = args.get("node")
+        meta = self._host.meta
+        if not isinstance(node, int) or meta is None:
+            return False
+        conf = meta.raw.conf_state
+        return (
+            node not in self.local.shard_map().nodes
+            and node not in conf.voters
+            and node not in conf.learners
+        )
 
     async def _record_job(self, job: Job) -> None:
         """Name `job` in the map (a resumed job is named already: update_map then changes
@@ -681,3 +715,8 @@ class Maintenance:
 
     async def _poll_status(self, node_id: int, deadline: float) -> JsonObject:
         return await self._call(node_id, "status", {}, deadline)
+
+
+def _nothing_left_to_move(view: ClusterView) -> Plan:
+    """The plan of a remove_node job resumed after its node left: no step."""
+    return Plan((), (), ())

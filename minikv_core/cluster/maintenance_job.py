@@ -80,6 +80,7 @@ class Job:
             "args": self.args,
             "auto": self.auto,
             "resumed": self.resumed,
+            "handed_off": self.handed_off,
             "state": self.state,
             "error": self.error,
             "steps": [s.to_json() for s in self.steps],

@@ -268,7 +268,10 @@ async def meta_members(cluster: Cluster) -> MetaMembers:
     reports = []
     for node_id, process in cluster.nodes.items():
         if process.running:
-            status = await cluster.status(node_id)
+            try:
+                status = await cluster.status(node_id)
+            except aiohttp.ClientConnectionError:
+                continue  # stopping between the check and the call (a removed node does)
             reports += [
                 (node_id, g) for g in status["groups"] if g["group"] == 0 and g["role"] == "leader"
             ]
@@ -517,6 +520,36 @@ async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
     voters = await live_voters(cluster, successor)
     assert all(len(v) == 3 and leaving not in v for v in voters.values()), voters
     await assert_readable(cluster, successor, written)
+
+
+async def test_a_removal_the_leaving_node_finished_itself_reads_as_done(four: Cluster) -> None:
+    """The meta leadership moves to the node being removed mid-job: it resumes the job and
+    removes itself (handing the meta group on), then stops before it can clear the job's
+    record. The next leader finds the record naming a node that already left: the job is
+    done, and reads as done — not as the "failed" copy the first leader kept when it lost
+    the job (a history test caught that answer)."""
+    cluster = four
+    first = await settled_meta_leader(cluster)
+    leaving = next(n for n in (1, 2, 3, 4) if n != first)
+    observer = next(n for n in (1, 2, 3, 4) if n not in (first, leaving))
+    job = await operate(cluster, first, "remove-node", {"node": leaving})
+
+    async def under_way() -> dict[str, Any] | None:
+        status, _, payload = await cluster.request(
+            first, "GET", f"/admin/maintenance?id={job['id']}"
+        )
+        document: dict[str, Any] = json.loads(payload)
+        return document if status == 200 and document["steps_done"] >= 1 else None
+
+    await eventually(under_way, "the job's first step", 60, cluster.describe)
+    await transfer_meta_leadership(cluster, first, leaving)
+    node = cluster.nodes[leaving]
+    assert node.process is not None
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, "the removed node stops"
+    done = await wait_job(cluster, observer, job["id"])
+    assert done["state"] == "done", done
+    voters = await live_voters(cluster, observer)
+    assert all(len(v) == 3 and leaving not in v for v in voters.values()), voters
 
 
 def corrupt_one_table(shard_dir: Path) -> Path:

@@ -238,22 +238,34 @@ class _WriteNumbers:
 
 
 class _NumberedWrite:
-    __slots__ = ("_numbers", "_sent", "_seq")
+    """One numbered write across its sends. A send is a `retry` once an earlier one may have
+    applied; one the node refused before proposing (`unapplied`) does not count. Why it
+    matters: a shard that has forgotten sessions refuses a retry from a client it does not
+    know, so a fresh client's write refused during an election would fail as of unknown
+    outcome if its next send said `retry`."""
+
+    __slots__ = ("_maybe_applied", "_maybe_applied_before", "_numbers", "_seq")
 
     def __init__(self, numbers: _WriteNumbers, seq: int) -> None:
         self._numbers = numbers
         self._seq = seq
-        self._sent = False
+        self._maybe_applied = False
+        self._maybe_applied_before = False
 
     def next_send(self) -> kv_pb2.WriteSession:
-        """The session of this write's next send: a `retry` after the first."""
-        retry, self._sent = self._sent, True
+        """The session of this write's next send."""
+        retry = self._maybe_applied
+        self._maybe_applied_before, self._maybe_applied = retry, True
         return kv_pb2.WriteSession(
             client_id=self._numbers._client_id,
             seq=self._seq,
             acked=self._numbers.acked(),
             retry=retry,
         )
+
+    def not_applied(self) -> None:
+        """The last send cannot have applied (the node said so)."""
+        self._maybe_applied = self._maybe_applied_before
 
 
 # ----------------------------------------------------------------------------------- routing
@@ -484,7 +496,7 @@ class AsyncClient:
                 answer = await kv_pb2_grpc.KVStub(channel).Put(request, timeout=timeout)
                 return int(answer.version)
 
-            return await self._routed(key, call, timeout_s, idempotent=True)
+            return await self._routed(key, call, timeout_s, idempotent=write)
 
     async def delete(self, key: bytes, *, timeout_s: float | None = None) -> bool:
         """Delete `key`; returns whether it existed."""
@@ -501,7 +513,7 @@ class AsyncClient:
                     raise
                 return True
 
-            return await self._routed(key, call, timeout_s, idempotent=True)
+            return await self._routed(key, call, timeout_s, idempotent=write)
 
     async def txn(
         self,
@@ -752,7 +764,7 @@ class AsyncClient:
         timeout_s: float | None,
         *,
         write: bool = False,
-        idempotent: bool = False,
+        idempotent: _NumberedWrite | None = None,
     ) -> T:
         """Send to the key's leader, following hints and backing off until the deadline. A
         `write` is sent again only after a failure that says it cannot have applied; an
@@ -783,7 +795,9 @@ class AsyncClient:
                 failure, OutcomeUnknownError
             ):
                 raise failure  # OutcomeUnknownError: the shard cannot match the repeat
-            if write and not idempotent and not failure.unapplied:
+            if idempotent is not None and failure.unapplied:
+                idempotent.not_applied()
+            if write and idempotent is None and not failure.unapplied:
                 raise OutcomeUnknownError(
                     f"{failure}; the write may have been applied, so it was not sent again "
                     "(a retry could land it after later writes): read the key to learn its "

@@ -386,6 +386,24 @@ async def test_a_write_whose_outcome_is_unknown_is_sent_again_as_a_repeat_of_its
     assert (repeat2.seq, repeat2.retry) == (2, True)
 
 
+async def test_a_send_refused_before_it_was_proposed_does_not_make_the_next_a_repeat(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    """Only a send that may have applied makes the next one a `retry`: a shard that forgot
+    sessions refuses a retry of a client it does not know, which would turn a plain
+    election-time refusal into an unknown outcome."""
+    address, servicer = scripted
+    servicer.errors = [
+        service.UnavailableError("not the leader", unapplied=True),
+        service.UnavailableError("the leader stopped mid-write"),
+        service.UnavailableError("not the leader", unapplied=True),
+    ]
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        assert await client.put(b"k", b"v") == 7
+    assert [s.retry for s in servicer.sessions] == [False, False, True, True]
+    assert {s.seq for s in servicer.sessions} == {1}
+
+
 async def test_a_repeat_the_shard_cannot_match_raises_outcome_unknown(
     scripted: tuple[str, ScriptedKV],
 ) -> None:

@@ -121,6 +121,5 @@ async def test_the_client_reports_a_refused_repeat_as_an_unknown_outcome(cluster
                     timeout=timeout,
                 ),
                 None,
-                idempotent=True,
             )
         assert await client.get(b"s/x") == b"1"

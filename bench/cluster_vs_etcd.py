@@ -463,6 +463,7 @@ async def main_async(arguments: argparse.Namespace) -> int:
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=connector) as session:
             grpc_client: AsyncClient | None = None
+            http_targets: list[MinikvHttpTarget | EtcdHttpTarget] = []
             try:
                 if any(s.startswith("minikv") for s in systems):
                     minikv = await start_minikv(root, session, arguments.shards)
@@ -470,12 +471,11 @@ async def main_async(arguments: argparse.Namespace) -> int:
                     etcd_cluster = await start_etcd(root, session, etcd)
                 targets: dict[str, tuple[LoadTarget, Cluster]] = {}
                 if "minikv-http" in systems and minikv is not None:
-                    targets["minikv-http"] = (MinikvHttpTarget(session, minikv.urls), minikv)
+                    http_targets.append(MinikvHttpTarget(minikv.urls))
+                    targets["minikv-http"] = (http_targets[-1], minikv)
                 if etcd_cluster is not None:
-                    targets["etcd-http"] = (
-                        EtcdHttpTarget(session, etcd_cluster.urls),
-                        etcd_cluster,
-                    )
+                    http_targets.append(EtcdHttpTarget(etcd_cluster.urls))
+                    targets["etcd-http"] = (http_targets[-1], etcd_cluster)
                 if "minikv-grpc" in systems and minikv is not None:
                     grpc_client = AsyncClient([m.grpc_address for m in minikv.members])
                     targets["minikv-grpc"] = (GrpcTarget(grpc_client), minikv)
@@ -500,6 +500,8 @@ async def main_async(arguments: argparse.Namespace) -> int:
             finally:
                 if grpc_client is not None:
                     await grpc_client.close()
+                for http_target in http_targets:
+                    await http_target.close()
                 for started in (minikv, etcd_cluster):
                     if started is not None:
                         started.stop()

@@ -134,18 +134,21 @@ async def run(clients: list[int], seconds: float, grpc: bool) -> None:
     ):
         cluster = await start_minikv(root, session, 8)
         client: AsyncClient | None = None
+        http_target: MinikvHttpTarget | None = None
         try:
             target: LoadTarget
             if grpc:
                 client = AsyncClient([m.grpc_address for m in cluster.members])
                 target = GrpcTarget(client)
             else:
-                target = MinikvHttpTarget(session, cluster.urls)
+                target = http_target = MinikvHttpTarget(cluster.urls)
             for count in clients:
                 _print(await _step(cluster, status_session, target, count, seconds))
         finally:
             if client is not None:
                 await client.close()
+            if http_target is not None:
+                await http_target.close()
             cluster.stop()
 
 

@@ -215,12 +215,14 @@ class _WriteNumbers:
     Why the id comes from `os.urandom` and not the client's rng: two clients seeded alike (a
     test, a benchmark) would share a session and answer each other's writes."""
 
-    __slots__ = ("_client_id", "_in_flight", "_next")
+    __slots__ = ("_client_id", "_in_flight", "_next", "repeats_sent")
 
     def __init__(self) -> None:
         self._client_id = os.urandom(cluster_limits.SESSION_CLIENT_ID_BYTES)
         self._next = 1
         self._in_flight: set[int] = set()
+        self.repeats_sent = 0
+        """Sends marked `retry`: writes sent again after an earlier send may have applied."""
 
     @contextlib.contextmanager
     def numbered(self) -> Iterator[_NumberedWrite]:
@@ -256,6 +258,7 @@ class _NumberedWrite:
         """The session of this write's next send."""
         retry = self._maybe_applied
         self._maybe_applied_before, self._maybe_applied = retry, True
+        self._numbers.repeats_sent += retry
         return kv_pb2.WriteSession(
             client_id=self._numbers._client_id,
             seq=self._seq,
@@ -445,6 +448,12 @@ class AsyncClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def writes_repeated(self) -> int:
+        """Puts and deletes sent again after a send that may have applied (each such send
+        counts): the shards apply them once, thanks to the client session."""
+        return self._writes.repeats_sent
 
     async def close(self) -> None:
         self._closed = True

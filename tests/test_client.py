@@ -401,6 +401,7 @@ async def test_a_send_refused_before_it_was_proposed_does_not_make_the_next_a_re
     async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
         assert await client.put(b"k", b"v") == 7
     assert [s.retry for s in servicer.sessions] == [False, False, True, True]
+    assert client.writes_repeated == 2
     assert {s.seq for s in servicer.sessions} == {1}
 
 

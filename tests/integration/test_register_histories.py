@@ -329,8 +329,9 @@ class Workload:
                     await asyncio.sleep(0.1)
 
     async def session_counts(self) -> dict[str, int]:
-        """Writes sent again that the shards answered from memory or refused (sessions.py),
-        per shard the most any live replica counted (a restarted one counts from zero)."""
+        """Writes the routed client sent again, and those the shards answered from memory or
+        refused (sessions.py): per shard the most any live replica counted since it started
+        (a crash-all resets them all)."""
         per_shard: dict[int, dict[str, int]] = {}
         for node_id, process in sorted(self.cluster.nodes.items()):
             if not process.running:
@@ -341,10 +342,11 @@ class Workload:
                 best = per_shard.setdefault(group["shard"], {})
                 for name in ("repeats_answered", "repeats_refused"):
                     best[name] = max(best.get(name, 0), int(group["sessions"][name]))
-        return {
+        counts = {
             name: sum(counts.get(name, 0) for counts in per_shard.values())
             for name in ("repeats_answered", "repeats_refused")
         }
+        return {"repeats_sent": self.routed.writes_repeated, **counts}
 
     def check(self, tmp_path: Path, what: str) -> None:
         history_file = tmp_path / "history.json"

@@ -140,8 +140,10 @@ async def test_get_load_without_preload_counts_misses(client: AsyncClient) -> No
 
 
 async def test_mixed_load_reads_and_writes_over_http(cluster: Cluster) -> None:
-    async with aiohttp.ClientSession() as session:
-        target = MinikvHttpTarget(session, [n.url for n in cluster.nodes.values()])
+    async with (
+        aiohttp.ClientSession() as session,
+        MinikvHttpTarget([n.url for n in cluster.nodes.values()]) as target,
+    ):
         # Keys are percent-encoded bytes in the path: a slash and a 0xFF survive the trip.
         await target.put(1, b"t-mixed/\xff/k", b"v1")
         assert await target.get(2, b"t-mixed/\xff/k") is True
@@ -178,8 +180,7 @@ async def test_stop_leaves_no_tasks_and_start_again_resumes(client: AsyncClient)
 
 async def test_failures_are_counted_with_the_last_error() -> None:
     (closed_port,) = reserve_ports(1)  # nothing listens: every connection is refused
-    async with aiohttp.ClientSession() as session:
-        target = MinikvHttpTarget(session, [f"http://127.0.0.1:{closed_port}"])
+    async with MinikvHttpTarget([f"http://127.0.0.1:{closed_port}"]) as target:
         generator = LoadGenerator(target, workload="mixed", clients=2, keys=5)
         generator.start()
         try:
@@ -355,8 +356,7 @@ async def test_txn_over_http_and_grpc_write_both_keys(
     pair = ShardedKeys(b"t-txn-http/", 10, shard_count, spread=True).pair(random.Random(2))
     await GrpcTarget(client).txn(0, pair, b"grpc")
     assert [await client.get(key) for key in pair] == [b"grpc", b"grpc"]
-    async with aiohttp.ClientSession() as session:
-        target = MinikvHttpTarget(session, [n.url for n in cluster.nodes.values()])
+    async with MinikvHttpTarget([n.url for n in cluster.nodes.values()]) as target:
         await target.txn(1, pair, b"\xffhttp")  # binary values go as value_b64
         assert [await client.get(key) for key in pair] == [b"\xffhttp", b"\xffhttp"]
         generator = LoadGenerator(
@@ -373,8 +373,7 @@ async def test_txn_over_http_and_grpc_write_both_keys(
 async def test_a_refused_transaction_is_counted_as_an_error(cluster: Cluster) -> None:
     """A key the store refuses (the reserved transaction prefix) makes every transaction
     fail: each is an error with the store's answer, none an op."""
-    async with aiohttp.ClientSession() as session:
-        target = MinikvHttpTarget(session, [cluster.nodes[1].url])
+    async with MinikvHttpTarget([cluster.nodes[1].url]) as target:
         generator = LoadGenerator(
             target, workload="txn1", clients=1, keys=4, prefix=b"\xff\xffminikv/txn/", shard_count=1
         )
@@ -456,7 +455,7 @@ def etcd_member(tmp_path: Path) -> Iterator[str]:
 
 
 async def test_etcd_target_speaks_the_v3_json_gateway(etcd_member: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as session:
 
         async def healthy() -> bool:
             try:
@@ -469,7 +468,8 @@ async def test_etcd_target_speaks_the_v3_json_gateway(etcd_member: str) -> None:
         while not await healthy():
             assert time.monotonic() < deadline, "etcd did not become healthy"
             await asyncio.sleep(0.05)
-        target = EtcdHttpTarget(session, [etcd_member])
+        target = EtcdHttpTarget([etcd_member])
+        stack.push_async_callback(target.close)
         assert await target.get(0, b"e/absent") is False
         await target.put(0, b"e/\x00k", b"\xffvalue")
         assert await target.get(0, b"e/\x00k") is True

@@ -451,7 +451,10 @@ def _shards(
                 )
                 for t in shard_tables.get("tables", [])
             )
-            keys = int(shard_tables.get("memtable_entries", 0)) + sum(t.keys for t in tables)
+            # Entries, less the shard's own records (transactions, client sessions): a table
+            # of overwritten keys still counts each version, so it is an upper bound.
+            entries = int(shard_tables.get("memtable_entries", 0)) + sum(t.keys for t in tables)
+            keys = max(0, entries - int(shard_tables.get("system_records", 0)))
             size = int(shard_tables.get("memtable_bytes", 0)) + int(
                 shard_tables.get("table_bytes", 0)
             )

@@ -328,77 +328,91 @@ def encode_command(command: Command) -> bytes:
 
 
 def _decode_write(view: memoryview, offset: int, size: int) -> tuple[WriteCommand, int]:
-    """Decode the PUT or DELETE item at `offset`; returns it and the offset after it."""
+    """Decode the PUT, DELETE, SPUT or SDELETE item at `offset`; returns it and the offset
+    after it."""
     if offset >= size:
         raise CommandDecodeError(offset, "the data ends where a command kind byte should be")
     kind = view[offset]
     if kind == _PUT:
-        if offset + _PUT_ITEM.size > size:
-            raise CommandDecodeError(offset, "PUT header is cut short")
+        _header(offset, _PUT_ITEM, size, "PUT")
         _, request_id, key_len, value_len = _PUT_ITEM.unpack_from(view, offset)
-        start = offset + _PUT_ITEM.size
-        end = start + key_len + value_len
-        if end > size:
-            raise CommandDecodeError(
-                offset, f"PUT of a {key_len}-byte key and {value_len}-byte value overruns the data"
-            )
-        _check_decoded_key(offset, key_len)
-        if value_len > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
-            raise CommandDecodeError(
-                offset,
-                f"PUT value of {value_len} bytes exceeds {limits.COMMAND_VALUE_SIZE_BYTES_MAX}",
-            )
-        key = bytes(view[start : start + key_len])
-        return PutCommand(key, bytes(view[start + key_len : end]), request_id), end
+        key, value, end = _key_value(
+            view, offset, _PUT_ITEM.size, key_len, value_len, size=size, name="PUT"
+        )
+        return PutCommand(key, value, request_id), end
     if kind == _DELETE:
-        if offset + _DELETE_ITEM.size > size:
-            raise CommandDecodeError(offset, "DELETE header is cut short")
+        _header(offset, _DELETE_ITEM, size, "DELETE")
         _, request_id, key_len = _DELETE_ITEM.unpack_from(view, offset)
-        start = offset + _DELETE_ITEM.size
-        end = start + key_len
-        if end > size:
-            raise CommandDecodeError(offset, f"DELETE of a {key_len}-byte key overruns the data")
-        _check_decoded_key(offset, key_len)
-        return DeleteCommand(bytes(view[start:end]), request_id), end
+        key, end = _key_only(view, offset, _DELETE_ITEM.size, key_len, size=size, name="DELETE")
+        return DeleteCommand(key, request_id), end
     if kind == _SESSION_PUT:
-        if offset + _SESSION_PUT_ITEM.size > size:
-            raise CommandDecodeError(offset, "SPUT header is cut short")
+        _header(offset, _SESSION_PUT_ITEM, size, "SPUT")
         _, request_id, client_id, seq, acked, retry, key_len, value_len = (
             _SESSION_PUT_ITEM.unpack_from(view, offset)
         )
-        start = offset + _SESSION_PUT_ITEM.size
-        end = start + key_len + value_len
-        if end > size:
-            raise CommandDecodeError(
-                offset, f"SPUT of a {key_len}-byte key and {value_len}-byte value overruns the data"
-            )
-        _check_decoded_key(offset, key_len)
-        if value_len > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
-            raise CommandDecodeError(
-                offset,
-                f"SPUT value of {value_len} bytes exceeds {limits.COMMAND_VALUE_SIZE_BYTES_MAX}",
-            )
+        key, value, end = _key_value(
+            view, offset, _SESSION_PUT_ITEM.size, key_len, value_len, size=size, name="SPUT"
+        )
         session = _decoded_session(offset, client_id, seq, acked, retry)
-        key = bytes(view[start : start + key_len])
-        return PutCommand(key, bytes(view[start + key_len : end]), request_id, session), end
+        return PutCommand(key, value, request_id, session), end
     if kind == _SESSION_DELETE:
-        if offset + _SESSION_DELETE_ITEM.size > size:
-            raise CommandDecodeError(offset, "SDELETE header is cut short")
+        _header(offset, _SESSION_DELETE_ITEM, size, "SDELETE")
         _, request_id, client_id, seq, acked, retry, key_len = _SESSION_DELETE_ITEM.unpack_from(
             view, offset
         )
-        start = offset + _SESSION_DELETE_ITEM.size
-        end = start + key_len
-        if end > size:
-            raise CommandDecodeError(offset, f"SDELETE of a {key_len}-byte key overruns the data")
-        _check_decoded_key(offset, key_len)
+        key, end = _key_only(
+            view, offset, _SESSION_DELETE_ITEM.size, key_len, size=size, name="SDELETE"
+        )
         session = _decoded_session(offset, client_id, seq, acked, retry)
-        return DeleteCommand(bytes(view[start:end]), request_id, session), end
+        return DeleteCommand(key, request_id, session), end
     if kind == _BATCH:
         raise CommandDecodeError(offset, "a BATCH inside a BATCH (batches do not nest)")
     if kind == _TXN:
         raise CommandDecodeError(offset, "a TXN inside a BATCH (a TXN is alone in its entry)")
     raise CommandDecodeError(offset, f"unknown command kind {kind}")
+
+
+def _header(offset: int, item: struct.Struct, size: int, name: str) -> None:
+    if offset + item.size > size:
+        raise CommandDecodeError(offset, f"{name} header is cut short")
+
+
+def _key_value(
+    view: memoryview,
+    offset: int,
+    header_size: int,
+    key_len: int,
+    value_len: int,
+    *,
+    size: int,
+    name: str,
+) -> tuple[bytes, bytes, int]:
+    """The key and value after a put item's header at `offset`, and the offset after them."""
+    start = offset + header_size
+    end = start + key_len + value_len
+    if end > size:
+        raise CommandDecodeError(
+            offset, f"{name} of a {key_len}-byte key and {value_len}-byte value overruns the data"
+        )
+    _check_decoded_key(offset, key_len)
+    if value_len > limits.COMMAND_VALUE_SIZE_BYTES_MAX:
+        raise CommandDecodeError(
+            offset,
+            f"{name} value of {value_len} bytes exceeds {limits.COMMAND_VALUE_SIZE_BYTES_MAX}",
+        )
+    return bytes(view[start : start + key_len]), bytes(view[start + key_len : end]), end
+
+
+def _key_only(
+    view: memoryview, offset: int, header_size: int, key_len: int, *, size: int, name: str
+) -> tuple[bytes, int]:
+    """The key after a delete item's header at `offset`, and the offset after it."""
+    start = offset + header_size
+    end = start + key_len
+    if end > size:
+        raise CommandDecodeError(offset, f"{name} of a {key_len}-byte key overruns the data")
+    _check_decoded_key(offset, key_len)
+    return bytes(view[start:end]), end
 
 
 def _decoded_session(

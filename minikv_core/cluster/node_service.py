@@ -958,6 +958,9 @@ class Node:
                     "durable_applied_index": stats.durable_applied_index,
                     "memtable_entries": stats.memtable_entries,
                     "memtable_bytes": stats.memtable_bytes,
+                    # Live records of the shard's own state (transactions, client sessions)
+                    # among the entries: not client keys, so a key count leaves them out.
+                    "system_records": group.state_machine.system_records(),
                     "runs": stats.runs,
                     "table_bytes": stats.table_bytes,
                     "compactions": stats.compactions,

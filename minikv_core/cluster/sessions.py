@@ -198,6 +198,10 @@ class SessionTable:
         """The sessions' changes for the entry at `index`, staged until `commit()`."""
         return SessionChanges(self, index)
 
+    def record_count(self) -> int:
+        """Engine keys this table stands for: one per session, and the forgotten count."""
+        return len(self._sessions) + (1 if self.evicted else 0)
+
     def status(self) -> dict[str, int]:
         return {
             "clients": len(self._sessions),

@@ -249,6 +249,11 @@ class ShardStateMachine:
         """The last entry index whose effects survive a crash: replay starts after it."""
         return self._engine.durable_applied_index
 
+    def system_records(self) -> int:
+        """Live engine keys under the system prefix (transaction intents and records, client
+        sessions): what a count of the engine's entries holds besides client keys."""
+        return self.txn.record_count() + self.sessions.record_count()
+
     @property
     def entries_skipped(self) -> int:
         """Entries at or below the applied index that `apply` skipped (idempotence guard)."""

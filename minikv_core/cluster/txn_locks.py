@@ -163,6 +163,10 @@ class TxnLockTable:
     def write_locked_keys(self) -> list[tuple[bytes, Blocker]]:
         return [(key, self.intents[txn].blocker()) for key, txn in self.write_locks.items()]
 
+    def record_count(self) -> int:
+        """Engine keys this table stands for: one per intent, one per transaction record."""
+        return len(self.intents) + len(self.records)
+
     def status(self) -> dict[str, int]:
         return {
             "prepared": len(self.intents),

@@ -169,6 +169,8 @@ def test_the_oldest_session_is_forgotten_alike_on_every_replica(
         assert steady_results == restarted_results
         assert steady.checksum() == restarted.checksum()
     assert len(steady.sessions) == 3 and steady.sessions.evicted == 2
+    # Three session records and the forgotten count: what a key count must leave out.
+    assert steady.system_records() == 4
     assert steady_results[-2].kind is ResultKind.EXPIRED  # client 1 was forgotten
     assert "forgotten sessions" in (steady_results[-2].error or "")
     assert steady_results[-1].kind is ResultKind.PUT and steady_results[-1].version == 2

@@ -97,6 +97,22 @@ async def wait_job(cluster: Cluster, node_id: int, job_id: str) -> dict[str, Any
     return last
 
 
+async def first_step_done(cluster: Cluster, node_id: int, job_id: str) -> dict[str, Any]:
+    """The job's document once its first step is done (asked of `node_id`)."""
+
+    async def under_way() -> dict[str, Any] | None:
+        status, _, payload = await cluster.request(
+            node_id, "GET", f"/admin/maintenance?id={job_id}"
+        )
+        document: dict[str, Any] = json.loads(payload)
+        return document if status == 200 and document["steps_done"] >= 1 else None
+
+    found: dict[str, Any] = await eventually(
+        under_way, "the job's first step", 60, cluster.describe
+    )
+    return found
+
+
 async def latest_job(cluster: Cluster, node_id: int, kind: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
@@ -476,14 +492,7 @@ async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
     written = await write_keys(cluster, successor, 40, "kept")
     job = await operate(cluster, first, "remove-node", {"node": leaving})
 
-    async def under_way() -> dict[str, Any] | None:
-        status, _, payload = await cluster.request(
-            first, "GET", f"/admin/maintenance?id={job['id']}"
-        )
-        document: dict[str, Any] = json.loads(payload)
-        return document if status == 200 and document["steps_done"] >= 1 else None
-
-    before = await eventually(under_way, "the job's first step", 60, cluster.describe)
+    before = await first_step_done(cluster, first, job["id"])
     assert before["state"] == "running", before
     await transfer_meta_leadership(cluster, first, successor)
     # An operator following the job (the CLI's progress bar) sees it run on throughout: the
@@ -534,14 +543,7 @@ async def test_a_removal_the_leaving_node_finished_itself_reads_as_done(four: Cl
     observer = next(n for n in (1, 2, 3, 4) if n not in (first, leaving))
     job = await operate(cluster, first, "remove-node", {"node": leaving})
 
-    async def under_way() -> dict[str, Any] | None:
-        status, _, payload = await cluster.request(
-            first, "GET", f"/admin/maintenance?id={job['id']}"
-        )
-        document: dict[str, Any] = json.loads(payload)
-        return document if status == 200 and document["steps_done"] >= 1 else None
-
-    await eventually(under_way, "the job's first step", 60, cluster.describe)
+    await first_step_done(cluster, first, job["id"])
     await transfer_meta_leadership(cluster, first, leaving)
     node = cluster.nodes[leaving]
     assert node.process is not None

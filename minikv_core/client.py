@@ -270,6 +270,11 @@ class _NumberedWrite:
         """The last send cannot have applied (the node said so)."""
         self._maybe_applied = self._maybe_applied_before
 
+    @property
+    def may_have_applied(self) -> bool:
+        """Whether a send so far may have applied (what a failure must then admit)."""
+        return self._maybe_applied
+
 
 # ----------------------------------------------------------------------------------- routing
 
@@ -827,6 +832,12 @@ class AsyncClient:
             with contextlib.suppress(ClientError):
                 await self._refresh(deadline)
         if last is not None:
+            if idempotent is not None and idempotent.may_have_applied:
+                raise OutcomeUnknownError(
+                    f"no leader answered before the deadline; last error: {last}; an earlier "
+                    "send may have been applied: read the key to learn its outcome",
+                    last.leader_hint,
+                )
             raise UnavailableError(
                 f"no leader answered before the deadline; last error: {last}", last.leader_hint
             )

@@ -405,6 +405,25 @@ async def test_a_send_refused_before_it_was_proposed_does_not_make_the_next_a_re
     assert {s.seq for s in servicer.sessions} == {1}
 
 
+async def test_a_write_that_never_got_through_says_whether_it_may_have_applied(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    """Out of time: after only refusals the write did not apply (UnavailableError); after a
+    send that broke mid-way it may have (OutcomeUnknownError), whatever came next."""
+    address, servicer = scripted
+    async with AsyncClient(address, timeout_s=0.5, rng=random.Random(1)) as client:
+        servicer.errors = [service.UnavailableError("not the leader", unapplied=True)] * 100
+        with pytest.raises(UnavailableError) as refused:
+            await client.put(b"k", b"v")
+        assert not isinstance(refused.value, OutcomeUnknownError), refused.value
+        servicer.errors = [
+            service.UnavailableError("the leader stopped mid-write"),
+            *[service.UnavailableError("not the leader", unapplied=True)] * 100,
+        ]
+        with pytest.raises(OutcomeUnknownError, match="may have been applied"):
+            await client.put(b"k", b"v")
+
+
 async def test_a_repeat_the_shard_cannot_match_raises_outcome_unknown(
     scripted: tuple[str, ScriptedKV],
 ) -> None:

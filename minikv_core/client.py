@@ -36,8 +36,9 @@ tests/integration/test_register_histories.py caught). So:
 - Puts and deletes carry the client's session (`WriteSession`: a random client id, the
   write's number, and the number below which every write is answered; sessions.py): the
   shard applies each at most once and answers a repeat with what the first one answered.
-  They are retried on any unavailability, like reads. Only when the shard can no longer match
-  a repeat (its session forgotten) does the write fail with `OutcomeUnknownError`.
+  They are retried on any unavailability, like reads. They fail with `OutcomeUnknownError`
+  only when the shard can no longer match a repeat (its session forgotten), or when the
+  deadline passes after a send that may have applied.
 - A writing transaction is sent again only when the node said it cannot have taken effect
   (`x-minikv-unapplied`: refused before it was proposed, or its entry lost to another) or the
   connection never opened; any other failure raises `OutcomeUnknownError` (an

@@ -146,8 +146,10 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
         except ValueError:
             raise HttpWireError(f"bad chunk size line: {size_line[:40]!r}") from None
         if size == 0:
-            while await reader.readuntil(b"\r\n") != b"\r\n":
-                pass  # trailer fields, ignored
+            # The last chunk; trailer fields may follow, up to an empty line. Read past them.
+            line = await reader.readuntil(b"\r\n")
+            while line != b"\r\n":
+                line = await reader.readuntil(b"\r\n")
             return b"".join(chunks)
         total += size
         if total > RESPONSE_BODY_BYTES_MAX:

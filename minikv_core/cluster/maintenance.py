@@ -517,8 +517,7 @@ class Maintenance:
                 if int(progress["match"].get(str(node), 0)) >= index:
                     break
                 await asyncio.sleep(0.1)
-        conf = meta.raw.conf_state
-        if node in conf.voters or node in conf.learners:  # not when resumed after it left
+        if self._in_meta_group(node):  # not when resumed after it left
             await self.local.change_replicas(
                 {"group": META_GROUP_ID, "op": "remove", "node": node}, deadline
             )
@@ -615,15 +614,14 @@ class Maintenance:
     def _left_already(self, args: JsonObject) -> bool:
         """Whether the node a remove_node job names is gone from the map and the meta group."""
         node = args.get("node")
-        meta = self._host.meta
-        if not isinstance(node, int) or meta is None:
+        if not isinstance(node, int) or self._host.meta is None:
             return False
-        conf = meta.raw.conf_state
-        return (
-            node not in self.local.shard_map().nodes
-            and node not in conf.voters
-            and node not in conf.learners
-        )
+        return node not in self.local.shard_map().nodes and not self._in_meta_group(node)
+
+    def _in_meta_group(self, node: int) -> bool:
+        """Whether `node` is a voter or learner of the meta group, as this node knows it."""
+        conf = self._host.meta.raw.conf_state
+        return node in conf.voters or node in conf.learners
 
     async def _record_job(self, job: Job) -> None:
         """Name `job` in the map (a resumed job is named already: update_map then changes

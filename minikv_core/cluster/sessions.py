@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Final, NamedTuple
+from typing import NamedTuple
 
 from minikv_core.cluster import limits
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
@@ -121,9 +121,6 @@ def delete_code(existed: bool) -> int:
 
 def is_delete_code(code: int) -> bool:
     return code >= DELETED_ABSENT_CODE
-
-
-_APPLY: Final = None
 
 
 class _Session:
@@ -264,14 +261,14 @@ class SessionChanges:
                 f"write {write.seq} of the client is older than the writes this shard still "
                 f"remembers (from {session.acked}), so it cannot tell whether it applied"
             )
-        return _APPLY
+        return None
 
     def remember(self, write: WriteSession, code: int) -> None:
         """Record the result code of a write `admit` let apply."""
-        results = self._touched[write.client_id].results
+        session = self._touched[write.client_id]
+        results = session.results
         results[write.seq] = code
         if len(results) > limits.SESSION_RESULTS_MAX:
-            session = self._touched[write.client_id]
             del results[min(results)]
             session.acked = min(results)
 

@@ -78,6 +78,7 @@ from minikv_core.cluster.commands import (
 from minikv_core.cluster.sessions import (
     SessionChanges,
     SessionTable,
+    WriteSession,
     delete_code,
     is_delete_code,
     put_code,
@@ -364,7 +365,7 @@ class ShardStateMachine:
                 if admission is not None:
                     # Applied before (answer what it answered then), or the shard no longer
                     # knows: either way, applying it now could land it after later writes.
-                    entry_results.append(_not_applied_again(entry, write, admission))
+                    entry_results.append(_not_applied_again(entry, write, session, admission))
                     continue
             if locks.intents:
                 blockers = locks.write_blockers(write.key)
@@ -505,7 +506,9 @@ class ShardStateMachine:
         return self._engine.checksum()
 
 
-def _not_applied_again(entry: Entry, write: WriteCommand, admission: int | str) -> ApplyResult:
+def _not_applied_again(
+    entry: Entry, write: WriteCommand, session: WriteSession, admission: int | str
+) -> ApplyResult:
     """A session write not applied now: answered with what it answered when it applied (its
     result code), or EXPIRED with why the shard cannot tell."""
     request_id = write.request_id
@@ -527,7 +530,7 @@ def _not_applied_again(entry: Entry, write: WriteCommand, admission: int | str) 
                 existed=admission == delete_code(True),
             )
         admission = (
-            f"write {write.session.seq if write.session else 0} of the client was a "
+            f"write {session.seq} of the client was a "
             f"{'delete' if is_delete_code(admission) else 'put'} when it applied, not a "
             f"{'delete' if isinstance(write, DeleteCommand) else 'put'}: the client reused a number"
         )

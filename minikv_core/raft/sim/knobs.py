@@ -6,7 +6,8 @@ engages. Small values drawn per seed (one seed: 16-byte snapshot chunks, one ent
 message, a single in-flight append) put those paths under the same faults as the rest.
 Every member of a group gets the same knobs (the core requires equal timeouts, pre-vote and
 check-quorum settings across a group). The seed also picks how added nodes start: with the
-group's bootstrap ConfState or with an empty one (both documented in minikv_core.raft.node).
+group's bootstrap ConfState or with an empty one (both documented in minikv_core.raft.node),
+and whether leaders tell followers of commits lazily (Config.lazy_commit, what minikv uses).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Knobs:
     pending_read_index_max: int
     outbox_messages_max: int
     joiners_start_empty: bool  # how an added node starts: empty or bootstrap ConfState
+    lazy_commit: bool = False  # drawn last, so the other knobs of a seed stay as they were
 
     def config(self, node_id: int, applied_index: int) -> Config:
         return Config(
@@ -55,6 +57,7 @@ class Knobs:
             committed_bytes_per_ready_max=self.committed_bytes_per_ready_max,
             pending_read_index_max=self.pending_read_index_max,
             outbox_messages_max=self.outbox_messages_max,
+            lazy_commit=self.lazy_commit,
         )
 
     def describe(self) -> str:
@@ -88,4 +91,5 @@ def draw_knobs(rng: random.Random) -> Knobs:
         pending_read_index_max=pick((1, 2, 8), core_limits.PENDING_READ_INDEX_MAX),
         outbox_messages_max=pick((64, 256), core_limits.OUTBOX_MESSAGES_MAX),
         joiners_start_empty=rng.random() < 0.5,
+        lazy_commit=rng.random() < 0.5,
     )

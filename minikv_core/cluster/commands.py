@@ -52,11 +52,11 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 
 from minikv_core.cluster import limits
 from minikv_core.cluster.sessions import SessionError, WriteSession
 from minikv_core.cluster.txn_codec import TxnBody, TxnCodecError, decode_body, encode_body
+from minikv_core.frozen import frozen
 
 FORMAT_VERSION = 1
 """The first byte of every encoded command."""
@@ -154,7 +154,7 @@ def _check_session(session: object) -> WriteSession:
         raise CommandEncodeError(str(error)) from None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PutCommand:
     """Set `key` to `value`. `request_id` identifies the waiting client (0: nobody waits)."""
 
@@ -194,7 +194,7 @@ class PutCommand:
         return _encode_top(self)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DeleteCommand:
     """Remove `key` (a no-op apart from its result if it has no value)."""
 
@@ -227,7 +227,7 @@ class DeleteCommand:
 WriteCommand = PutCommand | DeleteCommand
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class BatchCommand:
     """Several client writes to one shard, applied atomically in order as one entry."""
 
@@ -264,7 +264,7 @@ class BatchCommand:
         return _encode_top(self)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TxnCommand:
     """A shard's part of a transaction (txn_codec.py), alone in its entry."""
 
@@ -285,7 +285,7 @@ class TxnCommand:
         return _encode_top(self)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ChecksumCommand:
     """Checksum the shard's state at this entry's index on every replica."""
 

@@ -86,6 +86,7 @@ from minikv_core.cluster.sessions import (
 from minikv_core.cluster.txn import SYSTEM_KEY_PREFIX
 from minikv_core.cluster.txn_codec import Conflict, TxnResult
 from minikv_core.cluster.txn_locks import TxnLockTable
+from minikv_core.frozen import frozen
 from minikv_core.raft.types import Entry, EntryType
 from minikv_core.storage import verify
 from minikv_core.storage.engine import (
@@ -117,7 +118,7 @@ class ResultKind(enum.Enum):
     EXPIRED = "expired"  # a session write whose outcome the shard cannot tell (sessions.py)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ApplyResult:
     """The outcome of one client write (or of one command-less entry)."""
 

@@ -35,10 +35,10 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final, Protocol, cast
 
+from minikv_core.frozen import frozen
 from minikv_core.net.errors_map import internal_error_document
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ _TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REASONS: Final = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KvRequest:
     """One parsed data-plane request; `raw_key` and `raw_query` are still percent-encoded."""
 
@@ -86,7 +86,7 @@ class KvRequest:
     close: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KvAnswer:
     status: int
     headers: tuple[tuple[str, str], ...] = ()

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import grpc
 import grpc.aio
 
+from minikv_core.frozen import frozen
 from minikv_core.net import limits
 from minikv_core.net.fault import FaultFilter, OutboundAction
 from minikv_core.net.proto import raft_pb2
@@ -244,7 +245,7 @@ class _Counters:
     last_error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _HeldFrame:
     """A frame cut and passed by the fault filter, waiting for its due time (a fault delay)."""
 

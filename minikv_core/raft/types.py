@@ -1,8 +1,9 @@
 """Value types of the Raft core: entries, messages, states, the Ready batch and status.
 
-Every type is a frozen, slotted dataclass or an enum holding plain values (ints, bools, bytes,
-tuples), so that `minikv_core.net` can map each one field for field to protobuf and back, and
-so that the deterministic simulator can copy, compare, duplicate and reorder them freely.
+Every type is a frozen, slotted dataclass (`minikv_core.frozen`: frozen for the type checker,
+cheap to build) or an enum holding plain values (ints, bools, bytes, tuples), so that
+`minikv_core.net` can map each one field for field to protobuf and back, and so that the
+deterministic simulator can copy, compare, duplicate and reorder them freely.
 
 Node ids are positive ints; `NONE` (0) means "no node" (no vote, no known leader).
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from minikv_core.frozen import frozen
 
 NONE = 0
 """The absent node id: no vote cast, no leader known."""
@@ -126,7 +129,7 @@ class ConfChangeType(enum.IntEnum):
 _CONF_CHANGE_STRUCT = struct.Struct(">BQ")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ConfChange:
     """One single-server membership change (Raft thesis §4.1)."""
 
@@ -151,7 +154,7 @@ class ConfChange:
         return ConfChange(change_type, node_id)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ConfState:
     """The membership: sorted voter ids and sorted learner ids (disjoint sets)."""
 
@@ -159,7 +162,7 @@ class ConfState:
     learners: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Entry:
     """One log entry. `index` starts at 1; `term` is the leader term that created it."""
 
@@ -169,7 +172,7 @@ class Entry:
     data: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HardState:
     """What must be durable before a node answers anyone (Raft Figure 2, "persistent state").
 
@@ -182,7 +185,7 @@ class HardState:
     commit: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SoftState:
     """Volatile state the host shows and routes by: who leads, and this node's role."""
 
@@ -190,14 +193,14 @@ class SoftState:
     role: Role
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SnapshotMetadata:
     index: int = 0
     term: int = 0
     conf_state: ConfState = field(default_factory=ConfState)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Snapshot:
     """A state machine image up to `metadata.index` (Raft §7). `data` is opaque to the core."""
 
@@ -212,7 +215,7 @@ class Snapshot:
 EMPTY_SNAPSHOT = Snapshot()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Message:
     """A peer-to-peer message. Fields unused by a type keep their zero default.
 
@@ -236,7 +239,7 @@ class Message:
     chunk_done: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadState:
     """A linearizable read may be served once the host's applied index >= `index`.
 
@@ -265,7 +268,7 @@ class ReadOnlyMode(enum.IntEnum):
     """Leader lease (thesis §6.4.1): needs check-quorum; answered without a round trip."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Ready:
     """What the host must do, in this order, before calling `RawNode.advance(ready)`.
 
@@ -305,7 +308,7 @@ class Ready:
     commit-index change may be written without fsync."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PeerStatus:
     """The leader's view of one peer (for the dashboard)."""
 
@@ -319,7 +322,7 @@ class PeerStatus:
     pending_snapshot_index: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Status:
     """A consistent picture of one node for the dashboard and admin API."""
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import ClassVar, Self
 
+from minikv_core.frozen import frozen
 from minikv_core.storage.errors import RecordDecodeError
 
 
@@ -70,7 +70,7 @@ def _check_bytes(name: str, value: object) -> bytes:
     raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KvOp:
     """One operation of a standalone-store batch; `value` is b"" for a delete."""
 
@@ -79,7 +79,7 @@ class KvOp:
     value: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class KvBatch:
     """A batch of the standalone `Store`: applied atomically, in order, under `sequence`."""
 
@@ -180,7 +180,7 @@ class KvBatch:
         return cls(sequence, tuple(ops))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RaftEntry:
     """One Raft log entry of one group (Raft §5.3): many groups' entries share one batch."""
 
@@ -222,7 +222,7 @@ def raft_entry_group_and_index(payload: bytes | memoryview) -> tuple[int, int]:
     return group_id, index
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RaftHardState:
     """The state Raft must persist before answering any message (Raft §5.1, Figure 2)."""
 
@@ -252,7 +252,7 @@ class RaftHardState:
         return cls(*_RAFT_HARD_STATE.unpack_from(payload, 0))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RaftSnapshotMark:
     """The group's log is compacted up to `index` (a snapshot at `index`/`term` exists, §7)."""
 

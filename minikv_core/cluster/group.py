@@ -70,6 +70,7 @@ from minikv_core.cluster.config import fsync_directory
 from minikv_core.cluster.limits import COMMAND_BATCH_COMMANDS_MAX, COMMAND_SESSION_BYTES
 from minikv_core.cluster.meta import MetaStateMachine
 from minikv_core.cluster.raft_log import GroupStorage
+from minikv_core.cluster.read_batches import ReadBatches
 from minikv_core.cluster.service import InvalidRequestError, UnavailableError
 from minikv_core.cluster.state_machine import ApplyResult, ResultKind, ShardStateMachine
 from minikv_core.raft import (
@@ -213,6 +214,9 @@ class Group(abc.ABC):
         self.rebalance_wanted = True
         """Move leadership to `preferred_leader` when possible (host.py explains when)."""
         self.reads: dict[bytes, asyncio.Future[int]] = {}
+        """A leader's reads, each its own ReadIndex (the core batches them onto heartbeat
+        rounds); a follower's wait in `read_batches`."""
+        self.read_batches = ReadBatches(self._send_read)
         self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._sequence = itertools.count()
         self._ready: Ready | None = None
@@ -273,6 +277,8 @@ class Group(abc.ABC):
             if ready.soft_state is not None and ready.soft_state.leader_id != NONE:
                 self._reissue_reads()
             for state in ready.read_states:
+                if self.read_batches.answered(state.context, state.index):
+                    continue
                 future = self.reads.pop(state.context, None)
                 if future is not None and not future.done():
                     future.set_result(state.index)
@@ -295,10 +301,19 @@ class Group(abc.ABC):
     def read_index(self, context: bytes) -> asyncio.Future[int]:
         """Ask for a ReadIndex (thesis §6.4); the future gets the index to wait for.
 
-        Raises UnavailableError when no leader is known. On a follower the core forwards the
-        request to the leader over the Raft transport; if leadership changes before the
-        answer, the request is sent again to the new leader (`_reissue_reads`)."""
+        Raises UnavailableError when no leader is known. On a follower the request goes to
+        the leader over the Raft transport, batched with the group's other reads
+        (read_batches.py); if leadership changes before the answer, the request is sent
+        again to the new leader (`_reissue_reads`)."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self.is_leader or self.leader_id == NONE:
+            self._send_read(context)
+            self.reads[context] = future
+        else:
+            self.read_batches.add(context, future)
+        return future
+
+    def _send_read(self, context: bytes) -> None:
         try:
             self.raw.read_index(context)
         except NotLeaderError as error:
@@ -309,13 +324,18 @@ class Group(abc.ABC):
             raise UnavailableError(
                 f"group {self.group_id} refused the read: {error}", leader_hint=self.leader_id
             ) from None
-        self.reads[context] = future
-        return future
 
     def forget_read(self, context: bytes) -> None:
         self.reads.pop(context, None)
+        self.read_batches.forget(context)
+
+    def tick(self) -> None:
+        """One host tick: the core's clock, and overdue read batches sent again."""
+        self.raw.tick()
+        self.read_batches.tick()
 
     def _reissue_reads(self) -> None:
+        self.read_batches.resend()
         for context, future in list(self.reads.items()):
             if future.done():
                 del self.reads[context]
@@ -352,6 +372,7 @@ class Group(abc.ABC):
             if not future.done():
                 future.set_exception(error)
         self.reads.clear()
+        self.read_batches.fail_all(error)
         for _, _, waiter in self._applied_waiters:
             if not waiter.done():
                 waiter.set_exception(error)

@@ -807,7 +807,7 @@ class MultiRaftHost:
                     self._ticks += 1
                     self._all_dirty = True
                     for group in self._group_list:
-                        group.raw.tick()
+                        group.tick()
                 if self._compactions or self._force_truncate:
                     self._all_dirty = True
                     await self._apply_compactions()

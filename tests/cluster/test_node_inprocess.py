@@ -493,3 +493,26 @@ async def test_corrupt_wal_record_refuses_to_start_naming_the_segment(tmp_path: 
         assert caught.value.__cause__ is not None
     finally:
         await cluster.stop()
+
+
+async def test_a_followers_read_whose_request_was_lost_is_sent_again(cluster: Cluster) -> None:
+    """read_batches.py: the ReadIndex of a follower's read dropped on its way to the leader
+    is sent again a couple of ticks later, so the read (and the group's reads queued behind
+    it) completes long before its deadline instead of waiting it out."""
+    key = b"asked-twice"
+    await put(cluster.nodes[1], key, b"v")
+    shard = shard_for_key(key, cluster.shards)
+    leader_id = cluster.nodes[1].host.shard_groups[shard].leader_id
+    follower_id = next(node_id for node_id in cluster.nodes if node_id != leader_id)
+    follower = cluster.nodes[follower_id]
+    assert await get(follower, key) == b"v"
+    follower.set_fault(FaultSpec(drop_to=frozenset({leader_id})))
+    started = time.monotonic()
+    reads = [asyncio.create_task(follower.get(key, LINEARIZABLE, started + 5.0)) for _ in range(3)]
+    await asyncio.sleep(0.05)  # the request left and was dropped
+    assert not any(read.done() for read in reads)
+    follower.clear_fault()
+    found = await asyncio.gather(*reads)
+    assert [item.value for item in found] == [b"v", b"v", b"v"]
+    elapsed = time.monotonic() - started
+    assert elapsed < 2.0, f"the reads took {elapsed:.2f} s: the lost request was not resent"

@@ -29,6 +29,16 @@ def reads(count: int) -> list[asyncio.Future[int]]:
     return [loop.create_future() for _ in range(count)]
 
 
+def batches_with_reads(count: int) -> tuple[Core, ReadBatches, list[asyncio.Future[int]]]:
+    """`count` reads added one after the other: the first one's request is out."""
+    core = Core()
+    batches = ReadBatches(core.read_index)
+    futures = reads(count)
+    for number, future in enumerate(futures, start=1):
+        batches.add(b"r%d" % number, future)
+    return core, batches, futures
+
+
 async def test_reads_that_arrive_while_one_is_out_share_the_next_request() -> None:
     core = Core()
     batches = ReadBatches(core.read_index)
@@ -53,11 +63,7 @@ async def test_an_answer_that_is_not_a_batchs_is_left_to_the_caller() -> None:
 
 
 async def test_an_overdue_request_is_sent_again_with_the_reads_queued_since() -> None:
-    core = Core()
-    batches = ReadBatches(core.read_index)
-    first, second = reads(2)
-    batches.add(b"r1", first)
-    batches.add(b"r2", second)
+    core, batches, (first, second) = batches_with_reads(2)
     for _ in range(READ_BATCH_RESEND_TICKS - 1):
         batches.tick()
     assert len(core.sent) == 1
@@ -71,10 +77,7 @@ async def test_an_overdue_request_is_sent_again_with_the_reads_queued_since() ->
 
 
 async def test_a_leader_change_sends_the_outstanding_request_again() -> None:
-    core = Core()
-    batches = ReadBatches(core.read_index)
-    (only,) = reads(1)
-    batches.add(b"r1", only)
+    core, batches, (only,) = batches_with_reads(1)
     batches.resend()
     assert len(core.sent) == 2 and core.sent[0] != core.sent[1]
     batches.answered(core.sent[1], 4)
@@ -95,11 +98,7 @@ async def test_a_refused_first_request_raises_and_registers_nothing() -> None:
 
 
 async def test_a_refused_next_request_fails_the_reads_that_waited_for_it() -> None:
-    core = Core()
-    batches = ReadBatches(core.read_index)
-    first, second = reads(2)
-    batches.add(b"r1", first)
-    batches.add(b"r2", second)
+    core, batches, (first, second) = batches_with_reads(2)
     core.refuse = "too many pending reads"
     batches.answered(core.sent[0], 3)
     assert first.result() == 3
@@ -126,11 +125,7 @@ async def test_a_forgotten_read_is_not_carried_into_another_request() -> None:
 
 
 async def test_fail_all_releases_every_read() -> None:
-    core = Core()
-    batches = ReadBatches(core.read_index)
-    first, second = reads(2)
-    batches.add(b"r1", first)
-    batches.add(b"r2", second)
+    core, batches, (first, second) = batches_with_reads(2)
     batches.fail_all(UnavailableError("stopping"))
     for future in (first, second):
         with pytest.raises(UnavailableError, match="stopping"):

@@ -16,11 +16,15 @@ Loss: a request or answer lost on the way (fault injection, a peer stream cut) w
 group's reads for good, so a request unanswered for READ_BATCH_RESEND_TICKS ticks is sent again
 with everything queued since; so is one in flight when the leader changes. Each send carries
 a new context: an answer to an older send is ignored (its reads went into the newer one).
+When the core refuses a send (no leader known during an election), the reads stay queued and
+the send is tried again at each tick and at the next leader change: as before batching, a
+read waits through a failover until its caller's deadline (the caller then `forget`s it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 from collections.abc import Callable
@@ -42,7 +46,7 @@ class ReadBatches:
         self._futures: dict[bytes, asyncio.Future[int]] = {}
         """Every read waiting here, by the caller's context."""
         self._queued: list[bytes] = []
-        """Reads that arrived while a request was out: they go in the next one."""
+        """Reads not in a request yet: they go in the next one."""
         self._in_flight: bytes | None = None
         self._members: list[bytes] = []
         self._ticks_waited = 0
@@ -54,8 +58,8 @@ class ReadBatches:
         return len(self._futures)
 
     def add(self, context: bytes, future: asyncio.Future[int]) -> None:
-        """Wait for the next request's answer; sends it now if none is out (and raises
-        UnavailableError, with nothing registered, if the core refuses it)."""
+        """Wait for the next request's answer; sends it now if none is out. Raises
+        UnavailableError, with this read not registered, if the core refuses that send."""
         self._futures[context] = future
         self._queued.append(context)
         if self._in_flight is not None:
@@ -64,7 +68,7 @@ class ReadBatches:
             self._start()
         except UnavailableError:
             del self._futures[context]
-            self._queued.clear()  # it held only this read: nothing queues while none is out
+            self._queued.remove(context)
             raise
 
     def answered(self, context: bytes, index: int) -> bool:
@@ -76,12 +80,12 @@ class ReadBatches:
             future = self._futures.pop(member, None)
             if future is not None and not future.done():
                 future.set_result(index)
-        if self._queued:
-            self._start_or_fail()
+        self._try_start()
         return True
 
     def tick(self) -> None:
         if self._in_flight is None:
+            self._try_start()  # a refused send, tried again
             return
         self._ticks_waited += 1
         if self._ticks_waited >= READ_BATCH_RESEND_TICKS:
@@ -90,11 +94,10 @@ class ReadBatches:
     def resend(self) -> None:
         """Send what is out again, with everything queued (after a leader change, or when
         the answer is overdue)."""
-        if self._in_flight is None:
-            return
-        self._queued = self._members + self._queued
-        self._members, self._in_flight = [], None
-        self._start_or_fail()
+        if self._in_flight is not None:
+            self._queued = self._members + self._queued
+            self._members, self._in_flight = [], None
+        self._try_start()
 
     def forget(self, context: bytes) -> None:
         self._futures.pop(context, None)
@@ -110,18 +113,15 @@ class ReadBatches:
     def _start(self) -> None:
         context = self._prefix + next(self._numbers).to_bytes(8, "big")
         self._send(context)
-        # Forgotten reads (their callers gave up) are not carried into another request.
-        self._members = [member for member in self._queued if member in self._futures]
-        self._queued = []
+        self._members, self._queued = self._queued, []
         self._in_flight = context
         self._ticks_waited = 0
 
-    def _start_or_fail(self) -> None:
-        try:
+    def _try_start(self) -> None:
+        """Send the queued reads' request, if any; if the core refuses, they stay queued."""
+        # Forgotten reads (their callers gave up) are not carried into another request.
+        self._queued = [member for member in self._queued if member in self._futures]
+        if not self._queued:
+            return
+        with contextlib.suppress(UnavailableError):
             self._start()
-        except UnavailableError as error:
-            queued, self._queued = self._queued, []
-            for member in queued:
-                future = self._futures.pop(member, None)
-                if future is not None and not future.done():
-                    future.set_exception(error)

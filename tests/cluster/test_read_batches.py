@@ -97,17 +97,21 @@ async def test_a_refused_first_request_raises_and_registers_nothing() -> None:
     assert len(core.sent) == 1
 
 
-async def test_a_refused_next_request_fails_the_reads_that_waited_for_it() -> None:
+async def test_reads_whose_send_is_refused_wait_and_go_at_a_later_tick() -> None:
     core, batches, (first, second) = batches_with_reads(2)
-    core.refuse = "too many pending reads"
+    core.refuse = "no leader"  # an election began
     batches.answered(core.sent[0], 3)
     assert first.result() == 3
-    with pytest.raises(UnavailableError, match="too many pending reads"):
-        second.result()
-    assert batches.waiting == 0
+    batches.tick()
+    batches.resend()  # what a leader change does: refused too, still no leader
+    assert not second.done(), "it waits through the election, as an unbatched read did"
+    assert len(core.sent) == 1
     core.refuse = None
-    batches.add(b"r3", reads(1)[0])  # the group is not stuck
+    batches.tick()
     assert len(core.sent) == 2
+    batches.answered(core.sent[1], 8)
+    assert second.result() == 8
+    assert batches.waiting == 0
 
 
 async def test_a_forgotten_read_is_not_carried_into_another_request() -> None:

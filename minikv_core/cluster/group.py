@@ -393,6 +393,8 @@ class Group(abc.ABC):
             "voters": list(status.conf_state.voters),
             "learners": list(status.conf_state.learners),
             "preferred_leader": self.preferred_leader,
+            # A follower's linearizable reads, batched onto shared ReadIndex requests.
+            "follower_reads": self.read_batches.status(),
         }
         return document
 

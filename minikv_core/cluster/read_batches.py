@@ -52,6 +52,11 @@ class ReadBatches:
         self._ticks_waited = 0
         self._prefix = b"batch" + os.urandom(8)  # never equal to a caller's context
         self._numbers = itertools.count(1)
+        self.requests = 0
+        """ReadIndex requests sent (resends included)."""
+        self.resends = 0
+        """Requests sent again: overdue (lost on the way?) or out when the leader changed."""
+        self.reads_answered = 0
 
     @property
     def waiting(self) -> int:
@@ -80,6 +85,7 @@ class ReadBatches:
             future = self._futures.pop(member, None)
             if future is not None and not future.done():
                 future.set_result(index)
+                self.reads_answered += 1
         self._try_start()
         return True
 
@@ -97,7 +103,17 @@ class ReadBatches:
         if self._in_flight is not None:
             self._queued = self._members + self._queued
             self._members, self._in_flight = [], None
+            self.resends += 1
         self._try_start()
+
+    def status(self) -> dict[str, int]:
+        """For /admin/status: reads per request show the batching; resends show loss."""
+        return {
+            "waiting": len(self._futures),
+            "requests": self.requests,
+            "reads_answered": self.reads_answered,
+            "resends": self.resends,
+        }
 
     def forget(self, context: bytes) -> None:
         self._futures.pop(context, None)
@@ -113,6 +129,7 @@ class ReadBatches:
     def _start(self) -> None:
         context = self._prefix + next(self._numbers).to_bytes(8, "big")
         self._send(context)
+        self.requests += 1
         self._members, self._queued = self._queued, []
         self._in_flight = context
         self._ticks_waited = 0

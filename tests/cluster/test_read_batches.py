@@ -54,7 +54,7 @@ async def test_reads_that_arrive_while_one_is_out_share_the_next_request() -> No
     assert len(core.sent) == 2
     assert batches.answered(core.sent[1], 9)
     assert (second.result(), third.result()) == (9, 9)
-    assert batches.waiting == 0
+    assert batches.status() == {"waiting": 0, "requests": 2, "reads_answered": 3, "resends": 0}
 
 
 async def test_an_answer_that_is_not_a_batchs_is_left_to_the_caller() -> None:
@@ -74,6 +74,7 @@ async def test_an_overdue_request_is_sent_again_with_the_reads_queued_since() ->
     batches.answered(core.sent[1], 6)
     assert (first.result(), second.result()) == (6, 6)
     assert len(core.sent) == 2
+    assert batches.status()["resends"] == 1
 
 
 async def test_a_leader_change_sends_the_outstanding_request_again() -> None:

@@ -737,6 +737,9 @@ class MultiRaftHost:
             message.sender,
             self.config.node_id,
             group.raw.term,
+            # What the core's own answer carries: a follower holding that entry commits to
+            # it, instead of waiting for a lazy_commit leader's next append or heartbeat.
+            log_term=group.raw.log_term(index),
             index=index,
             context=message.context,
         )

@@ -456,6 +456,15 @@ class RawNode:
         self._pending_conf_index = index
         return self._term, index
 
+    def log_term(self, index: int) -> int:
+        """The term of the entry at `index` in this node's log; 0 when it is compacted away
+        or beyond the log. A ReadIndex answer carries it (READ_INDEX_RESPONSE.log_term) so
+        that a follower holding that entry may commit up to it."""
+        try:
+            return self._log.term(index)
+        except (CompactedError, UnavailableError):
+            return 0
+
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read; the answer is a ReadState(index, context) in a Ready.
 
@@ -1238,17 +1247,13 @@ class RawNode:
         if request.requester == self._id:
             self._read_states.append(ReadState(request.index, request.context))
             return
-        try:
-            log_term = self._log.term(request.index)
-        except (CompactedError, UnavailableError):
-            log_term = 0  # compacted since: the follower waits for an append or heartbeat
         self._send(
             Message(
                 MessageType.READ_INDEX_RESPONSE,
                 request.requester,
                 self._id,
                 self._term,
-                log_term=log_term,
+                log_term=self.log_term(request.index),
                 index=request.index,
                 context=request.context,
             )

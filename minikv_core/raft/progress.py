@@ -94,10 +94,10 @@ class Progress:
         """Heard from since the last check-quorum round (Raft thesis §6.2)."""
         self.is_learner = is_learner
         self.sent_commit = 0
+        """The highest commit index sent to this member (to know when to send a bump)."""
         self.commit_wanted = 0
         """The last entry this member proposed through us (PROPOSE): it waits to apply it,
         so a lazy_commit leader sends it the commit that covers it without delay."""
-        """The highest commit index sent to this member (to know when to send a bump)."""
         self.acked_round = 0
         """Highest read-index heartbeat round this member acknowledged (thesis §6.4)."""
         self.lease_stamp = NEVER

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from minikv_core.cluster.service import (
     VersionedValue,
 )
 from minikv_core.cluster.shard_map import shard_for_key
+from minikv_core.raft import Message, MessageType
 from tests.cluster.node_harness import Cluster, retry_unavailable, started_cluster, wait_for
 
 LEASE_TIMEOUT_S = 10.0
@@ -92,6 +93,36 @@ async def test_a_follower_read_is_answered_by_the_leaders_lease(cluster: Cluster
     )
     assert found.value == b"fresh"
     assert leader.host.counters.lease_reads > before
+
+
+async def test_a_lease_answer_carries_the_term_of_its_index_for_the_follower_to_commit(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaders tell followers of commits lazily (Config.lazy_commit): a follower that reads
+    right after a write commits up to the read index from the answer itself, which must then
+    say which entry is there (the core's own answers do; the lease's must too)."""
+    key = b"lease-term"
+    shard = shard_for_key(key, cluster.shards)
+    leader, group, _ = await leased_leader(cluster, shard)
+    follower = next(node for node in cluster.nodes.values() if node is not leader)
+    answers: list[Message] = []
+    send = leader.host.transport.send
+
+    def recording_send(to_node: int, messages: Iterable[tuple[int, Message]]) -> None:
+        batch = list(messages)
+        answers.extend(m for _, m in batch if m.type is MessageType.READ_INDEX_RESPONSE)
+        send(to_node, batch)
+
+    monkeypatch.setattr(leader.host.transport, "send", recording_send)
+    version = await retry_unavailable(lambda deadline: leader.put(key, b"v", deadline))
+    found = await retry_unavailable(
+        lambda deadline: follower.get(key, Consistency.LINEARIZABLE, deadline)
+    )
+    assert found.value == b"v"
+    assert answers, "the follower's read was not answered by the leader"
+    for answer in answers:
+        assert answer.index >= version
+        assert answer.log_term == group.raw.term, answer
 
 
 async def test_an_isolated_leader_stops_serving_lease_reads_within_the_lease(

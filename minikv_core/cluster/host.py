@@ -732,17 +732,7 @@ class MultiRaftHost:
         index = self.lease_read_index(group)
         if index is None:
             return False
-        answer = Message(
-            MessageType.READ_INDEX_RESPONSE,
-            message.sender,
-            self.config.node_id,
-            group.raw.term,
-            # What the core's own answer carries: a follower holding that entry commits to
-            # it, instead of waiting for a lazy_commit leader's next append or heartbeat.
-            log_term=group.raw.log_term(index),
-            index=index,
-            context=message.context,
-        )
+        answer = group.raw.read_index_answer(message.sender, index, message.context)
         self.counters.messages_sent += 1
         self.transport.send(message.sender, [(group.group_id, answer)])
         return True

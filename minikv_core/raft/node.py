@@ -456,14 +456,25 @@ class RawNode:
         self._pending_conf_index = index
         return self._term, index
 
-    def log_term(self, index: int) -> int:
-        """The term of the entry at `index` in this node's log; 0 when it is compacted away
-        or beyond the log. A ReadIndex answer carries it (READ_INDEX_RESPONSE.log_term) so
-        that a follower holding that entry may commit up to it."""
+    def read_index_answer(self, requester: int, index: int, context: bytes) -> Message:
+        """The READ_INDEX_RESPONSE telling `requester` its read may be served at `index`:
+        what the core sends after a heartbeat round, and what a host holding a lease sends
+        at once. It carries the term of the entry at `index` (0 when compacted away), so a
+        follower holding that entry commits up to it instead of waiting for a lazy_commit
+        leader's next append or heartbeat."""
         try:
-            return self._log.term(index)
+            log_term = self._log.term(index)
         except (CompactedError, UnavailableError):
-            return 0
+            log_term = 0
+        return Message(
+            MessageType.READ_INDEX_RESPONSE,
+            requester,
+            self._id,
+            self._term,
+            log_term=log_term,
+            index=index,
+            context=context,
+        )
 
     def read_index(self, context: bytes) -> None:
         """Request a linearizable read; the answer is a ReadState(index, context) in a Ready.
@@ -1247,17 +1258,7 @@ class RawNode:
         if request.requester == self._id:
             self._read_states.append(ReadState(request.index, request.context))
             return
-        self._send(
-            Message(
-                MessageType.READ_INDEX_RESPONSE,
-                request.requester,
-                self._id,
-                self._term,
-                log_term=self.log_term(request.index),
-                index=request.index,
-                context=request.context,
-            )
-        )
+        self._send(self.read_index_answer(request.requester, request.index, request.context))
 
     def _release_confirmed_reads(self) -> None:
         read_only = self._read_only

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ from tests.integration.conftest import Cluster
 
 
 async def measure(seconds: float) -> list[float]:
-    cluster = Cluster(Path(tempfile.mkdtemp(prefix="minikv-idle-")), 3, 8, 3)
+    root = Path(tempfile.mkdtemp(prefix="minikv-idle-"))
+    cluster = Cluster(root, 3, 8, 3)
     async with aiohttp.ClientSession() as session:
         cluster.session = session
         try:
@@ -48,6 +50,7 @@ async def measure(seconds: float) -> list[float]:
             ]
         finally:
             cluster.kill_all()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:

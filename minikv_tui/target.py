@@ -88,7 +88,9 @@ async def resolve_target_async(
     env: Mapping[str, str] | None = None,
 ) -> Target:
     """The async form of `resolve_target`, for callers already on an event loop."""
-    if endpoints is not None and endpoints.strip():
+    if endpoints is not None:
+        # Given but empty (`-e "$UNSET"`) is an error, not "no --endpoints": falling back to
+        # the local cluster would send a script's writes to a cluster it never named.
         return Target(name=None, endpoints=parse_endpoints(endpoints))
     environment = os.environ if env is None else env
     name = cluster or environment.get(CLUSTER_ENV) or None

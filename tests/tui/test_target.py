@@ -110,6 +110,18 @@ def test_malformed_endpoints_are_a_usage_error_naming_them(minikv_home: Path, te
     assert "host:port" in error.message + error.hint
 
 
+@pytest.mark.parametrize("text", ["", "  "])
+def test_empty_endpoints_are_refused_not_replaced_by_the_running_cluster(
+    minikv_home: Path, standins: Callable[[Path], tuple[int, int]], text: str
+) -> None:
+    """`-e "$ENDPOINTS"` with the variable unset must not quietly talk to the local cluster:
+    a script's writes would land in a cluster it never named."""
+    register(minikv_home, "busy", standins)
+    error = user_error(lambda: resolve_target(text, None))
+    assert error.message == "--endpoints is empty"
+    assert error.exit_code == 2
+
+
 def test_nothing_running_says_to_start_a_cluster(minikv_home: Path) -> None:
     error = user_error(lambda: resolve_target(None, None))
     assert error.message == "no local cluster is running"

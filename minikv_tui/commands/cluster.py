@@ -253,7 +253,9 @@ def up(
         Path | None,
         typer.Option(
             "--dir",
-            help="Where node data and logs live (new cluster; default <minikv home>/<name>).",
+            # No angle brackets: the help is Markdown, where `<name>` is an HTML tag and vanishes.
+            help="Where node data and logs live (new cluster; default: a directory named after "
+            "the cluster under $MINIKV_HOME, else ~/.local/share/minikv).",
             show_default=False,
         ),
     ] = None,

@@ -100,7 +100,18 @@ def txn(
     timeout_s: TimeoutOption = 5.0,
 ) -> None:
     """Run one atomic transaction: if every compare holds, the success ops, else the failure
-    ops (across shards with two-phase commit)."""
+    ops (across shards with two-phase commit).
+
+    The document (the HTTP API's `POST /txn` body):
+
+        {"compare": [{"key": "a", "target": "version", "op": "==", "version": 3}],
+         "success": [{"op": "put", "key": "a", "value": "y"}, {"op": "get", "key": "b"}],
+         "failure": [{"op": "get", "key": "a"}]}
+
+    Ops are `put` (with `value`), `delete` and `get`. A compare's `target` is `version`
+    (`==`, `!=`, `<`, `>`; a missing key has version 0), `value` (`==`, `!=`) or `exists`
+    (`"value": true|false`). `key_b64` / `value_b64` carry bytes that are not UTF-8. Exit 0
+    whichever branch ran, 2 for a bad document."""
     request = parse_file(file)
     response = _request(endpoints, cluster, timeout_s, lambda client: client.txn_request(request))
     if as_json:

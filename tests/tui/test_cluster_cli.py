@@ -90,6 +90,19 @@ def test_user_errors_say_what_to_do_with_their_exit_code(
     assert error.hint
 
 
+def test_help_texts_show_what_they_promise() -> None:
+    """The help is Markdown: `<name>` in it is an HTML tag and vanished (`--dir` read
+    "default /"); and every bad `txn` document points at `minikv txn --help` for the format,
+    so the help must show it."""
+    up = flat(invoke("cluster", "up", "--help").output)
+    assert "default: a directory named after the cluster under $MINIKV_HOME" in up
+    assert "default /)" not in up
+    txn_help = invoke("txn", "--help").output
+    assert '{"compare": [{"key": "a", "target": "version", "op": "==", "version": 3}],' in txn_help
+    for word in ('"success"', '"failure"', "delete", "exists", "value_b64"):
+        assert word in txn_help, word
+
+
 def test_data_commands_print_raw_bytes_and_json(local_cluster: Launcher, tmp_path: Path) -> None:
     assert invoke("put", "greeting", "hello").stdout.startswith("OK (version ")
     got = invoke("get", "greeting")

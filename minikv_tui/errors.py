@@ -7,12 +7,19 @@ user of the CLI, REPL or TUI").
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from rich.console import Console
 
 # Exit statuses, after sysexits.h where one fits.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in minikv, not in the user's input
+
+_GRPC_SIZE_REFUSAL: Final = re.compile(
+    r"(?:SERVER|CLIENT): (?:Received|Sent) message larger than max \((\d+) vs\. (\d+)\)"
+)
 
 
 class UserError(Exception):
@@ -29,3 +36,19 @@ def report(console: Console, message: str, hint: str = "") -> None:
     console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     if hint:
         console.print(f"[dim]{hint}[/]", highlight=False)
+
+
+def too_large_message(text: str) -> str:
+    """A TooLargeError's text, in the node's terms. A request over a gRPC message bound is
+    refused by gRPC itself, before any node code reads it, in gRPC's words ("SERVER: Received
+    message larger than max (5000035 vs. 4194304)"): that names neither the value nor the
+    limit a user can act on. Other texts (the node's own, which name the limit) pass as they
+    are."""
+    match = _GRPC_SIZE_REFUSAL.search(text)
+    if match is None:
+        return text
+    size, bound = match.groups()
+    return (
+        f"the request is {size} bytes, over the {bound}-byte bound of one gRPC message; "
+        "values are at most the nodes' value limit (1 MiB unless configured otherwise)"
+    )

@@ -17,6 +17,7 @@ from minikv_core.client import (
     TooLargeError,
     UnavailableError,
 )
+from minikv_tui.errors import too_large_message
 
 
 class ReplError(Exception):
@@ -74,7 +75,8 @@ def from_client_error(error: ClientError, what: str, *, cluster_down: bool = Fal
         )
     if isinstance(error, TooLargeError):
         return ReplError(
-            f"{what}: too large ({error})", "Keys are at most 4 KiB; split big values."
+            f"{what}: too large ({too_large_message(str(error))})",
+            "Keys are at most 4 KiB; split big values.",
         )
     if isinstance(error, InvalidRequestError):
         return ReplError(f"{what}: refused ({error})", "HELP <command> shows what it accepts.")

@@ -32,7 +32,7 @@ from minikv_core.client import (
 )
 from minikv_core.net import limits
 from minikv_core.net.http_api import encode_bytes_field
-from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError
+from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError, too_large_message
 from minikv_tui.target import resolve_target
 
 T = TypeVar("T")
@@ -111,8 +111,10 @@ def _request(
         return asyncio.run(run())
     except NotFoundError:
         raise
-    except (InvalidRequestError, TooLargeError) as error:
+    except InvalidRequestError as error:
         raise UserError(str(error), exit_code=EXIT_USAGE) from None
+    except TooLargeError as error:
+        raise UserError(too_large_message(str(error)), exit_code=EXIT_USAGE) from None
     except OutcomeUnknownError as error:
         raise UserError(
             f"cluster {where}: the write may or may not have been applied ({error})",

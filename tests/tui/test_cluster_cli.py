@@ -131,6 +131,25 @@ def test_data_commands_print_raw_bytes_and_json(local_cluster: Launcher, tmp_pat
     assert invoke("get", "bin/2", "--endpoints", endpoints).stdout_bytes == b"from stdin\n"
 
 
+def test_a_value_over_one_grpc_message_is_told_in_minikv_terms(
+    local_cluster: Launcher, tmp_path: Path
+) -> None:
+    """Between the node's gRPC bound (4 MiB) and the client's (16 MiB) gRPC itself refuses the
+    put, in its own words ("SERVER: Received message larger than max (5000034 vs. 4194304)"),
+    which named neither the value nor its limit: both `put` and the REPL must say it plainly."""
+    (tmp_path / "big").write_bytes(b"x" * 5_000_000)
+    put = invoke("put", "big", "--file", str(tmp_path / "big"))
+    error = user_error(put)
+    assert error.exit_code == 2
+    assert "larger than max" not in error.message
+    assert error.message.startswith("the request is 5000034 bytes, over the 4194304-byte bound")
+    assert "value limit (1 MiB" in error.message
+    repl = invoke("repl", "-c", f"PUT big @{tmp_path / 'big'}")
+    assert repl.exit_code == 1
+    assert "larger than max" not in repl.stderr
+    assert "the request is 5000034 bytes" in flat(repl.stderr)
+
+
 def run_minikv(
     home: Path, *args: str, input: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:

@@ -49,6 +49,9 @@ VALUE_FILE_BYTES_MAX: Final = CLIENT_MESSAGE_BYTES_MAX
 ADMIN_TIMEOUT_S: Final = 2.0
 """STATUS asks every node; a down node costs at most this, all nodes asked at once."""
 STATUS_THREADS_MAX: Final = 16
+WHAT_CHARS_MAX: Final = 80
+"""An error names its command ("PUT user/1: ..."); past this its key is cut short, or a
+4 KiB key would bury the one line that says what went wrong."""
 
 
 class Outcome(enum.Enum):
@@ -194,7 +197,7 @@ class Executor:
         except ClientError as error:
             self._state.last_latency_ms = (self._clock() - started) * 1000.0
             down = cluster_wide or self._state.connection is Connection.LOST
-            raise translate(error, what, cluster_down=down) from None
+            raise translate(error, _brief(what), cluster_down=down) from None
         latency_ms = (self._clock() - started) * 1000.0
         self._state.last_latency_ms = latency_ms
         if self._state.timing:
@@ -415,6 +418,13 @@ class Executor:
 
 def _commands(count: int) -> str:
     return f"{count} command{'s' if count != 1 else ''}"
+
+
+def _brief(what: str) -> str:
+    """`what` for an error message, cut to WHAT_CHARS_MAX characters."""
+    if len(what) <= WHAT_CHARS_MAX:
+        return what
+    return f"{what[: WHAT_CHARS_MAX - 1]}… ({len(what)} characters)"
 
 
 def _read_value_file(value: p.FileValue) -> bytes:

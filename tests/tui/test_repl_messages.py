@@ -1,0 +1,53 @@
+"""The REPL's error lines stay one readable line whatever the command carried. Nothing here
+reaches a node: the client points at a closed port, so each command fails (no leader)
+after the client's short deadline."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+from rich.console import Console
+
+from minikv_core.client import Client
+from minikv_tui.repl_commands import WHAT_CHARS_MAX, Executor, Outcome
+from minikv_tui.repl_keys import KeyIndex
+from minikv_tui.repl_parser import parse
+from minikv_tui.repl_render import Renderer
+from minikv_tui.repl_state import SessionState
+from tests.integration.conftest import reserve_ports
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    (closed_port,) = reserve_ports(1)
+    with Client([f"127.0.0.1:{closed_port}"], timeout_s=0.5) as made:
+        yield made
+
+
+def run(client: Client, text: str) -> tuple[list[Outcome], str]:
+    """Run `text` in a scripted session; the outcomes and what went to stderr."""
+    err = io.StringIO()
+    renderer = Renderer(
+        Console(file=io.StringIO(), width=300),
+        Console(file=err, width=100_000),
+        interactive=False,
+        raw=False,
+    )
+    state = SessionState(label="t", endpoints=("t",))
+    executor = Executor(client, state, renderer, KeyIndex(None))
+    return [executor.run(statement) for statement in parse(text)], err.getvalue()
+
+
+@pytest.mark.parametrize("command", ["GET", "PUT"])
+def test_an_over_long_key_is_cut_short_in_the_error(client: Client, command: str) -> None:
+    """A 5000-byte key was echoed whole before the reason ("PUT kkkk…kkk: too large (the key
+    is 5000 bytes; …)" from a node): 5 KB of k's on screen for one line of news."""
+    key = "k" * 5000
+    value = " v" if command == "PUT" else ""
+    outcomes, err = run(client, f"{command} {key}{value}")
+    assert outcomes == [Outcome.FAILED]
+    assert err.startswith(f"error: {command} {'k' * (WHAT_CHARS_MAX - len(command) - 2)}… (")
+    assert "… (5004 characters): " in err  # the command and its key, not the value
+    assert len(err) < 1000, err  # 5000 before the fix

@@ -141,8 +141,11 @@ class Renderer:
         count = f"{len(items)} key{'s' if len(items) != 1 else ''}"
         if more:
             where = f"SCAN {quote_bytes(prefix)} " if prefix else "SCAN "
-            bigger = min(limit * 10, SCAN_LIMIT_MAX)
-            self.note(f"{count} shown; more exist: {where}LIMIT {bigger} shows more", "dim")
+            if limit < SCAN_LIMIT_MAX:
+                bigger = min(limit * 10, SCAN_LIMIT_MAX)
+                self.note(f"{count} shown; more exist: {where}LIMIT {bigger} shows more", "dim")
+            else:  # no bigger LIMIT exists
+                self.note(f"{count} shown; more exist: a longer prefix narrows the scan", "dim")
         else:
             self.note(count, "dim")
 

@@ -150,6 +150,26 @@ def test_a_value_over_one_grpc_message_is_told_in_minikv_terms(
     assert "the request is 5000034 bytes" in flat(repl.stderr)
 
 
+def test_a_scan_of_big_values_pages_up_to_its_limit(
+    local_cluster: Launcher, tmp_path: Path
+) -> None:
+    """A node cuts one scan answer at 4 MiB of keys and values and says `more`: six 1 MiB
+    values came back as three, with "(more keys: raise --limit above 100)" (even at the
+    largest --limit), and the REPL's SCAN printed the three as if they were all."""
+    (tmp_path / "mib").write_bytes(b"v" * (1 << 20))
+    for i in range(6):
+        assert invoke("put", f"big/{i}", "--file", str(tmp_path / "mib")).exit_code == 0
+    every = [f"big/{i}" for i in range(6)]
+    keys = invoke("scan", "big/", "--keys")
+    assert keys.stdout.split() == every and "more keys" not in keys.stderr
+    listing = json.loads(invoke("scan", "big/", "--json").stdout)
+    assert [item["key"] for item in listing["items"]] == every and listing["more"] is False
+    four = invoke("scan", "big/", "--keys", "--limit", "4")
+    assert four.stdout.split() == every[:4] and "raise --limit above 4" in four.stderr
+    repl = invoke("repl", "-c", "SCAN big/")
+    assert [line.split("\t")[0] for line in repl.stdout.splitlines()] == every
+
+
 def run_minikv(
     home: Path, *args: str, input: bytes | None = None
 ) -> subprocess.CompletedProcess[bytes]:

@@ -106,6 +106,9 @@ def test_interactive_scans_are_a_table_that_says_when_more_keys_exist() -> None:
     text = out.getvalue()
     assert "user/1" in text and "ada" in text and "7" in text
     assert "1 key shown; more exist: SCAN user/ LIMIT 10 shows more" in text
+    made, out, _ = renderer()
+    made.scan([ScanItem(b"user/1", b"ada", 7)], more=True, limit=10_000, prefix=b"user/")
+    assert "more exist: a longer prefix narrows the scan" in out.getvalue()  # no LIMIT > 10000
 
 
 def test_events_print_one_line_each() -> None:

@@ -19,7 +19,7 @@ import asyncio
 import json
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from minikv_core.client import AsyncClient
+from minikv_core.client import AsyncClient, ClientError
 from minikv_tui.errors import EXIT_USAGE, UserError
 from minikv_tui.launcher import Launcher, Step
 from minikv_tui.maintenance_jobs import (
@@ -66,6 +66,9 @@ EndpointsOption = Annotated[
 DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Show the plan and change nothing.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the node's JSON document.")]
 NodeArgument = Annotated[int, typer.Argument(help="The node id (1, 2, …).", min=1)]
+
+REACH_TIMEOUT_S: Final = 5.0
+"""How long the first contact may take before a command says the cluster does not answer."""
 
 _STATE_STYLE = {"done": "green", "running": "yellow", "failed": "red", "pending": "dim"}
 
@@ -266,6 +269,21 @@ def _check_members(target: Target, ids: Sequence[int], what: str) -> None:
         )
 
 
+async def _check_reachable(client: AsyncClient, target: Target) -> None:
+    """Fail at once when no node answers at all. The runner rides out unreachable nodes for
+    a minute (a meta leader failing over mid-job), so a wrong --endpoints or a cluster that
+    is down cost that minute in silence before its one error. Every live node answers the
+    shard map from memory, elections or not, so this refuses nothing the runner could do."""
+    try:
+        await client.shard_map(timeout_s=REACH_TIMEOUT_S)
+    except ClientError as error:
+        raise UserError(
+            f"cannot reach the cluster at {', '.join(target.endpoints)}: {error}",
+            hint="Check that it runs (`minikv cluster status`) and that --endpoints names "
+            "its nodes' gRPC addresses.",
+        ) from None
+
+
 async def _plan_or_run(
     target: Target,
     operation: Operation,
@@ -277,6 +295,7 @@ async def _plan_or_run(
 ) -> Job | None:
     """The dry run's plan printed (None), or the job run to its end with progress shown."""
     async with AsyncClient(target.endpoints, timeout_s=CALL_TIMEOUT_S) as client:
+        await _check_reachable(client, target)
         runner = JobRunner(client, target.endpoints, journal=_journal(target, node))
         if dry_run:
             plan = await runner.plan(operation, args)

@@ -26,6 +26,7 @@ from minikv_tui.maintenance_jobs import (
     JobStep,
 )
 from minikv_tui.registry import Registry
+from tests.integration.conftest import reserve_ports
 from tests.tui.conftest import processes_under
 from tests.tui.test_cluster_cli import flat, invoke, user_error
 
@@ -73,6 +74,21 @@ def test_maintenance_without_a_cluster_says_what_to_do(
     assert says in error.message, error.message
     assert error.exit_code == code
     assert error.hint
+
+
+@pytest.mark.parametrize(
+    "args", [("repair", "--dry-run"), ("rebalance",), ("verify",), ("remove-node", "2")]
+)
+def test_endpoints_where_nothing_answers_fail_at_once(args: tuple[str, ...]) -> None:
+    """The job runner rides out unreachable nodes for a minute (a failover mid-job): with
+    --endpoints where no node listens, that was a minute of silence before the error."""
+    (closed_port,) = reserve_ports(1)
+    started = time.monotonic()
+    error = user_error(invoke("cluster", *args, "--endpoints", f"127.0.0.1:{closed_port}"))
+    assert time.monotonic() - started < 20
+    assert error.message.startswith(f"cannot reach the cluster at 127.0.0.1:{closed_port}: ")
+    assert error.exit_code == 1
+    assert "--endpoints" in error.hint
 
 
 def test_job_documents_become_summaries_and_journal_kinds() -> None:

@@ -346,9 +346,10 @@ def repair(
             if n.node_id in dead_ids and node_process_state(n) == "up"
         ]
         if running:
+            them = "them" if len(running) > 1 else "it"
             raise UserError(
-                f"--dead: node {', '.join(map(str, running))} is running",
-                hint="--dead is for nodes that are gone; kill or stop it first, or use "
+                f"--dead: {_nodes_are(running)} running",
+                hint=f"--dead is for nodes that are gone; kill or stop {them} first, or use "
                 "`minikv cluster remove-node` to move replicas off a live node.",
                 exit_code=EXIT_USAGE,
             )
@@ -357,6 +358,12 @@ def repair(
         )
 
     _run(go())
+
+
+def _nodes_are(ids: Sequence[int]) -> str:
+    """Messages read as sentences: `node 3 is`, `nodes 1, 2 are`."""
+    listing = ", ".join(map(str, ids))
+    return f"node {listing} is" if len(ids) == 1 else f"nodes {listing} are"
 
 
 def rebalance(

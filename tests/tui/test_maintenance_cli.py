@@ -91,6 +91,15 @@ def test_endpoints_where_nothing_answers_fail_at_once(args: tuple[str, ...]) -> 
     assert "--endpoints" in error.hint
 
 
+def test_dead_nodes_that_run_are_refused_in_a_sentence(local_cluster: Launcher) -> None:
+    """It read "--dead: node 1, 2 is running"."""
+    one = user_error(invoke("cluster", "repair", "--dead", "2", "--dry-run"))
+    assert one.message == "--dead: node 2 is running" and "stop it first" in one.hint
+    both = user_error(invoke("cluster", "repair", "--dead", "2", "--dead", "1", "--dry-run"))
+    assert both.message == "--dead: nodes 1, 2 are running" and "stop them first" in both.hint
+    assert both.exit_code == 2
+
+
 def test_job_documents_become_summaries_and_journal_kinds() -> None:
     """The shapes the meta leader answers (maintenance.py `Job.to_json`), read as the CLI and
     the journal tell them: a verify with a corrupt and an unreachable replica, a failed

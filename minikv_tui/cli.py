@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 # gRPC's C core logs INFO lines ("Got goaway") to stderr unless told otherwise, and reads this
 # once at import: set it before any command module imports grpc.
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from minikv_core import __version__
 from minikv_tui.commands import bench, cluster, data, repl, serve, sstable, tui, txn, wal
-from minikv_tui.errors import EXIT_INTERNAL, UserError, report
+from minikv_tui.errors import EXIT_FAILURE, EXIT_INTERNAL, UserError, is_output_error, report
 
 app = typer.Typer(
     name="minikv",
@@ -72,10 +73,31 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:  # (a reader that went away, EPIPE, is Click's: it exits 1 quietly)
+        if not is_output_error(exc):
+            _internal_error(stderr, exc)
+        _silence_stdout()  # what is still buffered cannot be written either
+        where = exc.filename or "the output"  # stdout's errors name no file
+        report(stderr, f"cannot write {where}: {exc.strerror or exc}")
+        sys.exit(EXIT_FAILURE)
     except Exception as exc:  # the last line of defence: no traceback for users
-        report(
-            stderr,
-            f"internal error: {type(exc).__name__}: {exc}",
-            "This is a bug in minikv; please report it with the command you ran.",
-        )
-        sys.exit(EXIT_INTERNAL)
+        _internal_error(stderr, exc)
+
+
+def _internal_error(stderr: Console, exc: Exception) -> NoReturn:
+    report(
+        stderr,
+        f"internal error: {type(exc).__name__}: {exc}",
+        "This is a bug in minikv; please report it with the command you ran.",
+    )
+    sys.exit(EXIT_INTERNAL)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush at exit does not fail again
+    (and print "Exception ignored ...")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no stdout to redirect: nothing will be flushed either
+        pass

@@ -7,6 +7,7 @@ user of the CLI, REPL or TUI").
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Final
 
@@ -16,6 +17,10 @@ from rich.console import Console
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in minikv, not in the user's input
+
+WRITE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+"""Errors of writing the output (`minikv get k > /dev/full`): the machine's trouble, not a bug
+in minikv, so they are told as such rather than as an internal error."""
 
 _GRPC_SIZE_REFUSAL: Final = re.compile(
     r"(?:SERVER|CLIENT): (?:Received|Sent) message larger than max \((\d+) vs\. (\d+)\)"
@@ -51,4 +56,11 @@ def too_large_message(text: str) -> str:
     return (
         f"the request is {size} bytes, over the {bound}-byte bound of one gRPC message; "
         "values are at most the nodes' value limit (1 MiB unless configured otherwise)"
+    )
+
+
+def is_output_error(error: BaseException) -> bool:
+    """The reader went away (`| head`) or the output cannot be written (a full disk)."""
+    return isinstance(error, BrokenPipeError) or (
+        isinstance(error, OSError) and error.errno in WRITE_ERRNOS
     )

@@ -40,6 +40,7 @@ from minikv_core.cluster.shard_map import shard_for_key
 from minikv_core.net.limits import CLIENT_MESSAGE_BYTES_MAX
 from minikv_tui import repl_grammar
 from minikv_tui import repl_parser as p
+from minikv_tui.errors import is_output_error
 from minikv_tui.repl_errors import ParseError, ReplError, from_client_error, from_txn_error
 from minikv_tui.repl_keys import KeyIndex
 from minikv_tui.repl_multi import MultiQueue, Watched, watching
@@ -88,18 +89,28 @@ class Executor:
         except ReplError as error:
             self._render.error(self._failed(error), where)
             return Outcome.FAILED
+        except OSError as error:
+            if is_output_error(error):
+                # stdout is gone (`minikv repl < cmds | head`) or full: no later command can
+                # print either, so the session ends, told once by `minikv_tui.cli.main`.
+                raise
+            self._internal_error(error, where)
+            return Outcome.FAILED
         except Exception as error:  # the REPL's last line of defence: no traceback, ever
-            self._render.error(
-                self._failed(
-                    ReplError(
-                        f"internal error: {type(error).__name__}: {error}",
-                        "This is a bug in minikv; please report it with the command you ran.",
-                    )
-                ),
-                where,
-            )
+            self._internal_error(error, where)
             return Outcome.FAILED
         return Outcome.OK
+
+    def _internal_error(self, error: Exception, where: str) -> None:
+        self._render.error(
+            self._failed(
+                ReplError(
+                    f"internal error: {type(error).__name__}: {error}",
+                    "This is a bug in minikv; please report it with the command you ran.",
+                )
+            ),
+            where,
+        )
 
     def parse_failed(self, error: ParseError, where: str = "") -> None:
         """Print a line that did not parse; inside MULTI it counts as a failed command."""

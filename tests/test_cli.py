@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from minikv_core import __version__
 
@@ -46,3 +50,25 @@ def test_dashboard_bad_flags_are_one_line_and_exit_2() -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "refresh" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def _minikv_exe() -> str:
+    exe = shutil.which("minikv", path=str(Path(sys.executable).parent))
+    assert exe is not None, "the minikv console script is not installed in this environment"
+    return exe
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_output_that_cannot_be_written_is_one_line_not_a_bug_report() -> None:
+    """`minikv get k > file` on a full disk: the disk's trouble, told as such (exit 1)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [_minikv_exe(), "--version"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: cannot write the output: No space left on device"

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 from rich.console import Console
 
-from minikv_core.client import Client
+from minikv_core.client import Client, ScanItem, ScanResult
 from minikv_tui.repl_commands import WHAT_CHARS_MAX, Executor, Outcome
 from minikv_tui.repl_keys import KeyIndex
 from minikv_tui.repl_parser import parse
@@ -51,3 +52,34 @@ def test_an_over_long_key_is_cut_short_in_the_error(client: Client, command: str
     assert err.startswith(f"error: {command} {'k' * (WHAT_CHARS_MAX - len(command) - 2)}… (")
     assert "… (5004 characters): " in err  # the command and its key, not the value
     assert len(err) < 1000, err  # 5000 before the fix
+
+
+class _ClosedPipe(io.StringIO):
+    """stdout whose reader went away (`minikv repl < commands | head -1`)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _OneKey:
+    """A client whose scans answer one key: SCAN output is written straight to the file
+    (tabs intact), not through Rich, which would handle the broken pipe on its own."""
+
+    def scan(self, **_: object) -> ScanResult:
+        return ScanResult(items=(ScanItem(b"a", b"1", 1),), more=False)
+
+
+def test_an_output_that_went_away_ends_the_session() -> None:
+    """Each later command printed "internal error: BrokenPipeError ... This is a bug in
+    minikv" and the session went on; the error now ends it (Click then exits 1 quietly)."""
+    renderer = Renderer(
+        Console(file=_ClosedPipe(), width=100),
+        Console(file=io.StringIO(), width=100),
+        interactive=False,
+        raw=False,
+    )
+    state = SessionState(label="t", endpoints=("t",))
+    executor = Executor(cast(Client, _OneKey()), state, renderer, KeyIndex(None))
+    (statement,) = parse("SCAN")
+    with pytest.raises(BrokenPipeError):
+        executor.run(statement)

@@ -465,8 +465,11 @@ def _read_value_file(value: p.FileValue) -> bytes:
         size = path.stat().st_size
         if size > VALUE_FILE_BYTES_MAX:
             raise ReplError(
-                f"@{value.path} is {size} bytes; a value can be at most "
-                f"{VALUE_FILE_BYTES_MAX} bytes",
+                # Not "a value can be at most 16 MiB": that is what one request can carry;
+                # the nodes' value limit, 1 MiB by default, is what a user meets first.
+                f"@{value.path} is {size} bytes, more than one request can carry "
+                f"({VALUE_FILE_BYTES_MAX} bytes); values are at most the nodes' value limit "
+                "(1 MiB unless configured otherwise)",
                 "Store a smaller file, or split it over several keys.",
             )
         return path.read_bytes()

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import pytest
 from rich.console import Console
 
 from minikv_core.client import Client, ScanItem, ScanResult
-from minikv_tui.repl_commands import WHAT_CHARS_MAX, Executor, Outcome
+from minikv_tui.repl_commands import VALUE_FILE_BYTES_MAX, WHAT_CHARS_MAX, Executor, Outcome
 from minikv_tui.repl_keys import KeyIndex
 from minikv_tui.repl_parser import parse
 from minikv_tui.repl_render import Renderer
@@ -83,3 +84,16 @@ def test_an_output_that_went_away_ends_the_session() -> None:
     (statement,) = parse("SCAN")
     with pytest.raises(BrokenPipeError):
         executor.run(statement)
+
+
+def test_a_file_too_big_to_send_names_the_value_limit(client: Client, tmp_path: Path) -> None:
+    """It said "a value can be at most 16777216 bytes", while nodes refuse values over 1 MiB
+    (by default): a 2 MiB file would pass that check and be refused anyway."""
+    big = tmp_path / "big"
+    with big.open("wb") as sparse:
+        sparse.truncate(VALUE_FILE_BYTES_MAX + 1)
+    outcomes, err = run(client, f"PUT k @{big}")
+    assert outcomes == [Outcome.FAILED]
+    assert "a value can be at most" not in err
+    assert f"is {VALUE_FILE_BYTES_MAX + 1} bytes, more than one request can carry" in err
+    assert "value limit (1 MiB unless configured otherwise)" in err

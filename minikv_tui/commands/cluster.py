@@ -490,7 +490,10 @@ def heal(cluster: ClusterOption = None) -> None:
     with _progress() as report:
         launcher = _launcher(cluster, progress=report)
         cleared = _run(launcher.heal())
-    _out().print(f"healed: fault rules cleared on node(s) {', '.join(map(str, cleared)) or '-'}")
+    if cleared:
+        _out().print(f"healed: fault rules cleared on node(s) {', '.join(map(str, cleared))}")
+    else:  # it read "cleared on node(s) -"; the launcher has said which nodes are down
+        _out().print("healed: no node is up now; its fault rules go as it starts or resumes")
 
 
 @app.command("transfer-leader")

@@ -224,6 +224,8 @@ def test_console_script_and_cluster_commands_up_kill_status_start_down_destroy(
 
     down = run_minikv(minikv_home, "cluster", "down", "--name", "cli")
     assert down.returncode == 0 and b"cluster cli is down (3 node(s) stopped)" in down.stdout
+    healed = invoke("cluster", "heal", "--name", "cli").stdout  # it read "on node(s) -"
+    assert "healed: no node is up now" in healed and "node(s) -" not in healed
     assert processes_under(minikv_home) == []
 
     refused = invoke("cluster", "destroy", "cli", input="n\n")

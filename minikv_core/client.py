@@ -602,6 +602,43 @@ class AsyncClient:
 
         return await self._routed(None, call, timeout_s)
 
+    async def scan_paged(
+        self,
+        *,
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        limit: int = limits.SCAN_LIMIT_DEFAULT,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> ScanResult:
+        """Up to `limit` keys, page after page: a node ends one answer at
+        SCAN_RESPONSE_BYTES_MAX of keys and values (four 1 MiB values fill it) and sets `more`
+        however few keys it holds, so one page is not "the first `limit` keys". Each page is
+        a read of its own, not one snapshot; `timeout_s` bounds them all. `more` in the
+        result means keys past `limit` exist."""
+        started = time.monotonic()
+        deadline = self._deadline(timeout_s)
+        items: list[ScanItem] = []
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise DeadlineExceededError(
+                    f"the scan's pages took longer than {deadline - started:.3g} s"
+                )
+            page = await self.scan(
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit - len(items),
+                consistency=consistency,
+                timeout_s=remaining_s,
+            )
+            items.extend(page.items)
+            if not page.more or not page.items or len(items) >= limit:
+                return ScanResult(items=tuple(items), more=page.more)
+            start = page.items[-1].key + b"\x00"
+
     # --- cluster ----------------------------------------------------------------------------
 
     async def shard_map(self, *, timeout_s: float | None = None) -> dict[str, Any]:
@@ -976,6 +1013,27 @@ class Client:
     ) -> ScanResult:
         return self._run(
             self._async.scan(
+                prefix=prefix,
+                start=start,
+                end=end,
+                limit=limit,
+                consistency=consistency,
+                timeout_s=timeout_s,
+            )
+        )
+
+    def scan_paged(
+        self,
+        *,
+        prefix: bytes = b"",
+        start: bytes = b"",
+        end: bytes = b"",
+        limit: int = limits.SCAN_LIMIT_DEFAULT,
+        consistency: Consistency = Consistency.LINEARIZABLE,
+        timeout_s: float | None = None,
+    ) -> ScanResult:
+        return self._run(
+            self._async.scan_paged(
                 prefix=prefix,
                 start=start,
                 end=end,

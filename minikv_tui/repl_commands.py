@@ -23,14 +23,11 @@ from typing import Final
 from minikv_core.client import (
     Client,
     ClientError,
-    Consistency,
     DeadlineExceededError,
     NotFoundError,
     OpKind,
     OpResult,
     PermissionDeniedError,
-    ScanItem,
-    ScanResult,
     ShardRouting,
     TxnOp,
     TxnRequest,
@@ -247,7 +244,9 @@ class Executor:
 
     def _scan(self, prefix: bytes, limit: int) -> None:
         with self._request(f"SCAN {quote_bytes(prefix)}" if prefix else "SCAN"):
-            result = scan_pages(self._client, prefix, limit, self._state.consistency)
+            result = self._client.scan_paged(
+                prefix=prefix, limit=limit, consistency=self._state.consistency
+            )
             self._keys.saw(item.key for item in result.items)
             self._render.scan(result.items, result.more, limit, prefix)
 
@@ -430,23 +429,6 @@ class Executor:
 
 def _commands(count: int) -> str:
     return f"{count} command{'s' if count != 1 else ''}"
-
-
-def scan_pages(client: Client, prefix: bytes, limit: int, consistency: Consistency) -> ScanResult:
-    """Up to `limit` keys under `prefix`, page after page. A node cuts an answer at
-    SCAN_RESPONSE_BYTES_MAX of keys and values and sets `more` though fewer than `limit` keys
-    came (four 1 MiB values fill it): SCAN showed that page as the whole answer. `more` in
-    the result means keys past `limit` exist."""
-    items: list[ScanItem] = []
-    start = b""
-    while True:
-        page = client.scan(
-            prefix=prefix, start=start, limit=limit - len(items), consistency=consistency
-        )
-        items.extend(page.items)
-        if not page.more or not page.items or len(items) >= limit:
-            return ScanResult(items=tuple(items), more=page.more)
-        start = page.items[-1].key + b"\x00"
 
 
 def _brief(what: str) -> str:

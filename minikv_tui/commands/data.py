@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -28,8 +27,6 @@ from minikv_core.client import (
     InvalidRequestError,
     NotFoundError,
     OutcomeUnknownError,
-    ScanItem,
-    ScanResult,
     TooLargeError,
     UnavailableError,
 )
@@ -260,7 +257,9 @@ def scan(
         endpoints,
         cluster,
         timeout_s,
-        lambda client: scan_pages(client, raw, limit, consistency, timeout_s),
+        lambda client: client.scan_paged(
+            prefix=raw, limit=limit, consistency=consistency, timeout_s=timeout_s
+        ),
     )
     if as_json:
         items = []
@@ -282,34 +281,6 @@ def scan(
             else f"narrow the prefix (--limit is at most {limits.SCAN_LIMIT_MAX})"
         )
         typer.echo(f"(more keys: {advice})", err=True)
-
-
-async def scan_pages(
-    client: AsyncClient, prefix: bytes, limit: int, consistency: Consistency, timeout_s: float
-) -> ScanResult:
-    """Up to `limit` keys under `prefix`, page after page. A node cuts an answer at
-    SCAN_RESPONSE_BYTES_MAX of keys and values and sets `more` though fewer than `limit` keys
-    came (four 1 MiB values fill it): taking that page as the whole result showed a part of
-    the keys and advised raising a --limit that was never reached. `more` in the result
-    means keys past `limit` exist. Each page is its own read; `timeout_s` bounds them all."""
-    deadline = time.monotonic() + timeout_s
-    items: list[ScanItem] = []
-    start = b""
-    while True:
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            raise DeadlineExceededError(f"the scan took longer than {timeout_s:g} s")
-        page = await client.scan(
-            prefix=prefix,
-            start=start,
-            limit=limit - len(items),
-            consistency=consistency,
-            timeout_s=remaining_s,
-        )
-        items.extend(page.items)
-        if not page.more or not page.items or len(items) >= limit:
-            return ScanResult(items=tuple(items), more=page.more)
-        start = page.items[-1].key + b"\x00"
 
 
 def register(app: typer.Typer) -> None:

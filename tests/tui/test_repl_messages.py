@@ -66,7 +66,7 @@ class _OneKey:
     """A client whose scans answer one key: SCAN output is written straight to the file
     (tabs intact), not through Rich, which would handle the broken pipe on its own."""
 
-    def scan(self, **_: object) -> ScanResult:
+    def scan_paged(self, **_: object) -> ScanResult:
         return ScanResult(items=(ScanItem(b"a", b"1", 1),), more=False)
 
 

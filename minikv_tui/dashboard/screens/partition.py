@@ -39,9 +39,15 @@ class PartitionParseError(ValueError):
     pass
 
 
+def _is_number(text: str) -> bool:
+    """Digits `int()` reads. Not `str.isdigit()`: that accepts superscripts ("²", AltGr+2 on
+    many keyboards), which `int()` rejects: a typo must be an error line, not a crash."""
+    return text.isdecimal()
+
+
 def _ids(text: str, what: str) -> tuple[int, ...]:
     parts = [p for p in text.replace(",", " ").split() if p]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(_is_number(p) for p in parts):
         raise PartitionParseError(f"{what}: expected node ids like 1,2, got {text.strip()!r}")
     return tuple(int(p) for p in parts)
 
@@ -52,11 +58,11 @@ def parse_request(mode: str, argument: str) -> PartitionRequest:
     if mode == "isolate-meta-leader":
         return PartitionRequest("isolate-meta-leader")
     if mode == "isolate-shard-leader":
-        if not text.isdigit():
+        if not _is_number(text):
             raise PartitionParseError("type a shard number, e.g. 3")
         return PartitionRequest("isolate-shard-leader", shard=int(text))
     if mode == "isolate-node":
-        if not text.isdigit():
+        if not _is_number(text):
             raise PartitionParseError("type a node id, e.g. 2")
         return PartitionRequest("isolate-node", node=int(text))
     if mode == "groups":

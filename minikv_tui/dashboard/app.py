@@ -160,9 +160,11 @@ class DashboardApp(App[str | None]):
             self.hint = hint
 
     class PollFailed(Message):
-        def __init__(self, message: str) -> None:
+        def __init__(self, message: str, hint: str = "") -> None:
             super().__init__()
             self.message = message
+            self.hint = hint
+            """Set when the session says the cluster itself is gone (not one bad poll)."""
 
     def __init__(self, session: Session, options: DashboardOptions | None = None) -> None:
         super().__init__()
@@ -180,6 +182,8 @@ class DashboardApp(App[str | None]):
         self._session_closed = False
         self._jobs = JobWatcher(idle_every=detail_every(self.options.refresh_hz))
         self._maintenance_busy = False
+        self._gone: str | None = None
+        """Why the cluster is gone, once told (None: it is there)."""
 
     # --- what tests and tools may read -----------------------------------------------------
 
@@ -304,6 +308,10 @@ class DashboardApp(App[str | None]):
                 self.post_message(self.FrameFetched(frame, events, load, load_on, job))
             except asyncio.CancelledError:
                 raise
+            except UserError as error:  # the cluster is gone: said until it is back
+                self.post_message(self.PollFailed(error.message, error.hint))
+                previous = None
+                await asyncio.sleep(POLL_FAILURE_BACKOFF_S)
             except Exception as error:  # one bad poll must not end the dashboard
                 self.post_message(self.PollFailed(f"{type(error).__name__}: {error}"))
                 await asyncio.sleep(POLL_FAILURE_BACKOFF_S)
@@ -348,11 +356,28 @@ class DashboardApp(App[str | None]):
 
     @on(PollFailed)
     def _poll_failed(self, message: PollFailed) -> None:
-        self.notify(message.message, title="poll failed", severity="warning", timeout=3)
+        if not message.hint:
+            self.notify(message.message, title="poll failed", severity="warning", timeout=3)
+            return
+        # The cluster is gone: its last frame would show nodes and leaders that no longer
+        # exist. Emptied, with the reason in the header, told once (not every poll).
+        if self._snapshot is None or self._snapshot.nodes:
+            self._show(Frame(_empty_snapshot(self._session.title), detailed=True), None)
+        self.query_one(ClusterHeader).show_status(f"not connected: {message.message}")
+        if message.message != self._gone:
+            self._gone = message.message
+            self.notify(
+                f"{message.message}\n{message.hint}",
+                title="cluster gone",
+                severity="error",
+                timeout=30,
+                markup=False,
+            )
 
     @on(FrameFetched)
     def _frame_fetched(self, message: FrameFetched) -> None:
         self._load_on = message.load_on
+        self._gone = None
         try:
             self._show(message.frame, message.load)
             if message.job is not None:
@@ -823,6 +848,18 @@ def maintenance_via(snapshot: ClusterSnapshot | None) -> list[int]:
     leader = snapshot.meta_leader
     ordered = ([leader] if leader in up else []) + [n for n in up if n != leader] + rest
     return ordered
+
+
+def _empty_snapshot(name: str) -> ClusterSnapshot:
+    return ClusterSnapshot(
+        taken_at=time.time(),
+        name=name,
+        nodes=(),
+        shards=(),
+        meta_leader=None,
+        meta_term=0,
+        epoch=0,
+    )
 
 
 async def _settled(worker: Worker[None]) -> None:

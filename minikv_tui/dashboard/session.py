@@ -177,6 +177,12 @@ class LocalSession:
             records = [view.record for view in self._views]
         else:
             records = await self._registry.nodes(self._cluster)
+            if not records and await self._registry.cluster(self._cluster) is None:
+                # Destroyed from another terminal: an empty frame would read "0/0 up".
+                raise UserError(
+                    f"cluster {self._cluster} no longer exists (destroyed elsewhere?)",
+                    hint="Press q to leave; `minikv tui` starts a new cluster.",
+                )
         self._views = tuple(NodeView(record, node_process_state(record)) for record in records)
         return [view.target() for view in self._views]
 

@@ -1,0 +1,70 @@
+"""What the dashboard says when the cluster changes under it from elsewhere: it must never keep
+showing what is no longer there.
+
+Same ground rules as `test_dashboard_actions.py`: a real 3-node, 2-shard cluster per test in its
+own MINIKV_HOME (`minikv_home` stops whatever is left there, even on failure), waits that poll
+the app with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from minikv_tui.dashboard.app import DashboardApp
+from minikv_tui.dashboard.widgets.header import ClusterHeader
+from minikv_tui.dashboard.widgets.nodes_table import NodesTable
+from minikv_tui.dashboard.widgets.shard_matrix import ShardMatrix
+from minikv_tui.launcher import Launcher
+from tests.tui.test_dashboard_actions import SIZE, Notes
+from tests.tui.test_dashboard_pilot import CHANGE_S, CLUSTER, READY_S, healthy, make_app, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+POLLS_S = 3.0
+"""Long enough for several polls (4 Hz, a second's back-off after a failed one)."""
+
+
+async def wait_for(
+    pilot: Pilot[str | None], check: Callable[[], bool], what: str, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        await pilot.pause(0.05)
+
+
+def header_text(app: DashboardApp) -> str:
+    shown = app.query_one(ClusterHeader)._last
+    return shown.plain if shown is not None else ""
+
+
+async def test_a_cluster_destroyed_elsewhere_is_said_gone_not_shown_empty(
+    minikv_home: Path,
+) -> None:
+    """`minikv cluster destroy` from another terminal: the nodes and shards it had are no
+    longer shown (not a stale "up" row, not "0/0 up" in green), the header says the cluster
+    is gone, and a person is told so once, with what to do, not on every poll."""
+    notes = Notes()
+    app = make_app(minikv_home)
+    async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
+        await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        await Launcher(CLUSTER, home=minikv_home).destroy(grace_s=2.0)
+        await wait_for(
+            pilot, lambda: "no longer exists" in header_text(app), "the header to say", CHANGE_S
+        )
+        assert "0/0 up" not in header_text(app)
+        assert app.query_one(NodesTable).row_count == 0
+        assert app.query_one(ShardMatrix).row_count == 0
+        await pilot.pause(POLLS_S)
+        gone = [note for note in notes.all if note.title == "cluster gone"]
+        assert len(gone) == 1, [(n.title, n.message) for n in notes.all]
+        assert f"cluster {CLUSTER} no longer exists" in str(gone[0].message)
+        assert "Press q" in str(gone[0].message)
+        assert not [n for n in notes.all if n.title == "poll failed"]
+        assert "no longer exists" in header_text(app)  # frames did not overwrite it
+        assert app.is_running

@@ -38,11 +38,7 @@ class ClusterHeader(Static):
         nodes_total = len(snapshot.nodes)
         nodes_up = snapshot.nodes_up
         up_style = palette.up if nodes_up == nodes_total else palette.down
-        leader = (
-            Text.assemble(("meta ", palette.dim), (f"L{snapshot.meta_leader}", palette.leader))
-            if snapshot.meta_leader is not None
-            else Text.assemble(("meta ", palette.dim), ("no leader", palette.candidate))
-        )
+        leader = Text.assemble(("meta ", palette.dim), _leader(snapshot, palette))
         text = Text.assemble(
             (" minikv ", "bold reverse"),
             " ",
@@ -74,3 +70,15 @@ class ClusterHeader(Static):
         # A fixed one-line widget: repaint it, never re-layout the screen (that re-renders
         # every widget, and the header changes on every frame).
         self.update(text, layout=False)
+
+
+def _leader(snapshot: ClusterSnapshot, palette: Palette) -> tuple[str, str]:
+    """As the shard matrix's leader column: followers name a killed or cut-off leader until
+    their election timeout fires; "L3" then would claim a node shown down leads."""
+    leader = snapshot.meta_leader
+    if leader is None:
+        return "no leader", palette.candidate
+    node = snapshot.node(leader)
+    if node is not None and not node.reachable:
+        return f"L{leader}?", palette.down
+    return f"L{leader}", palette.leader

@@ -583,13 +583,29 @@ class DashboardApp(App[str | None]):
 
     def action_snapshot(self) -> None:
         node = self._selected_node()
-        if node is not None:
+        if node is not None and self._can_answer(node, "snapshot"):
             self._act(f"snapshot node {node}", lambda c: c.snapshot(node))
 
     def action_compact(self) -> None:
         node = self._selected_node()
-        if node is not None:
+        if node is not None and self._can_answer(node, "compact"):
             self._act(f"compact node {node}", lambda c: c.compact(node))
+
+    def _can_answer(self, node: int, what: str) -> bool:
+        """False (after saying what to do) for a node the dashboard shows down, stopped or
+        paused: asked anyway, a paused one says nothing for the call's whole timeout (30 s),
+        then "Deadline Exceeded"."""
+        status = self._snapshot.node(node) if self._snapshot is not None else None
+        if status is None or status.process not in ("down", "stopped", "paused"):
+            return True
+        fix = "press p to resume it" if status.process == "paused" else "press u to start it"
+        self.notify(
+            f"node {node} is {status.process}: {fix} first",
+            title=f"{what} node {node} refused",
+            severity="warning",
+            timeout=6,
+        )
+        return False
 
     def action_repair(self) -> None:
         self._maintain("repair", ())

@@ -68,3 +68,36 @@ async def test_a_cluster_destroyed_elsewhere_is_said_gone_not_shown_empty(
         assert not [n for n in notes.all if n.title == "poll failed"]
         assert "no longer exists" in header_text(app)  # frames did not overwrite it
         assert app.is_running
+
+
+@pytest.mark.parametrize("key", ["a", "c"])
+async def test_snapshot_of_a_paused_node_is_refused_at_once_with_what_to_do(
+    minikv_home: Path, key: str
+) -> None:
+    """A paused node never answers: asked to snapshot or compact, the dashboard said nothing
+    for the call's 30 s timeout, then "Deadline Exceeded". It knows the node is paused, so it
+    says so at once, and which key resumes it."""
+    notes = Notes()
+    app = make_app(minikv_home)
+    launcher = Launcher(CLUSTER, home=minikv_home)
+    async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
+        snapshot = await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        victim = snapshot.nodes[-1].node_id
+        await launcher.pause(victim)
+        try:
+            await until(
+                pilot,
+                app,
+                lambda s: (n := s.node(victim)) is not None and n.state == "paused",
+                f"node {victim} paused",
+                CHANGE_S,
+            )
+            app.query_one(NodesTable).select_node(victim)
+            mark = notes.mark
+            await pilot.press(key)
+            await wait_for(pilot, lambda: notes.mark > mark, "an answer", 2.0)
+            note = notes.all[mark]
+            assert note.severity == "warning", (note.title, note.message)
+            assert f"node {victim} is paused: press p to resume it" in str(note.message)
+        finally:
+            await launcher.resume(victim)

@@ -530,14 +530,28 @@ class DashboardApp(App[str | None]):
         if request.kind == "isolate-meta-leader":
             self.action_isolate_meta_leader(confirm=False)
         elif request.kind == "isolate-shard-leader":
-            shard = next(
-                (s for s in (snapshot.shards if snapshot else ()) if s.shard == request.shard),
-                None,
-            )
-            if shard is None or shard.leader is None:
-                self.notify(f"shard {request.shard} has no known leader", severity="warning")
+            shards = snapshot.shards if snapshot else ()
+            shard = next((s for s in shards if s.shard == request.shard), None)
+            if shard is None:
+                known = f"shards {shards[0].shard}..{shards[-1].shard}" if shards else "none seen"
+                self.notify(
+                    f"no shard {request.shard} in this cluster ({known})", severity="warning"
+                )
                 return
             leader = shard.leader
+            status = snapshot.node(leader) if snapshot and leader is not None else None
+            if leader is None:
+                self.notify(f"shard {request.shard} has no leader right now", severity="warning")
+                return
+            if status is not None and not status.reachable:
+                # The followers' stale word for a leader that is gone (until their election
+                # timeout): cutting that node off would change nothing.
+                self.notify(
+                    f"shard {request.shard}'s last leader, node {leader}, is {status.state}: "
+                    "nothing to isolate until another is elected",
+                    severity="warning",
+                )
+                return
             self._act(f"isolate node {leader}", lambda c: c.isolate(leader))
         elif request.kind == "isolate-node" and request.node is not None:
             node = request.node
@@ -566,7 +580,13 @@ class DashboardApp(App[str | None]):
         node = self._selected_node()
         shard_id = self.query_one(ShardMatrix).selected_shard
         snapshot = self._snapshot
-        if node is None or shard_id is None or snapshot is None:
+        if node is None or snapshot is None:
+            return
+        if shard_id is None:
+            self.notify(
+                "no shard selected: the shard matrix is empty until a node answers",
+                severity="warning",
+            )
             return
         shard = next((s for s in snapshot.shards if s.shard == shard_id), None)
         if shard is None or node not in shard.replicas:

@@ -147,7 +147,16 @@ class ClusterControl:
         if self._launcher is not None:
             launcher = self._launcher
             cleared = await self._launched(lambda _: launcher.heal())
-            return f"healed: fault rules cleared on nodes {_ids(cleared)}"
+            # The launcher skips nodes that are down or paused (it clears them when they
+            # start or resume): "healed ... nodes none" read as if it had worked.
+            skipped = sorted(set(self._addresses()) - set(cleared))
+            if not cleared:
+                return (
+                    f"no node running to clear: nodes {_ids(skipped)} start (or resume) "
+                    "with no fault rules"
+                )
+            later = f"; nodes {_ids(skipped)} when started or resumed" if skipped else ""
+            return f"healed: fault rules cleared on nodes {_ids(cleared)}{later}"
         addresses = self._addresses()
         failed: list[str] = []
         for node, address in sorted(addresses.items()):

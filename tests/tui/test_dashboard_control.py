@@ -46,6 +46,11 @@ class RecordingLauncher:
 
     cuts: list[tuple[list[int], list[int]]] = field(default_factory=list)
     refuse: LauncherError | None = None
+    running: tuple[int, ...] = (1, 2, 3)
+    """The nodes whose fault rules `heal` clears (it skips nodes down or paused)."""
+
+    async def heal(self) -> list[int]:
+        return list(self.running)
 
     async def cut_one_way(self, source: Sequence[int], sink: Sequence[int]) -> NetworkFaults:
         if self.refuse is not None:
@@ -125,3 +130,20 @@ async def test_a_launcher_refusing_the_cut_becomes_one_line_with_its_hint() -> N
     with pytest.raises(ActionError) as raised:
         await control(RecordingAdmin(), Journal(), launcher).partition(cut((1,), (2,)))
     assert str(raised.value) == "node 2 did not take its fault rules (try again)"
+
+
+@pytest.mark.parametrize(
+    ("running", "answer"),
+    [
+        ((1, 2, 3), "healed: fault rules cleared on nodes 1,2,3"),
+        ((1, 3), "healed: fault rules cleared on nodes 1,3; nodes 2 when started or resumed"),
+        ((), "no node running to clear: nodes 1,2,3 start (or resume) with no fault rules"),
+    ],
+)
+async def test_heal_says_which_nodes_it_could_not_reach_yet(
+    running: tuple[int, ...], answer: str
+) -> None:
+    """The launcher clears running nodes only: with every node down, heal answered "healed:
+    fault rules cleared on nodes none", as if it had worked."""
+    launcher = RecordingLauncher(running=running)
+    assert await control(RecordingAdmin(), Journal(), launcher).heal() == answer

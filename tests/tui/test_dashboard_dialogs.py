@@ -1,19 +1,34 @@
-"""The dashboard's dialogs on odd input, without a cluster: what a person types by mistake must
-come back as a line in the dialog, never as an exception that ends the dashboard."""
+"""The dashboard's dialogs and actions on odd input, without a cluster: what a person types by
+mistake, or asks of a cluster that cannot do it, must come back as a line that says why, never
+as an exception that ends the dashboard, nor as silence."""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Callable
+from typing import cast
+
 import pytest
 from textual.app import App, ComposeResult
+from textual.message import Message
+from textual.notifications import Notification, Notify
+from textual.pilot import Pilot
 from textual.widgets import Input, Label, Static
 
+from minikv_core.client import AsyncClient, InvalidRequestError
+from minikv_tui.cluster_status import ClusterSnapshot, NodeStatus, ReplicaStatus, ShardStatus
+from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
+from minikv_tui.dashboard.control import ClusterControl
 from minikv_tui.dashboard.screens.partition import (
     PartitionParseError,
     PartitionRequest,
     PartitionScreen,
     parse_request,
 )
+from minikv_tui.dashboard.session import RecordedSession
+from minikv_tui.dashboard.source import Frame
 
+ADDRESSES = {1: "127.0.0.1:1001", 2: "127.0.0.1:1002", 3: "127.0.0.1:1003"}
 NOT_ASCII_DIGITS = ("²", "1,²", "³ | 1", "①", "₂")
 """`str.isdigit()` says yes to these, `int()` says no: superscripts are AltGr+2 and AltGr+3
 on many European keyboards."""
@@ -81,3 +96,106 @@ async def test_a_superscript_node_id_is_an_error_line_not_a_crash(button: bool) 
                 break
             await pilot.pause(0.02)
         assert app.results == [PartitionRequest("isolate-node", node=2)]
+
+
+# --- actions that stop before the cluster: what they say -------------------------------------
+
+
+def _node(node_id: int, reachable: bool) -> NodeStatus:
+    return NodeStatus(
+        node_id=node_id,
+        grpc=ADDRESSES[node_id],
+        http=None,
+        pid=None,
+        process="up" if reachable else "down",
+        reachable=reachable,
+    )
+
+
+def _shard(shard: int, leader: int | None, live: tuple[int, ...]) -> ShardStatus:
+    replicas = {
+        n: ReplicaStatus(n, "leader" if n == leader else "follower", 1, 1, 1, 1) for n in live
+    }
+    return ShardStatus(shard, shard + 1, (1, 2, 3), leader, 1, replicas)
+
+
+def _frame(nodes: tuple[NodeStatus, ...], shards: tuple[ShardStatus, ...]) -> Frame:
+    snapshot = ClusterSnapshot(
+        taken_at=0.0, name="t", nodes=nodes, shards=shards, meta_leader=None, meta_term=1, epoch=1
+    )
+    return Frame(snapshot, detailed=True)
+
+
+class _NoJobs:
+    """The only admin call the dashboard makes unasked: the job panel's read, answered as
+    by a cluster that never ran a job."""
+
+    async def maintain(self, operation: str, args: object, **_: object) -> dict[str, object]:
+        raise InvalidRequestError("no job has run yet")
+
+
+def _app(frame: Frame) -> tuple[DashboardApp, list[Notification]]:
+    """The dashboard on one hand-made frame, with a control that answers only the job
+    panel's read (the actions under test must stop before any admin call)."""
+    session = RecordedSession([frame], title="t")
+    session.control = ClusterControl(cast(AsyncClient, _NoJobs()), lambda: ADDRESSES)
+    return DashboardApp(session, DashboardOptions(confirm=False, tz=dt.UTC)), []
+
+
+async def _shown(app: DashboardApp, pilot: Pilot[str | None]) -> None:
+    for _ in range(100):
+        if app.replay_finished:
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"the frame was never shown: {app.frames_applied}, {app.failure}")
+
+
+def _hook(notes: list[Notification]) -> Callable[[Message], None]:
+    def hook(message: Message) -> None:
+        if isinstance(message, Notify):
+            notes.append(message.notification)
+
+    return hook
+
+
+async def test_transfer_with_no_shard_to_select_says_so() -> None:
+    """Every node down: the matrix has no rows, and `t` did nothing at all."""
+    down = tuple(_node(n, reachable=False) for n in ADDRESSES)
+    app, notes = _app(_frame(down, ()))
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await _shown(app, pilot)
+        await pilot.press("t")
+        await pilot.pause()
+        assert [str(n.message) for n in notes] == [
+            "no shard selected: the shard matrix is empty until a node answers"
+        ]
+
+
+@pytest.mark.parametrize(
+    ("shard", "told"),
+    [
+        ("9", "no shard 9 in this cluster (shards 0..1)"),
+        ("0", "shard 0's last leader, node 3, is down: nothing to isolate until"),
+        ("1", "shard 1 has no leader right now"),
+    ],
+)
+async def test_isolating_a_shard_leader_that_is_not_there_says_why(shard: str, told: str) -> None:
+    """Shard 9 does not exist (it was "has no known leader"); shard 0's followers still name
+    node 3, killed a moment ago (isolating it would change nothing): neither is attempted."""
+    nodes = (_node(1, True), _node(2, True), _node(3, False))
+    app, notes = _app(_frame(nodes, (_shard(0, 3, (1, 2)), _shard(1, None, (1, 2)))))
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await _shown(app, pilot)
+        await pilot.press("n")
+        await pilot.pause()
+        await pilot.click("#mode-isolate-shard-leader")
+        field = app.screen.query_one("#partition-argument", Input)
+        field.value = shard
+        field.focus()
+        await pilot.press("enter")
+        for _ in range(50):
+            if notes:
+                break
+            await pilot.pause(0.02)
+        assert [n.severity for n in notes] == ["warning"], [n.message for n in notes]
+        assert told in str(notes[0].message), notes[0].message

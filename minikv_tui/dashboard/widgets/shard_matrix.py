@@ -14,7 +14,7 @@ from rich.text import Text
 from textual.events import Resize
 from textual.widgets import DataTable
 
-from minikv_tui.cluster_status import ClusterSnapshot, ReplicaStatus, ShardStatus
+from minikv_tui.cluster_status import ClusterSnapshot, NodeStatus, ReplicaStatus, ShardStatus
 from minikv_tui.dashboard.palette import ROLE_LETTERS, Palette, role_style
 from minikv_tui.dashboard.widgets import compact
 from minikv_tui.dashboard.widgets.fit import (
@@ -34,6 +34,9 @@ LEADER_COLUMN = Column("leader", "ldr", 4)
 """The shard's leader as the cluster believes it: "1?" when that node is gone, "none"."""
 DOWN = "down"
 DOWN_SHORT = "\u00d7"  # a multiplication sign: "gone", in one character
+PAUSED = "paused"
+PAUSED_SHORT = "||"
+"""A paused (SIGSTOPped) node's replicas: still there, frozen; "down" would say they are gone."""
 CANDIDATE_ROLES = ("candidate", "pre-candidate")
 
 
@@ -123,9 +126,7 @@ class ShardMatrix(DataTable[Text]):
                 cells.append(_leader_cell(shard, reachable, palette))
             node_columns = chosen.columns[-len(snapshot.nodes) :] if snapshot.nodes else ()
             for node, column in zip(snapshot.nodes, node_columns, strict=True):
-                cell = self._cell(
-                    shard, node.node_id, node.node_id in reachable, chosen.cell, palette
-                )
+                cell = self._cell(shard, node, chosen.cell, palette)
                 key = (shard.shard, node.node_id)
                 if self._flashing(key):
                     cell = flash(cell, column.width, _flash_style(self._roles[key], palette))
@@ -150,12 +151,14 @@ class ShardMatrix(DataTable[Text]):
         return _Layout(FORMATS[-1], columns)
 
     def _cell(
-        self, shard: ShardStatus, node_id: int, reachable: bool, cell: CellFormat, palette: Palette
+        self, shard: ShardStatus, node: NodeStatus, cell: CellFormat, palette: Palette
     ) -> Text:
-        replica = shard.replica_status.get(node_id)
+        replica = shard.replica_status.get(node.node_id)
         if replica is not None:
             return _replica_text(replica, cell, palette)
-        if node_id in shard.replicas and not reachable:
+        if node.node_id in shard.replicas and not node.reachable:
+            if node.process == "paused":
+                return Text(PAUSED if cell.width >= len(PAUSED) else PAUSED_SHORT, palette.paused)
             return Text(DOWN if cell.width >= len(DOWN) else DOWN_SHORT, palette.down)
         return Text("·", palette.dim)
 

@@ -476,7 +476,7 @@ class DashboardApp(App[str | None]):
 
     def action_kill(self) -> None:
         node = self._selected_node()
-        if node is not None:
+        if node is not None and self._has_process(node, "kill"):
             self._act(
                 f"kill node {node}",
                 lambda c: c.kill(node),
@@ -486,7 +486,7 @@ class DashboardApp(App[str | None]):
 
     def action_stop_node(self) -> None:
         node = self._selected_node()
-        if node is not None:
+        if node is not None and self._has_process(node, "stop"):
             self._act(
                 f"stop node {node}",
                 lambda c: c.stop(node),
@@ -506,7 +506,7 @@ class DashboardApp(App[str | None]):
         status = self._snapshot.node(node) if self._snapshot is not None else None
         if status is not None and status.process == "paused":
             self._act(f"resume node {node}", lambda c: c.resume(node), process=True)
-        else:
+        elif self._has_process(node, "pause"):
             self._act(
                 f"pause node {node}",
                 lambda c: c.pause(node),
@@ -610,6 +610,20 @@ class DashboardApp(App[str | None]):
         node = self._selected_node()
         if node is not None and self._can_answer(node, "compact"):
             self._act(f"compact node {node}", lambda c: c.compact(node))
+
+    def _has_process(self, node: int, what: str) -> bool:
+        """False (after saying so) for a node the dashboard shows down or stopped: asking
+        "Kill node 3?" of a dead node, then failing with the CLI's hint, helps nobody."""
+        status = self._snapshot.node(node) if self._snapshot is not None else None
+        if status is None or status.process not in ("down", "stopped"):
+            return True
+        self.notify(
+            f"node {node} is {status.process}: nothing to {what} (press u to start it)",
+            title=f"{what} node {node}",
+            severity="warning",
+            timeout=6,
+        )
+        return False
 
     def _can_answer(self, node: int, what: str) -> bool:
         """False (after saying what to do) for a node the dashboard shows down, stopped or

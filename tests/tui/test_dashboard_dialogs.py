@@ -19,6 +19,7 @@ from minikv_core.client import AsyncClient, InvalidRequestError
 from minikv_tui.cluster_status import ClusterSnapshot, NodeStatus, ReplicaStatus, ShardStatus
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
 from minikv_tui.dashboard.control import ClusterControl
+from minikv_tui.dashboard.screens.confirm import ConfirmScreen
 from minikv_tui.dashboard.screens.partition import (
     PartitionParseError,
     PartitionRequest,
@@ -27,6 +28,7 @@ from minikv_tui.dashboard.screens.partition import (
 )
 from minikv_tui.dashboard.session import RecordedSession
 from minikv_tui.dashboard.source import Frame
+from minikv_tui.dashboard.widgets.nodes_table import NodesTable
 
 ADDRESSES = {1: "127.0.0.1:1001", 2: "127.0.0.1:1002", 3: "127.0.0.1:1003"}
 NOT_ASCII_DIGITS = ("²", "1,²", "³ | 1", "①", "₂")
@@ -134,12 +136,12 @@ class _NoJobs:
         raise InvalidRequestError("no job has run yet")
 
 
-def _app(frame: Frame) -> tuple[DashboardApp, list[Notification]]:
+def _app(frame: Frame, *, confirm: bool = False) -> tuple[DashboardApp, list[Notification]]:
     """The dashboard on one hand-made frame, with a control that answers only the job
     panel's read (the actions under test must stop before any admin call)."""
     session = RecordedSession([frame], title="t")
     session.control = ClusterControl(cast(AsyncClient, _NoJobs()), lambda: ADDRESSES)
-    return DashboardApp(session, DashboardOptions(confirm=False, tz=dt.UTC)), []
+    return DashboardApp(session, DashboardOptions(confirm=confirm, tz=dt.UTC)), []
 
 
 async def _shown(app: DashboardApp, pilot: Pilot[str | None]) -> None:
@@ -199,3 +201,22 @@ async def test_isolating_a_shard_leader_that_is_not_there_says_why(shard: str, t
             await pilot.pause(0.02)
         assert [n.severity for n in notes] == ["warning"], [n.message for n in notes]
         assert told in str(notes[0].message), notes[0].message
+
+
+@pytest.mark.parametrize(("key", "verb"), [("k", "kill"), ("s", "stop"), ("p", "pause")])
+async def test_kill_stop_or_pause_of_a_down_node_says_so_without_asking(
+    key: str, verb: str
+) -> None:
+    """The nodes table says node 3 is down: "Kill node 3 (SIGKILL)?" was asked anyway, and
+    answered yes, failed with the CLI's hint ("minikv cluster start 3")."""
+    nodes = (_node(1, True), _node(2, True), _node(3, False))
+    app, notes = _app(_frame(nodes, (_shard(0, 1, (1, 2)),)), confirm=True)
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await _shown(app, pilot)
+        app.query_one(NodesTable).select_node(3)
+        await pilot.press(key)
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert [str(n.message) for n in notes] == [
+            f"node 3 is down: nothing to {verb} (press u to start it)"
+        ]

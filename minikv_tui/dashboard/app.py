@@ -803,8 +803,8 @@ class DashboardApp(App[str | None]):
         if self._quitting:
             return
         session = self._session
-        if not session.manages_processes or not self._connected:
-            self._close_and_exit(stop=False)
+        if not session.manages_processes or not self._connected or self._gone is not None:
+            self._close_and_exit(stop=False)  # a cluster gone has nothing to keep or stop
             return
         if self.options.on_exit != "ask":
             self._close_and_exit(stop=self.options.on_exit == "stop")
@@ -832,7 +832,12 @@ class DashboardApp(App[str | None]):
             message = f"could not stop the cluster: {error}"
         except Exception as error:  # reported after exit, never a traceback
             message = f"closing failed: {type(error).__name__}: {error}"
-        if message is None and self._session.manages_processes and self._connected:
+        if (
+            message is None
+            and self._session.manages_processes
+            and self._connected
+            and self._gone is None
+        ):
             message = f"cluster {self._session.title} left running (`minikv cluster down` stops it)"
         self.exit(message)
 

@@ -48,9 +48,10 @@ async def test_a_cluster_destroyed_elsewhere_is_said_gone_not_shown_empty(
 ) -> None:
     """`minikv cluster destroy` from another terminal: the nodes and shards it had are no
     longer shown (not a stale "up" row, not "0/0 up" in green), the header says the cluster
-    is gone, and a person is told so once, with what to do, not on every poll."""
+    is gone, and a person is told so once, with what to do, not on every poll; q then leaves
+    without asking whether to keep it running."""
     notes = Notes()
-    app = make_app(minikv_home)
+    app = make_app(minikv_home, on_exit="ask")
     async with app.run_test(size=SIZE, message_hook=notes.hook) as pilot:
         await until(pilot, app, healthy, "a healthy cluster", READY_S)
         await Launcher(CLUSTER, home=minikv_home).destroy(grace_s=2.0)
@@ -68,6 +69,11 @@ async def test_a_cluster_destroyed_elsewhere_is_said_gone_not_shown_empty(
         assert not [n for n in notes.all if n.title == "poll failed"]
         assert "no longer exists" in header_text(app)  # frames did not overwrite it
         assert app.is_running
+        # Nothing left to keep running or stop: q leaves without asking, and without
+        # saying the cluster was "left running".
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, "the dashboard to exit", CHANGE_S)
+    assert app.return_value is None, app.return_value
 
 
 @pytest.mark.parametrize("key", ["a", "c"])

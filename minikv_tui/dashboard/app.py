@@ -54,7 +54,7 @@ from minikv_tui.dashboard.journal import LogEvent
 from minikv_tui.dashboard.palette import Palette
 from minikv_tui.dashboard.screens.confirm import ConfirmScreen
 from minikv_tui.dashboard.screens.help import HelpScreen
-from minikv_tui.dashboard.screens.kv import KvScreen
+from minikv_tui.dashboard.screens.kv import KvError, KvScreen
 from minikv_tui.dashboard.screens.partition import PartitionRequest, PartitionScreen
 from minikv_tui.dashboard.screens.quit import QuitChoice, QuitScreen
 from minikv_tui.dashboard.session import Session, detail_every, poll_timeout_s
@@ -769,8 +769,8 @@ class DashboardApp(App[str | None]):
                 if operation == "put":
                     return await control.put(key, value)
                 return await control.get(key)
-            except ActionError as error:
-                raise RuntimeError(str(error)) from None
+            except ActionError as error:  # "put failed: …" already
+                raise KvError(str(error)) from None
 
         self.push_screen(KvScreen(run))
 

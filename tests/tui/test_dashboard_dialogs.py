@@ -15,11 +15,12 @@ from textual.notifications import Notification, Notify
 from textual.pilot import Pilot
 from textual.widgets import Input, Label, Static
 
-from minikv_core.client import AsyncClient, InvalidRequestError
+from minikv_core.client import AsyncClient, InvalidRequestError, UnavailableError
 from minikv_tui.cluster_status import ClusterSnapshot, NodeStatus, ReplicaStatus, ShardStatus
 from minikv_tui.dashboard.app import DashboardApp, DashboardOptions
 from minikv_tui.dashboard.control import ClusterControl
 from minikv_tui.dashboard.screens.confirm import ConfirmScreen
+from minikv_tui.dashboard.screens.kv import KvScreen
 from minikv_tui.dashboard.screens.partition import (
     PartitionParseError,
     PartitionRequest,
@@ -135,6 +136,12 @@ class _NoJobs:
     async def maintain(self, operation: str, args: object, **_: object) -> dict[str, object]:
         raise InvalidRequestError("no job has run yet")
 
+    async def put(self, key: bytes, value: bytes, **_: object) -> int:
+        raise UnavailableError("no leader answered before the deadline")
+
+    async def get(self, key: bytes, **_: object) -> bytes:
+        raise UnavailableError("no leader answered before the deadline")
+
 
 def _app(frame: Frame, *, confirm: bool = False) -> tuple[DashboardApp, list[Notification]]:
     """The dashboard on one hand-made frame, with a control that answers only the job
@@ -220,3 +227,32 @@ async def test_kill_stop_or_pause_of_a_down_node_says_so_without_asking(
         assert [str(n.message) for n in notes] == [
             f"node 3 is down: nothing to {verb} (press u to start it)"
         ]
+
+
+@pytest.mark.parametrize(
+    ("button", "told"),
+    [
+        ("#put", "put failed: no leader answered before the deadline"),
+        ("#get", "get b'k' failed: no leader answered before the deadline"),
+    ],
+)
+async def test_a_failed_put_or_get_is_said_once(button: str, told: str) -> None:
+    """The control's message already says what failed; the box said it twice ("put failed:
+    put failed: …")."""
+    nodes = (_node(1, True), _node(2, True), _node(3, True))
+    app, notes = _app(_frame(nodes, (_shard(0, 1, (1, 2, 3)),)))
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await _shown(app, pilot)
+        await pilot.press("g")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, KvScreen)
+        screen.query_one("#kv-key", Input).value = "k"
+        screen.query_one("#kv-value", Input).value = "v"
+        await pilot.click(button)
+        result = screen.query_one("#kv-result", Label)
+        for _ in range(100):
+            if "failed" in str(result.content):
+                break
+            await pilot.pause(0.02)
+        assert str(result.content) == told

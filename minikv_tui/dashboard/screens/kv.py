@@ -14,7 +14,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 KvAction = Callable[[str, bytes, bytes], Awaitable[str]]
-"""(operation "put" | "get", key, value) -> one line of result; raises on failure."""
+"""(operation "put" | "get", key, value) -> one line of result; raises on failure (`KvError`
+when the message is already phrased for a person)."""
+
+
+class KvError(Exception):
+    """A failure that says what failed already ("put failed: no leader answered…"): shown as
+    is, not as "put failed: put failed: …"."""
 
 
 class KvScreen(ModalScreen[None]):
@@ -65,6 +71,9 @@ class KvScreen(ModalScreen[None]):
         label = self.query_one("#kv-result", Label)
         try:
             result = await self._action(operation, key, value)
+        except KvError as error:
+            label.update(Text(str(error), style="red"))
+            return
         except Exception as error:  # shown in the dialog: never a traceback
             label.update(Text(f"{operation} failed: {error}", style="red"))
             return

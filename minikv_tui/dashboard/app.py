@@ -418,7 +418,9 @@ class DashboardApp(App[str | None]):
 
     def _selected_node(self) -> int | None:
         node = self.query_one(NodesTable).selected_node
-        if node is None:
+        if node is None and self._session.control is None:
+            self._control()  # says why: still connecting, not connected, a recording
+        elif node is None:
             self.notify("no node selected", severity="warning")
         return node
 

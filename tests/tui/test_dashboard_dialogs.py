@@ -4,6 +4,7 @@ as an exception that ends the dashboard, nor as silence."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Callable
 from typing import cast
@@ -256,3 +257,24 @@ async def test_a_failed_put_or_get_is_said_once(button: str, told: str) -> None:
                 break
             await pilot.pause(0.02)
         assert str(result.content) == told
+
+
+class _Connecting(RecordedSession):
+    """A session still starting its cluster (the launcher's progress on screen)."""
+
+    async def connect(self, progress: Callable[[str], None]) -> None:
+        progress("starting cluster t")
+        await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("key", ["k", "s", "u", "p", "a", "c", "t", "R"])
+async def test_a_node_key_while_connecting_says_still_connecting(key: str) -> None:
+    """Pressed while the cluster starts, the node keys said "no node selected", as if a
+    row were missing rather than the whole cluster."""
+    app = DashboardApp(_Connecting([], title="t"), DashboardOptions(confirm=False, tz=dt.UTC))
+    notes: list[Notification] = []
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await pilot.pause()
+        await pilot.press(key)
+        await pilot.pause()
+        assert [str(n.message) for n in notes] == ["still connecting"]

@@ -164,12 +164,34 @@ class ServerConfig:
         return self.node.peers
 
 
+_INT_DIGITS_MAX: Final = 18
+
+
+def _int_text(text: str) -> int | None:
+    """`text` (an optional `-`, then ASCII digits) as an int, else None. Why not just
+    `isdigit()` and `int()`: `"²".isdigit()` is true but `int("²")` raises, and `int()` refuses
+    more than 4300 digits; either escaped as a traceback (exit 70) instead of ConfigError.
+    Numbers of more than _INT_DIGITS_MAX digits are refused too: no option takes one."""
+    digits = text[1:] if text.startswith("-") else text
+    if not digits.isascii() or not digits.isdigit() or len(digits) > _INT_DIGITS_MAX:
+        return None
+    return int(text)
+
+
+def _shown(value: object) -> str:
+    """A value quoted in a ConfigError, cut so a huge one still makes one line."""
+    if isinstance(value, str) and len(value) > 60:
+        return f"{value[:60]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
 def split_address(text: str, what: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
+    host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(f"{what} must be host:port, got {text!r}")
-    return host, int(port)
+    port = _int_text(port_text) if not port_text.startswith("-") else None
+    if not sep or not host or port is None or not 0 <= port < 65536:
+        raise ConfigError(f"{what} must be host:port, got {_shown(text)}")
+    return host, port
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -180,10 +202,10 @@ def parse_peers(text: str) -> dict[int, str]:
         if not part:
             continue
         node, sep, address = part.partition("=")
-        node = node.strip()
-        if not sep or not node.isdigit() or int(node) <= 0:
-            raise ConfigError(f"peers entry {part!r} must be id=host:port with a positive id")
-        node_id = int(node)
+        parsed_id = _int_text(node.strip()) if not node.strip().startswith("-") else None
+        if not sep or parsed_id is None or parsed_id <= 0:
+            raise ConfigError(f"peers entry {_shown(part)} must be id=host:port with a positive id")
+        node_id = parsed_id
         _, port = split_address(address.strip(), f"the address of peer {node_id}")
         if port == 0:
             raise ConfigError(f"peer {node_id} needs a fixed port, got {address!r}")
@@ -216,9 +238,10 @@ def _coerce(option: _Option, value: object, source: str) -> object:
     if option.kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
+        parsed = _int_text(value.strip()) if isinstance(value, str) else None
+        if parsed is not None:
+            return parsed
+        raise ConfigError(f"{where} must be an integer, got {_shown(value)}")
     if isinstance(value, str):
         return value
     raise ConfigError(f"{where} must be a string, got {value!r}")
@@ -233,6 +256,10 @@ def read_toml(path: Path) -> dict[str, object]:
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except ValueError as error:
+        # tomllib's other refusals: bytes that are not UTF-8 (UnicodeDecodeError), an
+        # integer of more than 4300 digits.
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     unknown = sorted(set(document) - set(_BY_NAME))
     if unknown:

@@ -308,3 +308,42 @@ def test_join_takes_the_cluster_shape_from_the_cluster(tmp_path: Path) -> None:
         resolve({k: v for k, v in flags.items() if k != "grpc"}, env={})
     with pytest.raises(ConfigError, match="--join must be host:port"):
         resolve(flags | {"join": "nowhere"}, env={})
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "message"),
+    [
+        # "²".isdigit() is true but int("²") raises; int() refuses more than 4300 digits.
+        # Both escaped `resolve` as a ValueError: exit 70 with "this is a bug" instead of 2.
+        ({"MINIKV_SHARDS": "²"}, {}, "shards (MINIKV_SHARDS) must be an integer, got '²'"),
+        ({"MINIKV_SHARDS": "9" * 5000}, {}, "shards (MINIKV_SHARDS) must be an integer"),
+        ({}, {"http": "127.0.0.1:²"}, "--http must be host:port"),
+        ({}, {"http": "127.0.0.1:" + "1" * 5000}, "--http must be host:port"),
+        ({}, {"peers": "1=127.0.0.1:9001,²=127.0.0.1:9002"}, "peers entry '²=127.0.0.1:9002'"),
+        ({}, {"peers": "1=127.0.0.1:²"}, "the address of peer 1 must be host:port"),
+        ({}, {"peers": "9" * 5000 + "=127.0.0.1:9001"}, "must be id=host:port"),
+    ],
+)
+def test_numbers_int_cannot_read_are_config_errors(
+    tmp_path: Path, env: dict[str, str], flags: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        resolve(base_flags(tmp_path) | flags, env=env)
+    assert message in str(raised.value)
+    assert len(str(raised.value)) < 300, "the line quotes a cut of a huge value, not all of it"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'id = "\xff"\n', b"id = " + b"9" * 5000 + b"\n"],
+    ids=["not-utf8", "int-over-4300-digits"],
+)
+def test_toml_tomllib_refuses_with_a_value_error_is_a_config_error(
+    tmp_path: Path, content: bytes
+) -> None:
+    """tomllib raises UnicodeDecodeError (not TOMLDecodeError) for bytes that are not UTF-8,
+    and a bare ValueError for a huge integer: both were tracebacks (exit 70)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        resolve({}, {}, bad)

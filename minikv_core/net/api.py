@@ -98,14 +98,52 @@ def deadline_after_ms(timeout_ms: float) -> float:
     return time.monotonic() + timeout_ms / 1000.0
 
 
+DECIMAL_DIGITS_MAX: Final = 18
+"""Digits of a query parameter's number (after leading zeros) that `parse_decimal` converts;
+a longer one is over every limit. Why: `int()` refuses strings of more than 4300 digits with a
+ValueError (CPython's guard against quadratic conversion), which would be a 500."""
+
+
+def parse_decimal(text: str) -> int | None:
+    """`text` as a non-negative integer when it is ASCII digits only, else None; a number of
+    more than DECIMAL_DIGITS_MAX significant digits is 10**DECIMAL_DIGITS_MAX (over any limit a
+    caller checks) instead of being converted."""
+    if not text.isascii() or not text.isdigit():
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > DECIMAL_DIGITS_MAX:
+        return 10**DECIMAL_DIGITS_MAX
+    return int(significant or "0")
+
+
+def _shown(text: str) -> str:
+    """A client's text quoted in an error, cut so a huge parameter does not make a huge
+    answer."""
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text)} characters)"
+
+
 def parse_timeout_ms(text: str) -> int:
     """`?timeout_ms=` (HTTP) validated: a positive integer up to REQUEST_TIMEOUT_MS_MAX."""
-    if not text.isdigit() or int(text) <= 0:
-        raise InvalidRequestError(f"timeout_ms must be a positive integer, got {text!r}")
-    value = int(text)
+    value = parse_decimal(text)
+    if value is None or value <= 0:
+        raise InvalidRequestError(f"timeout_ms must be a positive integer, got {_shown(text)}")
     if value > limits.REQUEST_TIMEOUT_MS_MAX:
         raise InvalidRequestError(
-            f"timeout_ms must be at most {limits.REQUEST_TIMEOUT_MS_MAX}, got {value}"
+            f"timeout_ms must be at most {limits.REQUEST_TIMEOUT_MS_MAX}, got {_shown(text)}"
+        )
+    return value
+
+
+def parse_scan_limit(text: str | None) -> int:
+    """`?limit=` (HTTP) validated: 1..SCAN_LIMIT_MAX, SCAN_LIMIT_DEFAULT when absent."""
+    if text is None:
+        return limits.SCAN_LIMIT_DEFAULT
+    value = parse_decimal(text)
+    if value is None:
+        raise InvalidRequestError(f"limit must be a positive integer, got {_shown(text)}")
+    if not 1 <= value <= limits.SCAN_LIMIT_MAX:
+        raise InvalidRequestError(
+            f"limit must be in [1, {limits.SCAN_LIMIT_MAX}], got {_shown(text)}"
         )
     return value
 
@@ -269,6 +307,10 @@ def _op_to_proto(op: TxnOp) -> kv_pb2.TxnOp:
 def txn_request_from_proto(message: kv_pb2.TxnRequest) -> TxnRequest:
     """The request's model (not yet validated: the node validates against its limits)."""
     count = len(message.compare) + len(message.success) + len(message.failure)
+    if count == 0:
+        # What `POST /txn` answers for `{}` (txn.parse_document); the node's own `validate`
+        # lets an empty transaction through to the coordinator, which then fails (a 500).
+        raise InvalidRequestError("the transaction is empty: give compare, success or failure")
     if count > cluster_limits.TXN_OPS_MAX:
         raise TooLargeError(
             f"the transaction has {count} compares and ops; the limit is "

@@ -94,7 +94,7 @@ from minikv_core.net.http_kv_protocol import (
     KvRequest,
     internal_error_answer,
 )
-from minikv_core.net.maintenance_rpc import MaintenanceEndpoint
+from minikv_core.net.maintenance_rpc import MaintenanceEndpoint, check_operator_args
 from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
 
 logger = logging.getLogger(__name__)
@@ -233,6 +233,18 @@ def parse_query(raw: str, allowed: tuple[str, ...]) -> dict[str, bytes]:
             raise InvalidRequestError(f"query parameter {name!r} given more than once")
         params[name] = urllib.parse.unquote_to_bytes(value_raw.replace("+", " "))
     return params
+
+
+def _json_body(data: bytes | bytearray) -> Any:
+    """A request body's JSON; InvalidRequestError when it is not JSON, or nests deeper than
+    the decoder's recursion allows (`[[[...` fits in any body limit and would otherwise be a
+    RecursionError, a 500)."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as error:
+        raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequestError("the body is not valid JSON: it nests too deeply") from None
 
 
 def _text(params: Mapping[str, bytes], name: str) -> str | None:
@@ -484,10 +496,7 @@ class HttpApi:
                 )
         if not data.strip():
             return {}
-        try:
-            parsed = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as error:
-            raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+        parsed = _json_body(data)
         if not isinstance(parsed, dict):
             raise InvalidRequestError(
                 f"the body must be a JSON object, got {type(parsed).__name__}"
@@ -580,14 +589,7 @@ class HttpApi:
     async def _scan(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("prefix", "start", "end", "limit", "consistency", "timeout_ms"))
         deadline = self._deadline(params)
-        limit_text = _text(params, "limit")
-        if limit_text is None:
-            limit = limits.SCAN_LIMIT_DEFAULT
-        elif limit_text.isdigit():
-            limit = int(limit_text)
-        else:
-            raise InvalidRequestError(f"limit must be a positive integer, got {limit_text!r}")
-        api.check_scan_limit(limit)
+        limit = api.parse_scan_limit(_text(params, "limit"))
         bounds = {name: params.get(name, b"") for name in ("prefix", "start", "end")}
         for name, value in bounds.items():
             api.check_scan_bound(name, value, self._config)
@@ -617,10 +619,7 @@ class HttpApi:
                 raise TooLargeError(
                     f"the transaction body is over the limit of {limits.TXN_BODY_BYTES_MAX} bytes"
                 )
-        try:
-            document = json.loads(data)
-        except (UnicodeDecodeError, ValueError) as error:
-            raise InvalidRequestError(f"the body is not valid JSON: {error}") from None
+        document = _json_body(data)
         txn = parse_document(
             document,
             key_size_bytes_max=self._config.key_size_bytes_max,
@@ -686,6 +685,7 @@ class HttpApi:
             params = _query(request, ("timeout_ms",))
             deadline = self._deadline(params)
             body = await self._read_json(request)
+            check_operator_args(operation, body)
             document = await api.call_with_deadline(
                 self._maintenance.operate(operation, body, deadline), deadline, route
             )

@@ -55,6 +55,36 @@ class MaintenanceEndpoint(Protocol):
         ...
 
 
+OPERATOR_FIELDS: Final[dict[str, frozenset[str]]] = {
+    "repair": frozenset({"dry_run", "dead", "wait"}),
+    "rebalance": frozenset({"dry_run", "wait"}),
+    "remove_node": frozenset({"node", "dry_run", "wait"}),
+    "verify": frozenset({"dry_run", "wait"}),
+    "job": frozenset({"id"}),
+}
+"""The arguments an operator may give each operation (`Operate`, `POST /admin/...`)."""
+
+
+def check_operator_args(operation: str, args: JsonObject) -> None:
+    """Refuse (InvalidRequestError) an unknown argument of an operator's operation, or a
+    `dry_run` / `wait` that is not a boolean. Why: the endpoint reads only the names it knows
+    and tests flags for truth, so `{"dry_runn": true}` started a real rebalance and
+    `{"dry_run": "false"}` a dry run. Operations not listed (join, internal ones) are the
+    endpoint's to check."""
+    known = OPERATOR_FIELDS.get(operation)
+    if known is None:
+        return
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown field(s) {', '.join(map(repr, unknown))} for {operation}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    for flag in ("dry_run", "wait"):
+        if flag in args and not isinstance(args[flag], bool):
+            raise InvalidRequestError(f'"{flag}" must be true or false, got {args[flag]!r}')
+
+
 def encode_request(method: str, args: JsonObject) -> bytes:
     return json.dumps({"method": method, "args": args}, separators=(",", ":")).encode()
 
@@ -65,8 +95,13 @@ def decode_request(raw: bytes) -> tuple[str, JsonObject]:
         raise InvalidRequestError(f"request of {len(raw)} bytes exceeds {BODY_BYTES_MAX}")
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except ValueError as error:
+        # Also an integer of more than 4300 digits, which json refuses with a plain
+        # ValueError (UnicodeDecodeError and JSONDecodeError are ValueErrors too).
         raise InvalidRequestError(f"request is not valid JSON: {error}") from None
+    except RecursionError:
+        # `[[[...` nested past the decoder's recursion limit: malformed input, not a 500.
+        raise InvalidRequestError("request is not valid JSON: it nests too deeply") from None
     if not isinstance(document, dict):
         raise InvalidRequestError("request must be a JSON object")
     method = document.get("method")
@@ -81,7 +116,7 @@ def decode_request(raw: bytes) -> tuple[str, JsonObject]:
 def decode_answer(raw: bytes, what: str) -> JsonObject:
     try:
         document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:
         raise UnavailableError(f"{what}: the answer is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise UnavailableError(f"{what}: the answer is not a JSON object")
@@ -100,6 +135,7 @@ def cluster_handler(endpoint: MaintenanceEndpoint, serve: Serve) -> grpc.Generic
             async def call(deadline: float) -> bytes:
                 operation, args = decode_request(raw)
                 if admin:
+                    check_operator_args(operation, args)
                     answer = await endpoint.operate(operation, args, deadline)
                 else:
                     answer = await endpoint.handle_call(operation, args, deadline)

@@ -1,0 +1,184 @@
+"""Hostile and malformed input to a real in-process node's HTTP and gRPC APIs: each is a 4xx
+(INVALID_ARGUMENT) naming what was wrong, never a 500 (INTERNAL) or a side effect, and the
+node serves on afterwards. Each case here was a 500 or started a job before its fix."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import grpc.aio
+import pytest
+
+from minikv_core.net import maintenance_rpc
+from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
+from minikv_core.server import NodeServer
+from tests.net.api_harness import configs, running
+
+HUGE_NUMBER = "9" * 5000
+"""More digits than int() converts (CPython's 4300-digit guard raises ValueError)."""
+DEEP_LIST = b"[" * 30_000 + b"]" * 30_000
+"""Within the 64 KiB admin body limit, but nested past json's recursion limit."""
+
+
+class Node:
+    def __init__(
+        self, server: NodeServer, session: aiohttp.ClientSession, channel: grpc.aio.Channel
+    ) -> None:
+        self.server = server
+        self.session = session
+        self.channel = channel
+        self.base = f"http://{server.http_address}"
+
+    async def http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.base + path, data=body, timeout=aiohttp.ClientTimeout(total=20)
+        ) as response:
+            payload = await response.read()
+            return response.status, json.loads(payload) if payload else None
+
+    async def operate(self, raw: bytes) -> grpc.aio.AioRpcError | bytes:
+        rpc = self.channel.unary_unary(
+            f"/{maintenance_rpc.SERVICE}/{maintenance_rpc.OPERATE_METHOD}",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        try:
+            answer: bytes = await rpc(raw, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            return error
+        return answer
+
+    async def still_serves(self) -> None:
+        assert (await self.http("PUT", "/kv/alive", b"yes"))[0] == 204
+        async with self.session.get(self.base + "/kv/alive") as response:
+            assert (response.status, await response.read()) == (200, b"yes")
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    """One node leading every shard and the meta group (replicas=1)."""
+    server_configs = configs(tmp_path, 1, shards=2, replicas=1)
+    async with (
+        running(server_configs) as servers,
+        aiohttp.ClientSession() as session,
+        grpc.aio.insecure_channel(servers[0].grpc_address) as channel,
+    ):
+        yield Node(servers[0], session, channel)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "detail"),
+    [
+        # Served by the data-plane protocol (http_kv_protocol.py)...
+        ("GET", f"/kv/a?timeout_ms={HUGE_NUMBER}", "timeout_ms must be at most 60000"),
+        ("PUT", f"/kv/a?timeout_ms={HUGE_NUMBER}", "timeout_ms must be at most 60000"),
+        ("DELETE", f"/kv/a?timeout_ms={HUGE_NUMBER}", "timeout_ms must be at most 60000"),
+        # ... and by aiohttp.
+        ("GET", f"/kv?limit={HUGE_NUMBER}", "limit must be in [1, 10000]"),
+        ("GET", f"/kv?timeout_ms={HUGE_NUMBER}", "timeout_ms must be at most 60000"),
+        ("POST", f"/admin/snapshot?timeout_ms={HUGE_NUMBER}", "timeout_ms must be at most"),
+    ],
+    ids=["get", "put", "delete", "scan-limit", "scan-timeout", "snapshot-timeout"],
+)
+async def test_a_number_too_long_for_int_is_a_400_not_a_500(
+    node: Node, method: str, path: str, detail: str
+) -> None:
+    status, document = await node.http(method, path, b"v" if method == "PUT" else None)
+    assert status == 400, document
+    assert document["error"] == "invalid_request"
+    assert detail in document["detail"]
+    assert len(document["detail"]) < 200, "the detail quotes a cut of the number"
+    await node.still_serves()
+
+
+async def test_leading_zeros_do_not_count_against_a_number(node: Node) -> None:
+    """`parse_decimal` bounds significant digits: 5000 zeros then 7 is still 7."""
+    status, document = await node.http("GET", f"/kv?limit={'0' * 5000}7")
+    assert status == 200, document
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/admin/fault", DEEP_LIST),
+        ("/admin/fault", b'{"drop_to": ' + DEEP_LIST[:40_000] + b"}"),
+        ("/admin/repair", b'{"dead": ' + DEEP_LIST[:40_000] + b"}"),
+        ("/txn", DEEP_LIST),
+    ],
+    ids=["fault", "fault-field", "repair-field", "txn"],
+)
+async def test_json_nested_too_deeply_is_a_400_not_a_500(
+    node: Node, path: str, body: bytes
+) -> None:
+    status, document = await node.http("POST", path, body)
+    assert status == 400, document
+    assert document["detail"] == "the body is not valid JSON: it nests too deeply"
+    await node.still_serves()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"method": "repair", "args": ' + DEEP_LIST + b"}",
+        b'{"method": "repair", "args": {"dead": [' + HUGE_NUMBER.encode() + b"]}}",
+    ],
+    ids=["nested-too-deeply", "int-over-4300-digits"],
+)
+async def test_operate_json_json_cannot_decode_is_invalid_argument(node: Node, raw: bytes) -> None:
+    """`minikv.v1.Cluster/Operate` decodes its own JSON: RecursionError and the plain
+    ValueError of a huge integer were INTERNAL."""
+    answer = await node.operate(raw)
+    assert isinstance(answer, grpc.aio.AioRpcError), answer
+    assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request is not valid JSON" in str(answer.details())
+    await node.still_serves()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "detail"),
+    [
+        ("/admin/rebalance", {"dry_runn": True}, "unknown field(s) 'dry_runn' for rebalance"),
+        ("/admin/repair", {"dead": [], "force": True}, "unknown field(s) 'force' for repair"),
+        ("/admin/verify", {"wait": "yes"}, '"wait" must be true or false'),
+        ("/admin/rebalance", {"dry_run": "true"}, '"dry_run" must be true or false'),
+        ("/admin/remove-node", {"node": 1, "dry_run": 1}, '"dry_run" must be true or false'),
+    ],
+)
+async def test_maintenance_arguments_are_checked_before_any_job_starts(
+    node: Node, path: str, body: dict[str, Any], detail: str
+) -> None:
+    """A typo (`dry_runn`) or a truthy string was read as "no dry run" / "wait": the node
+    started a real rebalance for `{"dry_runn": true}`."""
+    status, document = await node.http("POST", path, json.dumps(body).encode())
+    assert status == 400, document
+    assert detail in document["detail"]
+    status, job = await node.http("GET", "/admin/maintenance")
+    assert (status, job["state"]) == (200, "none"), "no job was started"
+
+
+async def test_operate_checks_maintenance_arguments_too(node: Node) -> None:
+    answer = await node.operate(maintenance_rpc.encode_request("rebalance", {"dry_runn": True}))
+    assert isinstance(answer, grpc.aio.AioRpcError), answer
+    assert answer.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown field(s) 'dry_runn' for rebalance" in str(answer.details())
+    status, job = await node.http("GET", "/admin/maintenance")
+    assert job["state"] == "none", "no job was started"
+    # The arguments an operator may give still work.
+    status, plan = await node.http("POST", "/admin/rebalance", b'{"dry_run": true, "wait": false}')
+    assert (status, plan["dry_run"]) == (200, True)
+
+
+async def test_an_empty_grpc_transaction_is_invalid_argument(node: Node) -> None:
+    """`POST /txn {}` was a 400, but `KV.Txn` with nothing in it reached the coordinator and
+    failed there (`min()` of no shards): INTERNAL."""
+    stub = kv_pb2_grpc.KVStub(node.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.Txn(kv_pb2.TxnRequest(), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the transaction is empty" in str(raised.value.details())
+    await node.still_serves()

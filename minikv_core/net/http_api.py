@@ -57,6 +57,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import socket
 import time
 import urllib.parse
@@ -215,6 +216,24 @@ def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, bytes]:
     return parse_query(request.rel_url.raw_query_string, allowed)
 
 
+_BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def percent_decoded(raw: str, what: str) -> bytes:
+    """The bytes `raw` percent-encodes; InvalidRequestError when a `%` is not followed by two
+    hex digits. Why refuse: `unquote_to_bytes` keeps such a `%` as is, so `/kv/a%zz` wrote
+    the key `a%zz`, which `/kv/a%25zz` also names: a client's encoding bug became a key
+    that only looks right, instead of the 400 malformed input gets."""
+    bad = _BAD_PERCENT.search(raw)
+    if bad is not None:
+        at = bad.start()
+        raise InvalidRequestError(
+            f"{what} is not valid percent-encoding: {raw[at : at + 3]!r} at character {at} "
+            "is not '%' and two hex digits (a '%' itself is '%25')"
+        )
+    return urllib.parse.unquote_to_bytes(raw)
+
+
 def parse_query(raw: str, allowed: tuple[str, ...]) -> dict[str, bytes]:
     """Query parameters as raw bytes (percent-decoded, `+` is a space); unknown or repeated
     names are refused, so a typo (`limt=`) is an error instead of a silent default."""
@@ -231,7 +250,7 @@ def parse_query(raw: str, allowed: tuple[str, ...]) -> dict[str, bytes]:
             raise InvalidRequestError(f"unknown query parameter {name!r}; known: {known}")
         if name in params:
             raise InvalidRequestError(f"query parameter {name!r} given more than once")
-        params[name] = urllib.parse.unquote_to_bytes(value_raw.replace("+", " "))
+        params[name] = percent_decoded(value_raw.replace("+", " "), f"query parameter {name!r}")
     return params
 
 
@@ -441,7 +460,7 @@ class HttpApi:
     # --- helpers ----------------------------------------------------------------------------
 
     def _key(self, raw_key: str) -> bytes:
-        key = urllib.parse.unquote_to_bytes(raw_key)
+        key = percent_decoded(raw_key, "the key")
         api.check_key(key, self._config)
         return key
 

@@ -4,6 +4,7 @@ node serves on afterwards. Each case here was a 500 or started a job before its 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -181,4 +182,50 @@ async def test_an_empty_grpc_transaction_is_invalid_argument(node: Node) -> None
         await stub.Txn(kv_pb2.TxnRequest(), timeout=10)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "the transaction is empty" in str(raised.value.details())
+    await node.still_serves()
+
+
+async def raw_exchange(node: Node, request: bytes) -> tuple[int, dict[str, Any]]:
+    """One request written byte for byte (a client library would re-encode a bad `%`); the
+    answer's status and JSON document (the node closes: HTTP/1.0, or `Connection: close`)."""
+    host, port = node.server.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"], ids=["kv-protocol", "aiohttp"])
+@pytest.mark.parametrize(
+    ("target", "detail"),
+    [
+        ("/kv/a%zz", "the key is not valid percent-encoding: '%zz' at character 1"),
+        ("/kv/a%2", "the key is not valid percent-encoding: '%2' at character 1"),
+        ("/kv/a%", "the key is not valid percent-encoding: '%' at character 1"),
+        ("/kv/a?consistency=%zz", "query parameter 'consistency' is not valid percent-encoding"),
+        ("/kv?prefix=a%g1", "query parameter 'prefix' is not valid percent-encoding"),
+    ],
+)
+async def test_a_percent_not_followed_by_two_hex_digits_is_a_400(
+    node: Node, version: str, target: str, detail: str
+) -> None:
+    """`unquote_to_bytes` keeps a bad `%` as is: `PUT /kv/a%zz` wrote the key `a%zz`, which
+    `/kv/a%25zz` names too, so a client's encoding bug became a key that looks right."""
+    for method in ("GET", "PUT") if "?" not in target else ("GET",):
+        body = b"v" if method == "PUT" else b""
+        request = (
+            f"{method} {target} {version}\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        status, document = await raw_exchange(node, request)
+        assert (status, document["error"]) == (400, "invalid_request"), document
+        assert detail in document["detail"]
+    status, _ = await node.http("GET", "/kv/a%25zz")
+    assert status == 404, "nothing was written under the key a%zz"
+    status, _ = await node.http("PUT", "/kv/a%25%2Fb", b"v")
+    assert status == 204, "'%25' and other valid escapes still decode"
     await node.still_serves()

@@ -229,3 +229,46 @@ async def test_a_percent_not_followed_by_two_hex_digits_is_a_400(
     status, _ = await node.http("PUT", "/kv/a%25%2Fb", b"v")
     assert status == 204, "'%25' and other valid escapes still decode"
     await node.still_serves()
+
+
+async def first_answer(node: Node, head: bytes) -> bytes:
+    """What the node sends first after a request head whose body is not sent (yet)."""
+    host, port = node.server.http_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "length"),
+    [("/kv/big", 1024 * 1024 + 1), ("/txn", 2 * 1024 * 1024 + 1)],
+    ids=["put", "txn"],
+)
+async def test_expect_100_continue_over_the_limit_is_refused_before_the_body(
+    node: Node, target: str, length: int
+) -> None:
+    """aiohttp's default answered `100 Continue` to any body, so a client that asked first
+    (curl does for large uploads) sent megabytes only to be refused with a 413."""
+    method = "PUT" if target.startswith("/kv/") else "POST"
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+    first = await first_answer(node, head)
+    assert first.startswith(b"HTTP/1.1 413 "), first
+    assert b"application/json" in first
+
+
+async def test_expect_100_continue_within_the_limit_continues(node: Node) -> None:
+    head = b"PUT /kv/e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"
+    assert await first_answer(node, head) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    status, document = await raw_exchange(
+        node,
+        b"PUT /kv/e HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 2\r\n"
+        b"Connection: close\r\n\r\nok",
+    )
+    assert (status, document["error"]) == (417, "expectation_failed"), document
+    await node.still_serves()

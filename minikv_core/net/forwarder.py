@@ -71,7 +71,9 @@ def forwarded_by(metadata: object) -> int:
     for key, value in metadata:  # type: ignore[attr-defined]
         if key == FORWARDED_BY_KEY:
             text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
-            return int(text) if text.isdigit() else 0
+            # At most 9 ASCII digits: int() of 4300+ digits raises (an INTERNAL to a client
+            # that sends such a header), and no node id is that long.
+            return int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else 0
     return 0
 
 

@@ -272,3 +272,13 @@ async def test_expect_100_continue_within_the_limit_continues(node: Node) -> Non
     )
     assert (status, document["error"]) == (417, "expectation_failed"), document
     await node.still_serves()
+
+
+async def test_a_forwarded_by_header_int_cannot_read_is_not_internal(node: Node) -> None:
+    """`x-minikv-forwarded-by` is read from any caller's metadata: 5000 digits made `int()`
+    raise, an INTERNAL. Such a header names no peer: the call is served as a client's."""
+    stub = kv_pb2_grpc.KVStub(node.channel)
+    metadata = (("x-minikv-forwarded-by", HUGE_NUMBER),)
+    await stub.Put(kv_pb2.PutRequest(key=b"f", value=b"v"), metadata=metadata, timeout=10)
+    answer = await stub.Get(kv_pb2.GetRequest(key=b"f"), metadata=metadata, timeout=10)
+    assert answer.value == b"v"

@@ -62,9 +62,12 @@ import socket
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from minikv_core.cluster.service import (
     Consistency,
@@ -254,6 +257,34 @@ def parse_query(raw: str, allowed: tuple[str, ...]) -> dict[str, bytes]:
     return params
 
 
+class _JsonErrorsRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, but a request its parser refuses (a bad request line,
+    header or Content-Length, too long a line) gets the API's JSON error and a debug log line.
+    Why: aiohttp answered those in text/plain and logged each at ERROR with a traceback, so
+    any client could fill a node's log with tracebacks of its own malformed bytes. Server
+    errors (5xx) keep aiohttp's handling."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        detail = " ".join((message or str(exc) or HTTPStatus(status).phrase).split())
+        logger.debug("malformed HTTP request from %s: %s", request.remote, detail)
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer is being sent already; the connection closes")
+        name = "invalid_request" if status == 400 else "http_error"
+        response = _json_response(status, {"error": name, "detail": detail[:1000]})
+        response.force_close()
+        return response
+
+
 class ExpectationFailedError(Exception):
     """An `Expect` header other than HTTP/1.1's `100-continue` (answered 417)."""
 
@@ -334,9 +365,15 @@ class HttpApi:
         await runner.setup()
         aiohttp_server = runner.server
         assert aiohttp_server is not None
+
         # Every connection starts on the data-plane protocol, which gives it to aiohttp's at
         # the first request it does not serve itself (http_kv_protocol.py).
-        kv_server = KvHttpServer(self, aiohttp_server, self._metrics.http_handovers.inc)
+        def aiohttp_protocol() -> asyncio.Protocol:
+            protocol = aiohttp_server()
+            protocol.__class__ = _JsonErrorsRequestHandler  # same slots: only methods change
+            return protocol
+
+        kv_server = KvHttpServer(self, aiohttp_protocol, self._metrics.http_handovers.inc)
         try:
             self._listener = await asyncio.get_running_loop().create_server(
                 kv_server, sock=sock, backlog=limits.HTTP_LISTEN_BACKLOG

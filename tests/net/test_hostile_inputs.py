@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -282,3 +284,42 @@ async def test_a_forwarded_by_header_int_cannot_read_is_not_internal(node: Node)
     await stub.Put(kv_pb2.PutRequest(key=b"f", value=b"v"), metadata=metadata, timeout=10)
     answer = await stub.Get(kv_pb2.GetRequest(key=b"f"), metadata=metadata, timeout=10)
     assert answer.value == b"v"
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "detail"),
+    [
+        (b"GET /kv/a\xff HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid char in url path"),
+        (b"PUT /kv/a HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        (b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", "8190 bytes"),
+        (b"GARBAGE\r\n\r\n", "Invalid method"),
+        (b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /\x01 HTTP/1.1\r\n\r\n", "Invalid"),
+    ],
+    ids=["path-byte", "negative-length", "long-header", "no-request-line", "second-of-two"],
+)
+async def test_a_request_aiohttp_cannot_parse_gets_json_and_no_error_log(
+    node: Node, request_bytes: bytes, detail: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp answered these in text/plain and logged each at ERROR with a traceback: any
+    client could fill the node's log with tracebacks of its own bad bytes."""
+    with caplog.at_level(logging.DEBUG):
+        host, port = node.server.http_address.rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(request_bytes)
+            answer = await asyncio.wait_for(reader.read(), timeout=10)
+        finally:
+            writer.close()
+    while True:  # the last of the answers (each has a Content-Length)
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])  # type: ignore[index]
+        body, answer = rest[:length], rest[length:]
+        if not answer:
+            break
+    assert head.split(b" ")[1] == b"400", answer
+    assert b"Content-Type: application/json" in head
+    document = json.loads(body)
+    assert document["error"] == "invalid_request"
+    assert detail in document["detail"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    await node.still_serves()

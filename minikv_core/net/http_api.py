@@ -573,7 +573,14 @@ class HttpApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+    async def _read_json(self, request: web.Request, deadline: float) -> dict[str, Any]:
+        """The admin body's JSON object, read by `deadline` (504 after it: a client that stops
+        sending its body must not hold the handler, and a graceful stop, past it)."""
+        return await api.call_with_deadline(
+            self._read_json_body(request), deadline, f"{request.path}: reading the body"
+        )
+
+    async def _read_json_body(self, request: web.Request) -> dict[str, Any]:
         declared = request.content_length
         if declared is not None and declared > limits.ADMIN_BODY_BYTES_MAX:
             raise InvalidRequestError(
@@ -616,12 +623,13 @@ class HttpApi:
         )
 
     async def _kv_put(
-        self, raw_key: str, raw_query: str, read_body: Callable[[], Awaitable[bytes]]
+        self, raw_key: str, raw_query: str, read_body: Callable[[float], Awaitable[bytes]]
     ) -> int:
+        """`read_body(deadline)` reads the value (by the request's deadline)."""
         key = self._key(raw_key)
         params = parse_query(raw_query, ("timeout_ms",))
         deadline = self._deadline(params)
-        value = await read_body()
+        value = await read_body(deadline)
         return await api.call_with_deadline(
             self._service.put(key, value, deadline), deadline, "put"
         )
@@ -648,7 +656,7 @@ class HttpApi:
                 answer = KvAnswer(200, headers, found.value, _OCTETS)
             elif request.method == "PUT":
                 raw_key, raw_query = request.raw_key, request.raw_query
-                version = await self._kv_put(raw_key, raw_query, lambda: _given(body))
+                version = await self._kv_put(raw_key, raw_query, lambda _: _given(body))
                 answer = KvAnswer(204, ((VERSION_HEADER, str(version)),))
             else:
                 await self._kv_delete(request.raw_key, request.raw_query)
@@ -674,7 +682,11 @@ class HttpApi:
         version = await self._kv_put(
             self._raw_key(request),
             request.rel_url.raw_query_string,
-            lambda: self._read_body(request),
+            # By the deadline: a client that stops sending its body (chunked, or HTTP/1.0)
+            # must not hold the handler, and a graceful stop, past it: it gets its 504.
+            lambda deadline: api.call_with_deadline(
+                self._read_body(request), deadline, "put: reading the value"
+            ),
         )
         return web.Response(status=204, headers={VERSION_HEADER: str(version)})
 
@@ -699,6 +711,17 @@ class HttpApi:
         result = await api.call_with_deadline(self._service.scan(scan, deadline), deadline, "scan")
         return _json_response(200, scan_document(api.cut_scan(result)))
 
+    @staticmethod
+    async def _read_txn_body(request: web.Request) -> bytearray:
+        data = bytearray()
+        while chunk := await request.content.readany():
+            data += chunk
+            if len(data) > limits.TXN_BODY_BYTES_MAX:
+                raise TooLargeError(
+                    f"the transaction body is over the limit of {limits.TXN_BODY_BYTES_MAX} bytes"
+                )
+        return data
+
     async def _txn(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))
         deadline = self._deadline(params)
@@ -708,13 +731,9 @@ class HttpApi:
                 f"the transaction body is {declared} bytes; the limit is "
                 f"{limits.TXN_BODY_BYTES_MAX} bytes"
             )
-        data = bytearray()
-        while chunk := await request.content.readany():
-            data += chunk
-            if len(data) > limits.TXN_BODY_BYTES_MAX:
-                raise TooLargeError(
-                    f"the transaction body is over the limit of {limits.TXN_BODY_BYTES_MAX} bytes"
-                )
+        data = await api.call_with_deadline(
+            self._read_txn_body(request), deadline, "txn: reading the body"
+        )
         document = _json_body(data)
         txn = parse_document(
             document,
@@ -744,7 +763,7 @@ class HttpApi:
 
     async def _set_fault(self, request: web.Request) -> web.StreamResponse:
         _query(request, ())
-        fault = api.parse_fault(await self._read_json(request))
+        fault = api.parse_fault(await self._read_json(request, self._deadline({})))
         self._service.set_fault(fault)
         return _json_response(200, {"fault": api.fault_document(fault)})
 
@@ -756,7 +775,7 @@ class HttpApi:
     async def _transfer_leader(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))
         deadline = self._deadline(params)
-        body = await self._read_json(request)
+        body = await self._read_json(request, deadline)
         unknown = sorted(set(body) - {"shard", "node"})
         if unknown:
             raise InvalidRequestError(f"unknown field(s) {', '.join(unknown)}; known: shard, node")
@@ -780,7 +799,7 @@ class HttpApi:
             assert self._maintenance is not None
             params = _query(request, ("timeout_ms",))
             deadline = self._deadline(params)
-            body = await self._read_json(request)
+            body = await self._read_json(request, deadline)
             check_operator_args(operation, body)
             document = await api.call_with_deadline(
                 self._maintenance.operate(operation, body, deadline), deadline, route
@@ -803,7 +822,7 @@ class HttpApi:
     async def _snapshot(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))
         deadline = self._deadline(params)
-        shards = _shard_list(await self._read_json(request))
+        shards = _shard_list(await self._read_json(request, deadline))
         document = await api.call_with_deadline(
             self._service.snapshot(shards, deadline), deadline, "snapshot"
         )
@@ -812,7 +831,7 @@ class HttpApi:
     async def _compact(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))
         deadline = self._deadline(params)
-        shards = _shard_list(await self._read_json(request))
+        shards = _shard_list(await self._read_json(request, deadline))
         document = await api.call_with_deadline(
             self._service.compact(shards, deadline), deadline, "compact"
         )

@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -322,4 +323,25 @@ async def test_a_request_aiohttp_cannot_parse_gets_json_and_no_error_log(
     assert document["error"] == "invalid_request"
     assert detail in document["detail"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    await node.still_serves()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PUT /kv/slow?timeout_ms=300 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"10\r\nabc",
+        b"PUT /kv/slow?timeout_ms=300 HTTP/1.0\r\nContent-Length: 10\r\n\r\nabc",
+        b"POST /txn?timeout_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+        b"POST /admin/snapshot?timeout_ms=300 HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n{",
+    ],
+    ids=["put-chunked", "put-http10", "txn", "admin"],
+)
+async def test_a_body_that_stops_arriving_is_a_504_at_the_deadline(node: Node, head: bytes) -> None:
+    """The aiohttp handlers read bodies outside the deadline: a client that stopped mid-body
+    held its handler forever (and a graceful stop for its whole grace period)."""
+    started = time.monotonic()
+    answer = await first_answer(node, head)
+    assert answer.split(b" ")[1] == b"504", answer
+    assert time.monotonic() - started < 3.0, "answered at the 300 ms deadline, not later"
     await node.still_serves()

@@ -203,12 +203,36 @@ async def call_with_deadline(awaitable: Awaitable[T], deadline: float, what: str
         raise DeadlineExceededError(f"{what}: the deadline passed") from None
 
 
-def cut_scan(result: ScanResult, bytes_max: int = limits.SCAN_RESPONSE_BYTES_MAX) -> ScanResult:
-    """Bound a scan answer's key and value bytes; always keeps the first item so a scan can
-    make progress. Cutting sets `more`: the client resumes after the last item returned."""
+SCAN_ITEM_FRAMING_BYTES_MAX: Final = 32
+"""Protobuf bytes a `KeyValue` item adds to a `ScanResponse` beyond its key and value: the
+item's tag and length (<= 6), the key's and value's (<= 3 and <= 5), the version's (<= 11)."""
+SCAN_RESPONSE_FRAMING_BYTES_MAX: Final = 64
+"""The rest of a `ScanResponse` (`more`), with room to spare."""
+
+
+def grpc_scan_bytes_max(config: ApiConfig) -> int:
+    """The budget `cut_scan` gets for a gRPC answer (with SCAN_ITEM_FRAMING_BYTES_MAX per
+    item): the encoded answer then fits the server's send bound. Why: cut at 4 MiB of keys
+    and values alone, four values of just under 1 MiB made a 4,194,352-byte message, which
+    gRPC refused to send (RESOURCE_EXHAUSTED) on every attempt, so the scan never progressed."""
+    return min(
+        limits.SCAN_RESPONSE_BYTES_MAX,
+        config.grpc_message_bytes_max - SCAN_RESPONSE_FRAMING_BYTES_MAX,
+    )
+
+
+def cut_scan(
+    result: ScanResult,
+    bytes_max: int = limits.SCAN_RESPONSE_BYTES_MAX,
+    *,
+    item_overhead_bytes: int = 0,
+) -> ScanResult:
+    """Bound a scan answer's key and value bytes (plus `item_overhead_bytes` per item: its
+    framing on the wire); always keeps the first item so a scan can make progress. Cutting
+    sets `more`: the client resumes after the last item returned."""
     total = 0
     for index, item in enumerate(result.items):
-        total += len(item.key) + len(item.value)
+        total += len(item.key) + len(item.value) + item_overhead_bytes
         if total > bytes_max and index > 0:
             return ScanResult(items=result.items[:index], more=True)
     return result

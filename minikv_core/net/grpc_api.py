@@ -352,7 +352,11 @@ class KvServicer(kv_pb2_grpc.KVServicer):
                 part = await local.local_scan_shard(request.shard, scan, deadline)
             else:
                 part = await self._service.scan(scan, deadline)
-            result = api.cut_scan(part)
+            result = api.cut_scan(
+                part,
+                api.grpc_scan_bytes_max(self._config),
+                item_overhead_bytes=api.SCAN_ITEM_FRAMING_BYTES_MAX,
+            )
             return kv_pb2.ScanResponse(
                 items=[
                     kv_pb2.KeyValue(key=item.key, value=item.value, version=item.version)

@@ -5,6 +5,7 @@ node serves on afterwards. Each case here was a 500 or started a job before its 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import re
@@ -366,3 +367,51 @@ async def test_a_grpc_scan_of_large_values_fits_one_message_and_progresses(node:
             break
         start = answer.items[-1].key + b"\x00"
     assert scanned == keys
+
+
+async def test_a_gzip_body_is_stored_as_sent_by_both_protocols(node: Node) -> None:
+    """aiohttp gunzipped a `Content-Encoding: gzip` body and the data-plane protocol did not:
+    the same PUT stored different values by protocol, and a body that was not gzip was a
+    500. The value is the body's bytes as sent, always."""
+    compressed = gzip.compress(b"hello")
+    for version, key in (("HTTP/1.1", "gz11"), ("HTTP/1.0", "gz10")):
+        head = (
+            f"PUT /kv/{key} {version}\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(compressed)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        assert (await first_answer(node, head + compressed)).split(b" ")[1] == b"204"
+        async with node.session.get(f"{node.base}/kv/{key}") as response:
+            assert await response.read() == compressed, version
+    head = b"PUT /kv/gzbad HTTP/1.0\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\n"
+    assert (await first_answer(node, head + b"notgz")).split(b" ")[1] == b"204"
+
+
+@pytest.mark.parametrize(
+    ("head", "rest"),
+    [
+        (b"PUT /kv/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\nab\r\n"),
+        (b"POST /txn HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nabcdef"),
+        (b"PUT /kv/c HTTP/1.0\r\nContent-Length: 10\r\n\r\n", None),
+    ],
+    ids=["bad-chunk-size", "chunk-overrun", "hang-up-mid-body"],
+)
+async def test_a_body_the_client_breaks_mid_way_is_no_error_in_the_log(
+    node: Node, head: bytes, rest: bytes | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A body broken after its handler started reading (a malformed chunk, a client that
+    hangs up) raised RequestPayloadError or ConnectionResetError out of the handler: an
+    ERROR with a traceback in the node's log for each, and a 500."""
+    host, port = node.server.http_address.rsplit(":", 1)
+    with caplog.at_level(logging.DEBUG):
+        _, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(head + b"ab")
+            await asyncio.sleep(0.3)  # the handler is reading the body now
+            if rest is not None:
+                writer.write(rest)
+                await asyncio.sleep(0.1)
+        finally:
+            writer.close()  # the client hangs up
+        await asyncio.sleep(0.3)  # the handler sees the body end broken
+        await node.still_serves()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -751,11 +751,19 @@ class HttpApi:
             self._read_txn_body(request), deadline, "txn: reading the body"
         )
         document = _json_body(data)
-        txn = parse_document(
-            document,
-            key_size_bytes_max=self._config.key_size_bytes_max,
-            value_size_bytes_max=self._config.value_size_bytes_max,
-        )
+        try:
+            txn = parse_document(
+                document,
+                key_size_bytes_max=self._config.key_size_bytes_max,
+                value_size_bytes_max=self._config.value_size_bytes_max,
+            )
+        except UnicodeEncodeError as error:
+            # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 key or value has.
+            raise InvalidRequestError(
+                f"the transaction holds a string that is not valid Unicode "
+                f"({error.object[error.start : error.end]!r}: {error.reason}); "
+                "use key_b64 / value_b64 for bytes that are not UTF-8"
+            ) from None
         response = await api.call_with_deadline(self._service.txn(txn, deadline), deadline, "txn")
         return _json_response(200, response_document(response))
 

@@ -415,3 +415,15 @@ async def test_a_body_the_client_breaks_mid_way_is_no_error_in_the_log(
         await asyncio.sleep(0.3)  # the handler sees the body end broken
         await node.still_serves()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+@pytest.mark.parametrize("field", ["key", "value"])
+async def test_a_transaction_string_with_a_lone_surrogate_is_a_400(node: Node, field: str) -> None:
+    """JSON may escape a lone surrogate (`"\\ud800"`), which has no UTF-8 encoding: encoding
+    the key or value raised UnicodeEncodeError out of the handler, a 500."""
+    op = {"op": "put", "key": "k", "value": "v", field: "\ud800"}
+    status, document = await node.http("POST", "/txn", json.dumps({"success": [op]}).encode())
+    assert status == 400, document
+    assert "not valid Unicode" in document["detail"]
+    assert "key_b64 / value_b64" in document["detail"]
+    await node.still_serves()

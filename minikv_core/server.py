@@ -32,6 +32,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import json
 import logging
@@ -719,7 +720,22 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
     stop.install(asyncio.get_running_loop())
     task_dump.install(asyncio.get_running_loop())  # SIGUSR2: where every task waits
     server = NodeServer(config)
-    await server.start()
+    starting = asyncio.ensure_future(server.start())
+    stopped_early = asyncio.ensure_future(stop.event.wait())
+    try:
+        await asyncio.wait((starting, stopped_early), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped_early.cancel()
+    if not starting.done() and server.node is None:
+        # SIGTERM while `--join` still looks for the cluster (up to 30 s): nothing is open
+        # yet, and start() undoes its binds when cancelled, so stop now with 0 instead of
+        # exiting 1 once the join gives up. (Once the node opens its data, start finishes.)
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        logger.info("node %d stopped before it joined the cluster", config.node_id)
+        return EXIT_OK
+    await starting
     assert server.node is not None
     decommissioned = asyncio.ensure_future(server.node.host.decommissioned.wait())
     stopped = asyncio.ensure_future(stop.event.wait())

@@ -3,10 +3,14 @@ exit status 2 for everything a person must fix (no traceback, no node started)."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,12 +18,15 @@ import pytest
 from minikv_core.server import (
     EXIT_USAGE,
     ConfigError,
+    _StopSignal,
     check_data_dir,
     config_from_argv,
     main,
     parse_peers,
     resolve,
+    serve,
 )
+from minikv_tui.node_process import free_ports
 
 PEERS = "1=127.0.0.1:9001,2=127.0.0.1:9002,3=127.0.0.1:9003"
 
@@ -347,3 +354,33 @@ def test_toml_tomllib_refuses_with_a_value_error_is_a_config_error(
     bad.write_bytes(content)
     with pytest.raises(ConfigError, match="is not valid TOML"):
         resolve({}, {}, bad)
+
+
+async def test_sigterm_while_joining_stops_at_once_with_exit_0(tmp_path: Path) -> None:
+    """SIGTERM while `--join` still looked for the cluster was not acted on until the join
+    gave up (30 s): the node then exited 1 ("could not join"). Nothing is open yet, so it
+    stops at once with 0."""
+    grpc_port, nobody = free_ports(2)  # nothing listens on `nobody`
+    config = resolve(
+        {
+            "id": 5,
+            "data_dir": str(tmp_path / "d"),
+            "http": "127.0.0.1:0",
+            "grpc": f"127.0.0.1:{grpc_port}",
+            "join": f"127.0.0.1:{nobody}",
+        },
+        env={},
+    )
+    stop = _StopSignal()
+    serving = asyncio.ensure_future(serve(config, stop))
+    try:
+        await asyncio.sleep(1.0)
+        assert not serving.done(), "still looking for the cluster"
+        asked = time.monotonic()
+        stop._fire(signal.SIGTERM)  # what the loop's SIGTERM handler calls
+        assert await asyncio.wait_for(serving, timeout=10) == 0
+        assert time.monotonic() - asked < 3.0
+    finally:
+        serving.cancel()
+        with contextlib.suppress(BaseException):
+            await serving

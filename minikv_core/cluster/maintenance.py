@@ -52,6 +52,7 @@ from minikv_core.cluster.service import (
 )
 from minikv_core.cluster.shard_map import META_GROUP_ID, JobRecord, ShardMap
 from minikv_core.net.api import is_loopback
+from minikv_core.net.fault import OutboundAction
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 from minikv_core.raft.types import NONE
 
@@ -212,16 +213,14 @@ class Maintenance:
             leader = meta.leader_id if meta is not None else 0
             forward = {"operation": operation, "args": args, "hops": hops}
             if leader:
-                return await self._client.call(self._address(leader), "operate", forward, deadline)
+                return await self._peer_call(leader, "operate", forward, deadline)
             # No leader known here (a node that just joined or restarted): another member
             # may know it.
             for node_id in self.local.shard_map().nodes:
                 if node_id == self._node.node_id or hops >= 2:
                     continue
                 try:
-                    return await self._client.call(
-                        self._address(node_id), "operate", forward, min(deadline, soon())
-                    )
+                    return await self._peer_call(node_id, "operate", forward, min(deadline, soon()))
                 except UnavailableError:
                     continue
             raise UnavailableError("the meta group has no leader right now", retry_after_s=1)
@@ -244,7 +243,7 @@ class Maintenance:
             # its document outlives this node.
             target = await self._hand_over_meta(deadline)
             forward = {"operation": operation, "args": args, "hops": hops + 1}
-            return await self._client.call(self._address(target), "operate", forward, deadline)
+            return await self._peer_call(target, "operate", forward, deadline)
         if dry_run:
             if planner is None:
                 raise InvalidRequestError("verify has no dry run: it changes nothing but marks")
@@ -500,8 +499,8 @@ class Maintenance:
         if node == self._node.node_id:
             # This node leaves: hand the meta group to another voter, which finishes it.
             target = await self._hand_over_meta(deadline)
-            await self._client.call(
-                self._address(target),
+            await self._peer_call(
+                target,
                 "operate",
                 {"operation": "decommission", "args": {"node": node}, "hops": 1},
                 deadline,
@@ -709,7 +708,31 @@ class Maintenance:
     ) -> JsonObject:
         if node_id == self._node.node_id:
             return await self.handle_call(method, args, deadline)
-        return await self._client.call(self._address(node_id), method, args, deadline)
+        return await self._peer_call(node_id, method, args, deadline)
+
+    async def _peer_call(
+        self, node_id: int, method: str, args: JsonObject, deadline: float
+    ) -> JsonObject:
+        """A call to another node, through this node's fault filter as its Raft frames and
+        forwarded requests go (issue 5: the filter covers every byte exchanged between
+        nodes): a repair must not reach across a partition its Raft traffic cannot cross.
+        The callee applies its own filter to the calls it receives (grpc_api.py)."""
+        transport = self._host.transport_or_none
+        if transport is not None:
+            verdict = transport.fault_filter.outbound(node_id)
+            if verdict.action is not OutboundAction.DELIVER:
+                raise UnavailableError(
+                    f"node {node_id} is unreachable from node {self._node.node_id} "
+                    f"(fault injection: {verdict.action.value})",
+                    leader_hint=node_id,
+                )
+            if verdict.delay_ms:
+                await asyncio.sleep(
+                    min(verdict.delay_ms / 1000.0, max(0.0, deadline - time.monotonic()))
+                )
+        return await self._client.call(
+            self._address(node_id), method, args, deadline, from_node=self._node.node_id
+        )
 
     async def _poll_status(self, node_id: int, deadline: float) -> JsonObject:
         return await self._call(node_id, "status", {}, deadline)

@@ -631,6 +631,17 @@ class GrpcServer:
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"Cluster.{method} answers members of this cluster only",
                     )
+                caller = forwarded_by(context.invocation_metadata())
+                cut = peer_filter(caller) if caller and peer_filter is not None else None
+                if cut is not None:
+                    # The fault filter covers maintenance between nodes too: a repair or a
+                    # status poll must not cross a partition the Raft traffic cannot.
+                    async def refused(_deadline: float) -> bytes:
+                        raise UnavailableError(
+                            f"a call from node {caller} was dropped: {cut}", unapplied=True
+                        )
+
+                    return await calls.serve(method, context, refused, admin=admin)
                 return await calls.serve(method, context, call, admin=admin)
 
             handlers.append(cluster_handler(maintenance, serve))

@@ -29,6 +29,7 @@ import grpc.aio
 from minikv_core.cluster.service import InvalidRequestError, UnavailableError
 from minikv_core.net import limits
 from minikv_core.net.errors_map import error_from_grpc
+from minikv_core.net.forwarder import FORWARDED_BY_KEY
 
 SERVICE: Final = "minikv.v1.Cluster"
 CALL_METHOD: Final = "Call"
@@ -162,10 +163,19 @@ class MaintenanceClient:
         self._closed = False
 
     async def call(
-        self, address: str, method: str, args: JsonObject, deadline: float, *, operate: bool = False
+        self,
+        address: str,
+        method: str,
+        args: JsonObject,
+        deadline: float,
+        *,
+        operate: bool = False,
+        from_node: int = 0,
     ) -> JsonObject:
         """Raises the ServiceError the peer answered (leader hint kept), or UnavailableError
-        naming the address when it cannot be reached."""
+        naming the address when it cannot be reached. `from_node`: the calling node's id, sent
+        as `x-minikv-forwarded-by` so that the callee's fault filter can refuse a call from a
+        node it is cut off from (forwarder.py; a joining node, not a member yet, sends 0)."""
         if self._closed:
             raise UnavailableError("the maintenance client is closed")
         channel = self._channels.get(address)
@@ -181,8 +191,9 @@ class MaintenanceClient:
             response_deserializer=None,
         )
         timeout = max(0.0, deadline - time.monotonic())
+        metadata = ((FORWARDED_BY_KEY, str(from_node)),) if from_node else None
         try:
-            raw = await rpc(encode_request(method, args), timeout=timeout)
+            raw = await rpc(encode_request(method, args), timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as error:
             raise error_from_grpc(
                 error.code(), f"{address}: {error.details()}", error.trailing_metadata()

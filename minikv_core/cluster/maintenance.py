@@ -248,7 +248,15 @@ class Maintenance:
             if planner is None:
                 raise InvalidRequestError("verify has no dry run: it changes nothing but marks")
             view = await self._observe(args)
-            return {"kind": operation, "dry_run": True, **planner(view).to_json()}
+            plan = planner(view)
+            document = {"kind": operation, "dry_run": True, **plan.to_json()}
+            if operation == "remove_node" and not plan.blocked:
+                # What `_finish_removal` does after the plan's steps: without it the dry run
+                # of a node holding no replica showed "nothing to do", and the job then
+                # removed the node.
+                steps = [step.to_json() for step in plan.steps]
+                document["steps"] = [*steps, _decommission_step(int_arg(args, "node", low=1))]
+            return document
         job = self._start_job(operation, args, planner, auto=False)
         if args.get("wait"):
             try:
@@ -481,9 +489,7 @@ class Maintenance:
                 f"node {node} still holds replicas that could not move: "
                 + "; ".join(b.reason for b in job.plan.blocked)
             )
-        record = StepRecord(
-            {"kind": "decommission", "shard": -1, "node": node, "reason": "leave the cluster"}
-        )
+        record = StepRecord(_decommission_step(node))
         job.steps.append(record)
         with record.running():
             await self._decommission(node, time.monotonic() + STEP_TIMEOUT_S)
@@ -741,3 +747,9 @@ class Maintenance:
 def _nothing_left_to_move(view: ClusterView) -> Plan:
     """The plan of a remove_node job resumed after its node left: no step."""
     return Plan((), (), ())
+
+
+def _decommission_step(node: int) -> JsonObject:
+    """The last step of a remove-node job (a step of the job, not of the plan: it runs once
+    the plan's steps have moved every replica away)."""
+    return {"kind": "decommission", "shard": -1, "node": node, "reason": "leave the cluster"}

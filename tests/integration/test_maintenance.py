@@ -648,6 +648,14 @@ async def test_removing_a_node_that_leads_shards_loses_nothing(four: Cluster) ->
     try:
         dry = await operate(cluster, 2, "remove-node", {"node": 1, "dry_run": True})
         assert dry["steps"] and not dry["blocked"], dry
+        # The plan ends as the job will: with the node leaving (a node holding no replica
+        # showed an empty plan, then the job removed it).
+        assert dry["steps"][-1] == {
+            "kind": "decommission",
+            "shard": -1,
+            "node": 1,
+            "reason": "leave the cluster",
+        }, dry
         job = await operate(cluster, 2, "remove-node", {"node": 1})
         result = await wait_job(cluster, 2, job["id"])
         assert result["state"] == "done", result

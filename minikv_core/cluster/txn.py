@@ -142,6 +142,9 @@ def validate(
     branch, a negative version, a compare op the target does not allow) or TooLargeError (over
     a limit; the message names it)."""
     count = len(request.compare) + len(request.success) + len(request.failure)
+    if count == 0:
+        # Nothing to decide or do: the coordinator has no shard to run it on.
+        raise InvalidRequestError("the transaction is empty: give compare, success or failure")
     if count > limits.TXN_OPS_MAX:
         raise _too_many(count)
     total = 0

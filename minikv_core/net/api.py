@@ -331,10 +331,6 @@ def _op_to_proto(op: TxnOp) -> kv_pb2.TxnOp:
 def txn_request_from_proto(message: kv_pb2.TxnRequest) -> TxnRequest:
     """The request's model (not yet validated: the node validates against its limits)."""
     count = len(message.compare) + len(message.success) + len(message.failure)
-    if count == 0:
-        # What `POST /txn` answers for `{}` (txn.parse_document); the node's own `validate`
-        # lets an empty transaction through to the coordinator, which then fails (a 500).
-        raise InvalidRequestError("the transaction is empty: give compare, success or failure")
     if count > cluster_limits.TXN_OPS_MAX:
         raise TooLargeError(
             f"the transaction has {count} compares and ops; the limit is "

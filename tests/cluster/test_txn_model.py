@@ -296,3 +296,10 @@ def test_malformed_bodies_are_refused_by_the_decoder() -> None:
     data = TxnCommand(Resolve(bytes(16), Decision.ABORT), 1).encode()
     with pytest.raises(CommandDecodeError, match="TXN body"):
         decode_command(data[:-1] + b"\x09")
+
+
+def test_an_empty_transaction_built_in_code_is_invalid() -> None:
+    """The parsers refused `{}`, but `validate` let TxnRequest((), (), ()) through to the
+    coordinator, which failed on it (min() of no shards): an error a caller could not read."""
+    with pytest.raises(InvalidRequestError, match="the transaction is empty"):
+        validate(TxnRequest())

@@ -843,6 +843,15 @@ class AsyncClient:
             except grpc.aio.AioRpcError as error:
                 failure = _from_rpc(error)
             attempt += 1
+            if (
+                isinstance(failure, DeadlineExceededError)
+                and last is not None
+                and (idempotent is not None or not write)
+            ):
+                # Out of time after sends that met no leader: the last one came too late
+                # ("the deadline passed before the request started"), which alone would hide
+                # what the others met. A plain write's timeout stays what it is: unknown.
+                break
             if not isinstance(failure, UnavailableError) or isinstance(
                 failure, OutcomeUnknownError
             ):
@@ -872,8 +881,8 @@ class AsyncClient:
         if last is not None:
             if idempotent is not None and idempotent.may_have_applied:
                 raise OutcomeUnknownError(
-                    f"no leader answered before the deadline; last error: {last}; an earlier "
-                    "send may have been applied: read the key to learn its outcome",
+                    f"no leader answered before the deadline; last error: {last}; a send "
+                    "may have been applied: read the key to learn its outcome",
                     last.leader_hint,
                 )
             raise UnavailableError(

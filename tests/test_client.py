@@ -451,3 +451,23 @@ async def test_writes_in_flight_together_report_the_smallest_unanswered_number(
     assert seqs == [1, 2, 3, 4, 5, 6]
     assert all(s.acked <= s.seq for s in servicer.sessions)
     assert servicer.sessions[-1].acked == 6  # 1..5 were all answered
+
+
+async def test_out_of_time_after_refusals_names_what_the_sends_met(
+    scripted: tuple[str, ScriptedKV],
+) -> None:
+    """The last send of a write that met no leader reached a node past its deadline: the
+    client said only "the deadline passed before the request started", though sends had
+    run and each had been refused (a partition). It now says what they met."""
+    address, servicer = scripted
+    servicer.errors = [
+        *[service.UnavailableError("no leader: a partition", unapplied=True)] * 3,
+        service.DeadlineExceededError("the deadline passed before the request started"),
+    ]
+    async with AsyncClient(address, timeout_s=5, rng=random.Random(1)) as client:
+        with pytest.raises(OutcomeUnknownError) as failed:
+            await client.put(b"k", b"v")
+    message = str(failed.value)
+    assert "no leader answered before the deadline" in message, message
+    assert "no leader: a partition" in message, message
+    assert "may have been applied" in message, "the last send's outcome is not known"

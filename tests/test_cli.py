@@ -72,3 +72,32 @@ def test_output_that_cannot_be_written_is_one_line_not_a_bug_report() -> None:
         )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: cannot write the output: No space left on device"
+
+
+def test_a_join_the_data_directory_refuses_is_told_as_a_join(tmp_path: Path) -> None:
+    """A refused --join said "The node refused to open its data directory as it is", which
+    points at the wrong thing when the cluster refused it."""
+    from minikv_core.cluster.config import NodeIdentity
+
+    data = tmp_path / "n"
+    data.mkdir()
+    stored = NodeIdentity(1, "c", {1: "127.0.0.1:1"}, 8, 3, bootstrapped=True)
+    (data / "identity.json").write_bytes(stored.encode())
+    result = run_minikv(
+        "serve",
+        "--id",
+        "2",
+        "--data-dir",
+        str(data),
+        "--http",
+        "127.0.0.1:0",
+        "--grpc",
+        "127.0.0.1:0",
+        "--join",
+        "127.0.0.1:1",
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    told = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "belongs to node 1" in told, told
+    assert "could not join the cluster at --join" in told, told
+    assert "Traceback" not in result.stderr + result.stdout

@@ -100,6 +100,7 @@ def serve(
     """Run one node until SIGTERM or Ctrl-C, then stop gracefully (exit 0)."""
     from minikv_core import server
     from minikv_core.cluster.host import NodeStartError
+    from minikv_core.cluster.join import JoinError
 
     flags: dict[str, object] = {
         "id": node_id,
@@ -128,6 +129,12 @@ def serve(
             str(error),
             hint="See `minikv serve --help`; options also come from --config and MINIKV_*.",
             exit_code=EXIT_USAGE,
+        ) from None
+    except JoinError as error:
+        raise UserError(
+            str(error),
+            hint="The node could not join the cluster at --join; see the message.",
+            exit_code=EXIT_FAILURE,
         ) from None
     except NodeStartError as error:
         raise UserError(

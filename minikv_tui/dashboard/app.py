@@ -29,6 +29,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Container
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 from textual.widgets import Footer
 from textual.worker import Worker
@@ -239,6 +240,19 @@ class DashboardApp(App[str | None]):
             yield LoadPanel(id="load", classes="panel")
         yield JobPanel(id="job")
         yield Footer(show_command_palette=False)
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Toasts are plain text unless a caller asks for markup: their text comes from
+        nodes, errors and paths, and a `[/x]` in it would raise MarkupError and end the app."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
 
     def on_mount(self) -> None:
         self.register_theme(HIGH_CONTRAST_THEME)

@@ -278,3 +278,19 @@ async def test_a_node_key_while_connecting_says_still_connecting(key: str) -> No
         await pilot.press(key)
         await pilot.pause()
         assert [str(n.message) for n in notes] == ["still connecting"]
+
+
+async def test_toasts_are_plain_text_unless_a_caller_asks_for_markup() -> None:
+    """Toast text comes from nodes, errors and paths: read as markup, a closing tag such as
+    `[/x]` in it makes the toast's render raise MarkupError (Content.from_markup), and
+    `[bold]` in a key would vanish from what the person reads."""
+    app, notes = _app(_frame(tuple(_node(n, reachable=True) for n in ADDRESSES), ()))
+    async with app.run_test(size=(100, 30), message_hook=_hook(notes)) as pilot:
+        await _shown(app, pilot)
+        app.notify("node said: [/x] [bold]not markup[/bold]", title="poll failed")
+        app.notify("[b]asked for[/b]", markup=True)
+        await pilot.pause(0.1)
+        assert app.is_running
+    plain, marked = notes[-2:]
+    assert (plain.message, plain.markup) == ("node said: [/x] [bold]not markup[/bold]", False)
+    assert marked.markup

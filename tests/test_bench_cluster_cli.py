@@ -56,7 +56,8 @@ def test_malformed_endpoints_exit_2() -> None:
 
 def test_unreachable_cluster_is_one_line_and_exit_1() -> None:
     (closed_port,) = reserve_ports(1)
-    result = run_minikv("bench", "--endpoints", f"127.0.0.1:{closed_port}", "--duration", "1")
+    # -e, as every other command spells --endpoints
+    result = run_minikv("bench", "-e", f"127.0.0.1:{closed_port}", "--duration", "1")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "cannot reach the cluster" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

@@ -66,7 +66,11 @@ def cluster(
     *,
     endpoints: Annotated[
         str | None,
-        typer.Option(help="gRPC addresses host:port[,host:port…] of the cluster's nodes."),
+        typer.Option(
+            "--endpoints",
+            "-e",
+            help="gRPC addresses host:port[,host:port…] of the cluster's nodes.",
+        ),
     ] = None,
     cluster_name: Annotated[
         str | None,

@@ -1003,6 +1003,17 @@ class Node:
             )
         except FaultRulesError as error:
             raise InvalidRequestError(str(error)) from None
+        # A typo (`drop_to: [4]` on a 3-node cluster) would cut nothing and look like a
+        # partition that does not work. Nodes that left stay allowed: a tool's list of
+        # nodes may still hold one, and a rule for it is harmless.
+        shard_map = self.host.shard_map
+        members = set(shard_map.nodes)
+        unknown = sorted({*fault.drop_to, *fault.drop_from} - members - set(shard_map.retired))
+        if unknown:
+            raise InvalidRequestError(
+                f"node {', '.join(map(str, unknown))}: not a member of this cluster "
+                f"(members: {', '.join(map(str, sorted(members)))}); a rule for it cuts nothing"
+            )
         self.host.transport.fault_filter.set(rules)
 
     def clear_fault(self) -> None:

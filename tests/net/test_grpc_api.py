@@ -225,15 +225,20 @@ async def test_admin_documents_and_fault_rules(channel: grpc.aio.Channel) -> Non
     for method in (admin.Status, admin.ShardMap, admin.Wal, admin.SSTables):
         document = json.loads((await method(admin_pb2.AdminRequest(), timeout=10)).json)
         assert isinstance(document, dict) and document
+    # A one-node cluster: node 1 is its only member (rules name members only).
     answer = await admin.Fault(
-        admin_pb2.FaultRequest(drop_to=[2], drop_from=[3], delay_ms=4, loss=0.5), timeout=10
+        admin_pb2.FaultRequest(drop_to=[1], drop_from=[1], delay_ms=4, loss=0.5), timeout=10
     )
     assert json.loads(answer.json)["fault"] == {
-        "drop_to": [2],
-        "drop_from": [3],
+        "drop_to": [1],
+        "drop_from": [1],
         "delay_ms": 4,
         "loss": 0.5,
     }
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await admin.Fault(admin_pb2.FaultRequest(drop_to=[2]), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node 2: not a member of this cluster" in str(refused.value.details())
     assert json.loads((await admin.ClearFault(admin_pb2.AdminRequest(), timeout=10)).json) == {
         "fault": None
     }

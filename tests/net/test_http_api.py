@@ -181,13 +181,18 @@ async def test_admin_documents_are_json_objects(http: Http) -> None:
 
 
 async def test_fault_rules_are_set_validated_and_cleared(http: Http) -> None:
+    # A one-node cluster: node 1 is its only member (rules name members only).
     status, answer = await http.json(
-        "POST", "/admin/fault", {"drop_to": [2], "drop_from": [3], "delay_ms": 5, "loss": 0.25}
+        "POST", "/admin/fault", {"drop_to": [1], "drop_from": [1], "delay_ms": 5, "loss": 0.25}
     )
     assert status == 200
-    assert answer["fault"] == {"drop_to": [2], "drop_from": [3], "delay_ms": 5, "loss": 0.25}
+    assert answer["fault"] == {"drop_to": [1], "drop_from": [1], "delay_ms": 5, "loss": 0.25}
     status, answer = await http.json("POST", "/admin/fault", {"loss": 2})
     assert (status, answer["error"]) == (400, "invalid_request")
+    # A typo that would cut nothing is refused, naming the members.
+    status, answer = await http.json("POST", "/admin/fault", {"drop_to": [4]})
+    assert (status, answer["error"]) == (400, "invalid_request")
+    assert "node 4: not a member of this cluster (members: 1)" in answer["detail"], answer
     status, answer = await http.json("DELETE", "/admin/fault")
     assert (status, answer) == (200, {"fault": None})
 

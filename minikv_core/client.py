@@ -456,6 +456,22 @@ class AsyncClient:
         await self.close()
 
     @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The addresses given (or `reseed`), which the client falls back on."""
+        return tuple(self._router.seeds)
+
+    def reseed(self, endpoints: Sequence[str]) -> None:
+        """Start over from `endpoints`, forgetting the shard map and the leaders learned.
+
+        For a tool that outlives a cluster (the dashboard, whose cluster is destroyed and
+        created again on other ports): no old address answers any more, and the old map's
+        epoch would outrank the new cluster's, so a refresh alone could never recover."""
+        seeds = [_check_endpoint(e) for e in endpoints]
+        if not seeds:
+            raise InvalidRequestError("at least one endpoint ('host:port') is needed")
+        self._router = _Router(seeds, self._rng)
+
+    @property
     def writes_repeated(self) -> int:
         """Puts and deletes sent again after a send that may have applied (each such send
         counts): the shards apply them once, thanks to the client session."""

@@ -33,6 +33,7 @@ from minikv_core.cluster.shard_map import shard_for_key
 from minikv_core.net.errors_map import hint_metadata, mapping_for
 from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
 from minikv_core.server import NodeServer
+from tests.integration.conftest import reserve_ports
 from tests.net.api_harness import configs, node_of, running
 
 # --- routing (pure) --------------------------------------------------------------------------
@@ -471,3 +472,25 @@ async def test_out_of_time_after_refusals_names_what_the_sends_met(
     assert "no leader answered before the deadline" in message, message
     assert "no leader: a partition" in message, message
     assert "may have been applied" in message, "the last send's outcome is not known"
+
+
+async def test_reseed_starts_over_from_new_endpoints(scripted: tuple[str, ScriptedKV]) -> None:
+    """A dashboard outlives its cluster: destroyed and made again on other ports, no old
+    address answers, and the old map's epoch would outrank the new one's. `reseed` forgets
+    both and goes to the new nodes."""
+    address, _ = scripted
+    (closed,) = reserve_ports(1)
+    async with AsyncClient(f"127.0.0.1:{closed}", timeout_s=0.5, rng=random.Random(1)) as client:
+        with pytest.raises(ClientError):
+            await client.put(b"k", b"v")
+        client._router.install(  # what the old cluster's map left behind
+            ShardRouting.from_document(
+                {"epoch": 99, "shard_count": 1, "shards": [], "nodes": {"1": f"127.0.0.1:{closed}"}}
+            )
+        )
+        client.reseed([address])
+        assert client.endpoints == (address,)
+        assert client._router.routing is None
+        assert await client.put(b"k", b"v") == 7
+        with pytest.raises(InvalidRequestError):
+            client.reseed([])

@@ -184,6 +184,12 @@ class LocalSession:
                     hint="Press q to leave; `minikv tui` starts a new cluster.",
                 )
         self._views = tuple(NodeView(record, node_process_state(record)) for record in records)
+        endpoints = [view.grpc for view in self._views]
+        for client in self._clients:
+            if endpoints and set(client.endpoints) != set(endpoints):
+                # The cluster was made again on other ports (destroyed, then `up`): quick
+                # put/get and the load generator would go on asking the old nodes.
+                client.reseed(endpoints)
         return [view.target() for view in self._views]
 
     def _addresses(self) -> Mapping[int, str]:

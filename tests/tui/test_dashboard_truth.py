@@ -107,3 +107,23 @@ async def test_snapshot_of_a_paused_node_is_refused_at_once_with_what_to_do(
             assert f"node {victim} is paused: press p to resume it" in str(note.message)
         finally:
             await launcher.resume(victim)
+
+
+async def test_quick_put_works_on_a_cluster_made_again_on_other_ports(minikv_home: Path) -> None:
+    """Destroyed, then `up` again while the dashboard runs: the panels came back, but quick
+    put/get and the load generator kept asking the old nodes' ports (connection refused)."""
+    app = make_app(minikv_home)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, app, healthy, "a healthy cluster", READY_S)
+        launcher = Launcher(CLUSTER, home=minikv_home)
+        await launcher.destroy(grace_s=2.0)
+        await wait_for(
+            pilot, lambda: "no longer exists" in header_text(app), "the header to say", CHANGE_S
+        )
+        await launcher.up(nodes=3, shards=2)
+        await until(pilot, app, healthy, "the new cluster, healthy", READY_S)
+        control = app._session.control
+        assert control is not None
+        answer = await control.put(b"again", b"yes")
+        assert "version" in answer, answer
+        assert "yes" in await control.get(b"again")

@@ -783,7 +783,14 @@ class Launcher:
                 )
             records = await registry.nodes(self.name)
             async with AsyncClient([grpc_address(node)], timeout_s=ADMIN_TIMEOUT_S) as client:
-                group = await _shard_group(client, grpc_address(node), shard)
+                try:
+                    group = await _shard_group(client, grpc_address(node), shard)
+                except LauncherError:
+                    raise LauncherError(
+                        f"node {node_id} holds no replica of shard {shard}",
+                        hint="Pick one of its replicas (`minikv cluster status` lists them).",
+                        exit_code=EXIT_USAGE,
+                    ) from None
                 voters = [int(v) for v in group.get("voters", [])]
                 if node_id not in voters:
                     raise LauncherError(

@@ -489,3 +489,21 @@ async def test_add_node_that_fails_to_start_is_stopped_and_its_id_skipped(
 async def _events(home: Path, name: str) -> list[EventRecord]:
     async with await Registry.open(home) as registry:
         return await registry.events(name)
+
+
+async def test_transfer_to_a_node_without_a_replica_is_a_usage_error(minikv_home: Path) -> None:
+    """It said "node at 127.0.0.1:PORT reports no replica of shard 0" and exited 1: the
+    person asked for the wrong node, which the message did not name."""
+    launcher = Launcher("solo", home=minikv_home)
+    try:
+        await launcher.up(nodes=3, shards=2, replicas=1)
+        snap = await snapshot(launcher)
+        holder = snap.shards[0].leader
+        assert holder is not None, snap
+        other = next(n.node_id for n in snap.nodes if n.node_id != holder)
+        with pytest.raises(LauncherError) as refused:
+            await launcher.transfer_leader(0, other)
+        assert refused.value.exit_code == 2
+        assert f"node {other} holds no replica of shard 0" in refused.value.message
+    finally:
+        await launcher.down(grace_s=2.0)

@@ -420,7 +420,7 @@ class Maintenance:
             if job.plan is None:
                 job.plan = plan
             if not plan.steps:
-                await self._steps.drop_stale_learners(view)
+                await self._steps.sync_stale_map(view)
                 return
             first = len(job.steps)
             job.steps.extend(StepRecord(step.to_json(), step) for step in plan.steps)

@@ -200,17 +200,23 @@ class StepRunner:
         await self.local.update_map(lambda m: preferring(m, shard, node), deadline)
         return f"node {node} leads shard {shard}"
 
-    async def drop_stale_learners(self, view: ClusterView) -> None:
-        """Unlist map learners their group never added (a job died between listing a new
-        replica and adding it): their node would keep an empty replica forever."""
+    async def sync_stale_map(self, view: ClusterView) -> None:
+        """Make the map list each shard's group configuration where it lists more: a step
+        changes the group, then the map, and a job that stopped in between (it lost the meta
+        leadership, whose next leader resumes it from the groups) left the map behind.
+        - A learner listed, never added: its node would keep an empty replica forever.
+        - A member removed from the group still listed: its node keeps the replica, and a
+          remove-node job then failed at the end, "node 2 still holds replicas of shards
+          [0]", on a loaded machine (the group view gave the resumed job nothing to do)."""
         shard_map = self.local.shard_map()
         deadline = soon()
         for assignment in shard_map.shards:
             group_id = group_of_shard(assignment.shard)
             report = view.leader_report(group_id)
-            if report is None or report.role != "leader" or not assignment.learners:
+            if report is None or report.role != "leader":
                 continue
-            if all(n in (*report.voters, *report.learners) for n in assignment.learners):
+            members = (*report.voters, *report.learners)
+            if all(n in members for n in (*assignment.replicas, *assignment.learners)):
                 continue
             state = await self.on_leader(group_id, "progress", {"group": group_id}, deadline)
             await self._sync_map(assignment.shard, state, deadline)

@@ -52,7 +52,7 @@ from minikv_core.cluster.service import (
 )
 from minikv_core.cluster.shard_map import META_GROUP_ID, JobRecord, ShardMap
 from minikv_core.net.api import is_loopback
-from minikv_core.net.fault import OutboundAction
+from minikv_core.net.fault import pass_outbound
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 from minikv_core.raft.types import NONE
 
@@ -725,16 +725,12 @@ class Maintenance:
         The callee applies its own filter to the calls it receives (grpc_api.py)."""
         transport = self._host.transport_or_none
         if transport is not None:
-            verdict = transport.fault_filter.outbound(node_id)
-            if verdict.action is not OutboundAction.DELIVER:
+            cut = await pass_outbound(transport.fault_filter, node_id, deadline)
+            if cut is not None:
                 raise UnavailableError(
                     f"node {node_id} is unreachable from node {self._node.node_id} "
-                    f"(fault injection: {verdict.action.value})",
+                    f"(fault injection: {cut})",
                     leader_hint=node_id,
-                )
-            if verdict.delay_ms:
-                await asyncio.sleep(
-                    min(verdict.delay_ms / 1000.0, max(0.0, deadline - time.monotonic()))
                 )
         return await self._client.call(
             self._address(node_id), method, args, deadline, from_node=self._node.node_id

@@ -19,9 +19,11 @@ How rules compose across nodes (each node has its own filter):
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -179,3 +181,15 @@ class FaultFilter:
     def inbound(self, from_node: int) -> bool:
         """True when a frame from `from_node` may be delivered to this node."""
         return from_node not in self._rules.drop_from
+
+
+async def pass_outbound(fault_filter: FaultFilter, to_node: int, deadline: float) -> str | None:
+    """For a call to another node (a forwarded request, a maintenance call): the fault
+    filter's verdict as for a Raft frame. Returns why it is cut (`drop_to`, `loss`), or None
+    once its delay, bounded by `deadline`, has passed: the caller then sends it."""
+    verdict = fault_filter.outbound(to_node)
+    if verdict.action is not OutboundAction.DELIVER:
+        return str(verdict.action.value)
+    if verdict.delay_ms:
+        await asyncio.sleep(min(verdict.delay_ms / 1000.0, max(0.0, deadline - time.monotonic())))
+    return None

@@ -48,7 +48,7 @@ from minikv_core.cluster.service import (
 from minikv_core.cluster.sessions import WriteSession
 from minikv_core.net import api, limits
 from minikv_core.net.errors_map import error_from_grpc
-from minikv_core.net.fault import FaultFilter, OutboundAction
+from minikv_core.net.fault import FaultFilter, pass_outbound
 from minikv_core.net.proto import kv_pb2, kv_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -244,18 +244,14 @@ class GrpcForwarder:
             )
         if node_id == self.node_id:
             raise AssertionError(f"node {node_id} asked to forward {what} to itself")
-        verdict = self._fault_filter.outbound(node_id)
-        if verdict.action is not OutboundAction.DELIVER:
+        cut = await pass_outbound(self._fault_filter, node_id, deadline)
+        if cut is not None:
             # The injected partition covers forwarding: the leader is unreachable from here.
             raise UnavailableError(
                 f"node {node_id} (the leader) is unreachable from node {self.node_id} "
-                f"(fault injection: {verdict.action.value})",
+                f"(fault injection: {cut})",
                 leader_hint=node_id,
                 unapplied=True,  # dropped here, before it was sent
-            )
-        if verdict.delay_ms:
-            await asyncio.sleep(
-                min(verdict.delay_ms / 1000.0, max(0.0, deadline - time.monotonic()))
             )
         remaining = deadline - time.monotonic()
         if remaining <= 0:

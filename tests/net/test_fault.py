@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from minikv_core.net.fault import (
     FaultRules,
     FaultRulesError,
     OutboundAction,
+    pass_outbound,
 )
 
 SEED = 20240601
@@ -160,3 +162,18 @@ def test_unknown_rule_fields_are_rejected_not_ignored() -> None:
 def test_rules_body_that_is_not_an_object_is_rejected() -> None:
     with pytest.raises(FaultRulesError, match="fault rules must be an object, got"):
         FaultRules.from_dict([("loss", 0.5)])  # type: ignore[arg-type]
+
+
+async def test_a_call_to_another_node_passes_the_filter_as_a_frame_would() -> None:
+    """pass_outbound (forwarded requests, maintenance calls): cut by `drop_to`, delayed by
+    `delay_ms` but never past the caller's deadline, else sent at once."""
+    fault = FaultFilter(random.Random(SEED))
+    fault.set(FaultRules(drop_to=frozenset({2}), delay_ms=200))
+    assert await pass_outbound(fault, 2, time.monotonic() + 5) == "drop_to"
+    started = time.monotonic()
+    assert await pass_outbound(fault, 3, started + 0.05) is None
+    assert 0.04 <= time.monotonic() - started < 0.19, "the delay, cut at the deadline"
+    fault.clear()
+    started = time.monotonic()
+    assert await pass_outbound(fault, 2, started + 5) is None
+    assert time.monotonic() - started < 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -164,16 +165,24 @@ def test_rules_body_that_is_not_an_object_is_rejected() -> None:
         FaultRules.from_dict([("loss", 0.5)])  # type: ignore[arg-type]
 
 
-async def test_a_call_to_another_node_passes_the_filter_as_a_frame_would() -> None:
+async def test_a_call_to_another_node_passes_the_filter_as_a_frame_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """pass_outbound (forwarded requests, maintenance calls): cut by `drop_to`, delayed by
     `delay_ms` but never past the caller's deadline, else sent at once."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
     fault = FaultFilter(random.Random(SEED))
     fault.set(FaultRules(drop_to=frozenset({2}), delay_ms=200))
     assert await pass_outbound(fault, 2, time.monotonic() + 5) == "drop_to"
-    started = time.monotonic()
-    assert await pass_outbound(fault, 3, started + 0.05) is None
-    assert 0.04 <= time.monotonic() - started < 0.19, "the delay, cut at the deadline"
+    assert await pass_outbound(fault, 3, time.monotonic() + 5) is None
+    assert await pass_outbound(fault, 3, time.monotonic() + 0.05) is None
+    assert slept[0] == pytest.approx(0.2)
+    assert 0 < slept[1] <= 0.05, "the delay, cut at the deadline"
     fault.clear()
-    started = time.monotonic()
-    assert await pass_outbound(fault, 2, started + 5) is None
-    assert time.monotonic() - started < 0.05
+    assert await pass_outbound(fault, 2, time.monotonic() + 5) is None
+    assert len(slept) == 2, "no delay once healed"

@@ -74,7 +74,10 @@ def cluster(
     ] = None,
     cluster_name: Annotated[
         str | None,
-        typer.Option("--cluster", help="A local cluster by name (default: the only one running)."),
+        typer.Option(
+            "--cluster",
+            help="A local cluster by name (default: $MINIKV_CLUSTER, else the only one running).",
+        ),
     ] = None,
     clients: Annotated[
         int, typer.Option(help="Concurrent closed-loop clients (one request in flight each).")

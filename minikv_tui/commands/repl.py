@@ -25,7 +25,11 @@ EndpointsOption = Annotated[
 ]
 ClusterOption = Annotated[
     str | None,
-    typer.Option("--cluster", help="A local cluster by name.", show_default=False),
+    typer.Option(
+        "--cluster",
+        help="A local cluster by name (default: $MINIKV_CLUSTER, else the only one running).",
+        show_default=False,
+    ),
 ]
 CommandOption = Annotated[
     str | None,

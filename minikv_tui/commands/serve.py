@@ -23,6 +23,8 @@ app = typer.Typer(
     help="Run one minikv node (storage, Raft groups, peer transport, HTTP and gRPC APIs).",
     invoke_without_command=True,
     no_args_is_help=False,
+    # No sub-commands: without this the usage line promised `COMMAND [ARGS]...`.
+    subcommand_metavar="",
 )
 
 

@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
             None,
             "--cluster",
             "-c",
-            help="Local cluster name (default: the one running, else 'local').",
+            help=(
+                "Local cluster name (default: $MINIKV_CLUSTER, else the one running, else 'local')."
+            ),
         ),
         nodes: int | None = typer.Option(
             None, "--nodes", help="Nodes when creating the cluster (default 3)."

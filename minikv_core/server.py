@@ -73,7 +73,8 @@ from minikv_core.net.peer_transport import (
     TransportError,
     TransportStats,
 )
-from minikv_core.storage.errors import StorageError, WalLockedError
+from minikv_core.storage.errors import StorageError, WalCorruptionError, WalLockedError
+from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE, SEGMENT_SUFFIX
 
 logger = logging.getLogger("minikv.server")
 
@@ -432,6 +433,51 @@ def check_data_dir(path: Path) -> None:
         raise ConfigError(f"data directory {path} is not writable: {error.strerror}") from None
 
 
+def _causes(error: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__
+    return chain
+
+
+def recovery_advice(error: BaseException, node: NodeConfig) -> str:
+    """What a person does about a data directory the node refused to open, as one clause.
+
+    The refusal itself names the file and the damage, but the promise is that a node which
+    cannot start also says what to do: without it an operator is left guessing between
+    editing files, deleting the data directory (losing the replica's vote) and a repair.
+    The advice follows the cause the node wrapped (`NodeStartError.__cause__`).
+    """
+    causes = _causes(error)
+    denied = next((c for c in causes if isinstance(c, PermissionError)), None)
+    if denied is not None:
+        where = denied.filename if denied.filename is not None else node.data_dir
+        return (
+            f"to recover: let the user running the node read and write {where} "
+            "(and its directory), then start the node again"
+        )
+    replace_node = (
+        "to recover: this node's data cannot be used as it is, but the other replicas hold "
+        f"the data: stop it for good and run `minikv cluster repair --dead {node.node_id}` "
+        "(it re-creates the node's replicas on a spare node; "
+        "`minikv cluster add-node` adds one)"
+    )
+    damaged = next((c for c in causes if isinstance(c, WalCorruptionError)), None)
+    if damaged is None:
+        return replace_node
+    segments = sorted(p for p in node.wal_dir.glob(f"*{SEGMENT_SUFFIX}") if p.is_file())
+    if damaged.offset < SEGMENT_HEADER_SIZE and segments and damaged.path == segments[0]:
+        # `wal repair` would cut the whole log (its oldest segment's header is bad), and a
+        # node without its log cannot rejoin by itself: advising it would be a dead end.
+        return replace_node
+    return (
+        f"to recover: with the node stopped, `minikv wal repair {node.wal_dir}` cuts the log "
+        "at the damage; then start the node again and it catches up from its peers"
+    )
+
+
 # ------------------------------------------------------------------------------- argparse
 
 
@@ -656,8 +702,8 @@ class NodeServer:
                 raise ConfigError(
                     f"{error} (is another node running on {config.data_dir}?)"
                 ) from None
-            if isinstance(error, StorageError | IdentityError):
-                raise NodeStartError(str(error)) from None
+            if isinstance(error, NodeStartError | StorageError | IdentityError):
+                raise NodeStartError(f"{error}; {recovery_advice(error, config.node)}") from error
             if isinstance(error, TransportError):
                 raise ConfigError(str(error)) from None
             raise

@@ -262,6 +262,18 @@ def _lock_directory(directory: Path) -> int:
     return fd
 
 
+def check_not_in_use(directory: str | Path) -> None:
+    """Raise WalLockedError if a process (a running node) holds the WAL's lock.
+
+    For a caller about to ask a person whether to repair: `repair(dry_run=True)` takes no
+    lock, so without this check the plan is shown and confirmed before the real repair
+    finds the node running and refuses. The lock is taken and released at once.
+    """
+    directory = Path(directory)
+    _require_wal_directory(directory)  # never leave a LOCK file in a directory not a WAL
+    os.close(_lock_directory(directory))
+
+
 # ----------------------------------------------------------------------------- scanning
 
 

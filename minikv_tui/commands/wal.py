@@ -31,6 +31,7 @@ from minikv_core.storage.wal import (
     SegmentInfo,
     VerifyReport,
     Wal,
+    check_not_in_use,
     repair,
     verify,
 )
@@ -277,8 +278,9 @@ def verify_command(
         more = f" (and {len(corruption) - 1} more)" if len(corruption) > 1 else ""
         raise UserError(
             f"WAL corrupt: {_describe(first)}{more}",
-            hint=f"`minikv wal repair {directory}` cuts the log there; the node then catches "
-            "up from its peers.",
+            hint=f"With its node stopped, `minikv wal repair {directory}` cuts the log there "
+            "and the node then catches up from its peers; while the node runs, `minikv cluster "
+            "repair` has it rewrite its WAL from memory instead.",
             exit_code=EXIT_FAILURE,
         )
     if not as_json:
@@ -331,6 +333,7 @@ def repair_command(
     """
     console = Console()
     with _user_errors():
+        check_not_in_use(directory)  # refuse before showing a plan and asking to confirm it
         plan = repair(directory, dry_run=True)
     if not plan.changed:
         typer.echo(f"nothing to repair: {directory} has no bad record")

@@ -197,6 +197,36 @@ def test_repair_refuses_while_the_wal_is_open(wal_dir: Path) -> None:
         os.close(fd)
 
 
+def test_repair_of_a_running_nodes_wal_refuses_before_asking(wal_dir: Path) -> None:
+    """Without --yes, repair showed the plan and asked "Drop these bytes?" for a WAL a node
+    holds, and only then refused: a person confirmed a repair that could not happen."""
+    corrupt_middle(wal_dir)
+    fd = os.open(wal_dir / "LOCK", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = invoke("repair", str(wal_dir), input="y\n")
+        error = user_error(result)
+        assert "in use" in error.message
+        assert "Drop these bytes" not in result.output
+        assert "Would drop" not in result.output
+    finally:
+        os.close(fd)
+
+
+def test_verify_hint_covers_a_running_node(wal_dir: Path) -> None:
+    """verify is lock-free and is run on live nodes' WALs; `wal repair` refuses those, so
+    the hint also names what works while the node runs."""
+    corrupt_middle(wal_dir)
+    error = user_error(invoke("verify", str(wal_dir)))
+    assert "minikv cluster repair" in error.hint
+
+
+def test_repair_leaves_no_lock_file_in_a_directory_without_segments(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a wal")
+    assert user_error(invoke("repair", str(tmp_path))).exit_code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("command", ["inspect", "verify", "repair"])
 def test_missing_directory_is_a_usage_error(tmp_path: Path, command: str) -> None:
     error = user_error(invoke(command, str(tmp_path / "missing")))

@@ -40,6 +40,13 @@ AllBlocks = Annotated[
     typer.Option("--all-blocks", help="List every data block, not only the first ones."),
 ]
 
+# What to do, as commands: "re-sync the shard" named no command a person could run.
+_REBUILD_HINT = (
+    "While its node runs, `minikv cluster verify` marks this replica corrupt and "
+    "`minikv cluster repair` rebuilds it from its peers; a stopped node that cannot open "
+    "the table is replaced with `minikv cluster repair --dead NODE`."
+)
+
 # Without --all-blocks, this many good blocks are listed (damaged ones always are).
 BLOCK_ROWS_DEFAULT = 20
 KEY_PREVIEW_CHARS = 40
@@ -113,7 +120,7 @@ def _open(path: Path) -> TableReader:
     except CorruptionError as exc:
         raise UserError(
             f"{path} is not a readable minikv SSTable: {exc.reason} (byte offset {exc.offset})",
-            hint="A table a node cannot read is repaired by re-syncing the shard from a peer.",
+            hint=_REBUILD_HINT,
             exit_code=EXIT_FAILURE,
         ) from None
     except OSError as exc:
@@ -195,6 +202,6 @@ def inspect(file: TableFile, as_json: AsJson = False, all_blocks: AllBlocks = Fa
         raise UserError(
             f"{file}: {len(report.bad_blocks)} of {table.block_count} data blocks are damaged "
             f"(first: block {first.number} at byte offset {first.offset}: {first.error})",
-            hint="A node refuses to serve this table's damaged blocks; re-sync the shard.",
+            hint="A node refuses to serve this table's damaged blocks. " + _REBUILD_HINT,
             exit_code=EXIT_FAILURE,
         )

@@ -73,6 +73,8 @@ def test_inspect_damaged_block_prints_report_and_exits_1(table_path: Path) -> No
     report = json.loads(result.stdout)
     assert [b["number"] for b in report["blocks"] if not b["crc_ok"]] == [3]
     assert "CRC mismatch" in report["blocks"][3]["error"]
+    # The hint names commands to run, not "re-sync the shard".
+    assert "`minikv cluster repair`" in error.hint
     # The human-readable report lists the damaged block even beyond the first rows.
     text = invoke("inspect", str(table_path))
     assert "BAD" in text.output
@@ -92,6 +94,7 @@ def test_inspect_truncated_table_is_a_clear_error(table_path: Path) -> None:
     table_path.write_bytes(data[: len(data) // 2])
     error = user_error(invoke("inspect", str(table_path)))
     assert "is not a readable minikv SSTable" in error.message
+    assert "`minikv cluster repair" in error.hint
 
 
 def test_inspect_missing_file_is_a_usage_error(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import argparse
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import json
 import logging
@@ -457,6 +458,18 @@ def recovery_advice(error: BaseException, node: NodeConfig) -> str:
         return (
             f"to recover: let the user running the node read and write {where} "
             "(and its directory), then start the node again"
+        )
+    failed = next((c for c in causes if isinstance(c, OSError)), None)
+    if failed is not None and failed.errno in (errno.ENOSPC, errno.EDQUOT):
+        # The data is intact: replacing the node (the advice for damage) would be needless.
+        return (
+            f"to recover: free space on the file system holding {node.data_dir}, then start "
+            "the node again"
+        )
+    if failed is not None and failed.errno == errno.EROFS:
+        return (
+            f"to recover: make the file system holding {node.data_dir} writable again, then "
+            "start the node again"
         )
     replace_node = (
         "to recover: this node's data cannot be used as it is, but the other replicas hold "

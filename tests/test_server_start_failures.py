@@ -8,6 +8,7 @@ refusal now ends with a recovery step that fits its cause.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import subprocess
@@ -172,3 +173,20 @@ def test_permission_denied_says_which_file_to_make_accessible(tmp_path: Path) ->
     wal = NodeStartError("cannot open the Raft log")
     wal.__cause__ = WalCorruptionError(tmp_path / "wal" / "0000000000000003.wal", 900, "bad")
     assert "minikv wal repair" in recovery_advice(wal, node)
+
+
+@pytest.mark.parametrize(
+    ("code", "words"),
+    [(errno.ENOSPC, "free space"), (errno.EDQUOT, "free space"), (errno.EROFS, "writable")],
+)
+def test_a_full_or_read_only_disk_is_not_advised_as_damage(
+    tmp_path: Path, code: int, words: str
+) -> None:
+    """A node that cannot write its WAL on a full disk has intact data: advising to replace
+    it (the advice for damage) would throw a healthy replica away."""
+    node = NodeConfig(2, tmp_path, "127.0.0.1:1", "127.0.0.1:0", {2: "127.0.0.1:1"}, replicas=1)
+    error = NodeStartError("cannot open the Raft log")
+    error.__cause__ = OSError(code, os.strerror(code))
+    advice = recovery_advice(error, node)
+    assert words in advice and str(tmp_path) in advice
+    assert "--dead" not in advice

@@ -1,5 +1,5 @@
-"""The storage half of `minikv cluster verify`: is every live table intact on disk, and what
-is the shard's logical state, as a digest replicas can compare.
+"""The storage half of `minikv cluster verify`: is every live table (and the MANIFEST naming
+them) intact on disk, and what is the shard's logical state, as a digest replicas can compare.
 
 Two checks because they answer different questions. `verify_tables` asks the disk: it opens
 each live table afresh (its own descriptor, no block cache) and reads every block, so a block
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from minikv_core.storage.engine import Engine, TableInfo
 from minikv_core.storage.errors import CorruptionError
+from minikv_core.storage.manifest import MANIFEST_NAME, read_manifest
 from minikv_core.storage.sstable import TableReader
 
 
@@ -77,14 +78,33 @@ def verify_tables(engine: Engine) -> list[TableProblem]:
     check failed is reported only if it is still live afterwards (a compaction or snapshot
     install may have deleted it after the listing: that is the engine's business, not damage).
     Table names are never reused by an engine, so a name still listed is the same file.
+    The MANIFEST is read back from disk too: a running engine never reads it again, so damage
+    to it shows only when the node restarts, and then the node refuses to start. Found here,
+    the replica is marked corrupt and rebuilt while the node still runs.
+
     Raises `EngineClosedError` if the engine is closed.
     """
-    problems: list[TableProblem] = []
+    problems = _check_manifest(engine.path)
     for info in engine.tables():
         found = _check_table(engine.path / info.name, info)
         if found and _is_live(engine, info.name):
             problems.extend(found)
     return problems
+
+
+def _check_manifest(directory: Path) -> list[TableProblem]:
+    """The MANIFEST as the engine's next open will read it. Safe while the engine writes a
+    new one: it is replaced by a rename, so a reader sees the old file or the new, whole."""
+    where = str((directory / MANIFEST_NAME).absolute())
+    try:
+        state = read_manifest(directory)
+    except CorruptionError as exc:
+        return [TableProblem(where, exc.offset, exc.reason)]
+    except OSError as exc:
+        return [TableProblem(where, None, f"cannot read: {exc.strerror or exc}")]
+    if state is None:
+        return [TableProblem(where, None, "missing: the engine could not be opened again")]
+    return []
 
 
 def _is_live(engine: Engine, name: str) -> bool:

@@ -329,6 +329,36 @@ def test_deleted_table_is_named_as_missing(tmp_path: Path, engines: list[Engine]
     ]
 
 
+def test_damaged_manifest_is_reported_with_its_offset(
+    tmp_path: Path, engines: list[Engine]
+) -> None:
+    """A running engine never reads its MANIFEST again: verify passed a damaged one, and the
+    node then refused to start at its next restart. Found here, repair rebuilds the replica."""
+    engine = healthy_engine_with_tables(tmp_path / "db")
+    engines.append(engine)
+    manifest = engine.path / "MANIFEST"
+    flip_byte(manifest, manifest.stat().st_size - 3)
+
+    problems = verify_tables(engine)
+
+    assert len(problems) == 1, problems
+    assert problems[0].path == str(manifest.absolute())
+    assert problems[0].offset is not None and "CRC mismatch" in problems[0].reason
+
+
+def test_missing_manifest_is_reported(tmp_path: Path, engines: list[Engine]) -> None:
+    engine = healthy_engine_with_tables(tmp_path / "db")
+    engines.append(engine)
+    (engine.path / "MANIFEST").unlink()
+
+    problems = verify_tables(engine)
+
+    assert [(p.path, p.offset) for p in problems] == [
+        (str((engine.path / "MANIFEST").absolute()), None)
+    ]
+    assert "missing" in problems[0].reason
+
+
 def test_table_replaced_by_another_valid_table_is_reported(
     tmp_path: Path, engines: list[Engine]
 ) -> None:

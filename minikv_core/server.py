@@ -471,11 +471,13 @@ def recovery_advice(error: BaseException, node: NodeConfig) -> str:
             f"to recover: make the file system holding {node.data_dir} writable again, then "
             "start the node again"
         )
+    # `remove-node`, not `repair --dead`: after the latter the node stays a member, and
+    # `minikv cluster up` then fails on it again and stops the nodes it had started.
     replace_node = (
         "to recover: this node's data cannot be used as it is, but the other replicas hold "
-        f"the data: stop it for good and run `minikv cluster repair --dead {node.node_id}` "
-        "(it re-creates the node's replicas on a spare node; "
-        "`minikv cluster add-node` adds one)"
+        f"the data: retire it with `minikv cluster remove-node {node.node_id}`, which moves "
+        "its replicas to the other nodes (`minikv cluster add-node` first if every node "
+        "already holds a replica of each shard)"
     )
     damaged = next((c for c in causes if isinstance(c, WalCorruptionError)), None)
     if damaged is None:

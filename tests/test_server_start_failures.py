@@ -135,7 +135,7 @@ def test_a_wal_whose_first_header_is_gone_says_to_replace_the_node(
     line = _refusal(node)
     assert segment.name in line
     assert "wal repair" not in line
-    assert "`minikv cluster repair --dead 1`" in line
+    assert "`minikv cluster remove-node 1`" in line
 
 
 def test_a_damaged_engine_says_to_replace_the_node(
@@ -146,7 +146,7 @@ def test_a_damaged_engine_says_to_replace_the_node(
     manifest.write_bytes(b"")
     line = _refusal(node)
     assert str(manifest) in line
-    assert "`minikv cluster repair --dead 1`" in line
+    assert "`minikv cluster remove-node 1`" in line
 
 
 def test_a_malformed_identity_file_says_what_to_do(
@@ -169,7 +169,7 @@ def test_permission_denied_says_which_file_to_make_accessible(tmp_path: Path) ->
     assert str(tmp_path / "shards/0/MANIFEST") in advice and "read and write" in advice
     corrupt = NodeStartError("shard 0: cannot open its engine")
     corrupt.__cause__ = CorruptionError(tmp_path / "000001.sst", 7, "bad")
-    assert "`minikv cluster repair --dead 2`" in recovery_advice(corrupt, node)
+    assert "`minikv cluster remove-node 2`" in recovery_advice(corrupt, node)
     wal = NodeStartError("cannot open the Raft log")
     wal.__cause__ = WalCorruptionError(tmp_path / "wal" / "0000000000000003.wal", 900, "bad")
     assert "minikv wal repair" in recovery_advice(wal, node)
@@ -189,4 +189,4 @@ def test_a_full_or_read_only_disk_is_not_advised_as_damage(
     error.__cause__ = OSError(code, os.strerror(code))
     advice = recovery_advice(error, node)
     assert words in advice and str(tmp_path) in advice
-    assert "--dead" not in advice
+    assert "remove-node" not in advice

@@ -44,7 +44,7 @@ AllBlocks = Annotated[
 _REBUILD_HINT = (
     "While its node runs, `minikv cluster verify` marks this replica corrupt and "
     "`minikv cluster repair` rebuilds it from its peers; a stopped node that cannot open "
-    "the table is replaced with `minikv cluster repair --dead NODE`."
+    "the table is retired with `minikv cluster remove-node NODE`."
 )
 
 # Without --all-blocks, this many good blocks are listed (damaged ones always are).

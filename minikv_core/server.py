@@ -58,7 +58,7 @@ from minikv_core.cluster.config import (
     NodeConfig,
 )
 from minikv_core.cluster.host import NodeStartError
-from minikv_core.cluster.join import resolve_join
+from minikv_core.cluster.join import JoinError, resolve_join
 from minikv_core.cluster.node_service import Node
 from minikv_core.cluster.shard_map import ShardMap
 from minikv_core.net import limits
@@ -717,6 +717,8 @@ class NodeServer:
                 raise ConfigError(
                     f"{error} (is another node running on {config.data_dir}?)"
                 ) from None
+            if isinstance(error, JoinError):
+                raise  # the cluster refused the join: its message says what to do
             if isinstance(error, NodeStartError | StorageError | IdentityError):
                 raise NodeStartError(f"{error}; {recovery_advice(error, config.node)}") from error
             if isinstance(error, TransportError):

@@ -35,6 +35,7 @@ from minikv_core.storage.wal import (
     repair,
     verify,
 )
+from minikv_core.storage.wal_format import parse_segment_file_name
 from minikv_core.storage.wal_records import RecordType, raft_entry_group_and_index
 from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError
 
@@ -321,6 +322,14 @@ def _print_plan(console: Console, plan: RepairReport) -> None:
     console.print(table)
 
 
+def _segment_count(directory: Path) -> int:
+    return sum(
+        1
+        for p in directory.iterdir()
+        if p.is_file() and parse_segment_file_name(p.name) is not None
+    )
+
+
 @app.command("repair")
 def repair_command(
     directory: WalDirectory,
@@ -341,6 +350,15 @@ def repair_command(
     for finding in plan.findings:
         console.print(f"[bold red]{finding.kind.value}:[/] {_describe(finding)}", highlight=False)
     _print_plan(console, plan)
+    if plan.truncated is None and len(plan.removed_segments) == _segment_count(directory):
+        # Damage in the oldest segment's header: the cut leaves no log at all, and a cluster
+        # node without one refuses to start ("no meta group") - a second dead end.
+        console.print(
+            "[bold yellow]warning:[/] this deletes every segment: the WAL would be empty. A "
+            "cluster node cannot start without its log; retire it with `minikv cluster "
+            "remove-node NODE` instead.",
+            highlight=False,
+        )
     if not yes and not typer.confirm("Drop these bytes and segments?", default=False):
         raise UserError("repair declined: nothing was changed.", exit_code=EXIT_FAILURE)
     with _user_errors():

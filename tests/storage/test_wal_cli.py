@@ -213,6 +213,26 @@ def test_repair_of_a_running_nodes_wal_refuses_before_asking(wal_dir: Path) -> N
         os.close(fd)
 
 
+def test_repair_that_would_empty_the_wal_warns_first(wal_dir: Path) -> None:
+    """Damage in the first segment's header cuts the whole log; a node left without one
+    refuses to start, so the plan says so before asking."""
+    first = sorted(wal_dir.glob("*.wal"))[0]
+    data = bytearray(first.read_bytes())
+    data[0] ^= 0xFF  # the magic
+    first.write_bytes(bytes(data))
+    result = invoke("repair", str(wal_dir), input="n\n")
+    assert "deletes every segment" in result.output
+    assert "remove-node" in result.output
+    assert first.read_bytes() == bytes(data), "declined: nothing changed"
+
+
+def test_repair_that_keeps_part_of_the_log_does_not_warn(wal_dir: Path) -> None:
+    corrupt_middle(wal_dir)
+    result = invoke("repair", str(wal_dir), "--yes")
+    assert result.exit_code == 0, result.output
+    assert "deletes every segment" not in result.output
+
+
 def test_verify_hint_covers_a_running_node(wal_dir: Path) -> None:
     """verify is lock-free and is run on live nodes' WALs; `wal repair` refuses those, so
     the hint also names what works while the node runs."""

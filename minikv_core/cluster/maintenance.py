@@ -336,14 +336,14 @@ class Maintenance:
         if self._running is not None:
             raise UnavailableError(
                 f"job {self._running.id} ({self._running.kind}) is running; wait for it "
-                "(`operate job`) and try again",
+                "to end (`GET /admin/maintenance`, `minikv cluster status`) and try again",
                 retry_after_s=2,
             )
         recorded = self.local.shard_map().job
         if recorded is not None and recorded.id != resumed:
             raise UnavailableError(
                 f"job {recorded.id} ({recorded.kind}), started under the previous meta leader, "
-                "resumes here first; wait for it (`operate job`) and try again",
+                "resumes here first; wait for it to end (`GET /admin/maintenance`) and try again",
                 retry_after_s=2,
             )
         job_id = resumed or f"{self._node.node_id}-{next(self._job_ids)}"

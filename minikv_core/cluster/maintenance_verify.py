@@ -72,7 +72,7 @@ class Verifier:
                 job.results.append(result)
                 bad = result["corrupt"]
                 record.detail = (
-                    f"{len(result['replicas'])} replicas agree at index {result['index']}"
+                    _agreement(result["replicas"], result["index"])
                     if not bad
                     else "; ".join(f"node {c['node']}: {c['reason']}" for c in bad)
                 )
@@ -164,3 +164,14 @@ def majority_digest(digests: list[str], members: int) -> str | None:
     too few answers, says nothing about which replica is wrong (marking one could send the
     healthy copy to be rebuilt from the bad one)."""
     return next((d for d in sorted(set(digests)) if digests.count(d) * 2 > members), None)
+
+
+def _agreement(replicas: list[JsonObject], index: int) -> str:
+    """How many replicas were compared, and which could not be: "3 replicas agree" when one
+    node was down (and so not checked at all) overstated what verify had seen."""
+    unreachable = [r["node"] for r in replicas if "unreachable" in r]
+    checked = len(replicas) - len(unreachable)
+    agree = f"{checked} replica{'s' if checked != 1 else ''} agree at index {index}"
+    if not unreachable:
+        return agree
+    return f"{agree}; not checked: node {', '.join(map(str, unreachable))} (unreachable)"

@@ -97,7 +97,7 @@ from minikv_core.net.fault import FaultFilter, FaultRules, FaultRulesError
 from minikv_core.net.peer_transport import FEATURE_PROPOSE
 from minikv_core.raft import NONE, NotLeaderError, ProposalDroppedError, Role
 from minikv_core.storage.engine import EngineOptions
-from minikv_core.storage.errors import StorageError
+from minikv_core.storage.errors import CorruptionError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -699,10 +699,46 @@ class Node:
             while (blocker := group.state_machine.txn.read_blocker(key)) is not None:
                 await self._wait_out([blocker], shard, deadline, attempt)
                 attempt += 1
-        found = group.state_machine.get(key)
+        try:
+            found = group.state_machine.get(key)
+        except CorruptionError as error:
+            raise self._corrupt_replica(group, error) from None
         if found is None:
             raise NotFoundError("the key does not exist")
         return VersionedValue(found.value, found.version)
+
+    def _corrupt_replica(self, group: ShardGroup, error: CorruptionError) -> UnavailableError:
+        """A read found this replica's data damaged (a table block failing its CRC): mark the
+        replica corrupt, as `verify` would (status shows it, `repair` rebuilds it), hand the
+        leadership to another voter if it leads, and answer UnavailableError naming the
+        cause, so that a client sends the read elsewhere. Before, the error was INTERNAL on
+        every attempt at the same leader until the deadline, the client then advised a longer
+        timeout, and nothing changed until someone ran verify."""
+        shard = group.shard
+        if not group.corrupt:
+            group.corrupt = f"a read failed: {error}"[:500]
+            logger.error(
+                "node %d: shard %d's replica is corrupt (%s); `minikv cluster repair` rebuilds "
+                "it from the others",
+                self.node_id,
+                shard,
+                error,
+            )
+        hint = group.leader_id
+        if group.is_leader:
+            others = [v for v in group.raw.conf_state.voters if v != self.node_id]
+            if others:
+                hint = others[0]
+                with contextlib.suppress(NotLeaderError, ProposalDroppedError):
+                    group.raw.transfer_leader(hint)
+                self.host.wake_group(group)
+        return UnavailableError(
+            f"shard {shard}'s replica on node {self.node_id} is corrupt ({error}); ask another "
+            "replica, and run `minikv cluster repair` to rebuild this one",
+            leader_hint=hint if hint != self.node_id else 0,
+            retry_after_s=0.2,
+            unapplied=True,
+        )
 
     async def _read_barrier(self, group: ShardGroup, deadline: float) -> None:
         """ReadIndex (thesis §6.4): learn the leader's commit index once it has confirmed its
@@ -774,12 +810,15 @@ class Node:
             await self._read_barrier(group, deadline)
         attempt = 0
         while True:
-            rows = group.state_machine.scan(
-                request.start or None,
-                request.end or None,
-                request.prefix or None,
-                request.limit + 1,
-            )
+            try:
+                rows = group.state_machine.scan(
+                    request.start or None,
+                    request.end or None,
+                    request.prefix or None,
+                    request.limit + 1,
+                )
+            except CorruptionError as error:
+                raise self._corrupt_replica(group, error) from None
             if not linearizable or not group.state_machine.txn.write_locks:
                 break
             last = rows[request.limit - 1].key if len(rows) > request.limit else None

@@ -22,9 +22,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from minikv_core.client import AsyncClient
 from minikv_core.cluster.config import ELECTION_TIMEOUT_TICKS_DEFAULT, TICK_MS_DEFAULT
 from minikv_core.cluster.placement import place_meta, place_shards
-from minikv_core.cluster.shard_map import group_of_shard
+from minikv_core.cluster.shard_map import group_of_shard, shard_for_key
 from minikv_core.net.maintenance_rpc import MaintenanceClient
 from minikv_core.storage.wal_format import SEGMENT_HEADER_SIZE
 from tests.integration.conftest import Cluster, NodeProcess, eventually, reserve_ports
@@ -839,3 +840,38 @@ async def test_a_removal_whose_map_update_was_lost_still_finishes(four: Cluster)
     node = cluster.nodes[leaving]
     assert node.process is not None
     assert await asyncio.to_thread(node.process.wait, 30) == 0, "the removed node stops"
+
+
+async def test_a_read_that_finds_a_corrupt_table_on_the_leader_is_served_elsewhere(
+    four: Cluster,
+) -> None:
+    """A table block on a shard's leader fails its CRC: the read that finds it marks the
+    replica corrupt (status shows it, repair rebuilds it) and moves the leadership away, so
+    the client's next try is served by a healthy replica. Before, every try at the leader
+    was INTERNAL until the deadline, and nothing changed until someone ran verify."""
+    cluster = four
+    written = await write_keys(cluster, 1, 120, "crc")
+    leader_groups = {
+        node_id: [
+            s
+            for s, g in shard_groups(await cluster.status(node_id)).items()
+            if g["role"] == "leader"
+        ]
+        for node_id in cluster.nodes
+    }
+    leader = next(n for n, shards in leader_groups.items() if shards)
+    shard = leader_groups[leader][0]
+    status, _, payload = await cluster.request(leader, "POST", "/admin/snapshot", json_body={})
+    assert status == 200, payload
+    corrupt_one_table(cluster.nodes[leader].data_dir / "shards" / str(shard))
+    in_shard = {
+        k: v for k, v in written.items() if shard_for_key(k.encode(), cluster.shards) == shard
+    }
+    assert in_shard
+    endpoints = [node.grpc_address for node in cluster.nodes.values()]
+    async with AsyncClient(endpoints, timeout_s=10) as client:
+        for key, value in in_shard.items():
+            assert await client.get(key.encode()) == value, key
+    group = shard_groups(await cluster.status(leader))[shard]
+    assert group["corrupt"].startswith("a read failed"), group
+    assert group["role"] != "leader", group

@@ -170,12 +170,12 @@ class ServerConfig:
 _INT_DIGITS_MAX: Final = 18
 
 
-def _int_text(text: str) -> int | None:
-    """`text` (an optional `-`, then ASCII digits) as an int, else None. Why not just
+def _int_text(text: str, *, signed: bool = False) -> int | None:
+    """`text` (ASCII digits, after a `-` if `signed`) as an int, else None. Why not just
     `isdigit()` and `int()`: `"²".isdigit()` is true but `int("²")` raises, and `int()` refuses
     more than 4300 digits; either escaped as a traceback (exit 70) instead of ConfigError.
     Numbers of more than _INT_DIGITS_MAX digits are refused too: no option takes one."""
-    digits = text[1:] if text.startswith("-") else text
+    digits = text[1:] if signed and text.startswith("-") else text
     if not digits.isascii() or not digits.isdigit() or len(digits) > _INT_DIGITS_MAX:
         return None
     return int(text)
@@ -191,7 +191,7 @@ def _shown(value: object) -> str:
 def split_address(text: str, what: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
-    port = _int_text(port_text) if not port_text.startswith("-") else None
+    port = _int_text(port_text)
     if not sep or not host or port is None or not 0 <= port < 65536:
         raise ConfigError(f"{what} must be host:port, got {_shown(text)}")
     return host, port
@@ -205,7 +205,7 @@ def parse_peers(text: str) -> dict[int, str]:
         if not part:
             continue
         node, sep, address = part.partition("=")
-        parsed_id = _int_text(node.strip()) if not node.strip().startswith("-") else None
+        parsed_id = _int_text(node.strip())
         if not sep or parsed_id is None or parsed_id <= 0:
             raise ConfigError(f"peers entry {_shown(part)} must be id=host:port with a positive id")
         node_id = parsed_id
@@ -241,7 +241,7 @@ def _coerce(option: _Option, value: object, source: str) -> object:
     if option.kind is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        parsed = _int_text(value.strip()) if isinstance(value, str) else None
+        parsed = _int_text(value.strip(), signed=True) if isinstance(value, str) else None
         if parsed is not None:
             return parsed
         raise ConfigError(f"{where} must be an integer, got {_shown(value)}")

@@ -297,6 +297,16 @@ async def _body_chunk(request: web.Request) -> bytes:
         raise InvalidRequestError(f"the request body could not be read: {error}") from None
 
 
+def _check_txn_declared(declared: int | None) -> None:
+    """TooLargeError when a transaction's `Content-Length` is over its limit: one check for
+    the answer to `Expect: 100-continue` and for the handler."""
+    if declared is not None and declared > limits.TXN_BODY_BYTES_MAX:
+        raise TooLargeError(
+            f"the transaction body is {declared} bytes; the limit is "
+            f"{limits.TXN_BODY_BYTES_MAX} bytes"
+        )
+
+
 class ExpectationFailedError(Exception):
     """An `Expect` header other than HTTP/1.1's `100-continue` (answered 417)."""
 
@@ -514,12 +524,8 @@ class HttpApi:
                     f"Expect: {expect[:64]!r} is not supported; send 'Expect: 100-continue' "
                     "with HTTP/1.1, or no Expect"
                 )
-            if declared is not None and request.path == "/txn":
-                if declared > limits.TXN_BODY_BYTES_MAX:
-                    raise TooLargeError(
-                        f"the transaction body is {declared} bytes; the limit is "
-                        f"{limits.TXN_BODY_BYTES_MAX} bytes"
-                    )
+            if request.path == "/txn":
+                _check_txn_declared(declared)
             elif declared is not None:
                 api.check_value_size(declared, self._config)
         except ExpectationFailedError as error:
@@ -741,12 +747,7 @@ class HttpApi:
     async def _txn(self, request: web.Request) -> web.StreamResponse:
         params = _query(request, ("timeout_ms",))
         deadline = self._deadline(params)
-        declared = request.content_length
-        if declared is not None and declared > limits.TXN_BODY_BYTES_MAX:
-            raise TooLargeError(
-                f"the transaction body is {declared} bytes; the limit is "
-                f"{limits.TXN_BODY_BYTES_MAX} bytes"
-            )
+        _check_txn_declared(request.content_length)
         data = await api.call_with_deadline(
             self._read_txn_body(request), deadline, "txn: reading the body"
         )

@@ -53,7 +53,7 @@ from minikv_core.cluster.service import (
 from minikv_core.cluster.shard_map import META_GROUP_ID, JobRecord, ShardMap
 from minikv_core.net.api import is_loopback
 from minikv_core.net.fault import pass_outbound
-from minikv_core.net.maintenance_rpc import MaintenanceClient
+from minikv_core.net.maintenance_rpc import MaintenanceClient, check_operator_args
 from minikv_core.raft.types import NONE
 
 if TYPE_CHECKING:
@@ -198,7 +198,9 @@ class Maintenance:
         """repair {dry_run, dead: [ids]} | rebalance {dry_run} | remove_node {node, dry_run}
         | verify {} | job {id?} | join {address, node_id?}: start a job (answers its document
         at once, or when it ends if `wait` is true and it ends before the deadline) or read
-        one. Runs on the meta leader; any other node forwards there."""
+        one. Runs on the meta leader; any other node forwards there. The arguments are
+        checked here, before anything starts, for every door (HTTP, `Operate`)."""
+        check_operator_args(operation, args)
         return await self._operate(operation, args, deadline, 0)
 
     async def _operate(

@@ -98,7 +98,7 @@ from minikv_core.net.http_kv_protocol import (
     KvRequest,
     internal_error_answer,
 )
-from minikv_core.net.maintenance_rpc import MaintenanceEndpoint, check_operator_args
+from minikv_core.net.maintenance_rpc import MaintenanceEndpoint
 from minikv_core.net.metrics import CONTENT_TYPE, UNMATCHED_ROUTE, NodeMetrics
 
 logger = logging.getLogger(__name__)
@@ -825,7 +825,6 @@ class HttpApi:
             params = _query(request, ("timeout_ms",))
             deadline = self._deadline(params)
             body = await self._read_json(request, deadline)
-            check_operator_args(operation, body)
             document = await api.call_with_deadline(
                 self._maintenance.operate(operation, body, deadline), deadline, route
             )

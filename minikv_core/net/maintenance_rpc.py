@@ -71,7 +71,8 @@ def check_operator_args(operation: str, args: JsonObject) -> None:
     `dry_run` / `wait` that is not a boolean. Why: the endpoint reads only the names it knows
     and tests flags for truth, so `{"dry_runn": true}` started a real rebalance and
     `{"dry_run": "false"}` a dry run. Operations not listed (join, internal ones) are the
-    endpoint's to check."""
+    endpoint's to check. Called by the endpoint's `operate` (cluster/maintenance.py), the
+    one place every door (HTTP, `Operate`) goes through."""
     known = OPERATOR_FIELDS.get(operation)
     if known is None:
         return
@@ -136,7 +137,6 @@ def cluster_handler(endpoint: MaintenanceEndpoint, serve: Serve) -> grpc.Generic
             async def call(deadline: float) -> bytes:
                 operation, args = decode_request(raw)
                 if admin:
-                    check_operator_args(operation, args)
                     answer = await endpoint.operate(operation, args, deadline)
                 else:
                     answer = await endpoint.handle_call(operation, args, deadline)

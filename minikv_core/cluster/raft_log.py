@@ -53,13 +53,10 @@ telling it again.
 Groups come and go at run time (issue #10: repair, rebalance, membership).
 `create_group(group_id)` registers a replica that joins an existing group: it has no
 membership yet (it learns it from the leader, usually with a snapshot) and is made durable by
-an empty hard state record, so a restart still knows the node hosts it. A replica that caught
-up from the log instead learns the founding membership from leader heartbeats, and
-`record_founding_async` writes it as a mark at index 0, as a founding member has.
-`remove_group` writes a REMOVED mark (the same two records as any mark, index and term 0):
-replay drops the group's state at that point. Truncation needs nothing more: every record of
-the removed incarnation precedes the REMOVED mark, so a prefix of segments that deletes the
-mark deletes them too.
+an empty hard state record, so a restart still knows the node hosts it. `remove_group` writes
+a REMOVED mark (the same two records as any mark, index and term 0): replay drops the group's
+state at that point. Truncation needs nothing more: every record of the removed incarnation
+precedes the REMOVED mark, so a prefix of segments that deletes the mark deletes them too.
 
 Replay (open) reads the WAL once, in order, per group:
 - an entry at index i <= snapshot index: covered, ignored;

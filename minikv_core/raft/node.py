@@ -1046,10 +1046,8 @@ class RawNode:
 
         Entries up to our conf index are committed, hence identical to the leader's (Log
         Matching), so replaying their conf changes onto the leader's configuration at its base
-        yields exactly the configuration every member has at our conf index. A founding
-        membership (the leader's base is index 0, as ours) is handed to the host to make
-        durable (`take_learned_founding`); one learned from a later base is not persisted, and
-        a restarted node is then unknown again (so never campaigns) until the next heartbeat.
+        yields exactly the configuration every member has at our conf index. Not persisted: a
+        restarted node is unknown again (so never campaigns) until the next heartbeat.
         """
         base_index = leader_base.index
         own_base = self._log.first_index() - 1

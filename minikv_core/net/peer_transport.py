@@ -76,6 +76,7 @@ STREAM_METHOD = f"/{_SERVICE.full_name}/{_SERVICE.methods_by_name['Stream'].name
 METADATA_FROM_NODE = "x-minikv-from-node"
 METADATA_TO_NODE = "x-minikv-to-node"
 METADATA_CLUSTER_ID = "x-minikv-cluster-id"
+METADATA_FROM_ADDRESS = "x-minikv-from-address"
 METADATA_NODE_ID = "x-minikv-node-id"
 METADATA_FEATURES = "x-minikv-features"
 """Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID and the
@@ -422,6 +423,7 @@ class _PeerSender:
                         (METADATA_FROM_NODE, str(transport.node_id)),
                         (METADATA_TO_NODE, str(self.node_id)),
                         (METADATA_CLUSTER_ID, transport.cluster_id),
+                        (METADATA_FROM_ADDRESS, transport.advertised_address),
                     )
                 )
                 metadata = await call.initial_metadata()
@@ -597,6 +599,7 @@ class PeerTransport:
         self._counters: dict[int, _Counters] = {}
         self._senders: dict[int, _PeerSender] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self._advertised = peers.get(node_id)
         self.set_peers(peers)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -609,6 +612,12 @@ class PeerTransport:
     @property
     def address(self) -> str:
         return f"{self._host}:{self._port}"
+
+    @property
+    def advertised_address(self) -> str:
+        """Where peers reach this node: its own entry in the peer map it was given, else the
+        bound address. Sent at every handshake (see `_learn_peer`)."""
+        return self._advertised or self.address
 
     async def start(self) -> None:
         """Bind and start the gRPC server, then the per-peer sender tasks.
@@ -778,6 +787,8 @@ class PeerTransport:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"node {self.node_id}'s transport is not running"
             )
+        if from_node not in self._senders:
+            self._learn_peer(from_node, metadata.get(METADATA_FROM_ADDRESS))
         await context.send_initial_metadata(
             (
                 (METADATA_NODE_ID, str(self.node_id)),
@@ -834,6 +845,31 @@ class PeerTransport:
             logger.exception(
                 "node %d: on_frame failed for a frame from node %d", self.node_id, from_node
             )
+
+    def _learn_peer(self, node_id: int, address: str | bytes | None) -> None:
+        """Add a sender to a node that opened a stream here but is not in the peer map, at
+        the address it advertised. Why: a node that was down while another joined restarts
+        with a peer map that lacks the newcomer (its --peers, or a shard map it has not
+        caught up on), and the newcomer may lead the meta group. It dials us, but without
+        its address our answers (append and heartbeat responses) are dropped as to an
+        unknown peer, so we never catch up on the map that would name it: no progress
+        ever. The next `set_peers` (the map, once applied) replaces what was learned."""
+        if not isinstance(address, str) or len(self._senders) >= limits.PEERS_MAX:
+            return
+        try:
+            _check_address(node_id, address)
+        except ValueError:
+            return
+        sender = _PeerSender(self, node_id, address)
+        self._senders[node_id] = sender
+        if self._started:
+            sender.start()
+        logger.info(
+            "node %d: learned node %d's address %s from its stream (not in the peer map)",
+            self.node_id,
+            node_id,
+            address,
+        )
 
     def _record_refused_stream(self, from_node: int, problem: str) -> None:
         logger.warning("node %d refused a peer stream: %s", self.node_id, problem)

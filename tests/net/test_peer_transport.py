@@ -348,6 +348,29 @@ async def test_send_to_a_node_without_address_is_dropped_and_counted(net: Net) -
     assert a.stats().drops == {DropReason.UNKNOWN_PEER: 2}
 
 
+async def test_a_node_that_dials_in_is_answered_at_the_address_it_advertised(net: Net) -> None:
+    """A node restarted with a stale peer map (down while node 1 joined) must still answer
+    node 1, which may lead its groups: else it never catches up on the map naming node 1."""
+    b, inbox_b = await net.start(2)
+    a, inbox_a = await net.start(1, {2: b.address})
+    assert b.peers == {}
+    await send_until_received(a, 2, inbox_b, group=1)
+    assert b.peers == {1: a.address}
+    await send_until_received(b, 1, inbox_a, group=2)
+    b.set_peers({})  # the map, once known, wins over what was learned
+    assert b.peers == {}
+
+
+async def test_a_bad_advertised_address_is_not_learned(net: Net) -> None:
+    b, inbox_b = await net.start(2)
+    a, _ = await net.start(1, {1: "not-an-address", 2: b.address})
+    assert a.advertised_address == "not-an-address"
+    await send_until_received(a, 2, inbox_b, group=1)
+    assert b.peers == {}
+    b.send(1, [(1, heartbeat(2, 1))])
+    assert drops(b, 1, DropReason.UNKNOWN_PEER) == 1
+
+
 async def test_invalid_arguments_raise_clear_errors(net: Net) -> None:
     a, _ = await net.start(1)
     with pytest.raises(ValueError, match="node 1 cannot send to itself"):

@@ -902,6 +902,9 @@ class MultiRaftHost:
         more = False
         for group, ready in taken:
             group.finish_ready(ready)
+            founding = group.raw.take_learned_founding()
+            if founding is not None:
+                await self.log.record_founding_async(group.group_id, founding)
             # advance() may leave work behind (more committed entries, reissued reads):
             # look again in the next round, without a loop iteration when there is none.
             if group.raw.has_ready():

@@ -53,10 +53,13 @@ telling it again.
 Groups come and go at run time (issue #10: repair, rebalance, membership).
 `create_group(group_id)` registers a replica that joins an existing group: it has no
 membership yet (it learns it from the leader, usually with a snapshot) and is made durable by
-an empty hard state record, so a restart still knows the node hosts it. `remove_group` writes
-a REMOVED mark (the same two records as any mark, index and term 0): replay drops the group's
-state at that point. Truncation needs nothing more: every record of the removed incarnation
-precedes the REMOVED mark, so a prefix of segments that deletes the mark deletes them too.
+an empty hard state record, so a restart still knows the node hosts it. A replica that caught
+up from the log instead learns the founding membership from leader heartbeats, and
+`record_founding_async` writes it as a mark at index 0, as a founding member has.
+`remove_group` writes a REMOVED mark (the same two records as any mark, index and term 0):
+replay drops the group's state at that point. Truncation needs nothing more: every record of
+the removed incarnation precedes the REMOVED mark, so a prefix of segments that deletes the
+mark deletes them too.
 
 Replay (open) reads the WAL once, in order, per group:
 - an entry at index i <= snapshot index: covered, ignored;
@@ -315,6 +318,11 @@ class GroupStorage(MemoryStorage):
 
     def _set_bootstrap(self, conf_state: ConfState) -> None:
         assert self.last_index() == 0 and self.snapshot_metadata().index == 0
+        self._snapshot = Snapshot(SnapshotMetadata(0, 0, conf_state), b"")
+
+    def _set_founding(self, conf_state: ConfState) -> None:
+        """The membership at index 0 of a replica that joined empty and has entries since."""
+        assert self.snapshot_metadata().index == 0
         self._snapshot = Snapshot(SnapshotMetadata(0, 0, conf_state), b"")
 
 
@@ -866,6 +874,37 @@ class NodeRaftLog:
         finally:
             self._busy = None
         return group.storage
+
+    async def record_founding_async(self, group_id: int, conf_state: ConfState) -> None:
+        """Durably give a replica that joined empty (`create_group_async`) the founding
+        membership it learned (RawNode.take_learned_founding): a mark at index 0, as
+        `bootstrap_group` writes for a founding member, so that after a restart it replays
+        its log's membership changes from there like every member. Without it a group whose
+        voters all joined after the bootstrap came back from a full restart with no member
+        able to campaign. Does nothing once the group knows a membership (it compacted or
+        installed a snapshot since: that mark carries one)."""
+        self._enter("record_founding_async")
+        try:
+            group = self._groups.get(group_id)
+            if group is None:
+                raise RaftLogInputError(f"group {group_id} does not exist on this node")
+            if set(conf_state.voters) & set(conf_state.learners) or not conf_state.voters:
+                raise RaftLogInputError(
+                    f"group {group_id}: a founding membership needs voters, disjoint from "
+                    f"learners: {conf_state}"
+                )
+            stored = group.storage.snapshot_metadata()
+            if stored.index != 0 or stored.conf_state.voters:
+                return
+            metadata = SnapshotMetadata(0, 0, conf_state)
+            positions = await self._append_async(
+                _snapshot_records(group_id, metadata, MarkKind.COMPACTION)
+            )
+            group.storage._set_founding(conf_state)
+            group.mark = metadata
+            group.mark_segment = positions.segment_of(1)
+        finally:
+            self._busy = None
 
     async def remove_group_async(self, group_id: int) -> None:
         """Durably forget the group (a REMOVED mark); its records become dead weight that

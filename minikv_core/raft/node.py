@@ -266,6 +266,7 @@ class RawNode:
         restart, exactly as if it still heard from that leader (thesis §6.4.1)."""
         self._lead_transferee = NONE
         self._lease_revoked = False
+        self._learned_founding: ConfState | None = None
         self._pending_conf_index = 0
         self._uncommitted_bytes = 0
         self._committed_in_term = False
@@ -1046,8 +1047,10 @@ class RawNode:
 
         Entries up to our conf index are committed, hence identical to the leader's (Log
         Matching), so replaying their conf changes onto the leader's configuration at its base
-        yields exactly the configuration every member has at our conf index. Not persisted: a
-        restarted node is unknown again (so never campaigns) until the next heartbeat.
+        yields exactly the configuration every member has at our conf index. A founding
+        membership (the leader's base is index 0, as ours) is handed to the host to make
+        durable (`take_learned_founding`); one learned from a later base is not persisted, and
+        a restarted node is then unknown again (so never campaigns) until the next heartbeat.
         """
         base_index = leader_base.index
         own_base = self._log.first_index() - 1
@@ -1068,6 +1071,20 @@ class RawNode:
             low = entries[-1].index + 1
         self._conf_history = history
         self._set_conf(conf)
+        if base_index == own_base == 0:
+            # The group's founding membership: the host makes it durable (take_learned_
+            # founding), so that a restart does not make this replica unknown again.
+            self._learned_founding = leader_base.conf_state
+
+    def take_learned_founding(self) -> ConfState | None:
+        """The founding membership (at index 0) this replica, started empty, learned from a
+        leader's heartbeat since the last call, else None. Why the host persists it: the
+        learned membership is otherwise lost at a restart, and a group whose voters all
+        joined after the bootstrap would then have no member able to campaign, so it never
+        elects again (seen after a repair, a rebalance and a remove-node, then `cluster down`
+        and `up`: two shards without a leader)."""
+        founding, self._learned_founding = self._learned_founding, None
+        return founding
 
     def _send_snapshot_response(
         self, message: Message, metadata: SnapshotMetadata, *, held_bytes: int, reject: bool

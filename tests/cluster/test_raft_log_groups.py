@@ -117,3 +117,29 @@ def test_truncation_after_removal_keeps_the_other_groups_exact(tmp_path: Path) -
     with _open(tmp_path) as log:
         assert log.groups() == [2]
         assert log.storage(2).snapshot_metadata().index == 400
+
+
+def test_a_joined_replicas_learned_founding_membership_survives_a_restart(tmp_path: Path) -> None:
+    """A replica created empty that caught up from the log (its leader never compacted)
+    learns the founding membership from heartbeats; recorded, it is its membership at index
+    0 after a restart, its entries untouched, as for a founding member. (Unrecorded, a group
+    whose voters all joined later never elected again after a full restart.)"""
+    founding = ConfState((1, 2, 3), ())
+
+    async def scenario() -> None:
+        log = _open(tmp_path)
+        await log.create_group_async(7)
+        await log.persist_async([(7, _ready(_entries(1, 1, 5), HardState(1, 2, 5)))])
+        await log.record_founding_async(7, founding)
+        assert log.storage(7).initial_state()[1] == founding
+        await log.record_founding_async(7, ConfState((4,), ()))  # known now: a no-op
+        assert log.storage(7).initial_state()[1] == founding
+        with pytest.raises(RaftLogInputError, match="needs voters"):
+            await log.record_founding_async(7, ConfState())
+        await log.aclose()
+
+    asyncio.run(scenario())
+    with _open(tmp_path) as log:
+        storage = log.storage(7)
+        assert storage.initial_state() == (HardState(1, 2, 5), founding)
+        assert (storage.first_index(), storage.last_index()) == (1, 5)

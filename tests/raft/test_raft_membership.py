@@ -244,6 +244,24 @@ def test_joiner_with_unknown_membership_learns_it_from_a_leader_heartbeat() -> N
     assert len(net.leader_ids()) == 1
 
 
+def test_a_joiner_offers_the_founding_membership_it_learned_to_be_made_durable() -> None:
+    """Learned from a heartbeat whose base is index 0 (the leader never compacted), the
+    membership is the group's founding one: `take_learned_founding` hands it to the host
+    once, which records it at index 0, so a restart does not make the joiner unknown again
+    (a group whose voters all joined later then never elected after a full restart)."""
+    net = Network([1, 2, 3])
+    net.campaign(1)
+    net.add_node(4, ConfState())
+    net.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    net.settle()
+    assert net.node(4).take_learned_founding() is None, "nothing learned before a heartbeat"
+    net.tick([1], ticks=1)
+    assert net.node(4).take_learned_founding() == ConfState(voters=(1, 2, 3))
+    assert net.node(4).take_learned_founding() is None, "handed over once"
+    for node_id in (1, 2, 3):
+        assert net.node(node_id).take_learned_founding() is None, "founders know theirs"
+
+
 def test_joiner_with_unknown_membership_learns_it_from_a_snapshot() -> None:
     """Raft §7: the snapshot carries the configuration at its index."""
     net = Network([1, 2, 3])

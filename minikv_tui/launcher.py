@@ -55,7 +55,13 @@ from minikv_core.client import (
 )
 from minikv_tui.cluster_status import NodeTarget
 from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError
-from minikv_tui.launcher_membership import grpc_address, new_node, node_command, ready_file
+from minikv_tui.launcher_membership import (
+    grpc_address,
+    lost_its_data,
+    new_node,
+    node_command,
+    ready_file,
+)
 from minikv_tui.node_process import (
     CHILDREN,
     LOOPBACK,
@@ -1024,6 +1030,18 @@ class Launcher:
         """Start `nodes` and wait until each serves. If one fails, show its log tail and stop
         every node this call started: a half-started cluster is worse than none."""
         for node in nodes:
+            if lost_its_data(node):
+                others = [n.node_id for n in nodes if n.node_id != node.node_id]
+                starts = ", ".join(f"`minikv cluster start {n}`" for n in others)
+                first = f"start the others ({starts}), then " if others else ""
+                raise LauncherError(
+                    f"node {node.node_id} served before, but its data directory "
+                    f"{node.data_dir} is gone: started empty it would forget its votes and "
+                    "its log, which Raft needs kept to never lose an acknowledged write",
+                    hint=f"Replace it with a new node: {first}run `minikv cluster add-node`, "
+                    f"`minikv cluster repair --dead {node.node_id}` and `minikv cluster "
+                    f"remove-node {node.node_id}`.",
+                )
             for port, what in ((node.grpc_port, "gRPC"), (node.http_port, "HTTP")):
                 if port_in_use(port):
                     raise LauncherError(

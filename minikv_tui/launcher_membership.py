@@ -114,3 +114,19 @@ def new_node(record: ClusterRecord, nodes: Sequence[NodeRecord]) -> NodeRecord:
         state="stopped",
         joined=True,
     )
+
+
+def lost_its_data(node: NodeRecord) -> bool:
+    """Whether `node` served once (its log says so) but its data directory has no identity
+    file now: deleted, or the disk was replaced. Why it must not start: a node that comes
+    back empty with its founding `--peers` bootstraps afresh, forgets the terms it voted in
+    and the log it acknowledged (Raft §5.2, §5.4 need both kept), and could help elect a
+    leader missing acknowledged writes. The way back is a new node (remove-node, add-node)."""
+    if (node.data_dir / "identity.json").exists():
+        return False
+    serving = f"node {node.node_id} serving: ".encode()
+    try:
+        with node.log_path.open("rb") as log:
+            return any(serving in line for line in log)
+    except FileNotFoundError:
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -301,6 +302,35 @@ async def test_a_taken_port_is_named_before_anything_starts(minikv_home: Path) -
     with pytest.raises(LauncherError) as twice:
         await launcher.create()
     assert "already exists" in twice.value.message
+
+
+async def test_a_node_whose_data_directory_is_gone_is_not_started_empty(
+    minikv_home: Path,
+) -> None:
+    """Started empty with its founding --peers, it bootstrapped afresh and rejoined with no
+    memory of its votes or log (seen: it even became the meta leader)."""
+    launcher = Launcher("t", home=minikv_home)
+    await launcher.up(nodes=3, shards=2)
+    try:
+        await launcher.stop(3)
+        node = (await launcher.view()).node(3)
+        assert node is not None
+        shutil.rmtree(node.record.data_dir)
+        with pytest.raises(LauncherError) as caught:
+            await launcher.start(3)
+        assert caught.value.message.startswith("node 3 served before, but its data directory")
+        assert "`minikv cluster repair --dead 3`" in caught.value.hint
+        assert not node.record.data_dir.exists()
+        await launcher.down()
+        with pytest.raises(LauncherError) as again:
+            await launcher.up()
+        assert "start the others (`minikv cluster start 1`, `minikv cluster start 2`)" in (
+            again.value.hint
+        )
+        assert processes_under(minikv_home) == []
+        await launcher.start(1)  # the others still start one by one
+    finally:
+        await launcher.down()
 
 
 async def test_operations_on_a_missing_cluster_or_node_say_what_exists(minikv_home: Path) -> None:

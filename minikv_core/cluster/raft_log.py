@@ -18,7 +18,9 @@ only as an optimization (a restarted node re-applies without waiting for a leade
 lost one is learned again from the leader (Raft Figure 2 lists commitIndex as volatile). This
 is what a follower does after every write (the leader's empty append that carries the commit)
 and what the leader does when it learns a commit, so it saves each of them an append, a
-thread hop and an fdatasync per committed write. The record is not even written without a
+thread hop and an fdatasync per committed write. (A Ready that commits a conf change does
+sync its commit index, see Ready.must_sync: after a restart the membership changes a node
+applied must still be in effect.) The record is not even written without a
 sync: an unsynced record followed by a synced one could reach the disk out of order (page
 writeback has no order), leaving a hole that replay would call corruption. The commit index
 reaches the WAL with the group's next record that does need the sync.

@@ -594,7 +594,8 @@ class RawNode:
             must_sync=bool(entries)
             or not snapshot.is_empty
             or hard.term != prev_hard.term
-            or hard.vote != prev_hard.vote,
+            or hard.vote != prev_hard.vote
+            or any(entry.type is _CONF_CHANGE for entry in committed),
         )
         log.accept_persisting()
         self._prev_soft = soft

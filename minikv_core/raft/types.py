@@ -304,8 +304,15 @@ class Ready:
     read_states: tuple[ReadState, ...]
     """Linearizable read answers: serve each once applied index >= ReadState.index."""
     must_sync: bool
-    """True when hard_state's term/vote or any entry changed: fsync is required. Only a
-    commit-index change may be written without fsync."""
+    """True when hard_state's term/vote or any entry changed, or a conf change is among
+    `committed_entries`: fsync is required. Otherwise only the commit index changed, and it
+    may be written without fsync (or not at all: it is volatile state, Raft Figure 2).
+    Why a committed conf change forces it: a restarted node replays the conf changes up to
+    its *stored* commit index only, so one that applied a membership change must find it in
+    effect after a restart. Otherwise, after a full restart, members could fall back to a
+    configuration whose removed voters have already deleted their replicas, and never get
+    a quorum again (seen: shard 1's members {4, 6, 7} came back as {2, 3, 4, 6}, with 2
+    decommissioned and 3's replica gone)."""
 
 
 @frozen

@@ -11,8 +11,11 @@ from minikv_core.raft.node import Config, RawNode
 from minikv_core.raft.storage import MemoryStorage
 from minikv_core.raft.types import (
     NONE,
+    ConfChange,
+    ConfChangeType,
     ConfigError,
     ConfState,
+    EntryType,
     HardState,
     Message,
     MessageType,
@@ -46,6 +49,29 @@ def test_single_node_commits_its_own_entry_only_after_it_is_persisted() -> None:
     storage.persist(ready)
     node.advance(ready)
     assert not node.has_ready()
+
+
+def test_a_ready_that_commits_a_conf_change_must_sync_its_commit_index() -> None:
+    """A restarted node replays conf changes up to its stored commit index only: one it
+    applied must still be in effect after a restart, or a full restart can bring a group
+    back under a membership whose removed voters have deleted their replicas."""
+    node, storage = single_node()
+    node.campaign()
+    ready = node.ready()
+    storage.persist(ready)
+    node.advance(ready)
+    ready = node.ready()  # commits the leader's empty entry: volatile commit only
+    assert not ready.must_sync
+    storage.persist(ready)
+    node.advance(ready)
+    node.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 2))
+    ready = node.ready()
+    storage.persist(ready)
+    node.advance(ready)
+    ready = node.ready()
+    assert [entry.type for entry in ready.committed_entries] == [EntryType.CONF_CHANGE]
+    assert ready.entries == () and ready.hard_state is not None
+    assert ready.must_sync
 
 
 def test_ready_carries_entries_and_hard_state_with_the_messages_that_depend_on_them() -> None:

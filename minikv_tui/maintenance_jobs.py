@@ -191,7 +191,12 @@ class Blocked:
     reason: str
 
     def describe(self) -> str:
-        return self.reason if self.shard < 0 else f"shard {self.shard}: {self.reason}"
+        """The node names the shard in its reasons already ("shard 3: ..."); it printed
+        "shard 3: shard 3: ..." when this added it again."""
+        prefix = f"shard {self.shard}: "
+        if self.shard < 0 or self.reason.startswith(prefix):
+            return self.reason
+        return prefix + self.reason
 
 
 @dataclass(frozen=True)

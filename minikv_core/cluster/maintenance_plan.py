@@ -602,8 +602,9 @@ class _Cluster:
             else:
                 self.block(
                     group,
-                    f"no live node without a replica of shard {group.shard}; add a node "
-                    f"(the replica on {state} node {node_id} stays until then)",
+                    f"no live node without a replica of shard {group.shard}; add a node, "
+                    f"then run this again (the replica on {state} node {node_id} stays "
+                    "until then)",
                 )
         return no_target
 

@@ -223,6 +223,14 @@ async def wait_for_running_job(endpoints: list[str], kind: str) -> dict[str, Any
     raise AssertionError(f"no running {kind} job within {JOB_SEEN_TIMEOUT_S} s; last: {last}")
 
 
+def restart_and_read(written: dict[str, str]) -> None:
+    """`cluster down`, `cluster up` (every group must elect again), then read every key."""
+    assert invoke("cluster", "down").exit_code == 0
+    again = invoke("cluster", "up", "--name", NAME)
+    assert again.exit_code == 0, again.output
+    assert_readable(written)
+
+
 def wait_settled() -> None:
     """Until every running node's meta replica has caught up and no job runs: a node
     started again after its repair comes back with a stale meta replica (a follower at index
@@ -403,10 +411,7 @@ def test_shards_whose_voters_all_joined_later_elect_again_after_a_full_restart(
         ]
         assert late, placements
 
-        assert invoke("cluster", "down").exit_code == 0
-        again = invoke("cluster", "up", "--name", NAME)
-        assert again.exit_code == 0, again.output
-        assert_readable(written)
+        restart_and_read(written)
     finally:
         invoke("cluster", "down", NAME)
 
@@ -432,9 +437,6 @@ def test_every_founding_node_swapped_for_a_new_one_then_a_full_restart(
                 result = invoke(*step)
                 assert result.exit_code == 0, (step, result.output)
             assert_readable(written)
-        assert invoke("cluster", "down").exit_code == 0
-        again = invoke("cluster", "up", "--name", NAME)
-        assert again.exit_code == 0, again.output
-        assert_readable(written)
+        restart_and_read(written)
     finally:
         invoke("cluster", "down", NAME)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from minikv_core.cluster.config import IDENTITY_FILE
 from minikv_tui.node_process import LOOPBACK, free_ports, node_process_state
 from minikv_tui.registry import ClusterRecord, NodeRecord
 
@@ -122,7 +123,7 @@ def lost_its_data(node: NodeRecord) -> bool:
     back empty with its founding `--peers` bootstraps afresh, forgets the terms it voted in
     and the log it acknowledged (Raft §5.2, §5.4 need both kept), and could help elect a
     leader missing acknowledged writes. The way back is a new node (remove-node, add-node)."""
-    if (node.data_dir / "identity.json").exists():
+    if (node.data_dir / IDENTITY_FILE).exists():
         return False
     serving = f"node {node.node_id} serving: ".encode()
     try:

@@ -24,6 +24,10 @@ from minikv_core.net import limits as net_limits
 from minikv_core.raft import limits as raft_limits
 from minikv_core.storage import limits as wal_limits
 
+# The file in a data dir that says whose it is (`NodeIdentity`). The launcher reads its
+# presence too: a node that served once and has lost it must not start (launcher_membership).
+IDENTITY_FILE: Final = "identity.json"
+
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
 
@@ -265,7 +269,7 @@ class NodeConfig:
 
     @property
     def identity_path(self) -> Path:
-        return self.data_dir / "identity.json"
+        return self.data_dir / IDENTITY_FILE
 
 
 def _check_range(field_name: str, value: object, low: int, high: int) -> None:

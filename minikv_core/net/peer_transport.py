@@ -701,12 +701,15 @@ class PeerTransport:
         for node_id, address in checked.items():
             existing = self._senders.get(node_id)
             if existing is None:
-                sender = _PeerSender(self, node_id, address)
-                self._senders[node_id] = sender
-                if self._started:
-                    sender.start()
+                self._add_sender(node_id, address)
             elif existing.address != address:
                 existing.retarget(address)
+
+    def _add_sender(self, node_id: int, address: str) -> None:
+        sender = _PeerSender(self, node_id, address)
+        self._senders[node_id] = sender
+        if self._started:
+            sender.start()
 
     @property
     def peers(self) -> dict[int, str]:
@@ -860,10 +863,7 @@ class PeerTransport:
             _check_address(node_id, address)
         except ValueError:
             return
-        sender = _PeerSender(self, node_id, address)
-        self._senders[node_id] = sender
-        if self._started:
-            sender.start()
+        self._add_sender(node_id, address)
         logger.info(
             "node %d: learned node %d's address %s from its stream (not in the peer map)",
             self.node_id,

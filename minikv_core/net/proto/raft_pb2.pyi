@@ -14,10 +14,11 @@ travel in one frame, not one per group.
 
 Handshake, in metadata: the caller sends `x-minikv-from-node`, `x-minikv-to-node`,
 `x-minikv-cluster-id` and `x-minikv-from-address` (where it is reached: a callee whose peer
-map lacks the caller sends its answers there, see peer_transport._learn_peer); the callee refuses a stream addressed to another node or cluster with
-FAILED_PRECONDITION and otherwise answers with initial metadata `x-minikv-node-id`, which the
-caller checks before it counts the peer as connected, and `x-minikv-features` (comma-separated:
-`propose` = it decodes MESSAGE_TYPE_PROPOSE; an older node drops a frame holding one).
+map lacks the caller sends its answers there, see peer_transport._learn_peer); the callee
+refuses a stream addressed to another node or cluster with FAILED_PRECONDITION and otherwise
+answers with initial metadata `x-minikv-node-id`, which the caller checks before it counts
+the peer as connected, and `x-minikv-features` (comma-separated: `propose` = it decodes
+MESSAGE_TYPE_PROPOSE; an older node drops a frame holding one).
 """
 
 import builtins

@@ -189,7 +189,9 @@ class Blocked:
 class UnderReplicated:
     shard: int
     healthy: int
-    """Voters on usable nodes that are not corrupt."""
+    """Voters that hold a good copy: on a live node not declared dead, and not corrupt. A
+    leaving node's replica counts: it is a full copy until it is removed, so a shard is not
+    under-replicated merely because remove-node has marked one of its nodes."""
     wanted: int
 
     def to_json(self) -> dict[str, object]:
@@ -765,10 +767,10 @@ def _chain_to(
 def _under_replicated(
     nodes: Sequence[NodeView], shards: Sequence[ShardView], replicas: int
 ) -> tuple[UnderReplicated, ...]:
-    usable = {node.node_id for node in nodes if node.usable}
+    serving = {node.node_id for node in nodes if node.live and not node.dead}
     found = []
     for shard in sorted(shards, key=lambda s: s.shard):
-        healthy = sum(1 for v in shard.voters if v in usable and v not in shard.corrupt)
+        healthy = sum(1 for v in shard.voters if v in serving and v not in shard.corrupt)
         if healthy < replicas:
             found.append(UnderReplicated(shard.shard, healthy, replicas))
     return tuple(found)

@@ -327,6 +327,20 @@ def test_remove_node_that_leads_shards_moves_all_its_replicas() -> None:
     assert plan_remove_node(nodes, final, 3, 1).steps == ()
 
 
+def test_remove_node_does_not_count_the_leaving_node_as_under_replication() -> None:
+    # remove-node marks the node leaving in the meta group before it plans, so the planner
+    # sees it leaving: its replicas are still full copies, and "under-replicated before"
+    # must not say 2/3 for every shard it holds (a chaos run saw exactly that).
+    nodes = [replace(n, leaving=n.node_id == 1) for n in make_nodes(4)]
+    plan = plan_remove_node(nodes, placed(4, 8, 3), 3, 1)
+    assert plan.under_replicated == () and plan.blocked == ()
+    down = [replace(n, live=n.node_id != 2) for n in nodes]
+    on_2 = [s.shard for s in placed(4, 8, 3) if 2 in s.voters]
+    assert [u.shard for u in plan_remove_node(down, placed(4, 8, 3), 3, 1).under_replicated] == (
+        on_2
+    )
+
+
 def test_remove_node_blocked_keeps_the_replica() -> None:
     nodes = make_nodes(3)
     plan = plan_remove_node(nodes, placed(3, 4, 3), 3, 3)

@@ -16,7 +16,9 @@ from rich.console import Console
 # Exit statuses, after sysexits.h where one fits.
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the cluster did not answer (no leader, timed out)
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in minikv, not in the user's input
+EXIT_OUTCOME_UNKNOWN = 75  # EX_TEMPFAIL: a write may or may not have applied; read, then retry
 
 WRITE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
 """Errors of writing the output (`minikv get k > /dev/full`): the machine's trouble, not a bug

@@ -101,3 +101,21 @@ def test_a_join_the_data_directory_refuses_is_told_as_a_join(tmp_path: Path) -> 
     assert "belongs to node 1" in told, told
     assert "could not join the cluster at --join" in told, told
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_no_answer_exits_69_not_1_which_means_absent() -> None:
+    """A script must tell "the key is absent" (1) from "the cluster did not answer" (69)."""
+    endpoint = f"127.0.0.1:{_closed_port()}"
+    for args in (("get", "k"), ("put", "k", "v"), ("delete", "k")):
+        result = run_minikv(*args, "--endpoints", endpoint, "--timeout", "1")
+        assert result.returncode == 69, (args, result.returncode, result.stderr)
+        assert "did not answer in time" in result.stderr and "Traceback" not in result.stderr

@@ -32,7 +32,14 @@ from minikv_core.client import (
 )
 from minikv_core.net import limits
 from minikv_core.net.http_api import encode_bytes_field
-from minikv_tui.errors import EXIT_FAILURE, EXIT_USAGE, UserError, too_large_message
+from minikv_tui.errors import (
+    EXIT_FAILURE,
+    EXIT_OUTCOME_UNKNOWN,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    UserError,
+    too_large_message,
+)
 from minikv_tui.target import resolve_target
 
 T = TypeVar("T")
@@ -119,11 +126,14 @@ def _request(
         raise UserError(
             f"cluster {where}: the write may or may not have been applied ({error})",
             hint="Read the key (`minikv get`) to see which before writing it again.",
+            exit_code=EXIT_OUTCOME_UNKNOWN,
         ) from None
     except (UnavailableError, DeadlineExceededError) as error:
+        # Its own status, not 1: a script must tell "the key is absent" from "no answer".
         raise UserError(
             f"cluster {where} did not answer in time: {error}",
             hint="Check it with `minikv cluster status`, or raise --timeout.",
+            exit_code=EXIT_UNAVAILABLE,
         ) from None
     except ClientError as error:
         raise UserError(f"cluster {where}: {error}") from None
@@ -142,7 +152,9 @@ def get(
     stale: StaleOption = False,
     timeout_s: TimeoutOption = 5.0,
 ) -> None:
-    """Print a key's value (raw bytes). A missing key exits 1."""
+    """Print a key's value (raw bytes).
+
+    Exits 1 if the key is absent, 69 if the cluster did not answer."""
     raw = _key(key)
     consistency = Consistency.STALE if stale else Consistency.LINEARIZABLE
     try:
@@ -181,7 +193,10 @@ def put(
     as_json: AsJson = False,
     timeout_s: TimeoutOption = 5.0,
 ) -> None:
-    """Write a key's value, once committed on a quorum."""
+    """Write a key's value, once committed on a quorum.
+
+    Exits 69 if the cluster did not answer, 75 if the write may or may not have applied
+    (read the key to see which)."""
     if (value is None) == (file is None):
         raise typer.BadParameter(
             "give the value either as an argument or with --file, not both or neither",
@@ -221,7 +236,10 @@ def delete(
     as_json: AsJson = False,
     timeout_s: TimeoutOption = 5.0,
 ) -> None:
-    """Delete a key. A missing key exits 1."""
+    """Delete a key.
+
+    Exits 1 if the key is absent, 69 if the cluster did not answer, 75 if the delete may or
+    may not have applied (read the key to see which)."""
     raw = _key(key)
     existed = _request(endpoints, cluster, timeout_s, lambda client: client.delete(raw))
     if not existed:

@@ -37,3 +37,4 @@ def test_the_cli_says_a_write_may_have_applied() -> None:
     with pytest.raises(UserError, match="may or may not have been applied") as told:
         _request("127.0.0.1:1", None, 1.0, put)
     assert "minikv get" in told.value.hint
+    assert told.value.exit_code == 75  # neither "absent" (1) nor "no answer" (69)

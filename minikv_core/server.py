@@ -30,6 +30,11 @@ import os
 # Before anything imports grpc: the C core reads this once, at import.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from minikv_core import early_signals
+
+if __name__ == "__main__":  # a node process, as the launcher starts it
+    early_signals.note_until_serving()
+
 import argparse
 import asyncio
 import contextlib
@@ -547,6 +552,8 @@ class _StopSignal:
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._fire, signum)
+        for early in early_signals.take_noted():  # sent while the process was importing
+            self._fire(early)
 
     def _fire(self, signum: int) -> None:
         if not self.event.is_set():

@@ -65,6 +65,8 @@ JsonObject = dict[str, Any]
 
 AUTO_PERIOD_S: Final = 2.0
 JOBS_KEPT: Final = 16
+JOB_FOLLOW_INTERVAL_S: Final = 0.5
+"""How often a caller waiting for a job that moved to the next meta leader asks about it."""
 PLAN_ROUNDS_MAX: Final = 3
 """A job re-plans after its steps (the cluster may have changed meanwhile), this often."""
 OPERATIONS: Final = ("repair", "rebalance", "remove_node", "verify", "job", "join")
@@ -260,13 +262,33 @@ class Maintenance:
                 document["steps"] = [*steps, _decommission_step(int_arg(args, "node", low=1))]
             return document
         job = self._start_job(operation, args, planner, auto=False)
-        if args.get("wait"):
+        if not args.get("wait"):
+            return job.to_json()
+        document = job.to_json()
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic() - 0.2)):
+                await job.done.wait()
+                document = job.to_json()
+                document = await self._follow_handed_off(document, deadline)
+        except TimeoutError:
+            pass
+        return document
+
+    async def _follow_handed_off(self, document: JsonObject, deadline: float) -> JsonObject:
+        """A waiting caller's answer once its job left this node: the job as the meta leader
+        now sees it, until it ends there. Why: this node's copy of a job it lost mid-way
+        reads `failed` ("the next meta leader resumes the job"), and answering that to a
+        caller who asked to wait for the end told it the job had failed while the next
+        leader was finishing it. The caller's timeout bounds the following (the caller
+        then gets the job running, as any wait that runs out does)."""
+        job_id = str(document["id"])
+        while document.get("handed_off") or document.get("state") not in ("done", "failed"):
+            await asyncio.sleep(JOB_FOLLOW_INTERVAL_S)
             try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic() - 0.2)):
-                    await job.done.wait()
-            except TimeoutError:
-                pass
-        return job.to_json()
+                document = await self._operate("job", {"id": job_id}, deadline, 0)
+            except (UnavailableError, InvalidRequestError):
+                continue  # no meta leader yet, or it has not taken the job up yet
+        return document
 
     def _planner(self, operation: str, args: JsonObject) -> Callable[[ClusterView], Plan]:
         replicas = self._node.config.replicas

@@ -816,8 +816,9 @@ class HttpApi:
     def _maintain(self, route: str) -> Handler:
         """POST /admin/<operation>: start a maintenance job on the meta leader (forwarded
         there) and answer its document; `"wait": true` in the body waits for the job up to
-        the request's deadline (`?timeout_ms=`, at most 60 s), `"dry_run": true` answers the
-        plan without doing anything."""
+        the request's deadline (`?timeout_ms=`, at most 60 s), following it to the next meta
+        leader if the leadership moves meanwhile; `"dry_run": true` answers the plan without
+        doing anything."""
         operation = route.replace("-", "_")
 
         async def handler(request: web.Request) -> web.StreamResponse:

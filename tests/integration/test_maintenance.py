@@ -533,6 +533,41 @@ async def test_a_job_outlives_its_meta_leader(four: Cluster) -> None:
     await assert_readable(cluster, successor, written)
 
 
+async def test_a_caller_waiting_for_a_job_is_answered_its_end_after_the_meta_leader_moved(
+    four: Cluster,
+) -> None:
+    """`"wait": true` answers when the job ends. The node that started it used to answer its
+    own copy once the leadership moved: state `failed`, while the next leader finished the
+    job. It now follows the job to its end."""
+    cluster = four
+    first = await settled_meta_leader(cluster)
+    leaving = next(n for n in (1, 2, 3, 4) if n != first)
+    successor = next(n for n in (1, 2, 3, 4) if n not in (first, leaving))
+    await write_keys(cluster, successor, 40, "kept")
+
+    async def remove_and_wait() -> tuple[int, dict[str, Any]]:
+        status, _, payload = await cluster.request(
+            first,
+            "POST",
+            "/admin/remove-node?timeout_ms=60000",
+            json_body={"node": leaving, "wait": True},
+            timeout_s=70,
+        )
+        return status, json.loads(payload)
+
+    waiting = asyncio.ensure_future(remove_and_wait())
+    try:
+        job = await latest_job(cluster, first, "remove_node")
+        await first_step_done(cluster, first, job["id"])
+        await transfer_meta_leadership(cluster, first, successor)
+        status, answer = await asyncio.wait_for(asyncio.shield(waiting), 75)
+    finally:
+        waiting.cancel()
+    assert status == 200, answer
+    assert answer["id"] == job["id"] and answer["state"] == "done", answer
+    assert answer["resumed"] is True and answer["handed_off"] is False, answer
+
+
 async def test_a_removal_the_leaving_node_finished_itself_reads_as_done(four: Cluster) -> None:
     """The meta leadership moves to the node being removed mid-job: it resumes the job and
     removes itself (handing the meta group on), then stops before it can clear the job's

@@ -807,17 +807,25 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
         return EXIT_OK
     await starting
     assert server.node is not None
-    decommissioned = asyncio.ensure_future(server.node.host.decommissioned.wait())
+    host = server.node.host
+    decommissioned = asyncio.ensure_future(host.decommissioned.wait())
+    fenced = asyncio.ensure_future(host.fenced.wait())
     stopped = asyncio.ensure_future(stop.event.wait())
+    status = EXIT_OK
     try:
-        await asyncio.wait((decommissioned, stopped), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((decommissioned, fenced, stopped), return_when=asyncio.FIRST_COMPLETED)
         if decommissioned.done():
             logger.info("node %d was removed from the cluster: stopping", config.node_id)
+        elif fenced.done():
+            # Its data is not what the cluster knew under its id (peer_incarnations.py):
+            # serving on would let it vote and acknowledge with a forgotten log.
+            logger.error("node %d stops: %s", config.node_id, host.fenced_reason)
+            status = EXIT_FAILURE
     finally:
-        decommissioned.cancel()
-        stopped.cancel()
+        for waiter in (decommissioned, fenced, stopped):
+            waiter.cancel()
         await server.stop()
-    return EXIT_OK
+    return status
 
 
 def _configure_logging(level: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from minikv_core.storage import limits as wal_limits
 # The file in a data dir that says whose it is (`NodeIdentity`). The launcher reads its
 # presence too: a node that served once and has lost it must not start (launcher_membership).
 IDENTITY_FILE: Final = "identity.json"
+PEER_INCARNATIONS_FILE: Final = "peer_incarnations.json"
 
 KIB: Final = 1024
 MIB: Final = 1024 * KIB
@@ -271,6 +273,10 @@ class NodeConfig:
     def identity_path(self) -> Path:
         return self.data_dir / IDENTITY_FILE
 
+    @property
+    def peer_incarnations_path(self) -> Path:
+        return self.data_dir / PEER_INCARNATIONS_FILE
+
 
 def _check_range(field_name: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -317,9 +323,15 @@ class NodeIdentity:
     replicas: int
     bootstrapped: bool
     """False until every founding group is created: a start that finds False finishes it."""
+    incarnation: str = ""
+    """Random, made with the directory and never changed: which data this node id runs on.
+    Peers remember the first incarnation they hear from each node id and refuse another
+    (peer_incarnations.py): a node whose directory was lost and made anew must not vote or
+    acknowledge as if it still held what it promised (Raft §5.2, §5.4). "" in a file
+    written before incarnations existed: the node gives itself one at its next start."""
 
     @classmethod
-    def of(cls, config: NodeConfig, *, bootstrapped: bool) -> NodeIdentity:
+    def of(cls, config: NodeConfig, *, bootstrapped: bool, incarnation: str) -> NodeIdentity:
         return cls(
             config.node_id,
             config.cluster_id,
@@ -327,7 +339,12 @@ class NodeIdentity:
             config.shards,
             config.replicas,
             bootstrapped,
+            incarnation,
         )
+
+    @staticmethod
+    def new_incarnation() -> str:
+        return secrets.token_hex(8)
 
     def check(self, config: NodeConfig, path: Path) -> None:
         """Raise IdentityMismatchError naming the first field `config` contradicts."""
@@ -351,6 +368,7 @@ class NodeIdentity:
             "shards": self.shards,
             "replicas": self.replicas,
             "bootstrapped": self.bootstrapped,
+            "incarnation": self.incarnation,
         }
         return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
@@ -369,6 +387,7 @@ class NodeIdentity:
                 shards=_strict_int(document["shards"]),
                 replicas=_strict_int(document["replicas"]),
                 bootstrapped=bool(document["bootstrapped"]),
+                incarnation=str(document.get("incarnation", "")),
             )
         except (ValueError, TypeError, KeyError, UnicodeDecodeError) as error:
             raise IdentityError(
@@ -389,20 +408,23 @@ class NodeIdentity:
         return cls.decode(data, path)
 
     def store(self, path: Path) -> None:
-        """Atomically: write a temporary file, fsync it, rename it over `path`, fsync the
-        directory (a crash leaves the old file or the new one, never half of one)."""
-        temporary = path.with_name(path.name + ".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            data = self.encode()
-            written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write to {temporary}: {written} of {len(data)} bytes")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
+        store_atomically(path, self.encode())
+
+
+def store_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file, fsync it, rename it over `path`, fsync the directory: a crash
+    leaves the old file or the new one, never half of one."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(f"short write to {temporary}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
 
 
 def _strict_int(value: object) -> int:

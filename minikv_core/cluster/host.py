@@ -32,7 +32,8 @@ enough, by its own monotonic clock, serves linearizable reads, its own and those
 followers forward (READ_INDEX), without a heartbeat round. The clock assumption and why it
 is safe are on `lease_read_index`; a restarted node's part is `_ignores_vote`.
 
-Storage layout (`NodeConfig`): data_dir/identity.json, data_dir/wal/ (NodeRaftLog),
+Storage layout (`NodeConfig`): data_dir/identity.json, data_dir/peer_incarnations.json
+(the fence against a peer that lost its data, peer_incarnations.py), data_dir/wal/ (NodeRaftLog),
 data_dir/shards/<n>/ (shard n's Engine), data_dir/meta.snap (meta group state),
 data_dir/shards/<n>.snapshot/ (a snapshot received, durable until installed).
 
@@ -59,7 +60,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -78,6 +79,7 @@ from minikv_core.cluster.meta import (
     MetaStateMachine,
     encode_set_shard_map,
 )
+from minikv_core.cluster.peer_incarnations import PeerIncarnations
 from minikv_core.cluster.placement import place_meta
 from minikv_core.cluster.raft_log import (
     GroupStorage,
@@ -316,6 +318,11 @@ class MultiRaftHost:
         self.decommissioned = asyncio.Event()
         """Set when the applied shard map no longer lists this node (`remove-node` finished):
         the server stops."""
+        self.fenced = asyncio.Event()
+        """Set when a peer refused this node's incarnation: its data directory is not the
+        one the cluster knew (lost, replaced), so it must not take part; the server stops
+        with `fenced_reason` (peer_incarnations.py)."""
+        self.fenced_reason = ""
         self.segment_entries: dict[int, dict[int, tuple[int, int]]] = {}
         """WAL segment -> group -> (first, last) entry index written to it during this run
         (for the admin WAL view; segments replayed at start are not described)."""
@@ -399,10 +406,19 @@ class MultiRaftHost:
                     f"data directory {config.data_dir} has a WAL but no identity file "
                     f"({config.identity_path.name}); refusing to guess which node it belongs to"
                 )
-            identity = NodeIdentity.of(config, bootstrapped=False)
+            identity = NodeIdentity.of(
+                config, bootstrapped=False, incarnation=NodeIdentity.new_incarnation()
+            )
             await asyncio.to_thread(identity.store, config.identity_path)
         else:
             identity.check(config, config.identity_path)
+            if not identity.incarnation:  # written before incarnations existed
+                identity = replace(identity, incarnation=NodeIdentity.new_incarnation())
+                await asyncio.to_thread(identity.store, config.identity_path)
+        try:
+            incarnations = PeerIncarnations.open(config.peer_incarnations_path, config.node_id)
+        except IdentityError as error:
+            raise NodeStartError(str(error)) from None
         try:
             self._log = await asyncio.to_thread(
                 NodeRaftLog.open, config.wal_dir, segment_size_bytes=config.wal_segment_size_bytes
@@ -416,14 +432,19 @@ class MultiRaftHost:
         try:
             if not identity.bootstrapped and self._join_map is not None:
                 await self._join_as_learner(self._join_map)
-                identity = NodeIdentity.of(config, bootstrapped=True)
+                identity = NodeIdentity.of(
+                    config, bootstrapped=True, incarnation=identity.incarnation
+                )
                 await asyncio.to_thread(identity.store, config.identity_path)
             elif not identity.bootstrapped:
                 await self._bootstrap()
-                identity = NodeIdentity.of(config, bootstrapped=True)
+                identity = NodeIdentity.of(
+                    config, bootstrapped=True, incarnation=identity.incarnation
+                )
                 await asyncio.to_thread(identity.store, config.identity_path)
             await self._open_groups()
             self._transport = self._transport_factory(config, self._on_frame, self._rng)
+            self._transport.fence(identity.incarnation, incarnations.admit, self._on_fenced)
             await self._transport.start()
         except BaseException:
             await self._close_storage()
@@ -1092,6 +1113,11 @@ class MultiRaftHost:
         task.add_done_callback(self._background.discard)
 
     # ---------------------------------------------------------------- replicas (#10)
+
+    def _on_fenced(self, reason: str) -> None:
+        if not self.fenced.is_set():
+            self.fenced_reason = reason
+            self.fenced.set()
 
     async def reconcile_replicas(self) -> None:
         """Make this node's replicas and peers match the meta group's applied shard map.

@@ -31,7 +31,8 @@ Why this shape:
   not match its stream, is dropped and counted; the stream and the server keep serving.
 - The handshake (metadata, see raft.proto) refuses streams meant for another node id or another
   cluster: with local clusters started and stopped all day, a reused port must not let one
-  cluster's node talk to another's.
+  cluster's node talk to another's. With `fence()`, it also refuses a node whose incarnation
+  is not the one first heard from its id (its data directory was lost: it must not vote).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import enum
 import logging
 import random
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -64,6 +65,10 @@ from minikv_core.raft.types import Message
 
 logger = logging.getLogger(__name__)
 
+AdmitPeer = Callable[[int, str], Awaitable[str]]
+"""`admit(node_id, incarnation)`: "" when a stream from that node may be served, else why
+not (cluster/peer_incarnations.py). Raises OSError when it cannot record what it heard."""
+
 FrameHandler = Callable[[int, list[tuple[int, Message]]], None]
 """`on_frame(from_node, [(group_id, message), ...])`, called on the event loop for every frame
 that passed validation and the fault filter, messages in the sender's order. It must not block;
@@ -77,6 +82,11 @@ METADATA_FROM_NODE = "x-minikv-from-node"
 METADATA_TO_NODE = "x-minikv-to-node"
 METADATA_CLUSTER_ID = "x-minikv-cluster-id"
 METADATA_FROM_ADDRESS = "x-minikv-from-address"
+METADATA_INCARNATION = "x-minikv-incarnation"
+METADATA_REFUSAL = "x-minikv-refusal"
+REFUSAL_FENCED = "fenced"
+"""Trailing metadata of a stream refused because the caller's incarnation is not the one the
+callee knows for its id: the caller lost its data and must stop (see `fence`)."""
 METADATA_NODE_ID = "x-minikv-node-id"
 METADATA_FEATURES = "x-minikv-features"
 """Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID and the
@@ -424,6 +434,7 @@ class _PeerSender:
                         (METADATA_TO_NODE, str(self.node_id)),
                         (METADATA_CLUSTER_ID, transport.cluster_id),
                         (METADATA_FROM_ADDRESS, transport.advertised_address),
+                        (METADATA_INCARNATION, transport.incarnation),
                     )
                 )
                 metadata = await call.initial_metadata()
@@ -432,6 +443,9 @@ class _PeerSender:
                     # Refused at the handshake: the status carries the callee's reason.
                     code = await call.code()
                     details = await call.details()
+                    trailing = dict(await call.trailing_metadata() or ())
+                    if trailing.get(METADATA_REFUSAL) == REFUSAL_FENCED:
+                        transport.fenced_by(self.node_id, str(details))
                     raise _StreamFailedError(
                         f"node at {address} refused the stream to node {self.node_id}: "
                         f"{code.name}: {details}"
@@ -600,7 +614,28 @@ class PeerTransport:
         self._senders: dict[int, _PeerSender] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self._advertised = peers.get(node_id)
+        self.incarnation = ""
+        self._admit: AdmitPeer | None = None
+        self._on_fenced: Callable[[str], None] | None = None
         self.set_peers(peers)
+
+    def fence(self, incarnation: str, admit: AdmitPeer, on_fenced: Callable[[str], None]) -> None:
+        """Before `start()`: send `incarnation` at every handshake, serve a stream only if
+        `admit` says so, and call `on_fenced(reason)` when a peer refuses this node's own
+        incarnation (it lost its data: see cluster/peer_incarnations.py). Without it the
+        transport neither sends nor checks incarnations (tests, embedders)."""
+        assert not self._started, "fence() after start()"
+        self.incarnation = incarnation
+        self._admit = admit
+        self._on_fenced = on_fenced
+
+    def fenced_by(self, node_id: int, reason: str) -> None:
+        """Node `node_id` refused this node's incarnation: the owner decides (a node stops
+        and says why), else it is said here."""
+        if self._on_fenced is not None:
+            self._on_fenced(reason)
+        else:
+            logger.error("node %d: node %d refused this node: %s", self.node_id, node_id, reason)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -790,6 +825,24 @@ class PeerTransport:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"node {self.node_id}'s transport is not running"
             )
+        if self._admit is not None:
+            # Recorded before any frame is read: an incarnation admitted unrecorded would let
+            # the next one pass after a restart of this node.
+            try:
+                refusal = await self._admit(from_node, str(metadata.get(METADATA_INCARNATION, "")))
+            except OSError as error:
+                problem = (
+                    f"node {self.node_id} cannot record node {from_node}'s incarnation: {error}"
+                )
+                self._record_refused_stream(from_node, problem)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, problem)
+            if refusal:
+                self._record_refused_stream(from_node, refusal)
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    refusal,
+                    trailing_metadata=((METADATA_REFUSAL, REFUSAL_FENCED),),
+                )
         if from_node not in self._senders:
             self._learn_peer(from_node, metadata.get(METADATA_FROM_ADDRESS))
         await context.send_initial_metadata(

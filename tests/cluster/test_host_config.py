@@ -88,7 +88,7 @@ def test_cluster_id_is_derived_from_the_sorted_peer_list(tmp_path: Path) -> None
 def test_identity_round_trips_through_its_file(tmp_path: Path) -> None:
     config = make(tmp_path)
     config.data_dir.mkdir(parents=True)
-    identity = NodeIdentity.of(config, bootstrapped=True)
+    identity = NodeIdentity.of(config, bootstrapped=True, incarnation="0a1b2c3d")
     identity.store(config.identity_path)
     assert not config.identity_path.with_name("identity.json.tmp").exists()
     loaded = NodeIdentity.load(config.identity_path)
@@ -116,7 +116,7 @@ def test_flags_contradicting_the_identity_name_the_field(
 ) -> None:
     original = make(tmp_path)
     original.data_dir.mkdir(parents=True)
-    NodeIdentity.of(original, bootstrapped=True).store(original.identity_path)
+    NodeIdentity.of(original, bootstrapped=True, incarnation="0a1b").store(original.identity_path)
     stored = NodeIdentity.load(original.identity_path)
     assert stored is not None
     changed = make(tmp_path, **overrides)
@@ -140,7 +140,7 @@ def test_malformed_identity_file_is_reported_with_its_path(tmp_path: Path, conte
 def test_identity_file_is_human_readable_json(tmp_path: Path) -> None:
     config = make(tmp_path)
     config.data_dir.mkdir(parents=True)
-    NodeIdentity.of(config, bootstrapped=False).store(config.identity_path)
+    NodeIdentity.of(config, bootstrapped=False, incarnation="0a1b").store(config.identity_path)
     document = json.loads(config.identity_path.read_text())
     assert document["node_id"] == 1
     assert document["peers"] == {str(k): v for k, v in PEERS.items()}

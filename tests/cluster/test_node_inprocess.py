@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from minikv_core.cluster.config import IdentityMismatchError
+from minikv_core.cluster.config import IdentityMismatchError, NodeIdentity
 from minikv_core.cluster.host import NodeStartError
 from minikv_core.cluster.node_service import Node
+from minikv_core.cluster.peer_incarnations import PeerIncarnations
 from minikv_core.cluster.service import (
     Consistency,
     DeadlineExceededError,
@@ -187,6 +188,41 @@ async def test_stopped_node_leaves_a_serving_cluster_and_catches_up_after_restar
     await wait_for(caught_up, 10, lambda: "node 3 did not catch up from its peers")
     for key in keys:
         assert await get(restarted, key, STALE) in (b"1", b"2")
+
+
+async def test_a_cluster_written_before_incarnations_gets_them_at_its_next_start(
+    cluster: Cluster,
+) -> None:
+    """Data directories of a version without incarnations (no `incarnation` in the identity,
+    no peer record anywhere): each node gives itself one at start, its peers record it, and
+    the cluster serves on (nothing is fenced, since no peer knew another)."""
+    await put(cluster.nodes[1], b"before", b"1")
+    await cluster.stop()
+    for node_id in cluster.peers:
+        config = cluster.config(node_id)
+        document = json.loads(config.identity_path.read_text())
+        assert len(document.pop("incarnation")) == 16
+        config.identity_path.write_text(json.dumps(document))
+        config.peer_incarnations_path.unlink()
+    await cluster.start()
+    await cluster.wait_ready()
+    assert await get(cluster.nodes[2], b"before") == b"1"
+    incarnations = {}
+    for node_id in cluster.peers:
+        identity = NodeIdentity.load(cluster.config(node_id).identity_path)
+        assert identity is not None and len(identity.incarnation) == 16
+        incarnations[node_id] = identity.incarnation
+    for node_id in cluster.peers:
+        await put(cluster.nodes[node_id], f"after-{node_id}".encode(), b"2")
+
+    def recorded() -> bool:
+        return all(
+            PeerIncarnations.open(cluster.config(n).peer_incarnations_path, n).known
+            == {peer: i for peer, i in incarnations.items() if peer != n}
+            for n in cluster.peers
+        )
+
+    await wait_for(recorded, 10, lambda: "every node records its peers' incarnations")
 
 
 async def test_all_nodes_restarted_keep_every_acknowledged_write(cluster: Cluster) -> None:

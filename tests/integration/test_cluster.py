@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import struct
 import time
 import urllib.parse
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from minikv_core.cluster.config import IDENTITY_FILE, PEER_INCARNATIONS_FILE
 from minikv_core.storage.wal import verify
 from minikv_core.storage.wal_format import FRAME_HEADER_SIZE
 from minikv_core.storage.wal_records import RecordType
@@ -357,6 +359,36 @@ async def restart_and_catch_up(cluster: Cluster, victim: int, written: dict[str,
         return True
 
     await eventually(caught_up, f"node {victim} to catch up", CONVERGE_TIMEOUT_S, cluster.describe)
+
+
+async def test_a_node_whose_data_directory_was_lost_is_refused_by_its_peers_and_stops(
+    cluster: Cluster,
+) -> None:
+    """A node whose data directory was deleted, restarted by hand with its founding flags,
+    bootstraps afresh: it forgot its votes and its log, yet its id still counts in quorums
+    (Raft §5.2, §5.4). Its peers know the incarnation of the data it ran on and refuse the
+    new one, so it never votes nor acknowledges; it stops with status 1 saying why."""
+    written = {f"fenced/{n}": f"f{n}".encode() for n in range(20)}
+    for n, (key, value) in enumerate(written.items()):
+        await put_retrying(cluster, [1 + n % 3], key, value)
+    victim = cluster.nodes[3]
+    known = json.loads((victim.data_dir / IDENTITY_FILE).read_text())["incarnation"]
+    assert cluster.terminate(3) == 0
+    shutil.rmtree(victim.data_dir)
+    offset = victim.log_size()
+    process = cluster.launch(3).process
+    assert process is not None
+    assert process.wait(timeout=60) == 1, victim.log_since(offset)
+    log = victim.log_since(offset)
+    assert f"node 1 knew node 3 with other data (incarnation {known}, now " in log or (
+        f"node 2 knew node 3 with other data (incarnation {known}, now " in log
+    ), log
+    assert "Traceback" not in log
+    for node_id in (1, 2):
+        record = json.loads((cluster.nodes[node_id].data_dir / PEER_INCARNATIONS_FILE).read_text())
+        assert record["peers"]["3"] == known, "first heard wins"
+    for key, value in written.items():
+        assert await get(cluster, 1, key) == (200, value), key
 
 
 async def test_torn_write_at_the_wal_tail_is_cut_on_restart_and_the_node_catches_up(

@@ -15,11 +15,13 @@ import math
 import random
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import grpc
 import grpc.aio
 import pytest
 
+from minikv_core.cluster.peer_incarnations import PeerIncarnations
 from minikv_core.net import limits
 from minikv_core.net.fault import FaultFilter, FaultRules
 from minikv_core.net.peer_transport import (
@@ -29,6 +31,7 @@ from minikv_core.net.peer_transport import (
     METADATA_NODE_ID,
     METADATA_TO_NODE,
     STREAM_METHOD,
+    AdmitPeer,
     DropReason,
     FrameHandler,
     PeerStats,
@@ -162,6 +165,7 @@ class Net:
         config: TransportConfig = FAST,
         fault_filter: FaultFilter | None = None,
         cluster_id: str = "",
+        fence: tuple[str, AdmitPeer, Callable[[str], None]] | None = None,
     ) -> tuple[PeerTransport, Inbox]:
         inbox = Inbox()
         transport = PeerTransport(
@@ -175,6 +179,8 @@ class Net:
             cluster_id=cluster_id,
         )
         self.transports.append(transport)
+        if fence is not None:
+            transport.fence(*fence)
         await transport.start()
         return transport, inbox
 
@@ -653,6 +659,37 @@ async def test_stream_from_another_cluster_is_refused_at_the_handshake(net: Net)
         peer_stats(a, 2).last_error
     )
     assert inbox_b.frames == []
+
+
+async def test_a_node_back_with_other_data_is_refused_and_told_so(net: Net, tmp_path: Path) -> None:
+    """Node 2 talks to node 1 with incarnation bbbb, then comes back (same id and address
+    book) with cccc, as a node whose data directory was made anew: node 1 refuses its stream
+    before reading a frame, and node 2 hears why (its host then stops)."""
+    book = PeerIncarnations.open(tmp_path / "peers-1.json", 1)
+    a, inbox = await net.start(1, fence=("aaaa", book.admit, lambda reason: None))
+    told_first: list[str] = []
+    first, _ = await net.start(
+        2, {1: a.address}, fence=("bbbb", _book(tmp_path, 2).admit, told_first.append)
+    )
+    await send_until_received(first, 1, inbox, group=7)
+    assert book.known == {2: "bbbb"}
+    await first.stop()
+
+    told: list[str] = []
+    again, _ = await net.start(
+        2, {1: a.address}, fence=("cccc", _book(tmp_path, 2).admit, told.append)
+    )
+    await eventually(
+        lambda: bool(told), "node 2 to be told", lambda: again.send(1, [(9, heartbeat(2, 1))])
+    )
+    assert told[0].startswith("node 1 knew node 2 with other data (incarnation bbbb, now cccc)")
+    assert "FAILED_PRECONDITION" in peer_stats(again, 1).last_error
+    assert 9 not in inbox.groups(2) and told_first == []
+    assert PeerIncarnations.open(tmp_path / "peers-1.json", 1).known == {2: "bbbb"}
+
+
+def _book(tmp_path: Path, node_id: int) -> PeerIncarnations:
+    return PeerIncarnations.open(tmp_path / f"peers-{node_id}.json", node_id)
 
 
 async def test_handler_exception_is_counted_and_the_stream_keeps_serving(net: Net) -> None:

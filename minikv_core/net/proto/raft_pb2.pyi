@@ -13,12 +13,16 @@ ALL Raft groups of the sender to that peer: the heartbeats of every shard leader
 travel in one frame, not one per group.
 
 Handshake, in metadata: the caller sends `x-minikv-from-node`, `x-minikv-to-node`,
-`x-minikv-cluster-id` and `x-minikv-from-address` (where it is reached: a callee whose peer
-map lacks the caller sends its answers there, see peer_transport._learn_peer); the callee
-refuses a stream addressed to another node or cluster with FAILED_PRECONDITION and otherwise
-answers with initial metadata `x-minikv-node-id`, which the caller checks before it counts
-the peer as connected, and `x-minikv-features` (comma-separated: `propose` = it decodes
-MESSAGE_TYPE_PROPOSE; an older node drops a frame holding one).
+`x-minikv-cluster-id`, `x-minikv-from-address` (where it is reached: a callee whose peer
+map lacks the caller sends its answers there, see peer_transport._learn_peer) and
+`x-minikv-incarnation` (which data directory it runs on); the callee refuses a stream
+addressed to another node or cluster with FAILED_PRECONDITION, and one whose incarnation is
+not the first it heard from that node id likewise with trailing metadata
+`x-minikv-refusal: fenced` (the caller lost its data and stops: see
+cluster/peer_incarnations.py). Otherwise it answers with initial metadata `x-minikv-node-id`,
+which the caller checks before it counts the peer as connected, and `x-minikv-features`
+(comma-separated: `propose` = it decodes MESSAGE_TYPE_PROPOSE; an older node drops a frame
+holding one).
 """
 
 import builtins

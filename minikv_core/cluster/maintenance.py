@@ -57,6 +57,7 @@ from minikv_core.net.maintenance_rpc import MaintenanceClient, check_operator_ar
 from minikv_core.raft.types import NONE
 
 if TYPE_CHECKING:
+    from minikv_core.cluster.group import MetaGroup
     from minikv_core.cluster.node_service import Node
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ JsonObject = dict[str, Any]
 
 AUTO_PERIOD_S: Final = 2.0
 JOBS_KEPT: Final = 16
+FORWARD_RETRY_S: Final = 0.2
+"""Pause before an operation whose forward to the meta leader could not be sent is tried
+again (the leader this node named was down; the group is electing another)."""
 JOB_FOLLOW_INTERVAL_S: Final = 0.5
 """How often a caller waiting for a job that moved to the next meta leader asks about it."""
 PLAN_ROUNDS_MAX: Final = 3
@@ -214,20 +218,7 @@ class Maintenance:
             )
         meta = self._host.meta
         if meta is None or not meta.is_leader:
-            leader = meta.leader_id if meta is not None else 0
-            forward = {"operation": operation, "args": args, "hops": hops}
-            if leader:
-                return await self._peer_call(leader, "operate", forward, deadline)
-            # No leader known here (a node that just joined or restarted): another member
-            # may know it.
-            for node_id in self.local.shard_map().nodes:
-                if node_id == self._node.node_id or hops >= 2:
-                    continue
-                try:
-                    return await self._peer_call(node_id, "operate", forward, min(deadline, soon()))
-                except UnavailableError:
-                    continue
-            raise UnavailableError("the meta group has no leader right now", retry_after_s=1)
+            return await self._forward(operation, args, deadline, hops)
         if operation == "job":
             return await self._job_document(args, deadline)
         if operation == "join":
@@ -273,6 +264,44 @@ class Maintenance:
         except TimeoutError:
             pass
         return document
+
+    async def _forward(
+        self, operation: str, args: JsonObject, deadline: float, hops: int
+    ) -> JsonObject:
+        """Send the operation to the meta leader. A leader this node still names may have
+        just died: a call that could not even be sent (`unapplied`) is tried again, as the
+        group elects another (about two election timeouts), until the deadline is near; a
+        call that may have reached a leader is not, since it may have started a job."""
+        while True:
+            meta = self._host.meta
+            if meta is not None and meta.is_leader:
+                return await self._operate(operation, args, deadline, hops)
+            try:
+                return await self._forward_once(meta, operation, args, deadline, hops)
+            except UnavailableError as error:
+                if not error.unapplied or time.monotonic() + FORWARD_RETRY_S * 2 >= deadline:
+                    raise
+            await asyncio.sleep(FORWARD_RETRY_S)
+
+    async def _forward_once(
+        self, meta: MetaGroup | None, operation: str, args: JsonObject, deadline: float, hops: int
+    ) -> JsonObject:
+        leader = meta.leader_id if meta is not None else 0
+        forward = {"operation": operation, "args": args, "hops": hops}
+        if leader:
+            return await self._peer_call(leader, "operate", forward, deadline)
+        # No leader known here (a node that just joined or restarted): another member may
+        # know it.
+        for node_id in self.local.shard_map().nodes:
+            if node_id == self._node.node_id or hops >= 2:
+                continue
+            try:
+                return await self._peer_call(node_id, "operate", forward, min(deadline, soon()))
+            except UnavailableError:
+                continue
+        raise UnavailableError(
+            "the meta group has no leader right now", retry_after_s=1, unapplied=True
+        )
 
     async def _follow_handed_off(self, document: JsonObject, deadline: float) -> JsonObject:
         """A waiting caller's answer once its job left this node: the job as the meta leader

@@ -417,6 +417,22 @@ async def test_sigkill_a_node_for_good_then_repair_restores_three_live_replicas(
     await eventually(rejoined, "node 4 back in the meta group, empty", 30, cluster.describe)
 
 
+async def test_an_operation_sent_right_after_the_meta_leader_died_waits_for_the_next(
+    four: Cluster,
+) -> None:
+    """The other nodes still name the dead leader until they elect another (an election
+    timeout or two), and forwarding to it cannot even connect: the operation is sent again
+    to the next leader within the request's deadline, instead of answering 503 with gRPC's
+    "failed to connect to all addresses" (a CI run on a loaded machine met exactly that)."""
+    cluster = four
+    leader = await settled_meta_leader(cluster)
+    asked = next(n for n in cluster.nodes if n != leader)
+    cluster.kill(leader)
+    dry = await operate(cluster, asked, "repair", {"dry_run": True, "dead": [leader]})
+    assert dry["dry_run"] is True and dry["steps"], dry
+    assert (await meta_members(cluster)).leader not in (0, leader)
+
+
 def join_node(cluster: Cluster, node_id: int, via: int) -> NodeProcess:
     """A new node process that joins through node `via` (`minikv serve --join`)."""
     (port,) = reserve_ports(1)

@@ -480,7 +480,11 @@ async def test_a_fifth_node_joins_and_rebalance_evens_replicas_and_leaders(four:
     try:
         # Joining starts a rebalance job on the meta leader once node 5 serves.
         job = await latest_job(cluster, 5, "rebalance")
-        assert job["id"].startswith(f"{successor}-"), (joined_under, successor, job)
+        # Started by the successor, or by the old leader before the transfer and resumed
+        # (same id) by the successor: on a loaded machine the old one can be that quick.
+        assert job["id"].startswith(f"{successor}-") or (
+            job["id"].startswith(f"{joined_under}-") and job["resumed"] is True
+        ), (joined_under, successor, job)
         assert job["auto"] is True and job["args"] == {"after_join": [5]}, job
         result = await wait_job(cluster, 5, job["id"])
         assert result["state"] == "done", result

@@ -423,7 +423,16 @@ class Job:
                 f"{self.title} done: all {_count(len(self.shards), 'shard')} consistent "
                 f"({_count(self.replicas_checked(), 'replica')} checked)"
             )
-        return f"{self.title} done: {_count(len(self.steps), 'step')} in {self.seconds:.1f} s"
+        done = f"{self.title} done: {_count(len(self.steps), 'step')} in {self.seconds:.1f} s"
+        if self.blocked:
+            # "done" alone read as "the cluster is as it should be" (a chaos run: add-node
+            # while another node was down moved nothing onto the new node, and said done).
+            shards = len({b.shard for b in self.blocked})
+            return (
+                f"{done}; {_count(shards, 'shard')} blocked, left unchanged (see above): "
+                "run it again once that is resolved"
+            )
+        return done
 
     def started_line(self) -> str:
         return f"{self.title} started{self._arguments()}"

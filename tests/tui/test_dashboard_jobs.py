@@ -249,3 +249,21 @@ def test_a_plan_with_nothing_to_do_says_what_blocks_it() -> None:
 def test_an_unreadable_plan_is_refused_by_name(document: dict[str, Any]) -> None:
     with pytest.raises(JobDocumentError, match="unreadable plan"):
         parse_plan(document)
+
+
+def test_a_job_done_with_blocked_shards_says_so_in_its_summary() -> None:
+    """`add-node` while another node was down moved nothing and said only "done" (a chaos
+    run): the summary, which ends the command's output and the journal entry, says what
+    was left."""
+    document = job_in_state("repair", "done")
+    plain = parse_job(document)
+    assert plain is not None and "blocked" not in plain.summary()
+    document["blocked"] = [
+        {"shard": 3, "reason": "waiting: node 2 is down but not declared dead"},
+        {"shard": 5, "reason": "waiting: node 2 is down but not declared dead"},
+    ]
+    job = parse_job(document)
+    assert job is not None
+    assert job.summary().endswith(
+        "; 2 shards blocked, left unchanged (see above): run it again once that is resolved"
+    )

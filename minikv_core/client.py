@@ -57,7 +57,15 @@ import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Final, Self, TypeVar
@@ -84,7 +92,7 @@ from minikv_core.cluster.txn import (
     validate,
 )
 from minikv_core.net import api, limits, maintenance_rpc
-from minikv_core.net.errors_map import error_from_grpc
+from minikv_core.net.errors_map import error_from_grpc, never_sent
 from minikv_core.net.proto import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 T = TypeVar("T")
@@ -365,17 +373,22 @@ class _Router:
         if shard is not None:
             self.leaders.pop(shard, None)
 
-    def target(self, shard: int | None, attempt: int) -> str:
+    def target(self, shard: int | None, attempt: int, avoid: Collection[str] = ()) -> str:
         """The address to send a request for `shard` to: its cached leader, else a replica
-        or any known node (it forwards), rotating with the attempt number."""
+        or any known node (it forwards), rotating with the attempt number. Addresses in
+        `avoid` (this request could not connect to them) are passed over while another
+        replica remains: a map can go on naming a dead leader, and a fresh map put the
+        hint back after every failure, so a request dialled the dead node to its deadline
+        while the shard's new leader was a replica away (a chaos run: a minute of exit 69)."""
         routing = self.routing
         if routing is not None and shard is not None:
             leader = self.leaders.get(shard)
-            if leader is not None and leader in routing.addresses:
+            if leader is not None and routing.addresses.get(leader) not in (None, *avoid):
                 return routing.addresses[leader]
             replicas = [r for r in routing.replicas.get(shard, ()) if r in routing.addresses]
-            if replicas:
-                return routing.addresses[replicas[attempt % len(replicas)]]
+            reachable = [r for r in replicas if routing.addresses[r] not in avoid] or replicas
+            if reachable:
+                return routing.addresses[reachable[attempt % len(reachable)]]
         return self.any_endpoint(attempt)
 
     def any_endpoint(self, attempt: int) -> str:
@@ -843,13 +856,16 @@ class AsyncClient:
         attempt = 0
         hints_followed = 0
         last: UnavailableError | None = None
+        unreachable: set[str] = set()
         while True:
             if router.routing is None:
                 with contextlib.suppress(ClientError):
                     await self._refresh(deadline)
             shard = router.shard_of(key) if key is not None else None
             address = (
-                router.target(shard, attempt) if key is not None else (router.any_endpoint(attempt))
+                router.target(shard, attempt, unreachable)
+                if key is not None
+                else (router.any_endpoint(attempt))
             )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -858,6 +874,10 @@ class AsyncClient:
                 return await call(self._channel(address), remaining)
             except grpc.aio.AioRpcError as error:
                 failure = _from_rpc(error)
+                if error.code() == grpc.StatusCode.UNAVAILABLE and never_sent(
+                    error.details() or ""
+                ):
+                    unreachable.add(address)
             attempt += 1
             if (
                 isinstance(failure, DeadlineExceededError)

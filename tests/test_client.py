@@ -87,6 +87,24 @@ def test_router_sends_to_the_cached_leader_and_follows_hints() -> None:
     assert {router.target(2, attempt) for attempt in range(4)} == {"h:2", "h:3"}
 
 
+def test_router_passes_over_a_leader_the_request_could_not_reach() -> None:
+    """A map that keeps naming a dead leader (a node serving a stale hint) is put back after
+    every failure: the request must go to the shard's other replicas, one of which leads or
+    knows who does, instead of dialling the dead node until its deadline (a chaos run)."""
+    router = _Router(["seed:1"], random.Random(1))
+    routing = ShardRouting.from_document(MAP)
+    router.install(routing)
+    assert router.target(1, 0) == "h:2"
+    tried = set()
+    for attempt in range(4):
+        router.forget_leader(1)
+        router.install(routing)  # the refreshed map names node 2 again
+        tried.add(router.target(1, attempt, {"h:2"}))
+    assert tried == {"h:1", "h:3"}, "the other replicas, in turn"
+    everyone = {"h:1", "h:2", "h:3"}
+    assert router.target(1, 0, everyone) in everyone, "none left: try them anyway"
+
+
 def test_router_keeps_the_newer_map_epoch() -> None:
     router = _Router(["seed:1"], random.Random(1))
     router.install(ShardRouting.from_document(MAP))

@@ -415,20 +415,37 @@ class Node:
                 leader_hint=target,
                 unapplied=True,
             )
-        try:
-            result = await call(forwarder, target)
-        except UnavailableError as error:
-            hint = error.leader_hint
-            if hint in (0, target, self.node_id) or deadline - time.monotonic() <= 0:
-                raise
-            if not error.unapplied:
-                raise  # the call may have taken effect there: sent again, it could land twice
-            self._leader_hints[shard] = hint
-            result = await call(forwarder, hint)
-            return result
+        tried = {target}
+        first: UnavailableError | None = None
+        while True:
+            try:
+                result = await call(forwarder, target)
+                break
+            except UnavailableError as error:
+                if not error.unapplied or deadline - time.monotonic() <= 0:
+                    raise  # the call may have taken effect there: sent again, it could land twice
+                first = first or error  # what the leader's own failure said: the clearest
+                hint = error.leader_hint
+                if hint in (0, target):
+                    # `target` is unreachable or knows no leader. A hint naming it is stale:
+                    # it was served in this node's shard map, so clients kept dialling a dead
+                    # leader for a minute after the shard had elected another (a chaos run).
+                    # A replica of the shard knows the leader, or is it.
+                    if self._leader_hints.get(shard) == target:
+                        del self._leader_hints[shard]
+                    hint = self._untried_replica(shard, tried)
+                if hint in (0, self.node_id) or hint in tried:
+                    raise first from None
+                tried.add(hint)
+                target = hint
         if shard not in self.host.shard_groups:
             self._leader_hints[shard] = target
         return result
+
+    def _untried_replica(self, shard: int, tried: set[int]) -> int:
+        """Another replica of `shard` to forward to (0: none left)."""
+        replicas = self.host.shard_map.shards[shard].replicas
+        return next((r for r in replicas if r not in tried and r != self.node_id), 0)
 
     def _writes_here(self, group: ShardGroup | None, shard: int, *, local: bool) -> bool:
         """Whether this node proposes the write (else it forwards it in a unary call).

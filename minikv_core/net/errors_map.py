@@ -112,7 +112,7 @@ def _positive_int(text: str | bytes | None) -> int:
     return int(text)
 
 
-def _never_sent(details: str) -> bool:
+def never_sent(details: str) -> bool:
     """gRPC's own UNAVAILABLE for a channel that never connected: the call was not sent.
     (A connection that broke mid-call says otherwise: "Socket closed", "Connection reset".)"""
     return "failed to connect to all addresses" in details.lower()
@@ -144,7 +144,7 @@ def error_from_grpc(
         if error_type is None:
             text = f"{code.name}: {text}"
         unapplied = error_type is UnavailableError and _positive_int(hints.get(UNAPPLIED_KEY)) == 1
-        if code == grpc.StatusCode.UNAVAILABLE and not hints and _never_sent(text):
+        if code == grpc.StatusCode.UNAVAILABLE and not hints and never_sent(text):
             unapplied = True
         return UnavailableError(
             text, leader_hint=leader, retry_after_s=retry_after_s, unapplied=unapplied

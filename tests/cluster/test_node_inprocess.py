@@ -552,3 +552,40 @@ async def test_a_followers_read_whose_request_was_lost_is_sent_again(cluster: Cl
     assert [item.value for item in found] == [b"v", b"v", b"v"]
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"the reads took {elapsed:.2f} s: the lost request was not resent"
+
+
+async def test_a_forward_to_a_dead_leader_finds_the_new_one_and_stops_naming_the_old(
+    tmp_path: Path,
+) -> None:
+    """Node 1 holds no replica of a shard: it forwards that shard's requests to the leader it
+    last reached and names it in the shard map it serves. Once that leader died and the
+    shard elected another, node 1 still forwarded to the dead one and served it as the
+    leader, so clients dialled a dead node for a minute (a chaos run, until a repair gave
+    node 1 a replica). It now asks the other replicas and drops the stale hint."""
+    async with started_cluster(tmp_path, 4, shards=4) as cluster:
+        entry = cluster.nodes[1]
+        shard = next(s for s in range(4) if s not in entry.host.shard_groups)
+        key = next(
+            k for k in (f"k{i}".encode() for i in range(1000)) if shard_for_key(k, 4) == shard
+        )
+        await put(entry, key, b"v")
+        leader = next(iter(leaders_seen(cluster)[shard]))
+        assert await get(entry, key) == b"v"  # forwarded: node 1 now names `leader`
+        assert _served_leader(entry, shard) == leader
+        await cluster.stop_node(leader)
+        await wait_for(
+            lambda: (
+                leaders_seen(cluster)[shard] - {leader, 0} != set()
+                and len(leaders_seen(cluster)[shard]) == 1
+            ),
+            15,
+            lambda: f"shard {shard} to elect again: {leaders_seen(cluster)}",
+        )
+        (elected,) = leaders_seen(cluster)[shard]
+        found = await entry.get(key, LINEARIZABLE, time.monotonic() + 5)  # no retry loop
+        assert found.value == b"v"
+        assert _served_leader(entry, shard) == elected
+
+
+def _served_leader(node: Node, shard: int) -> int:
+    return int(node.shard_map().body["shards"][shard]["leader"])

@@ -66,9 +66,6 @@ JsonObject = dict[str, Any]
 
 AUTO_PERIOD_S: Final = 2.0
 JOBS_KEPT: Final = 16
-LEAVING_NODE_WAIT_S: Final = 5.0
-"""How long a removal waits for the leaving node to apply the map without it (it then stops
-itself) before cutting it off from the meta group anyway."""
 FORWARD_RETRY_S: Final = 0.2
 """Pause before an operation whose forward to the meta leader could not be sent is tried
 again (the leader this node named was down; the group is electing another)."""
@@ -570,33 +567,18 @@ class Maintenance:
             return
         if node in shard_map.nodes:
             await self.local.update_map(lambda m: m.without_node(node), deadline)
-            # Let the leaving node learn it left (it stops itself) before it is cut off: it
-            # must have *applied* the map, not only stored it. A follower hears of a commit
-            # from the leader's next append or heartbeat, and none reaches it once it is out
-            # of the meta group: a node removed between storing the entry and hearing of its
-            # commit ran on, listed nowhere (a test saw the removed node never stop).
+            # Let the leaving node learn it left (it stops itself) before it is cut off.
             index = meta.applied_index
-            wait_until = min(deadline, time.monotonic() + LEAVING_NODE_WAIT_S)
+            wait_until = min(deadline, time.monotonic() + 5.0)
             while time.monotonic() < wait_until:
-                if await self._has_applied_meta(node, index, wait_until):
+                progress = self.local.progress({"group": META_GROUP_ID})
+                if int(progress["match"].get(str(node), 0)) >= index:
                     break
                 await asyncio.sleep(0.1)
         if self._in_meta_group(node):  # not when resumed after it left
             await self.local.change_replicas(
                 {"group": META_GROUP_ID, "op": "remove", "node": node}, deadline
             )
-
-    async def _has_applied_meta(self, node: int, index: int, deadline: float) -> bool:
-        """Whether `node` applied the meta group up to `index`, by its own status; True when
-        it cannot be asked (down, or gone already: nothing to wait for)."""
-        try:
-            status = await self._poll_status(node, min(deadline, soon()))
-        except ServiceError:
-            return True
-        for group in status.get("groups", ()):
-            if int(group.get("group", -1)) == META_GROUP_ID:
-                return int(group.get("applied", 0)) >= index
-        return True  # no meta replica there any more
 
     async def _hand_over_meta(self, deadline: float) -> int:
         """Move the meta leadership to the most caught-up other voter; answers its id."""

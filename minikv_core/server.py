@@ -61,6 +61,7 @@ from minikv_core.cluster.config import (
     IdentityError,
     IdentityMismatchError,
     NodeConfig,
+    store_atomically,
 )
 from minikv_core.cluster.host import NodeStartError
 from minikv_core.cluster.join import JoinError, resolve_join
@@ -565,17 +566,7 @@ class _StopSignal:
 def _write_ready_file(path: Path, document: Mapping[str, object]) -> None:
     """Atomically (write, fsync, rename, fsync the directory): a reader never sees half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as file:
-        json.dump(document, file)
-        file.flush()
-        os.fsync(file.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    store_atomically(path, json.dumps(document).encode())
 
 
 def _make_node(

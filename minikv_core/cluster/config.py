@@ -417,9 +417,9 @@ def store_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(path.name + ".tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(f"short write to {temporary}: {written} of {len(data)} bytes")
+        view = memoryview(data)
+        while view:  # a short write continues; a failing one raises OSError
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

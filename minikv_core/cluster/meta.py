@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from minikv_core.cluster.config import fsync_directory
+from minikv_core.cluster.config import store_atomically
 from minikv_core.cluster.shard_map import ShardMap, ShardMapError
 from minikv_core.raft.types import Entry, EntryType
 
@@ -155,18 +154,7 @@ class MetaStateMachine:
 
     def persist(self, snapshot: MetaSnapshot) -> None:
         """Write `snapshot` to meta.snap atomically (blocking: call from a thread)."""
-        temporary = self._path.with_name(self._path.name + ".tmp")
-        data = snapshot.encode()
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, self._path)
-        fsync_directory(self._path.parent)
+        store_atomically(self._path, snapshot.encode())
 
     def install(self, data: bytes) -> None:
         """Replace the state with a snapshot received from the meta leader, durably."""

@@ -806,7 +806,10 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
     try:
         await asyncio.wait((decommissioned, fenced, stopped), return_when=asyncio.FIRST_COMPLETED)
         if decommissioned.done():
-            logger.info("node %d was removed from the cluster: stopping", config.node_id)
+            if host.decommissioned_reason:
+                logger.info("node %d stops: %s", config.node_id, host.decommissioned_reason)
+            else:
+                logger.info("node %d was removed from the cluster: stopping", config.node_id)
         elif fenced.done():
             # Its data is not what the cluster knew under its id (peer_incarnations.py):
             # serving on would let it vote and acknowledge with a forgotten log.

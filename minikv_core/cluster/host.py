@@ -95,7 +95,7 @@ from minikv_core.cluster.shard_map import (
     shard_of_group,
 )
 from minikv_core.cluster.state_machine import ShardStateMachine
-from minikv_core.net.peer_transport import FrameHandler, PeerTransport
+from minikv_core.net.peer_transport import REFUSAL_RETIRED, FrameHandler, PeerTransport
 from minikv_core.raft import (
     CAMPAIGN_TRANSFER_CONTEXT,
     NONE,
@@ -316,8 +316,10 @@ class MultiRaftHost:
         """(shard, create?, done) for the driver loop: replicas come and go between rounds."""
         self._peer_map: dict[int, str] = dict(config.peers)
         self.decommissioned = asyncio.Event()
-        """Set when the applied shard map no longer lists this node (`remove-node` finished):
-        the server stops."""
+        """Set when the applied shard map no longer lists this node (`remove-node` finished),
+        or a peer refused it as removed (its map retires this id): the server stops."""
+        self.decommissioned_reason = ""
+        """Why, when a peer said so (empty when this node applied the map itself)."""
         self.fenced = asyncio.Event()
         """Set when a peer refused this node's incarnation: its data directory is not the
         one the cluster knew (lost, replaced), so it must not take part; the server stops
@@ -444,7 +446,7 @@ class MultiRaftHost:
                 await asyncio.to_thread(identity.store, config.identity_path)
             await self._open_groups()
             self._transport = self._transport_factory(config, self._on_frame, self._rng)
-            self._transport.fence(identity.incarnation, incarnations.admit, self._on_fenced)
+            self._transport.fence(identity.incarnation, incarnations.admit, self._on_refused)
             await self._transport.start()
         except BaseException:
             await self._close_storage()
@@ -1114,8 +1116,12 @@ class MultiRaftHost:
 
     # ---------------------------------------------------------------- replicas (#10)
 
-    def _on_fenced(self, reason: str) -> None:
-        if not self.fenced.is_set():
+    def _on_refused(self, kind: str, reason: str) -> None:
+        if kind == REFUSAL_RETIRED:
+            if not self.decommissioned.is_set():
+                self.decommissioned_reason = reason
+                self.decommissioned.set()
+        elif not self.fenced.is_set():
             self.fenced_reason = reason
             self.fenced.set()
 
@@ -1139,6 +1145,7 @@ class MultiRaftHost:
         if peers != self._peer_map:
             self._peer_map = peers
             self.transport.set_peers(peers)
+        self.transport.retire(shard_map.retired)
         node_id = self.config.node_id
         if node_id not in shard_map.nodes:
             # No barrier needed (and none possible: the node leaves the meta group next):

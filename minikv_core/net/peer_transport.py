@@ -33,6 +33,8 @@ Why this shape:
   cluster: with local clusters started and stopped all day, a reused port must not let one
   cluster's node talk to another's. With `fence()`, it also refuses a node whose incarnation
   is not the one first heard from its id (its data directory was lost: it must not vote).
+  With `retire()`, it refuses (and cuts the open streams of) nodes removed from the cluster:
+  a removed node may not have heard of its removal, and no Raft group tells it any more.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ METADATA_REFUSAL = "x-minikv-refusal"
 REFUSAL_FENCED = "fenced"
 """Trailing metadata of a stream refused because the caller's incarnation is not the one the
 callee knows for its id: the caller lost its data and must stop (see `fence`)."""
+REFUSAL_RETIRED = "retired"
+"""Trailing metadata of a stream refused because the caller's id is retired: it was removed
+from the cluster and must stop (see `retire`)."""
+RefusalHandler = Callable[[str, str], None]
+"""`on_refused(kind, reason)`: a peer refused this node for good (`REFUSAL_FENCED` or
+`REFUSAL_RETIRED`); `reason` is the peer's sentence."""
 METADATA_NODE_ID = "x-minikv-node-id"
 METADATA_FEATURES = "x-minikv-features"
 """Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID and the
@@ -443,9 +451,7 @@ class _PeerSender:
                     # Refused at the handshake: the status carries the callee's reason.
                     code = await call.code()
                     details = await call.details()
-                    trailing = dict(await call.trailing_metadata() or ())
-                    if trailing.get(METADATA_REFUSAL) == REFUSAL_FENCED:
-                        transport.fenced_by(self.node_id, str(details))
+                    await self._note_refusal(call)
                     raise _StreamFailedError(
                         f"node at {address} refused the stream to node {self.node_id}: "
                         f"{code.name}: {details}"
@@ -548,9 +554,18 @@ class _PeerSender:
         counters.messages_sent += frame.message_count
         counters.bytes_sent += len(frame.data)
 
+    async def _note_refusal(self, call: grpc.aio.StreamUnaryCall) -> None:
+        """Tell the transport when the peer refused this node for good (at the handshake,
+        or by cutting an open stream: `retire`)."""
+        trailing = dict(await call.trailing_metadata() or ())
+        kind = trailing.get(METADATA_REFUSAL)
+        if kind in (REFUSAL_FENCED, REFUSAL_RETIRED):
+            self._transport.refused_by(self.node_id, str(kind), str(await call.details()))
+
     async def _ended(self, call: grpc.aio.StreamUnaryCall) -> str:
         code = await call.code()
         details = await call.details()
+        await self._note_refusal(call)
         return f"stream to node {self.node_id} at {self.address} ended: {code.name}: {details}"
 
 
@@ -616,24 +631,36 @@ class PeerTransport:
         self._advertised = peers.get(node_id)
         self.incarnation = ""
         self._admit: AdmitPeer | None = None
-        self._on_fenced: Callable[[str], None] | None = None
+        self._on_refused: RefusalHandler | None = None
+        self._retired: frozenset[int] = frozenset()
         self.set_peers(peers)
 
-    def fence(self, incarnation: str, admit: AdmitPeer, on_fenced: Callable[[str], None]) -> None:
+    def fence(self, incarnation: str, admit: AdmitPeer, on_refused: RefusalHandler) -> None:
         """Before `start()`: send `incarnation` at every handshake, serve a stream only if
-        `admit` says so, and call `on_fenced(reason)` when a peer refuses this node's own
-        incarnation (it lost its data: see cluster/peer_incarnations.py). Without it the
-        transport neither sends nor checks incarnations (tests, embedders)."""
+        `admit` says so, and call `on_refused(kind, reason)` when a peer refuses this node
+        for good: its incarnation (it lost its data: see cluster/peer_incarnations.py) or
+        its retired id (`retire`). Without it the transport neither sends nor checks
+        incarnations (tests, embedders), and a refusal is only logged."""
         assert not self._started, "fence() after start()"
         self.incarnation = incarnation
         self._admit = admit
-        self._on_fenced = on_fenced
+        self._on_refused = on_refused
 
-    def fenced_by(self, node_id: int, reason: str) -> None:
-        """Node `node_id` refused this node's incarnation: the owner decides (a node stops
-        and says why), else it is said here."""
-        if self._on_fenced is not None:
-            self._on_fenced(reason)
+    def retire(self, node_ids: Iterable[int]) -> None:
+        """Refuse streams from these removed nodes from now on, open ones at their next frame,
+        telling them why (`REFUSAL_RETIRED`). Why: a node learns it was removed by applying
+        the map without it, but the leader may drop it from the meta group before it heard
+        that map's commit (commits travel with the next append or heartbeat, and none come
+        once it is out), and a node removed while down never hears it: either would run on,
+        listed nowhere. Its Raft groups soon talk to us (a follower without a leader
+        campaigns), so the refusal reaches it. Ids are never reused (ShardMap.retired)."""
+        self._retired = frozenset(node_ids)
+
+    def refused_by(self, node_id: int, kind: str, reason: str) -> None:
+        """Node `node_id` refused this node for good: the owner decides (a node stops and
+        says why), else it is said here."""
+        if self._on_refused is not None:
+            self._on_refused(kind, reason)
         else:
             logger.error("node %d: node %d refused this node: %s", self.node_id, node_id, reason)
 
@@ -825,6 +852,8 @@ class PeerTransport:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"node {self.node_id}'s transport is not running"
             )
+        if from_node in self._retired:
+            await self._refuse_retired(from_node, context)
         if self._admit is not None:
             # Recorded before any frame is read: an incarnation admitted unrecorded would let
             # the next one pass after a restart of this node.
@@ -856,11 +885,25 @@ class PeerTransport:
         frames = 0
         try:
             async for raw in request_iterator:
+                if from_node in self._retired:
+                    await self._refuse_retired(from_node, context)
                 frames += 1
                 self._receive(from_node, counters, raw)
         finally:
             counters.inbound_streams -= 1
         return raft_pb2.RaftStreamSummary(frames_received=frames).SerializeToString()
+
+    async def _refuse_retired(self, from_node: int, context: grpc.aio.ServicerContext) -> None:
+        refusal = (
+            f"node {from_node} was removed from the cluster (node {self.node_id}'s shard map "
+            "retires its id): a removed node must not rejoin; add a new node instead"
+        )
+        self._record_refused_stream(from_node, refusal)
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            refusal,
+            trailing_metadata=((METADATA_REFUSAL, REFUSAL_RETIRED),),
+        )
 
     def _receive(self, from_node: int, counters: _Counters, raw: bytes) -> None:
         counters.frames_received += 1

@@ -611,6 +611,27 @@ async def test_a_removal_the_leaving_node_finished_itself_reads_as_done(four: Cl
     assert all(len(v) == 3 and leaving not in v for v in voters.values()), voters
 
 
+async def test_a_node_removed_while_down_stops_when_it_comes_back(four: Cluster) -> None:
+    """A node removed while it was down never applies the map without it: it is out of the
+    meta group, so nothing tells it. Started again on its data, it would run on, listed
+    nowhere (as a removed node that missed the commit of its removal would). Its peers,
+    whose map retires its id, refuse it and say why: it stops by itself, cleanly."""
+    cluster = four
+    leaving = 4
+    cluster.kill(leaving)
+    job = await operate(cluster, 1, "remove-node", {"node": leaving})
+    result = await wait_job(cluster, 1, job["id"])
+    assert result["state"] == "done", result
+    node = cluster.nodes[leaving]
+    offset = node.log_size()
+    cluster.launch(leaving)
+    assert node.process is not None
+    assert await asyncio.to_thread(node.process.wait, 60) == 0, node.log_since(offset)
+    assert f"node {leaving} was removed from the cluster" in node.log_since(offset)
+    voters = await live_voters(cluster, 1)
+    assert all(len(v) == 3 and leaving not in v for v in voters.values()), voters
+
+
 def corrupt_one_table(shard_dir: Path) -> Path:
     """Flip bytes in the middle of the first data block of the shard's oldest table."""
     tables = sorted(shard_dir.glob("*.sst"))

@@ -30,12 +30,15 @@ from minikv_core.net.peer_transport import (
     METADATA_FROM_NODE,
     METADATA_NODE_ID,
     METADATA_TO_NODE,
+    REFUSAL_FENCED,
+    REFUSAL_RETIRED,
     STREAM_METHOD,
     AdmitPeer,
     DropReason,
     FrameHandler,
     PeerStats,
     PeerTransport,
+    RefusalHandler,
     TransportConfig,
     TransportError,
 )
@@ -165,7 +168,7 @@ class Net:
         config: TransportConfig = FAST,
         fault_filter: FaultFilter | None = None,
         cluster_id: str = "",
-        fence: tuple[str, AdmitPeer, Callable[[str], None]] | None = None,
+        fence: tuple[str, AdmitPeer, RefusalHandler] | None = None,
     ) -> tuple[PeerTransport, Inbox]:
         inbox = Inbox()
         transport = PeerTransport(
@@ -666,23 +669,25 @@ async def test_a_node_back_with_other_data_is_refused_and_told_so(net: Net, tmp_
     book) with cccc, as a node whose data directory was made anew: node 1 refuses its stream
     before reading a frame, and node 2 hears why (its host then stops)."""
     book = PeerIncarnations.open(tmp_path / "peers-1.json", 1)
-    a, inbox = await net.start(1, fence=("aaaa", book.admit, lambda reason: None))
-    told_first: list[str] = []
+    a, inbox = await net.start(1, fence=("aaaa", book.admit, lambda kind, reason: None))
+    told_first: list[tuple[str, str]] = []
     first, _ = await net.start(
-        2, {1: a.address}, fence=("bbbb", _book(tmp_path, 2).admit, told_first.append)
+        2, {1: a.address}, fence=("bbbb", _book(tmp_path, 2).admit, _collect(told_first))
     )
     await send_until_received(first, 1, inbox, group=7)
     assert book.known == {2: "bbbb"}
     await first.stop()
 
-    told: list[str] = []
+    told: list[tuple[str, str]] = []
     again, _ = await net.start(
-        2, {1: a.address}, fence=("cccc", _book(tmp_path, 2).admit, told.append)
+        2, {1: a.address}, fence=("cccc", _book(tmp_path, 2).admit, _collect(told))
     )
     await eventually(
         lambda: bool(told), "node 2 to be told", lambda: again.send(1, [(9, heartbeat(2, 1))])
     )
-    assert told[0].startswith("node 1 knew node 2 with other data (incarnation bbbb, now cccc)")
+    kind, reason = told[0]
+    assert kind == REFUSAL_FENCED
+    assert reason.startswith("node 1 knew node 2 with other data (incarnation bbbb, now cccc)")
     assert "FAILED_PRECONDITION" in peer_stats(again, 1).last_error
     assert 9 not in inbox.groups(2) and told_first == []
     assert PeerIncarnations.open(tmp_path / "peers-1.json", 1).known == {2: "bbbb"}
@@ -690,6 +695,58 @@ async def test_a_node_back_with_other_data_is_refused_and_told_so(net: Net, tmp_
 
 def _book(tmp_path: Path, node_id: int) -> PeerIncarnations:
     return PeerIncarnations.open(tmp_path / f"peers-{node_id}.json", node_id)
+
+
+def _collect(told: list[tuple[str, str]]) -> RefusalHandler:
+    return lambda kind, reason: told.append((kind, reason))
+
+
+async def test_a_retired_node_is_cut_off_and_told_it_was_removed(net: Net) -> None:
+    """Node 2 streams to node 1; node 1's map then retires node 2 (remove-node finished
+    without node 2 hearing of it): the open stream is cut at node 2's next frame, a new one
+    is refused at the handshake, and node 2 is told why (its host then stops)."""
+    a, inbox = await net.start(1)
+    told: list[tuple[str, str]] = []
+    b, _ = await net.start(2, {1: a.address}, fence=("bbbb", _admit_all, _collect(told)))
+    await send_until_received(b, 1, inbox, group=7)
+    assert b.is_connected(1)
+
+    a.retire([2, 5])
+    await eventually(
+        lambda: bool(told), "node 2 to be told", lambda: b.send(1, [(9, heartbeat(2, 1))])
+    )
+    assert told[0] == (
+        REFUSAL_RETIRED,
+        "node 2 was removed from the cluster (node 1's shard map retires its id): a removed "
+        "node must not rejoin; add a new node instead",
+    )
+    assert 9 not in inbox.groups(2), "nothing from a retired node is delivered"
+    # Reconnecting does not help: the handshake refuses it too, before any frame.
+    told.clear()
+    await eventually(
+        lambda: bool(told), "node 2 to be refused again", lambda: b.send(1, [(10, heartbeat(2, 1))])
+    )
+    assert told[0][0] == REFUSAL_RETIRED
+    assert 10 not in inbox.groups(2)
+    assert drops(a, 2, DropReason.MISADDRESSED) >= 2
+
+
+async def test_a_refusal_without_an_owner_is_logged(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, _ = await net.start(1)
+    a.retire([2])
+    b, _ = await net.start(2, {1: a.address})
+    with caplog.at_level(logging.ERROR, logger="minikv_core.net.peer_transport"):
+        await eventually(
+            lambda: "node 1 refused this node: node 2 was removed" in caplog.text,
+            "the refusal to be logged",
+            lambda: b.send(1, [(1, heartbeat(2, 1))]),
+        )
+
+
+async def _admit_all(node_id: int, incarnation: str) -> str:
+    return ""
 
 
 async def test_handler_exception_is_counted_and_the_stream_keeps_serving(net: Net) -> None:

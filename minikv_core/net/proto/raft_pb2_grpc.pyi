@@ -19,7 +19,9 @@ map lacks the caller sends its answers there, see peer_transport._learn_peer) an
 addressed to another node or cluster with FAILED_PRECONDITION, and one whose incarnation is
 not the first it heard from that node id likewise with trailing metadata
 `x-minikv-refusal: fenced` (the caller lost its data and stops: see
-cluster/peer_incarnations.py). Otherwise it answers with initial metadata `x-minikv-node-id`,
+cluster/peer_incarnations.py), and one from a node the shard map retires (removed) with
+`x-minikv-refusal: retired`, also sent when it cuts such a node's open stream (the caller
+stops). Otherwise it answers with initial metadata `x-minikv-node-id`,
 which the caller checks before it counts the peer as connected, and `x-minikv-features`
 (comma-separated: `propose` = it decodes MESSAGE_TYPE_PROPOSE; an older node drops a frame
 holding one).

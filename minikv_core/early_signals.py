@@ -4,8 +4,9 @@ Why: `python -m minikv_core.server` spends 0.6-0.9 s importing (grpc the slowest
 event loop installs the handlers that stop it cleanly. A SIGTERM in that window took the
 default action and killed the node with status 143, so `cluster stop` right after `cluster
 start` looked like a crash. Noted here instead, the signal stops the node the way a later one
-does (exit 0) as soon as the loop can act on it. Only the process entry point installs this:
-importing the server module from a test or the CLI must not change their signal handling.
+does (exit 0) as soon as the loop can act on it. Only the node's entry points install this
+(`python -m minikv_core.server`, and `minikv serve` in minikv_tui/cli.py): importing the server
+module from a test or another command must not change their signal handling.
 """
 
 from __future__ import annotations

@@ -15,6 +15,11 @@ from typing import NoReturn
 # once at import: set it before any command module imports grpc.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+from minikv_core import early_signals
+
+if sys.argv[1:2] == ["serve"]:  # a node: a SIGTERM during the imports stops it cleanly, too
+    early_signals.note_until_serving()
+
 import typer
 from rich.console import Console
 

@@ -413,9 +413,19 @@ async def test_a_sigterm_noted_while_importing_stops_the_node_once_it_serves() -
             signal.signal(signum, handler)
 
 
-def test_sigterm_as_soon_as_a_starting_node_handles_it_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param([sys.executable, "-m", "minikv_core.server"], id="launcher"),
+        pytest.param([str(Path(sys.executable).parent / "minikv"), "serve"], id="minikv-serve"),
+    ],
+)
+def test_sigterm_as_soon_as_a_starting_node_handles_it_exits_0(
+    tmp_path: Path, entry: list[str]
+) -> None:
     """`cluster stop` right after `start`: the node exited 143 when SIGTERM came during its
-    imports. Sent as soon as the process catches SIGTERM, it must stop cleanly."""
+    imports. Sent as soon as the process catches SIGTERM, it must stop cleanly, whether the
+    launcher started it or a person ran `minikv serve`."""
     grpc_port, http_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINIKV_")}
     flags = ["--id", "1", "--data-dir", str(tmp_path / "d"), "--http", f"127.0.0.1:{http_port}"]
@@ -428,7 +438,7 @@ def test_sigterm_as_soon_as_a_starting_node_handles_it_exits_0(tmp_path: Path) -
         "1",
     ]
     process = subprocess.Popen(
-        [sys.executable, "-m", "minikv_core.server", *flags, *peers],
+        [*entry, *flags, *peers],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1150,7 +1150,7 @@ class RawNode:
         if advanced:
             self._maybe_commit()
         if message.sender == self._lead_transferee and progress.match == log.last_index():
-            self._send_timeout_now(message.sender)
+            self._transfer_when_promotable(message.sender, progress)
 
     def _handle_heartbeat_response(self, message: Message, progress: Progress) -> None:
         progress.recent_active = True
@@ -1302,6 +1302,18 @@ class RawNode:
         self._election_elapsed = 0  # the abort timer (thesis §3.10)
         self._lead_transferee = target
         if progress.match == self._log.last_index():
+            self._transfer_when_promotable(target, progress)
+        else:
+            self._send_empty_to.add(target)
+
+    def _transfer_when_promotable(self, target: int, progress: Progress) -> None:
+        """TimeoutNow to a caught-up target, once it was told the commit of our latest
+        configuration: a voter just promoted holds that entry but, with lazy_commit, may
+        not know it committed, and campaigns only once it applied it (`_hup`). Sent before,
+        TimeoutNow was ignored and the transfer waited out its election timeout (a move's
+        promote-then-transfer took a second). Else tell it first (a commit-only append);
+        its answer brings us back here."""
+        if progress.sent_commit >= self._conf_history[-1][0]:
             self._send_timeout_now(target)
         else:
             self._send_empty_to.add(target)

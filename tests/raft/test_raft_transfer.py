@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from minikv_core.raft.node import Config
 from minikv_core.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
     Message,
     MessageType,
     NotLeaderError,
@@ -105,3 +110,26 @@ def test_timeout_now_is_ignored_by_a_learner() -> None:
     learner.step(Message(MessageType.TIMEOUT_NOW, 3, 1, term=1))
     assert learner.role == Role.FOLLOWER
     assert learner.term == 1
+
+
+def test_transfer_to_a_just_promoted_voter_tells_it_the_commit_first() -> None:
+    """With lazy_commit a promoted learner holds the promotion entry without knowing it
+    committed, so it is still a learner in its own eyes and ignores TimeoutNow (a move's
+    promote-then-transfer then waited out an election timeout). The leader tells it the
+    commit first; the transfer completes at once."""
+    net = Network([1, 2, 3], configure=lambda c: replace(c, lazy_commit=True))
+    net.campaign(1)
+    net.add_node(4, ConfState(voters=(1, 2, 3)))
+    net.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
+    net.settle()
+    net.propose(1, b"x")  # the learner catches up on it
+    net.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    net.settle()
+    assert net.node(1).conf_state == ConfState(voters=(1, 2, 3, 4))
+    assert net.node(4).conf_state != net.node(1).conf_state, "moot: node 4 knew the commit"
+    net.delivered.clear()
+    net.node(1).transfer_leader(4)
+    net.settle()
+    assert net.leader_ids() == [4]
+    kinds = [(m.type, m.sender, m.to) for m in net.delivered]
+    assert kinds.index((MessageType.APPEND, 1, 4)) < kinds.index((MessageType.TIMEOUT_NOW, 1, 4))

@@ -124,7 +124,8 @@ logger = logging.getLogger(__name__)
 RECONCILE_TIMEOUT_S: Final = 60.0
 """How long the maintenance loop waits for the driver to create or drop replicas."""
 MAINTENANCE_TICKS: Final = 10
-"""Compaction checks, preferred-leader transfers and the epoch-1 proposal run this often."""
+"""Compaction checks, preferred-leader transfers and the epoch-1 proposal run this often, and
+at once when the applied shard map changes (`_round`)."""
 BLOCK_CACHE_BYTES: Final = 4 * LSM_BLOCK_CACHE_BYTES_DEFAULT
 """One block cache shared by every shard engine of the node."""
 
@@ -293,6 +294,11 @@ class MultiRaftHost:
         self._running = False
         self._stopped = False
         self._stop_event = asyncio.Event()
+        self._maintenance_wake = asyncio.Event()
+        """Set by `stop()` and when the applied shard map changes: a replica the map adds
+        here is created at once, not at the next maintenance period (every move of a
+        repair, add-node or remove-node waits for its new replica: ~0.5 s each on average)."""
+        self._map_epoch_seen = -1
         self._idle_rounds: list[asyncio.Future[None]] = []
         self._compaction_waiters: list[asyncio.Future[None]] = []
         self._planning = asyncio.Lock()
@@ -933,6 +939,10 @@ class MultiRaftHost:
             if group.raw.has_ready():
                 self._dirty.add(group)
                 more = True
+        meta = self.meta
+        if meta is not None and meta.state_machine.shard_map.epoch != self._map_epoch_seen:
+            self._map_epoch_seen = meta.state_machine.shard_map.epoch
+            self._maintenance_wake.set()
         return more
 
     def _apply_early(self, taken: list[tuple[Group, Ready]]) -> None:
@@ -1013,7 +1023,8 @@ class MultiRaftHost:
         period_s = MAINTENANCE_TICKS * self.config.tick_ms / 1000.0
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), period_s)
+                await asyncio.wait_for(self._maintenance_wake.wait(), period_s)
+            self._maintenance_wake.clear()
             if self._stop_event.is_set() or self.failure is not None:
                 return
             self.counters.maintenance_runs += 1
@@ -1067,6 +1078,12 @@ class MultiRaftHost:
                 group.rebalance_wanted = False
                 continue
             if not group.rebalance_wanted or preferred in (NONE, node_id) or not group.is_leader:
+                continue
+            if group is self.meta and self.meta.state_machine.shard_map.job is not None:
+                # Not while a maintenance job runs here: the job stops with the meta
+                # leadership, and the next leader resumes it only after a grace period (a
+                # start's move to the preferred meta leader once cost a remove-node 10 s).
+                # The job's end changes the map, which runs this again at once.
                 continue
             term = group.raw.term
             if group.transfer_attempted_term == term or preferred not in connected:
@@ -1418,6 +1435,7 @@ class MultiRaftHost:
             return
         self._stopped = True
         self._stop_event.set()
+        self._maintenance_wake.set()
         for task in self._tasks:
             if task.get_name().endswith("ticker"):
                 task.cancel()

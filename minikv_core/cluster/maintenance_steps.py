@@ -37,6 +37,9 @@ from minikv_core.cluster.shard_map import (
 
 CALL_TIMEOUT_S: Final = 10.0
 CATCH_UP_TIMEOUT_S: Final = 120.0
+CATCH_UP_POLL_S: Final = 0.05
+"""A new replica of a small shard catches up in tens of milliseconds (its node creates it as
+soon as it applies the map naming it): a coarser poll was most of a move's time."""
 STEP_TIMEOUT_S: Final = 180.0
 """A step's bound (a catch-up by snapshot included)."""
 
@@ -250,7 +253,7 @@ class StepRunner:
                 raise DeadlineExceededError(
                     f"node {node} did not catch up with group {group_id} (index {target}) in time"
                 )
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(CATCH_UP_POLL_S)
 
     async def on_leader(
         self, group_id: int, method: str, args: JsonObject, deadline: float

@@ -1162,7 +1162,12 @@ class MultiRaftHost:
         if peers != self._peer_map:
             self._peer_map = peers
             self.transport.set_peers(peers)
-        self.transport.retire(shard_map.retired)
+        # Refused only once out of the meta group too: until its removal from the group
+        # commits, the leaving node's acknowledgement may be needed (a group of two voters
+        # needs both to commit the removal, Raft §4.1: the old configuration decides).
+        conf = meta.raw.conf_state
+        members = {*conf.voters, *conf.learners}
+        self.transport.retire(n for n in shard_map.retired if n not in members)
         node_id = self.config.node_id
         if node_id not in shard_map.nodes:
             # No barrier needed (and none possible: the node leaves the meta group next):

@@ -501,7 +501,16 @@ class _Cluster:
             self.repair_shard(group)
 
     def repair_shard(self, group: _Group) -> None:
-        healthy = self.healthy_count(group)
+        # A live leaving node's replica is still a copy to catch up from and a vote, until
+        # its replacement is in: with one replica per shard it is the only one.
+        healthy = self.healthy_count(group) + sum(
+            1
+            for voter in group.voters
+            if self.nodes[voter].leaving
+            and self.nodes[voter].live
+            and not self.nodes[voter].dead
+            and voter not in group.corrupt
+        )
         if healthy == 0:
             self.block(
                 group,
@@ -550,6 +559,7 @@ class _Cluster:
             key=lambda v: (self.nodes[v].usable, v),
         )
         no_target = False
+        stuck: list[tuple[int, str]] = []
         for node_id in bad:
             state = self.state_of(group, node_id)
             healthy = self.healthy_count(group)
@@ -593,6 +603,19 @@ class _Cluster:
                         f"quorum ({healthy} other healthy voters of {len(group.voters)}); "
                         "add a node",
                     )
+                continue
+            stuck.append((node_id, state))
+        # Decided once the others are: a rebuild in place above may have made enough
+        # replicas healthy to drop these without a replacement (else a second plan would).
+        for node_id, state in stuck:
+            healthy = self.healthy_count(group)
+            if healthy >= self.replicas:
+                self.remove(
+                    group,
+                    node_id,
+                    f"remove the replica on {state} node {node_id}: "
+                    f"{healthy} healthy replicas remain",
+                )
                 continue
             no_target = True
             if state == "corrupt":

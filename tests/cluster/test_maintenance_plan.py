@@ -327,6 +327,21 @@ def test_remove_node_that_leads_shards_moves_all_its_replicas() -> None:
     assert plan_remove_node(nodes, final, 3, 1).steps == ()
 
 
+def test_remove_node_with_one_replica_per_shard_copies_from_the_leaving_node() -> None:
+    """One replica per shard: the leaving node's is the only copy, and the one to catch up
+    from (a 2-node cluster's remove-node said every shard it held was "lost")."""
+    nodes = make_nodes(2)
+    shards = placed(2, 4, 1)
+    held = {s.shard for s in shards if 2 in s.voters}
+    assert held, "the scenario needs shards on node 2"
+    plan = plan_remove_node(nodes, shards, 1, 2)
+    assert plan.blocked == ()
+    for number in held:
+        assert [kind for kind, _ in steps_of(plan, number)] == [ADD, TRANSFER, REMOVE]
+    final = apply_plan(shards, nodes, plan, 1)
+    assert all(shard.voters == (1,) for shard in final), final
+
+
 def test_remove_node_does_not_count_the_leaving_node_as_under_replication() -> None:
     # remove-node marks the node leaving in the meta group before it plans, so the planner
     # sees it leaving: its replicas are still full copies, and "under-replicated before"

@@ -262,6 +262,26 @@ async def journal(home: Path) -> list[tuple[int | None, str, str]]:
         return [(e.node, e.kind, e.detail) for e in await registry.events(NAME)]
 
 
+def test_remove_node_from_two_nodes_with_one_replica_each(minikv_home: Path) -> None:
+    """The leaving node holds the only copy of its shards, and one of the meta group's two
+    voters: its replicas are copied from it, and its acknowledgement commits its removal
+    from the meta group (the planner called those shards "lost", and peers must not cut a
+    leaving node off before that removal commits)."""
+    up = invoke("cluster", "up", "--name", NAME, "--nodes", "2", "--shards", "4", "--replicas", "1")
+    try:
+        assert up.exit_code == 0, up.output
+        written = {f"key-{i}": f"value-{i}" for i in range(8)}
+        for key, value in written.items():
+            assert invoke("put", key, value).exit_code == 0
+        removed = invoke("cluster", "remove-node", "2")
+        assert removed.exit_code == 0, removed.output
+        assert "node 2 removed from cluster" in removed.stdout, removed.output
+        assert all(r == [1] for r in replicas_by_shard().values()), replicas_by_shard()
+        assert_readable(written)
+    finally:
+        invoke("cluster", "down", NAME)
+
+
 def test_kill_repair_add_verify_remove_and_restart_a_local_cluster(minikv_home: Path) -> None:
     """The node killed is not the meta leader (a meta election right after the kill could
     end the repair job with its leader: the CLI then says "run it again", which is right but

@@ -562,15 +562,9 @@ class _Cluster:
         stuck: list[tuple[int, str]] = []
         for node_id in bad:
             state = self.state_of(group, node_id)
-            healthy = self.healthy_count(group)
-            if healthy >= self.replicas:
-                self.remove(
-                    group,
-                    node_id,
-                    f"remove the replica on {state} node {node_id}: "
-                    f"{healthy} healthy replicas remain",
-                )
+            if self.drop_if_spare(group, node_id, state):
                 continue
+            healthy = self.healthy_count(group)
             target = self.pick_target(group)
             if target is not None:
                 load = self.voter_counts()[target]
@@ -608,14 +602,7 @@ class _Cluster:
         # Decided once the others are: a rebuild in place above may have made enough
         # replicas healthy to drop these without a replacement (else a second plan would).
         for node_id, state in stuck:
-            healthy = self.healthy_count(group)
-            if healthy >= self.replicas:
-                self.remove(
-                    group,
-                    node_id,
-                    f"remove the replica on {state} node {node_id}: "
-                    f"{healthy} healthy replicas remain",
-                )
+            if self.drop_if_spare(group, node_id, state):
                 continue
             no_target = True
             if state == "corrupt":
@@ -632,6 +619,18 @@ class _Cluster:
                     "until then)",
                 )
         return no_target
+
+    def drop_if_spare(self, group: _Group, node_id: int, state: str) -> bool:
+        """Remove the bad replica on `node_id` when the healthy ones already suffice."""
+        healthy = self.healthy_count(group)
+        if healthy < self.replicas:
+            return False
+        self.remove(
+            group,
+            node_id,
+            f"remove the replica on {state} node {node_id}: {healthy} healthy replicas remain",
+        )
+        return True
 
     def settle_down_voters(self, group: _Group, down: list[int]) -> int:
         """Drop replicas on down nodes the shard no longer needs; keep (and report) the others.

@@ -298,7 +298,7 @@ class MultiRaftHost:
         """Set by `stop()` and when the applied shard map changes: a replica the map adds
         here is created at once, not at the next maintenance period (every move of a
         repair, add-node or remove-node waits for its new replica: ~0.5 s each on average)."""
-        self._map_epoch_seen = -1
+        self._map_seen: tuple[int, ConfState] | None = None
         self._idle_rounds: list[asyncio.Future[None]] = []
         self._compaction_waiters: list[asyncio.Future[None]] = []
         self._planning = asyncio.Lock()
@@ -940,9 +940,13 @@ class MultiRaftHost:
                 self._dirty.add(group)
                 more = True
         meta = self.meta
-        if meta is not None and meta.state_machine.shard_map.epoch != self._map_epoch_seen:
-            self._map_epoch_seen = meta.state_machine.shard_map.epoch
-            self._maintenance_wake.set()
+        if meta is not None:
+            # Reconcile as soon as the map or the meta configuration changes: a peer
+            # retires a leaving node only once it left both (see reconcile_replicas).
+            seen = (meta.state_machine.shard_map.epoch, meta.raw.conf_state)
+            if seen != self._map_seen:
+                self._map_seen = seen
+                self._maintenance_wake.set()
         return more
 
     def _apply_early(self, taken: list[tuple[Group, Ready]]) -> None:
@@ -1158,22 +1162,29 @@ class MultiRaftHost:
         shard_map = meta.state_machine.shard_map
         if shard_map.epoch == 0:
             return  # the bootstrap map: the founding groups already match it
+        # A leaving node is unlisted from the map before its removal from the meta group
+        # (so that it learns it left); until that removal commits its acknowledgement may
+        # be needed (a group of two voters needs both, Raft §4.1: the old configuration
+        # decides). So its address is kept, and it is refused, only once it left both.
+        members = _meta_members(meta)
         peers = dict(shard_map.nodes)
+        for node in members - peers.keys():
+            if node in self._peer_map:
+                peers[node] = self._peer_map[node]
         if peers != self._peer_map:
             self._peer_map = peers
             self.transport.set_peers(peers)
-        # Refused only once out of the meta group too: until its removal from the group
-        # commits, the leaving node's acknowledgement may be needed (a group of two voters
-        # needs both to commit the removal, Raft §4.1: the old configuration decides).
-        conf = meta.raw.conf_state
-        members = {*conf.voters, *conf.learners}
         self.transport.retire(n for n in shard_map.retired if n not in members)
         node_id = self.config.node_id
         if node_id not in shard_map.nodes:
-            # No barrier needed (and none possible: the node leaves the meta group next):
-            # every map this replica can apply lists it from the moment it joined until it
-            # is removed, since a map applies only at the next epoch and ids are never reused.
-            self.decommissioned.set()
+            # No barrier needed: every map this replica can apply lists it from the moment
+            # it joined until it is removed, since a map applies only at the next epoch and
+            # ids are never reused. But the node stays until it also left the meta group:
+            # its removal from a group of two voters needs its acknowledgement (the old
+            # configuration decides, Raft §4.1). If it never learns that removal committed
+            # (the leader stops sending to it), its peers refuse it (retired) and it stops.
+            if node_id not in members:
+                self.decommissioned.set()
             return
         if not self._replica_changes_for(shard_map):
             return
@@ -1185,7 +1196,8 @@ class MultiRaftHost:
             return
         shard_map = meta.state_machine.shard_map
         if node_id not in shard_map.nodes:
-            self.decommissioned.set()
+            if node_id not in _meta_members(meta):
+                self.decommissioned.set()
             return
         changes = self._replica_changes_for(shard_map)
         if not changes:
@@ -1479,3 +1491,9 @@ class MultiRaftHost:
                 errors.append(f"WAL: {error}")
         for problem in errors:
             logger.error("node %d: closing: %s", self.config.node_id, problem)
+
+
+def _meta_members(meta: MetaGroup) -> set[int]:
+    """The voters and learners of the meta group's configuration as this replica applied it."""
+    conf = meta.raw.conf_state
+    return {*conf.voters, *conf.learners}

@@ -567,7 +567,8 @@ class Maintenance:
             return
         if node in shard_map.nodes:
             await self.local.update_map(lambda m: m.without_node(node), deadline)
-            # Let the leaving node learn it left (it stops itself) before it is cut off.
+            # Let the leaving node learn it left before its meta removal: it stops once
+            # out of both (or when its peers, which retire it then, refuse it).
             index = meta.applied_index
             wait_until = min(deadline, time.monotonic() + 5.0)
             while time.monotonic() < wait_until:

@@ -262,12 +262,6 @@ async def journal(home: Path) -> list[tuple[int | None, str, str]]:
         return [(e.node, e.kind, e.detail) for e in await registry.events(NAME)]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open bug: the leaving node may stop as soon as it applies the map without it, "
-    "before its removal from a 2-voter meta group commits; that group then cannot commit "
-    "and the job hangs (1 run in 4 under xdist). See the session 16 note.",
-)
 def test_remove_node_from_two_nodes_with_one_replica_each(minikv_home: Path) -> None:
     """The leaving node holds the only copy of its shards, and one of the meta group's two
     voters: its replicas are copied from it, and its acknowledgement commits its removal

@@ -21,11 +21,14 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(RUNTIME_STAMP): pyproject.toml | $(PY)
+# The install also compiles the storage's C loops (hatch_build.py): rebuilt when they change.
+SPEEDUPS := hatch_build.py minikv_core/storage/_speedups.c
+
+$(RUNTIME_STAMP): pyproject.toml $(SPEEDUPS) | $(PY)
 	$(PY) -m pip install --quiet -e .
 	@touch $@
 
-$(DEV_STAMP): pyproject.toml | $(PY)
+$(DEV_STAMP): pyproject.toml $(SPEEDUPS) | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,dev]'
 	@touch $@ $(RUNTIME_STAMP)
 

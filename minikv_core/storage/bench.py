@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from minikv_core.storage import speedups
 from minikv_core.storage.engine import prefix_successor
 from minikv_core.storage.store import Store
 
@@ -474,7 +475,12 @@ def _puts_only(repeat: int, directory: Path | None) -> None:
             f" (floor {ops_per_s[workload, floor] / ops_per_s[workload, 'sqlite']:.2f}x)"
             for workload in sorted({r.workload for r in results})
         )
-        print(f"run {number} of {repeat}: minikv/sqlite {ratios}", file=sys.stderr, flush=True)
+        print(
+            f"run {number} of {repeat} (minikv loops: {speedups.IMPLEMENTATION}): "
+            f"minikv/sqlite {ratios}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 LOADED_MARK = "LOADED"

@@ -47,6 +47,7 @@ from minikv_core.storage.lsm_limits import (
     LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES,
     LSM_VALUE_SIZE_BYTES_MAX,
 )
+from minikv_core.storage.speedups import memtable_set_many as _c_set_many
 from minikv_core.storage.sstable import ABSENT, Absent
 
 # Entries per chunk of `iter_chunks`: big enough to amortize a merge round, small enough that
@@ -157,8 +158,25 @@ class Memtable:
             self.tombstone_count += 1
 
     def set_many(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
-        """`set` for each pair, in order (a later pair for the same key wins), with the
-        per-call lookups hoisted: this loop runs once per key of every applied batch."""
+        """`set` for each pair, in order (a later pair for the same key wins): this loop runs
+        once per key of every applied batch, in C when it is built (`speedups`)."""
+        if _c_set_many is not None:
+            counts = _c_set_many(
+                self.entries,
+                self._unordered,
+                pairs,
+                LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES,
+                self.size_bytes,
+                self.tombstone_count,
+            )
+            if counts is not None:
+                self.size_bytes, self.tombstone_count = counts
+                return
+        self.set_many_python(pairs)
+
+    def set_many_python(self, pairs: Sequence[tuple[bytes, bytes | None]]) -> None:
+        """`set_many` in Python, with the per-call lookups hoisted: its meaning, and what
+        runs when the C loops are not built."""
         entries = self.entries
         get = entries.get
         note_new = self._unordered.append

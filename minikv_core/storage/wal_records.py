@@ -27,6 +27,7 @@ from typing import ClassVar, Self
 
 from minikv_core.frozen import frozen
 from minikv_core.storage.errors import RecordDecodeError
+from minikv_core.storage.speedups import encode_kv_batch as _c_encode_kv_batch
 
 
 class RecordType(enum.IntEnum):
@@ -126,6 +127,29 @@ class KvBatch:
         pair it accepts (e.g. a `bytes` subclass) and the pair is encoded as it is.
         """
         _check_uint("sequence", sequence, _U64_MAX)
+        if _c_encode_kv_batch is not None:
+            encoded = _c_encode_kv_batch(sequence, pairs, key_size_bytes_max, value_size_bytes_max)
+            if encoded is not None:
+                return encoded
+        return KvBatch.encode_pairs_python(
+            sequence,
+            pairs,
+            key_size_bytes_max=key_size_bytes_max,
+            value_size_bytes_max=value_size_bytes_max,
+            check_pair=check_pair,
+        )
+
+    @staticmethod
+    def encode_pairs_python(
+        sequence: int,
+        pairs: Sequence[tuple[bytes, bytes | None]],
+        *,
+        key_size_bytes_max: int,
+        value_size_bytes_max: int,
+        check_pair: Callable[[object, object], object],
+    ) -> bytes:
+        """`encode_pairs` in Python: its meaning, and what runs for a batch the C loop
+        declines (a pair off the fast path) or when the C loops are not built."""
         parts: list[bytes] = [_KV_BATCH_HEADER.pack(sequence, len(pairs))]
         append = parts.append
         pack_op = _KV_OP_HEADER.pack

@@ -1,0 +1,199 @@
+/*
+ * C versions of the two per-key loops of a durable batch (Store.write_batch and a shard's
+ * apply): encoding a KV_BATCH record and inserting the pairs into the memtable. In Python
+ * they cost ~30 us of a 64-key batch whose fdatasync takes ~110 us (docs/benchmarks.md,
+ * "Storage engine vs sqlite3"). Each function has a Python twin that defines its meaning
+ * (wal_records.KvBatch.encode_pairs, memtable.Memtable.set_many); the tests run both on the
+ * same inputs and compare. When this module is not built, the Python twins run.
+ *
+ * The format (wal_records.py): header "<QI" (sequence, count), then per op "<BII" (kind,
+ * key length, value length), the key, the value. Kinds: PUT = 1, DELETE = 2 (no value).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define KV_BATCH_HEADER_SIZE 12
+#define KV_OP_HEADER_SIZE 9
+#define OP_PUT 1
+#define OP_DELETE 2
+
+static void put_u32(char *out, uint32_t v) {
+    out[0] = (char)(v & 0xff);
+    out[1] = (char)((v >> 8) & 0xff);
+    out[2] = (char)((v >> 16) & 0xff);
+    out[3] = (char)((v >> 24) & 0xff);
+}
+
+static void put_u64(char *out, uint64_t v) {
+    put_u32(out, (uint32_t)(v & 0xffffffffu));
+    put_u32(out + 4, (uint32_t)(v >> 32));
+}
+
+/* encode_kv_batch(sequence, pairs, key_size_bytes_max, value_size_bytes_max) -> bytes | None
+ *
+ * None when any pair is off the fast path (a key that is not exactly `bytes` of
+ * 1..key_size_bytes_max bytes, a value neither None nor exactly `bytes` of at most
+ * value_size_bytes_max bytes): the caller then runs the Python encoder, which raises the
+ * precise error or accepts the pair. Nothing is half-written: the sizes are checked in a first
+ * pass, the bytes written in a second. */
+static PyObject *encode_kv_batch(PyObject *Py_UNUSED(self), PyObject *args) {
+    unsigned long long sequence;
+    PyObject *pairs;
+    Py_ssize_t key_max, value_max;
+    if (!PyArg_ParseTuple(args, "KOnn", &sequence, &pairs, &key_max, &value_max)) {
+        return NULL;
+    }
+    /* A tuple (the caller's own when it passed one): nothing below can change it, even
+     * Python code run by a garbage collection between the two passes. */
+    PyObject *seq = PySequence_Tuple(pairs);
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
+    if ((unsigned long long)count > 0xffffffffULL) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t total = KV_BATCH_HEADER_SIZE;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        PyObject *key = PyTuple_GET_ITEM(pair, 0);
+        PyObject *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyBytes_CheckExact(key)) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t key_len = PyBytes_GET_SIZE(key);
+        if (key_len <= 0 || key_len > key_max) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        total += KV_OP_HEADER_SIZE + key_len;
+        if (value != Py_None) {
+            if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > value_max) {
+                Py_DECREF(seq);
+                Py_RETURN_NONE;
+            }
+            total += PyBytes_GET_SIZE(value);
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    char *p = PyBytes_AS_STRING(out);
+    put_u64(p, (uint64_t)sequence);
+    put_u32(p + 8, (uint32_t)count);
+    p += KV_BATCH_HEADER_SIZE;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyTuple_GET_ITEM(items[i], 0);
+        PyObject *value = PyTuple_GET_ITEM(items[i], 1);
+        Py_ssize_t key_len = PyBytes_GET_SIZE(key);
+        Py_ssize_t value_len = value == Py_None ? 0 : PyBytes_GET_SIZE(value);
+        p[0] = (char)(value == Py_None ? OP_DELETE : OP_PUT);
+        put_u32(p + 1, (uint32_t)key_len);
+        put_u32(p + 5, (uint32_t)value_len);
+        p += KV_OP_HEADER_SIZE;
+        memcpy(p, PyBytes_AS_STRING(key), (size_t)key_len);
+        p += key_len;
+        if (value_len) {
+            memcpy(p, PyBytes_AS_STRING(value), (size_t)value_len);
+            p += value_len;
+        }
+    }
+    Py_DECREF(seq);
+    return out;
+}
+
+/* memtable_set_many(entries, new_keys, pairs, overhead, size, tombstones)
+ *     -> (size, tombstones) | None
+ *
+ * Memtable.set_many's loop: for each (key, value-or-None) pair in order, note a key not yet in
+ * `entries` in `new_keys`, set entries[key] = value, and keep the byte size (key + value +
+ * overhead per entry) and the tombstone count. None, having changed nothing, unless every key
+ * is exactly `bytes` and every value None or exactly `bytes`: then no dict operation below
+ * runs Python code (bytes hash and compare in C), so the batch cannot change under the loop. */
+static PyObject *memtable_set_many(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *entries, *new_keys, *pairs;
+    Py_ssize_t overhead, size, tombstones;
+    if (!PyArg_ParseTuple(args, "O!O!Onnn", &PyDict_Type, &entries, &PyList_Type, &new_keys,
+                          &pairs, &overhead, &size, &tombstones)) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Tuple(pairs);
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(seq);
+    PyObject **items = &PyTuple_GET_ITEM(seq, 0);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = items[i];
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+        PyObject *value = PyTuple_GET_ITEM(pair, 1);
+        if (value != Py_None && !PyBytes_CheckExact(value)) {
+            Py_DECREF(seq);
+            Py_RETURN_NONE;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyTuple_GET_ITEM(items[i], 0);
+        PyObject *value = PyTuple_GET_ITEM(items[i], 1);
+        Py_ssize_t key_len = PyBytes_GET_SIZE(key);
+        PyObject *previous = PyDict_GetItemWithError(entries, key); /* borrowed */
+        if (previous == NULL) {
+            if (PyErr_Occurred() || PyList_Append(new_keys, key) < 0) {
+                goto error;
+            }
+        } else if (previous == Py_None) {
+            size -= key_len + overhead;
+            tombstones -= 1;
+        } else {
+            Py_ssize_t previous_len = PyBytes_Check(previous) ? PyBytes_GET_SIZE(previous)
+                                                              : PyObject_Length(previous);
+            if (previous_len < 0) {
+                goto error;
+            }
+            size -= key_len + previous_len + overhead;
+        }
+        if (PyDict_SetItem(entries, key, value) < 0) {
+            goto error;
+        }
+        if (value == Py_None) {
+            size += key_len + overhead;
+            tombstones += 1;
+        } else {
+            size += key_len + PyBytes_GET_SIZE(value) + overhead;
+        }
+    }
+    Py_DECREF(seq);
+    return Py_BuildValue("(nn)", size, tombstones);
+error:
+    Py_DECREF(seq);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"encode_kv_batch", encode_kv_batch, METH_VARARGS,
+     "A KV_BATCH payload from (key, value-or-None) pairs, or None off the fast path."},
+    {"memtable_set_many", memtable_set_many, METH_VARARGS,
+     "Memtable.set_many's loop: (size_bytes, tombstone_count), or None off the fast path."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups", "C loops of the storage hot path.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }

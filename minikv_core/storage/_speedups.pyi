@@ -1,0 +1,18 @@
+from collections.abc import Sequence
+
+def encode_kv_batch(
+    sequence: int,
+    pairs: Sequence[tuple[bytes, bytes | None]],
+    key_size_bytes_max: int,
+    value_size_bytes_max: int,
+    /,
+) -> bytes | None: ...
+def memtable_set_many(
+    entries: dict[bytes, bytes | None],
+    new_keys: list[bytes],
+    pairs: Sequence[tuple[bytes, bytes | None]],
+    overhead: int,
+    size: int,
+    tombstones: int,
+    /,
+) -> tuple[int, int] | None: ...

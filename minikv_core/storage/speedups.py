@@ -1,0 +1,34 @@
+"""The optional C loops of the storage hot path (`_speedups.c`), or None for each.
+
+Built at install time when a C compiler is there (`hatch_build.py`); without one, or with
+`MINIKV_PURE_PYTHON=1` in the environment (an A/B of the two, a suspected C bug), the Python
+twins run: `KvBatch.encode_pairs` and `Memtable.set_many` define what each loop means, and
+the tests check that both give the same results.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Final
+
+EncodeKvBatch = Callable[[int, Sequence[tuple[bytes, bytes | None]], int, int], bytes | None]
+MemtableSetMany = Callable[
+    [dict[bytes, bytes | None], list[bytes], Sequence[tuple[bytes, bytes | None]], int, int, int],
+    tuple[int, int] | None,
+]
+
+encode_kv_batch: EncodeKvBatch | None = None
+memtable_set_many: MemtableSetMany | None = None
+
+if os.environ.get("MINIKV_PURE_PYTHON", "") in ("", "0"):
+    try:
+        from minikv_core.storage import _speedups
+    except ImportError:
+        pass
+    else:
+        encode_kv_batch = _speedups.encode_kv_batch
+        memtable_set_many = _speedups.memtable_set_many
+
+IMPLEMENTATION: Final = "c" if encode_kv_batch is not None else "python"
+"""Which loops run: benchmarks print it, so that their numbers are compared like for like."""

@@ -1035,6 +1035,7 @@ class MultiRaftHost:
             try:
                 self._propose_bootstrap_epoch()
                 await self.reconcile_replicas()
+                self._hand_off_corrupt_leaderships()
                 self._transfer_to_preferred_leaders()
                 await self.plan_compactions(force_shards=None)
             except (StorageError, RaftError, OSError, ServiceError) as error:
@@ -1055,6 +1056,35 @@ class MultiRaftHost:
             return
         meta.epoch_proposed_term = term
         self.wake()
+
+    def hand_off_leadership(self, group: ShardGroup) -> int:
+        """Start moving `group`'s leadership from this node to the most caught-up live voter
+        (a transfer stops the group's writes until the target caught up, thesis §3.10, so a
+        lagging one would stall them); answers the node to ask instead: the transfer's
+        target, or the leader as this replica knows it."""
+        hint = group.raw.lead_transferee or group.leader_id
+        if not group.is_leader or group.raw.lead_transferee != NONE:
+            return hint
+        status = group.raw.status()
+        voters = set(status.conf_state.voters)
+        node_id = self.config.node_id
+        peers = [p for p in status.peers if p.node_id in voters and p.node_id != node_id]
+        live = [p for p in peers if p.recent_active] or peers
+        if not live:
+            return hint
+        target = max(live, key=lambda p: (p.match, -p.node_id)).node_id
+        with contextlib.suppress(NotLeaderError, ProposalDroppedError):
+            group.raw.transfer_leader(target)
+        self.wake_group(group)
+        return target
+
+    def _hand_off_corrupt_leaderships(self) -> None:
+        """A replica a read found corrupt hands its leadership away at once (node_service
+        `_corrupt_replica`); if that transfer was abandoned (the target did not win within
+        an election timeout), or this node was elected again, it tries again here."""
+        for group in self.shard_groups.values():
+            if group.corrupt and group.is_leader:
+                self.hand_off_leadership(group)
 
     def _transfer_to_preferred_leaders(self) -> None:
         """Move each group's leadership to its preferred leader, so leaders stay spread as

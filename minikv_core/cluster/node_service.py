@@ -741,19 +741,7 @@ class Node:
                 shard,
                 error,
             )
-        hint = group.raw.lead_transferee or group.leader_id
-        if group.is_leader and group.raw.lead_transferee == NONE:
-            # The most caught-up live voter: a transfer stops the group's writes until the
-            # target has caught up (thesis §3.10), so a lagging one would stall them.
-            status = group.raw.status()
-            voters = set(status.conf_state.voters)
-            peers = [p for p in status.peers if p.node_id in voters and p.node_id != self.node_id]
-            live = [p for p in peers if p.recent_active] or peers
-            if live:
-                hint = max(live, key=lambda p: (p.match, -p.node_id)).node_id
-                with contextlib.suppress(NotLeaderError, ProposalDroppedError):
-                    group.raw.transfer_leader(hint)
-                self.host.wake_group(group)
+        hint = self.host.hand_off_leadership(group)
         return UnavailableError(
             f"shard {shard}'s replica on node {self.node_id} is corrupt ({error}); ask another "
             "replica, and run `minikv cluster repair` to rebuild this one",

@@ -1,8 +1,10 @@
 """The engine benchmark: minikv's standalone `Store` against sqlite3, side by side, in one run.
 
-Why in one process, one after the other: the machine's fsync latency and CPU speed drift over
-minutes, so only numbers taken in the same run are comparable; the result is reported as a
-ratio minikv/sqlite rather than as absolute figures alone.
+Why in one process, in one run: the machine's fsync latency and CPU speed drift, so only
+numbers taken in the same minutes are comparable; the result is reported as a ratio
+minikv/sqlite rather than as absolute figures alone. The two short put rows go further and
+interleave the systems in blocks of a few batches (`interleaved_puts`): the sync latency of
+this disk drifts by 2x within seconds.
 
 The peer is configured to give the same durability promise as minikv: WAL journal mode,
 `synchronous=FULL` (a commit returns after its fsync), one transaction per batch, a
@@ -14,7 +16,8 @@ Definitions (so numbers mean one thing):
   made before the clock starts: making them costs ~30 us per batch of 64, which is neither
   system's work, and counting it (as the runs in docs/benchmarks.md up to 2026-11-26 05:50 UTC
   did) pulls the ratio toward 1.
-- `put_batch_64_sustained`: 3,000 batches of 64 in a row (192k keys), long enough for about
+- `put_batch_64_sustained`: 3,000 batches of 64 in a row (192k keys, on a fresh store, one
+  system after the other: their background work must not overlap), long enough for about
   eight memtable flushes (minikv) and many WAL checkpoints (sqlite) to land inside the timed
   loop; the two rows above are too short for either.
 - `get_random`: point gets of random existing keys after reopening the loaded data set.
@@ -54,6 +57,8 @@ KEYS_PER_PREFIX = 1_000
 SUSTAINED_WORKLOAD = "put_batch_64_sustained"
 LOAD_BATCH_KEYS = 10_000
 SEED = 20261125
+INTERLEAVE_BATCHES = 10
+"""Batches per block when the short put rows interleave the systems (`interleaved_puts`)."""
 
 Progress = Callable[[str], None]
 
@@ -221,28 +226,56 @@ def summarize(
     )
 
 
-def timed_puts(
-    system: DurableWriter, batches: int, batch_size: int, value_size: int, rng: random.Random
-) -> WorkloadResult:
-    base = 10**9  # fresh keys, outside the loaded key space
-    # Made before the clock starts (see the module docstring), from the same random stream.
-    all_items = [
+def make_batches(
+    batches: int, batch_size: int, value_size: int, rng: random.Random
+) -> list[list[tuple[bytes, bytes]]]:
+    """Fresh keys (outside the loaded key space) and random values, made before any clock
+    starts (see the module docstring)."""
+    base = 10**9
+    return [
         [
             (b"put:%012d" % (base + b * batch_size + i), rng.randbytes(value_size))
             for i in range(batch_size)
         ]
         for b in range(batches)
     ]
-    samples: list[int] = []
-    put_batch = system.put_batch
+
+
+def interleaved_puts(
+    writers: Sequence[DurableWriter], all_items: list[list[tuple[bytes, bytes]]], workload: str
+) -> list[WorkloadResult]:
+    """The same batches through every writer, INTERLEAVE_BATCHES at a time each, the writer
+    that goes first rotating from block to block. Why: this disk's sync latency drifts by 2x
+    within seconds, so rows measured one system after the other compared the disk's moods
+    more than the systems (ratios of 0.9x-3.1x for the same tree in one session); blocks a
+    few milliseconds apart see the same disk. Seconds are the sum of the batches' own
+    latencies."""
+    samples: dict[str, list[int]] = {writer.name: [] for writer in writers}
     clock = time.perf_counter_ns
-    start = time.perf_counter()
-    for items in all_items:
-        t0 = clock()
-        put_batch(items)
-        samples.append(clock() - t0)
-    seconds = time.perf_counter() - start
-    return summarize(f"put_batch_{batch_size}", system.name, batches * batch_size, seconds, samples)
+    for number, start in enumerate(range(0, len(all_items), INTERLEAVE_BATCHES)):
+        block = all_items[start : start + INTERLEAVE_BATCHES]
+        shift = number % len(writers)
+        for writer in [*writers[shift:], *writers[:shift]]:
+            put_batch = writer.put_batch
+            taken = samples[writer.name]
+            for items in block:
+                t0 = clock()
+                put_batch(items)
+                taken.append(clock() - t0)
+    ops = sum(len(items) for items in all_items)
+    return [
+        summarize(workload, writer.name, ops, sum(samples[writer.name]) / 1e9, samples[writer.name])
+        for writer in writers
+    ]
+
+
+def timed_puts(
+    system: DurableWriter, batches: int, batch_size: int, value_size: int, rng: random.Random
+) -> WorkloadResult:
+    """`batches` batches through one system, one after the other."""
+    all_items = make_batches(batches, batch_size, value_size, rng)
+    (result,) = interleaved_puts([system], all_items, f"put_batch_{batch_size}")
+    return result
 
 
 def load(system: KeyValueSystem, config: BenchConfig, progress: Progress) -> None:
@@ -392,7 +425,7 @@ def run_system(
     system = make_system(name, path)
     system.open()
     try:
-        yield from timed_put_rows(system, config, progress)
+        yield from timed_sustained_puts(system, config, progress)
         if not config.puts_only:
             load(system, config, progress)
     finally:
@@ -413,18 +446,43 @@ def run_system(
         shutil.rmtree(path, ignore_errors=True)
 
 
-def timed_put_rows(
+def run_short_puts(root: Path, config: BenchConfig, progress: Progress) -> list[WorkloadResult]:
+    """The batch-of-1 and batch-of-64 rows of every system, interleaved (`interleaved_puts`),
+    each system on a fresh store that is removed afterwards. No memtable fills in them (20k
+    keys), so no system's background work runs into another's blocks."""
+    path = root / "short-puts"
+    writers: list[DurableWriter] = [
+        make_system("minikv", path / "minikv"),
+        make_system("sqlite", path / "sqlite"),
+        SyncFloorSystem(path / SyncFloorSystem.name),
+    ]
+    opened: list[DurableWriter] = []
+    try:
+        for writer in writers:
+            writer.open()
+            opened.append(writer)
+        rng = random.Random(config.seed + 4)
+        results = []
+        for batches, size in ((config.put_batches_of_1, 1), (config.put_batches_of_64, 64)):
+            progress(f"durable puts in batches of {size}, every system in turn")
+            all_items = make_batches(batches, size, config.value_size_bytes, rng)
+            results += interleaved_puts(writers, all_items, f"put_batch_{size}")
+        return results
+    finally:
+        for writer in opened:
+            writer.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def timed_sustained_puts(
     system: DurableWriter, config: BenchConfig, progress: Progress
 ) -> Iterator[WorkloadResult]:
-    """The put workloads, on the same random stream for every system."""
-    rng = random.Random(config.seed + 4)
-    progress(f"{system.name}: durable puts in batches of 1")
-    yield timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
-    progress(f"{system.name}: durable puts in batches of 64")
-    yield timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
+    """The sustained row, one system at a time: its flushes and compactions (minikv's worker
+    processes, sqlite's checkpoints) would run into the other systems' blocks if interleaved."""
     if config.put_batches_sustained:
         batches = config.put_batches_sustained
         progress(f"{system.name}: {batches:,} durable batches of 64 in a row (flushes included)")
+        rng = random.Random(config.seed + 5)
         result = timed_puts(system, batches, 64, config.value_size_bytes, rng)
         yield replace(result, workload=SUSTAINED_WORKLOAD)
 
@@ -434,15 +492,16 @@ def run_floor(root: Path, config: BenchConfig, progress: Progress) -> Iterator[W
     floor = SyncFloorSystem(path)
     floor.open()
     try:
-        yield from timed_put_rows(floor, config, progress)
+        yield from timed_sustained_puts(floor, config, progress)
     finally:
         floor.close()
         shutil.rmtree(path, ignore_errors=True)
 
 
 def run(config: BenchConfig, root: Path, progress: Progress) -> Iterator[WorkloadResult]:
-    """Yield results as they come: minikv's workloads, then sqlite's, then the fsync floor's
-    puts, on `root`."""
+    """Yield results as they come: the short put rows of all three systems, interleaved;
+    then minikv's other workloads, sqlite's, and the fsync floor's sustained row, on `root`."""
+    yield from run_short_puts(root, config, progress)
     for name in ("minikv", "sqlite"):
         yield from run_system(name, root, config, progress)
     yield from run_floor(root, config, progress)

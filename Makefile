@@ -69,4 +69,5 @@ proto: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -f minikv_core/storage/_speedups*.so
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from minikv_core.storage import speedups
 from minikv_core.storage.engine import prefix_successor
@@ -58,7 +58,10 @@ SUSTAINED_WORKLOAD = "put_batch_64_sustained"
 LOAD_BATCH_KEYS = 10_000
 SEED = 20261125
 INTERLEAVE_BATCHES = 10
-"""Batches per block when the short put rows interleave the systems (`interleaved_puts`)."""
+"""Batches per block when the short put rows interleave the systems (`alternate`)."""
+INTERLEAVE_GETS = 2_000
+INTERLEAVE_SCANS = 5
+"""Gets and scans per block (~12 ms and ~4 ms of work) when the read rows interleave."""
 
 Progress = Callable[[str], None]
 
@@ -241,27 +244,48 @@ def make_batches(
     ]
 
 
+T = TypeVar("T")
+S = TypeVar("S", bound=DurableWriter)
+
+
+def alternate(
+    systems: Sequence[S],
+    inputs: Sequence[T],
+    block: int,
+    run_block: Callable[[S, Sequence[T], list[int]], None],
+) -> dict[str, list[int]]:
+    """Feed `inputs` to every system, `block` at a time each, the system that goes first
+    rotating from block to block; `run_block(system, chunk, samples)` times each op. Why:
+    this machine's sync latency drifts by 2x within seconds, and its CPU speed too, so rows
+    measured one system after the other compared the machine's moods more than the systems
+    (batch-64 put ratios of 0.9x-3.1x for one tree in one session); blocks milliseconds
+    apart see the same machine."""
+    samples: dict[str, list[int]] = {system.name: [] for system in systems}
+    for number, start in enumerate(range(0, len(inputs), block)):
+        chunk = inputs[start : start + block]
+        shift = number % len(systems)
+        for system in [*systems[shift:], *systems[:shift]]:
+            run_block(system, chunk, samples[system.name])
+    return samples
+
+
+def _put_block(
+    system: DurableWriter, chunk: Sequence[list[tuple[bytes, bytes]]], samples: list[int]
+) -> None:
+    put_batch = system.put_batch
+    clock = time.perf_counter_ns
+    for items in chunk:
+        t0 = clock()
+        put_batch(items)
+        samples.append(clock() - t0)
+
+
 def interleaved_puts(
     writers: Sequence[DurableWriter], all_items: list[list[tuple[bytes, bytes]]], workload: str
 ) -> list[WorkloadResult]:
-    """The same batches through every writer, INTERLEAVE_BATCHES at a time each, the writer
-    that goes first rotating from block to block. Why: this disk's sync latency drifts by 2x
-    within seconds, so rows measured one system after the other compared the disk's moods
-    more than the systems (ratios of 0.9x-3.1x for the same tree in one session); blocks a
-    few milliseconds apart see the same disk. Seconds are the sum of the batches' own
-    latencies."""
-    samples: dict[str, list[int]] = {writer.name: [] for writer in writers}
-    clock = time.perf_counter_ns
-    for number, start in enumerate(range(0, len(all_items), INTERLEAVE_BATCHES)):
-        block = all_items[start : start + INTERLEAVE_BATCHES]
-        shift = number % len(writers)
-        for writer in [*writers[shift:], *writers[:shift]]:
-            put_batch = writer.put_batch
-            taken = samples[writer.name]
-            for items in block:
-                t0 = clock()
-                put_batch(items)
-                taken.append(clock() - t0)
+    """The same batches through every writer (`alternate`, INTERLEAVE_BATCHES at a time);
+    seconds are the sum of the batches' own latencies."""
+    samples = alternate(writers, all_items, INTERLEAVE_BATCHES, _put_block)
     ops = sum(len(items) for items in all_items)
     return [
         summarize(workload, writer.name, ops, sum(samples[writer.name]) / 1e9, samples[writer.name])
@@ -289,40 +313,50 @@ def load(system: KeyValueSystem, config: BenchConfig, progress: Progress) -> Non
             progress(f"{system.name}: loaded {start:,} of {config.keys:,} keys")
 
 
-def timed_gets(system: KeyValueSystem, config: BenchConfig) -> WorkloadResult:
+def timed_reads(systems: Sequence[KeyValueSystem], config: BenchConfig) -> list[WorkloadResult]:
+    """Random point gets, then prefix scans, the same ones on every (loaded, open) system,
+    interleaved (`alternate`): CPU-bound rows that drift with the machine like the puts."""
     rng = random.Random(config.seed + 2)
     keys = [key_of(rng.randrange(config.keys)) for _ in range(config.gets)]
-    samples: list[int] = []
+    gets = alternate(systems, keys, INTERLEAVE_GETS, _get_block)
+    rng = random.Random(config.seed + 3)
+    groups = config.keys // KEYS_PER_PREFIX
+    prefixes = [prefix_of(rng.randrange(groups)) for _ in range(config.scans)]
+    scans = alternate(systems, prefixes, INTERLEAVE_SCANS, _scan_block)
+    return [
+        summarize(
+            workload, system.name, len(inputs), sum(taken[system.name]) / 1e9, taken[system.name]
+        )
+        for workload, inputs, taken in (
+            ("get_random", keys, gets),
+            ("scan_prefix_1000", prefixes, scans),
+        )
+        for system in systems
+    ]
+
+
+def _get_block(system: KeyValueSystem, keys: Sequence[bytes], samples: list[int]) -> None:
     get = system.get
     clock = time.perf_counter_ns
     missing = 0
-    start = time.perf_counter()
     for key in keys:
         t0 = clock()
         value = get(key)
         samples.append(clock() - t0)
         if value is None:
             missing += 1
-    seconds = time.perf_counter() - start
     if missing:
         raise AssertionError(f"{system.name}: {missing} of {len(keys)} loaded keys not found")
-    return summarize("get_random", system.name, len(keys), seconds, samples)
 
 
-def timed_scans(system: KeyValueSystem, config: BenchConfig) -> WorkloadResult:
-    rng = random.Random(config.seed + 3)
-    groups = config.keys // KEYS_PER_PREFIX
-    samples: list[int] = []
-    start = time.perf_counter()
-    for _ in range(config.scans):
-        prefix = prefix_of(rng.randrange(groups))
-        t0 = time.perf_counter_ns()
+def _scan_block(system: KeyValueSystem, prefixes: Sequence[bytes], samples: list[int]) -> None:
+    clock = time.perf_counter_ns
+    for prefix in prefixes:
+        t0 = clock()
         found = system.scan_prefix(prefix, KEYS_PER_PREFIX)
-        samples.append(time.perf_counter_ns() - t0)
+        samples.append(clock() - t0)
         if found != KEYS_PER_PREFIX:
             raise AssertionError(f"{system.name}: scan of {prefix!r} returned {found} keys")
-    seconds = time.perf_counter() - start
-    return summarize("scan_prefix_1000", system.name, config.scans, seconds, samples)
 
 
 def reopen_in_child(system_name: str, path: Path) -> WorkloadResult:
@@ -421,6 +455,8 @@ def rss_mib() -> float:
 def run_system(
     name: str, root: Path, config: BenchConfig, progress: Progress
 ) -> Iterator[WorkloadResult]:
+    """The sustained put row, then (unless puts only) the load of the read rows' data set,
+    in `root/name`: kept for `run_reads` unless puts only."""
     path = root / name
     system = make_system(name, path)
     system.open()
@@ -432,18 +468,32 @@ def run_system(
         system.close()
     if config.puts_only:
         shutil.rmtree(path, ignore_errors=True)
-        return
-    progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
-    yield reopen_in_child(name, path)
-    system.open()
+
+
+def run_reads(
+    names: Sequence[str], root: Path, config: BenchConfig, progress: Progress
+) -> Iterator[WorkloadResult]:
+    """Each loaded data set reopened in a fresh process (time and memory), then the read rows
+    with all of them open at once (`timed_reads`); the data sets are removed afterwards."""
+    systems: list[KeyValueSystem] = []
     try:
-        progress(f"{name}: {config.gets:,} random point gets")
-        yield timed_gets(system, config)
-        progress(f"{name}: {config.scans:,} prefix scans of {KEYS_PER_PREFIX:,} keys")
-        yield timed_scans(system, config)
+        for name in names:
+            progress(f"{name}: reopening {config.keys:,} keys in a fresh process")
+            yield reopen_in_child(name, root / name)
+        for name in names:
+            system = make_system(name, root / name)
+            system.open()
+            systems.append(system)
+        progress(
+            f"{config.gets:,} random point gets and {config.scans:,} prefix scans of "
+            f"{KEYS_PER_PREFIX:,} keys, every system in turn"
+        )
+        yield from timed_reads(systems, config)
     finally:
-        system.close()
-        shutil.rmtree(path, ignore_errors=True)
+        for system in systems:
+            system.close()
+        for name in names:
+            shutil.rmtree(root / name, ignore_errors=True)
 
 
 def run_short_puts(root: Path, config: BenchConfig, progress: Progress) -> list[WorkloadResult]:
@@ -499,12 +549,16 @@ def run_floor(root: Path, config: BenchConfig, progress: Progress) -> Iterator[W
 
 
 def run(config: BenchConfig, root: Path, progress: Progress) -> Iterator[WorkloadResult]:
-    """Yield results as they come: the short put rows of all three systems, interleaved;
-    then minikv's other workloads, sqlite's, and the fsync floor's sustained row, on `root`."""
+    """Yield results as they come, on `root`: the short put rows of all three systems,
+    interleaved; the sustained row of each, one after the other (and the load of the read
+    rows' data set); then the reopen and read rows, interleaved."""
     yield from run_short_puts(root, config, progress)
-    for name in ("minikv", "sqlite"):
+    names = ("minikv", "sqlite")
+    for name in names:
         yield from run_system(name, root, config, progress)
     yield from run_floor(root, config, progress)
+    if not config.puts_only:
+        yield from run_reads(names, root, config, progress)
 
 
 def _reopen_probe(system_name: str, path: Path) -> None:
@@ -546,7 +600,7 @@ LOADED_MARK = "LOADED"
 
 
 def _loaded_data_set(name: str, root: Path, config: BenchConfig) -> Path:
-    """`root/name` holding the data set `run_system` reads from (its put rows, then the load),
+    """`root/name` holding the data set `run_reads` reads from (the sustained row, the load),
     made once: a later `--reads-only` run on the same DIR reuses it (a mark file says the load
     completed), so that builds of minikv under comparison read the very same tables."""
     path = root / name
@@ -554,12 +608,12 @@ def _loaded_data_set(name: str, root: Path, config: BenchConfig) -> Path:
         return path
     shutil.rmtree(path, ignore_errors=True)
     system = make_system(name, path)
-    rng = random.Random(config.seed + 4)
+    progress: Progress = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     system.open()
     try:
-        timed_puts(system, config.put_batches_of_1, 1, config.value_size_bytes, rng)
-        timed_puts(system, config.put_batches_of_64, 64, config.value_size_bytes, rng)
-        load(system, config, lambda message: print(message, file=sys.stderr, flush=True))
+        for _ in timed_sustained_puts(system, config, progress):
+            pass
+        load(system, config, progress)
     finally:
         system.close()
     (path / LOADED_MARK).touch()
@@ -575,14 +629,15 @@ def _reads_only(repeat: int, directory: Path | None) -> None:
         root = directory if directory is not None else Path(scratch)
         paths = {name: _loaded_data_set(name, root, config) for name in ("minikv", "sqlite")}
         for number in range(1, repeat + 1):
-            results: list[WorkloadResult] = []
-            for name, path in paths.items():
-                system = make_system(name, path)
-                system.open()
-                try:
-                    results.append(timed_gets(system, config))
-                    results.append(timed_scans(system, config))
-                finally:
+            systems: list[KeyValueSystem] = []
+            try:
+                for name, path in paths.items():
+                    system = make_system(name, path)
+                    system.open()
+                    systems.append(system)
+                results = timed_reads(systems, config)
+            finally:
+                for system in systems:
                     system.close()
             for result in results:
                 print(result.to_json(), flush=True)

@@ -49,3 +49,24 @@ def test_the_floor_writes_each_batch_in_place(tmp_path: Path) -> None:
     data = (tmp_path / "floor" / "floor.bin").read_bytes()
     assert len(data) == SyncFloorSystem.FILE_BYTES  # preallocated: writes never extend it
     assert data.startswith(b"k1v1k2v22k3v3\0")
+
+
+def test_a_full_run_reports_every_row_and_cleans_up(tmp_path: Path) -> None:
+    """The read rows too (interleaved, on both loaded data sets), on a small data set."""
+    config = BenchConfig(
+        keys=2_000,
+        gets=300,
+        scans=4,
+        put_batches_of_1=3,
+        put_batches_of_64=2,
+        put_batches_sustained=2,
+    )
+    results = list(run(config, tmp_path, lambda _message: None))
+    rows = {(r.workload, r.system): r for r in results}
+    for workload, ops in (("get_random", 300), ("scan_prefix_1000", 4), ("reopen", 1)):
+        for system in ("minikv", "sqlite"):
+            assert rows[workload, system].ops == ops
+            assert rows[workload, system].ops_per_s > 0
+    assert rows["reopen", "minikv"].rss_mib is not None
+    assert len(results) == 3 * 3 + 2 * 3  # three put rows of three systems, three read rows
+    assert list(tmp_path.iterdir()) == []

@@ -1209,11 +1209,13 @@ class MultiRaftHost:
         if node_id not in shard_map.nodes:
             # No barrier needed: every map this replica can apply lists it from the moment
             # it joined until it is removed, since a map applies only at the next epoch and
-            # ids are never reused. But the node stays until it also left the meta group:
-            # its removal from a group of two voters needs its acknowledgement (the old
+            # ids are never reused. But a meta voter stays until it left the meta group
+            # too: its removal from a group of two voters needs its acknowledgement (the old
             # configuration decides, Raft §4.1). If it never learns that removal committed
-            # (the leader stops sending to it), its peers refuse it (retired) and it stops.
-            if node_id not in members:
+            # (the leader stops sending to it), it campaigns, its peers refuse it (retired)
+            # and it stops. A learner's acknowledgement is never needed (and a learner never
+            # campaigns, so nothing would tell it): it stops now.
+            if node_id not in meta.raw.conf_state.voters:
                 self.decommissioned.set()
             return
         if not self._replica_changes_for(shard_map):
@@ -1226,7 +1228,7 @@ class MultiRaftHost:
             return
         shard_map = meta.state_machine.shard_map
         if node_id not in shard_map.nodes:
-            if node_id not in _meta_members(meta):
+            if node_id not in meta.raw.conf_state.voters:  # as above
                 self.decommissioned.set()
             return
         changes = self._replica_changes_for(shard_map)

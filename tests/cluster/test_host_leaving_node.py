@@ -75,3 +75,30 @@ async def test_a_node_leaving_a_two_voter_meta_group_is_reachable_until_it_left(
         assert value.value == b"left"
     finally:
         await cluster.stop()
+
+
+async def test_a_meta_learner_stops_once_it_applied_the_map_without_it(tmp_path: Path) -> None:
+    """Its acknowledgement is never needed and, never campaigning, it would send nothing a
+    peer could refuse: it must not wait for its removal from the meta group."""
+    cluster = Cluster(tmp_path, 6, shards=1, replicas=1)
+    try:
+        await cluster.start()
+        await cluster.wait_ready()
+        some_meta = cluster.nodes[1].host.meta
+        assert some_meta is not None
+        (learner,) = some_meta.raw.conf_state.learners
+        assert learner not in cluster.nodes[1].host.shard_map.shards[0].replicas
+        leaving = cluster.nodes[learner]
+        leader = next(
+            node
+            for node in cluster.nodes.values()
+            if node.host.meta is not None and node.host.meta.is_leader
+        )
+        unlisted = await leader.maintenance.local.update_map(
+            lambda m: m.without_node(learner), time.monotonic() + STEP_TIMEOUT_S
+        )
+        await wait_for(lambda: leaving.host.shard_map.epoch >= unlisted.epoch, STEP_TIMEOUT_S)
+        await leaving.host.reconcile_replicas()
+        assert leaving.host.decommissioned.is_set()
+    finally:
+        await cluster.stop()

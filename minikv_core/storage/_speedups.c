@@ -31,6 +31,30 @@ static void put_u64(char *out, uint64_t v) {
     put_u32(out + 4, (uint32_t)(v >> 32));
 }
 
+/* The bytes a (key, value-or-None) pair adds to a KV_BATCH after its op header, or -1 when
+ * the pair is off the fast path: not an exact 2-tuple, a key not exactly `bytes` of
+ * key_min..key_max bytes, a value neither None nor exactly `bytes` of at most value_max.
+ * Exact types only: the hash and comparisons of a subclass could run Python code. */
+static Py_ssize_t fast_pair_size(PyObject *pair, Py_ssize_t key_min, Py_ssize_t key_max,
+                                 Py_ssize_t value_max) {
+    if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        return -1;
+    }
+    PyObject *key = PyTuple_GET_ITEM(pair, 0);
+    PyObject *value = PyTuple_GET_ITEM(pair, 1);
+    if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) < key_min ||
+        PyBytes_GET_SIZE(key) > key_max) {
+        return -1;
+    }
+    if (value == Py_None) {
+        return PyBytes_GET_SIZE(key);
+    }
+    if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > value_max) {
+        return -1;
+    }
+    return PyBytes_GET_SIZE(key) + PyBytes_GET_SIZE(value);
+}
+
 /* encode_kv_batch(sequence, pairs, key_size_bytes_max, value_size_bytes_max) -> bytes | None
  *
  * None when any pair is off the fast path (a key that is not exactly `bytes` of
@@ -59,30 +83,12 @@ static PyObject *encode_kv_batch(PyObject *Py_UNUSED(self), PyObject *args) {
     }
     Py_ssize_t total = KV_BATCH_HEADER_SIZE;
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *pair = items[i];
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        Py_ssize_t size = fast_pair_size(items[i], 1, key_max, value_max);
+        if (size < 0) {
             Py_DECREF(seq);
             Py_RETURN_NONE;
         }
-        PyObject *key = PyTuple_GET_ITEM(pair, 0);
-        PyObject *value = PyTuple_GET_ITEM(pair, 1);
-        if (!PyBytes_CheckExact(key)) {
-            Py_DECREF(seq);
-            Py_RETURN_NONE;
-        }
-        Py_ssize_t key_len = PyBytes_GET_SIZE(key);
-        if (key_len <= 0 || key_len > key_max) {
-            Py_DECREF(seq);
-            Py_RETURN_NONE;
-        }
-        total += KV_OP_HEADER_SIZE + key_len;
-        if (value != Py_None) {
-            if (!PyBytes_CheckExact(value) || PyBytes_GET_SIZE(value) > value_max) {
-                Py_DECREF(seq);
-                Py_RETURN_NONE;
-            }
-            total += PyBytes_GET_SIZE(value);
-        }
+        total += KV_OP_HEADER_SIZE + size;
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     if (out == NULL) {
@@ -135,14 +141,7 @@ static PyObject *memtable_set_many(PyObject *Py_UNUSED(self), PyObject *args) {
     Py_ssize_t count = PyTuple_GET_SIZE(seq);
     PyObject **items = &PyTuple_GET_ITEM(seq, 0);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *pair = items[i];
-        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(pair, 0))) {
-            Py_DECREF(seq);
-            Py_RETURN_NONE;
-        }
-        PyObject *value = PyTuple_GET_ITEM(pair, 1);
-        if (value != Py_None && !PyBytes_CheckExact(value)) {
+        if (fast_pair_size(items[i], 0, PY_SSIZE_T_MAX, PY_SSIZE_T_MAX) < 0) {
             Py_DECREF(seq);
             Py_RETURN_NONE;
         }

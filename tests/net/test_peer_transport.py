@@ -446,8 +446,12 @@ async def test_address_change_reconnects_to_the_new_address(net: Net) -> None:
 
 
 async def test_removed_peer_is_disconnected_and_later_sends_are_dropped(net: Net) -> None:
-    (a, _), (b, inbox_b) = await net.mesh(2)
+    (a, inbox_a), (b, inbox_b) = await net.mesh(2)
     await send_until_received(a, 2, inbox_b, group=1)
+    # Node 2's stream to node 1 must be open before node 1 drops it: one that opened later
+    # would have node 1 learn node 2's address again (`_learn_peer`) and dial it back
+    # (1 run in 12 did).
+    await send_until_received(b, 1, inbox_a, group=2)
     a.set_peers({})
     assert a.peers == {}
     await eventually(

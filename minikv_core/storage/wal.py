@@ -55,7 +55,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple, NoReturn, Self
 
 from minikv_core.storage import limits
 from minikv_core.storage.errors import (
@@ -1039,6 +1039,10 @@ class Wal:
         Called with the write lock held. Positions are returned only after the data they name
         is durable, so no caller hears of a record that a crash could take back.
         """
+        if len(batches) == 1:
+            batch = batches[0]
+            if self._active.write_offset + batch.size <= self._segment_size_bytes:
+                return [self._write_one_locked(batch)]
         with self._state_lock:
             self._check_usable()
         try:
@@ -1072,12 +1076,56 @@ class Wal:
             self._maybe_prepare_next_locked()
             return positions
         except OSError as exc:
-            with self._state_lock:
-                self._failure = exc
-            log.error("WAL %s: write or fsync failed, refusing further appends: %s", self, exc)
-            raise WalFailedError(
-                f"writing the WAL in {self._directory} failed: {exc}; reopen it to continue"
-            ) from exc
+            self._fail_locked(exc)
+
+    def _write_one_locked(self, batch: EncodedBatch) -> Position:
+        """`_write_locked` of one batch that fits the active segment: every durable batch of
+        the standalone Store and most rounds of a node. The same steps with one state-lock
+        round instead of six and no per-part lists. Why a twin: measured on this disk, the
+        general path cost ~20 us more per append than this one (docs/benchmarks.md, session
+        18) -- its bookkeeping runs right after a sync, on caches the sleep left cold."""
+        active = self._active
+        offset = active.write_offset
+        end = offset + batch.size
+        with self._state_lock:
+            self._check_usable()
+        try:
+            data = batch.data
+            written = os.pwrite(active.fd, data, offset)
+            if written != batch.size:
+                _pwrite_all(active.fd, data[written:], offset + written)
+            # Writer-private until the sync returns; readers see only durable_offset.
+            active.write_offset = end
+            active.written_records += batch.count
+            started = time.perf_counter()
+            os.fdatasync(active.fd)
+            elapsed = time.perf_counter() - started
+        except OSError as exc:
+            self._fail_locked(exc)
+        with self._state_lock:
+            active.durable_offset = end
+            active.record_count = active.written_records
+            active.size_bytes = max(active.size_bytes, end)
+            counters = self._counters
+            counters.appends += 1
+            counters.writes += 1
+            counters.records += batch.count
+            counters.bytes_written += batch.size
+            counters.syncs += 1
+            counters.sync_seconds_total += elapsed
+            counters.sync_seconds_max = max(counters.sync_seconds_max, elapsed)
+        if self._prepared is None and end * 2 >= self._segment_size_bytes:
+            self._maybe_prepare_next_locked()
+        return Position(active.sequence, offset)
+
+    def _fail_locked(self, exc: OSError) -> NoReturn:
+        """A failed write or sync poisons the WAL: what reached the disk is unknown."""
+        with self._state_lock:
+            self._failure = exc
+        log.error("WAL %s: write or fsync failed, refusing further appends: %s", self, exc)
+        raise WalFailedError(
+            f"writing the WAL in {self._directory} failed: {exc}; reopen it to continue"
+        ) from exc
 
     def _write_parts_locked(self, parts: list[bytes], size: int, records: int) -> None:
         active = self._active

@@ -175,6 +175,20 @@ def encode_batch(records: Iterable[tuple[int, Payload]]) -> EncodedBatch:
     Checked here, before anything reaches the file, so a bad record fails its own caller and
     never a group commit it would have shared with others.
     """
+    if type(records) is list and len(records) == 1:
+        # One bytes record of a known type (every Store batch, most node rounds): the loop
+        # below, unrolled; anything else falls through to it and its errors.
+        item = records[0]
+        if type(item) is tuple and len(item) == 2:
+            record_type, payload = item
+            if type(payload) is bytes and isinstance(record_type, int):
+                seed = _TYPE_CRC_SEED.get(record_type)
+                length = len(payload)
+            else:
+                seed, length = None, 0
+            if seed is not None and length <= limits.WAL_RECORD_PAYLOAD_BYTES_MAX:
+                header = _FRAME_HEADER.pack(length, crc32c(payload, seed), record_type)
+                return EncodedBatch(header + payload, FRAME_HEADER_SIZE + length, 1)
     parts: list[bytes] = []
     append = parts.append
     pack = _FRAME_HEADER.pack

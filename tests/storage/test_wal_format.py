@@ -83,6 +83,47 @@ def test_encode_batch_concatenates_frames() -> None:
     assert batch.data == b"".join(encode_frame(t, bytes(p)) for t, p in records)
 
 
+@pytest.mark.parametrize(
+    "record",
+    [
+        (RecordType.KV_BATCH, b"x" * 100),
+        (int(RecordType.RAFT_ENTRY), b""),
+        (RecordType.KV_BATCH, bytearray(b"copied")),  # not bytes: the general loop
+        (RecordType.KV_BATCH, memoryview(b"viewed")),
+    ],
+)
+def test_one_record_frames_as_the_last_of_a_batch_does(record: tuple[int, bytes]) -> None:
+    """A one-record list takes a shortcut; its frame must be the general loop's, which a
+    record framed after another one still goes through."""
+    alone = encode_batch([record])
+    after = encode_batch([(RecordType.KV_BATCH, b"first"), record])
+    first = FRAME_HEADER_SIZE + len(b"first")
+    assert (alone.count, alone.size) == (1, len(alone.data))
+    assert alone.data == after.data[first:]
+
+
+@pytest.mark.parametrize(
+    ("record", "error", "message"),
+    [
+        ((1.0, b"x"), ValueError, "unknown record type 1.0"),
+        ((99, b"x"), ValueError, "unknown record type 99"),
+        (([1], b"x"), ValueError, "unknown record type"),
+        ((RecordType.KV_BATCH, "text"), TypeError, "payload must be bytes, got str"),
+        ((RecordType.KV_BATCH,), TypeError, "must be a .record_type, payload. pair"),
+        (
+            (RecordType.KV_BATCH, bytes(WAL_RECORD_PAYLOAD_BYTES_MAX + 1)),
+            WalRecordTooLargeError,
+            "exceeds the WAL record limit",
+        ),
+    ],
+)
+def test_one_bad_record_gets_the_general_error(
+    record: tuple[object, ...], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        encode_batch([record])  # type: ignore[list-item]
+
+
 def test_encode_rejects_oversize_payload_before_framing() -> None:
     with pytest.raises(WalRecordTooLargeError, match=str(WAL_RECORD_PAYLOAD_BYTES_MAX)):
         encode_batch([(RecordType.KV_BATCH, bytes(WAL_RECORD_PAYLOAD_BYTES_MAX + 1))])

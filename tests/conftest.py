@@ -12,6 +12,13 @@ import pytest
 # gRPC's C core reads this once, at import: silence its INFO lines ("Got goaway") so a test
 # failure's output shows our messages, as the `minikv` CLI does for users.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# ... and keep its fork handlers out: pexpect starts a terminal program by forking this
+# process (forkpty, not the vfork of subprocess), and with gRPC channels open here, gRPC's
+# handler restarts its poller thread in the child, which then dies on "epoll_wait error: Bad
+# file descriptor" once the child closes its descriptors before exec (grpc/grpc#43055, open
+# since grpcio 1.81; 1 fork in ~300 here, and a CI run lost a REPL test to it). Nothing in
+# the suite uses gRPC in a forked child, so nothing needs those handlers.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 
 def _interrupt_on_sigterm(signum: int, _frame: FrameType | None) -> None:

@@ -812,7 +812,8 @@ async def serve(config: ServerConfig, stop: _StopSignal | None = None) -> int:
                 logger.info("node %d was removed from the cluster: stopping", config.node_id)
         elif fenced.done():
             # Its data is not what the cluster knew under its id (peer_incarnations.py):
-            # serving on would let it vote and acknowledge with a forgotten log.
+            # serving on would let it vote and acknowledge with a forgotten log. Or most of
+            # its peers belong to another cluster: it would run on alone, refused by all.
             logger.error("node %d stops: %s", config.node_id, host.fenced_reason)
             status = EXIT_FAILURE
     finally:

@@ -92,9 +92,14 @@ callee knows for its id: the caller lost its data and must stop (see `fence`).""
 REFUSAL_RETIRED = "retired"
 """Trailing metadata of a stream refused because the caller's id is retired: it was removed
 from the cluster and must stop (see `retire`)."""
+REFUSAL_FOREIGN = "foreign"
+"""Trailing metadata of a stream refused because the caller's cluster id is not the callee's.
+One such refusal proves little (the callee may be the one started with the wrong flags), so it
+counts only once a majority of the caller's peers said it (see `refused_by`)."""
 RefusalHandler = Callable[[str, str], None]
 """`on_refused(kind, reason)`: a peer refused this node for good (`REFUSAL_FENCED` or
-`REFUSAL_RETIRED`); `reason` is the peer's sentence."""
+`REFUSAL_RETIRED`), or a majority of its peers did (`REFUSAL_FOREIGN`); `reason` is the
+peers' sentence."""
 METADATA_NODE_ID = "x-minikv-node-id"
 METADATA_FEATURES = "x-minikv-features"
 """Handshake keys: the caller sends FROM/TO/CLUSTER_ID, the callee answers NODE_ID and the
@@ -379,6 +384,7 @@ class _PeerSender:
             channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
             try:
                 call = await self._connect(channel, address)
+                self._transport.accepted_by(self.node_id)
                 attempt = 0
                 self.connected = True
                 self.counters.connects += 1
@@ -559,7 +565,7 @@ class _PeerSender:
         or by cutting an open stream: `retire`)."""
         trailing = dict(await call.trailing_metadata() or ())
         kind = trailing.get(METADATA_REFUSAL)
-        if kind in (REFUSAL_FENCED, REFUSAL_RETIRED):
+        if kind in (REFUSAL_FENCED, REFUSAL_RETIRED, REFUSAL_FOREIGN):
             self._transport.refused_by(self.node_id, str(kind), str(await call.details()))
 
     async def _ended(self, call: grpc.aio.StreamUnaryCall) -> str:
@@ -632,6 +638,8 @@ class PeerTransport:
         self.incarnation = ""
         self._admit: AdmitPeer | None = None
         self._on_refused: RefusalHandler | None = None
+        # Peers whose last answer refused this node as one of another cluster: their words.
+        self._foreign_refusals: dict[int, str] = {}
         self._retired: frozenset[int] = frozenset()
         self.set_peers(peers)
 
@@ -658,11 +666,41 @@ class PeerTransport:
 
     def refused_by(self, node_id: int, kind: str, reason: str) -> None:
         """Node `node_id` refused this node for good: the owner decides (a node stops and
-        says why), else it is said here."""
+        says why), else it is said here.
+
+        A refusal as a node of another cluster is held until a majority of the peers in the
+        map said it: a node that lost its data directory and was started again with today's
+        --peers (not its founding ones) derives another cluster id, and every peer refuses
+        it; it would run on alone, refused by all, and say nothing itself. Yet one peer
+        started with the wrong flags refuses its good peers too: they must not stop for it."""
+        if kind == REFUSAL_FOREIGN:
+            self._foreign_refusals[node_id] = reason
+            peers = sorted(self._senders)
+            refusers = [n for n in peers if n in self._foreign_refusals]
+            if len(refusers) < len(peers) // 2 + 1:
+                logger.warning(
+                    "node %d: node %d refused it as a node of another cluster: %s",
+                    self.node_id,
+                    node_id,
+                    reason,
+                )
+                return
+            reason = (
+                f"{len(refusers)} of its {len(peers)} peers (nodes "
+                f"{', '.join(map(str, refusers))}) refused it as a node of another cluster "
+                f"({reason}): it was started with other --peers or --cluster-id than the "
+                "cluster was created with (a node whose data directory was lost derives its "
+                "cluster id afresh), or its peers' addresses now belong to another cluster. "
+                "Start it with the flags it was created with, or add it as a new node (--join)"
+            )
         if self._on_refused is not None:
             self._on_refused(kind, reason)
         else:
             logger.error("node %d: node %d refused this node: %s", self.node_id, node_id, reason)
+
+    def accepted_by(self, node_id: int) -> None:
+        """Node `node_id` took a stream: whatever it said before about our cluster is void."""
+        self._foreign_refusals.pop(node_id, None)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -835,6 +873,7 @@ class PeerTransport:
         to_node = _parse_node_id(metadata.get(METADATA_TO_NODE))
         cluster_id = metadata.get(METADATA_CLUSTER_ID, "")
         problem = ""
+        refused_as: tuple[tuple[str, str], ...] = ()
         if from_node in (0, self.node_id):
             problem = f"bad {METADATA_FROM_NODE} {metadata.get(METADATA_FROM_NODE)!r}"
         elif to_node != self.node_id:
@@ -844,9 +883,12 @@ class PeerTransport:
                 f"stream from cluster {cluster_id!r} reached node {self.node_id} of cluster "
                 f"{self.cluster_id!r}"
             )
+            refused_as = ((METADATA_REFUSAL, REFUSAL_FOREIGN),)
         if problem:
             self._record_refused_stream(from_node, problem)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, problem)
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, problem, trailing_metadata=refused_as
+            )
         if not self._started or self._stopped:
             # Only possible on a shared server, which outlives the transport on both ends.
             await context.abort(

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -431,8 +432,10 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
 ) -> None:
     """Membership changes under traffic: node 1 (it leads shards) is removed — its replicas
     move to the others (learner, catch up, promote, remove: one change at a time) and it
-    stops — then node 5 joins and the rebalance that follows moves replicas and leaders onto
-    it. Every answer of the clients meanwhile must fit one order."""
+    stops; started again on its data, it is refused and stops again — then node 5 joins and
+    the rebalance that follows moves replicas and leaders onto it; last, node 2 comes back
+    without its data and is refused. Every answer of the clients meanwhile must fit one
+    order."""
     cluster = cluster_factory(size=4, shards=4, replicas=3)
     steps: list[str] = []
     async with started_workload(cluster) as workload:
@@ -445,12 +448,39 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
                 done = await wait_job(cluster, 2, job["id"])
                 steps.append(f"remove-node 1: {done['state']}, {len(done['steps'])} steps")
                 assert done["state"] == "done", done
+                # Node 1 started again on its old data, an HTTP client still pinned to it:
+                # its peers refuse it as retired and it stops by itself; until it does,
+                # nothing it answers from its stale state may break the history.
+                removed = cluster.nodes[1]
+                assert removed.process is not None
+                assert await asyncio.to_thread(removed.process.wait, 60) == 0
+                offset = removed.log_size()
+                zombie = cluster.launch(1).process
+                assert zombie is not None
+                code = await asyncio.to_thread(zombie.wait, 60)
+                steps.append(f"removed node 1 started again: exit {code}")
+                log = removed.log_since(offset)
+                assert code == 0 and "node 1 was removed from the cluster" in log, log
                 join_node(cluster, 5, via=3)
                 await cluster.wait_started(5)
                 job = await latest_job(cluster, 5, "rebalance")
                 done = await wait_job(cluster, 5, job["id"])
                 steps.append(f"rebalance after join: {done['state']}, {len(done['steps'])}")
                 assert done["state"] == "done", done
+                # Node 2's data directory lost, the node started again with today's --peers
+                # (node 5 listed): it bootstraps afresh under another cluster id, its votes
+                # and log forgotten (Raft §5.2). Its peers refuse it as a node of another
+                # cluster, and once most of them did it stops with status 1, saying why.
+                wiped = cluster.nodes[2]
+                assert await asyncio.to_thread(cluster.terminate, 2) == 0
+                shutil.rmtree(wiped.data_dir)
+                offset = wiped.log_size()
+                fresh = cluster.launch(2).process
+                assert fresh is not None
+                code = await asyncio.to_thread(fresh.wait, 60)
+                steps.append(f"node 2 started again without its data: exit {code}")
+                log = wiped.log_since(offset)
+                assert code == 1 and "refused it as a node of another cluster" in log, log
                 await asyncio.sleep(2.0)
             finally:
                 calm.set()

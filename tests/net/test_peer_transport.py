@@ -31,6 +31,7 @@ from minikv_core.net.peer_transport import (
     METADATA_NODE_ID,
     METADATA_TO_NODE,
     REFUSAL_FENCED,
+    REFUSAL_FOREIGN,
     REFUSAL_RETIRED,
     STREAM_METHOD,
     AdmitPeer,
@@ -733,6 +734,50 @@ async def test_a_retired_node_is_cut_off_and_told_it_was_removed(net: Net) -> No
     assert told[0][0] == REFUSAL_RETIRED
     assert 10 not in inbox.groups(2)
     assert drops(a, 2, DropReason.MISADDRESSED) >= 2
+
+
+async def test_a_node_of_another_cluster_is_told_once_most_of_its_peers_refused_it(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Node 4 was started with other founding flags (another cluster id) than nodes 1-3, as
+    a node that lost its data and was started with today's --peers is. Each refuses it; it
+    is told as a whole only once a majority of its peers did. Node 1 meets the same refusal
+    from node 4 alone, one peer of three: it must carry on."""
+    told_1: list[tuple[str, str]] = []
+    told_4: list[tuple[str, str]] = []
+    one, _ = await net.start(1, cluster_id="alpha", fence=("aaaa", _admit_all, _collect(told_1)))
+    two, inbox_2 = await net.start(2, cluster_id="alpha")
+    three, _ = await net.start(3, cluster_id="alpha")
+    odd, _ = await net.start(4, cluster_id="beta", fence=("dddd", _admit_all, _collect(told_4)))
+    one.set_peers({2: two.address, 3: three.address, 4: odd.address})
+
+    def knock() -> None:
+        for peer in odd.peers:
+            odd.send(peer, [(1, heartbeat(4, peer))])
+
+    with dead_address() as nowhere:
+        # Nodes 2 and 3 unreachable at first: node 1's refusal is one of four peers' words.
+        odd.set_peers({1: one.address, 2: nowhere, 3: nowhere, 5: nowhere})
+        with caplog.at_level(logging.WARNING, logger="minikv_core.net.peer_transport"):
+            await eventually(
+                lambda: "node 1 refused it as a node of another cluster" in caplog.text,
+                "node 1's refusal to be noted",
+                knock,
+            )
+        assert told_4 == []
+        odd.set_peers({1: one.address, 2: two.address, 3: three.address, 5: nowhere})
+        await eventually(lambda: bool(told_4), "node 4 to be told", knock)
+    kind, reason = told_4[0]
+    assert kind == REFUSAL_FOREIGN
+    assert reason.startswith("3 of its 4 peers (nodes 1, 2, 3) refused it as a node of another")
+    assert "'beta'" in reason and "'alpha'" in reason
+    assert reason.endswith(
+        "Start it with the flags it was created with, or add it as a new node (--join)"
+    )
+    # Node 1 was refused by node 4 meanwhile (one of its three peers) and serves on.
+    await eventually(lambda: drops(odd, 1, DropReason.MISADDRESSED) >= 1, "node 4 to refuse node 1")
+    assert told_1 == []
+    await send_until_received(one, 2, inbox_2, group=3)
 
 
 async def test_a_refusal_without_an_owner_is_logged(

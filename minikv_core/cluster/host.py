@@ -328,10 +328,10 @@ class MultiRaftHost:
         """Why, when a peer said so (empty when this node applied the map itself)."""
         self.fenced = asyncio.Event()
         """Set when a peer refused this node's incarnation: its data directory is not the
-        one the cluster knew (lost, replaced), so it must not take part; or when a majority
-        of its peers refused it as a node of another cluster (`REFUSAL_FOREIGN`: started
-        with other founding flags than theirs). The server stops with `fenced_reason`
-        (peer_incarnations.py)."""
+        one the cluster knew (lost, replaced), so it must not take part; or when peers that
+        make a majority of its cluster refused it as a node of another cluster
+        (`REFUSAL_FOREIGN`: started with other founding flags than theirs). The server
+        stops with `fenced_reason` (peer_incarnations.py)."""
         self.fenced_reason = ""
         self.segment_entries: dict[int, dict[int, tuple[int, int]]] = {}
         """WAL segment -> group -> (first, last) entry index written to it during this run

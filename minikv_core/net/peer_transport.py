@@ -95,7 +95,7 @@ from the cluster and must stop (see `retire`)."""
 REFUSAL_FOREIGN = "foreign"
 """Trailing metadata of a stream refused because the caller's cluster id is not the callee's.
 One such refusal proves little (the callee may be the one started with the wrong flags), so it
-counts only once a majority of the caller's peers said it (see `refused_by`)."""
+counts only once the refusing peers are a majority of the caller's cluster (see `refused_by`)."""
 RefusalHandler = Callable[[str, str], None]
 """`on_refused(kind, reason)`: a peer refused this node for good (`REFUSAL_FENCED` or
 `REFUSAL_RETIRED`), or a majority of its peers did (`REFUSAL_FOREIGN`); `reason` is the
@@ -668,16 +668,19 @@ class PeerTransport:
         """Node `node_id` refused this node for good: the owner decides (a node stops and
         says why), else it is said here.
 
-        A refusal as a node of another cluster is held until a majority of the peers in the
-        map said it: a node that lost its data directory and was started again with today's
-        --peers (not its founding ones) derives another cluster id, and every peer refuses
-        it; it would run on alone, refused by all, and say nothing itself. Yet one peer
-        started with the wrong flags refuses its good peers too: they must not stop for it."""
+        A refusal as a node of another cluster counts once the refusing peers are a majority
+        of the whole cluster as this node knows it (its peer map and itself): then it can
+        never be in a quorum with them. Why: a node that lost its data directory and was
+        started again with today's --peers (not its founding ones) derives another cluster
+        id, and every peer refuses it; it would run on alone, refused by all, and say
+        nothing itself. Yet one node started with the wrong flags refuses its good peers
+        too: they must not stop for it (in a cluster of two, neither can tell who is
+        wrong, and neither stops)."""
         if kind == REFUSAL_FOREIGN:
             self._foreign_refusals[node_id] = reason
             peers = sorted(self._senders)
             refusers = [n for n in peers if n in self._foreign_refusals]
-            if len(refusers) < len(peers) // 2 + 1:
+            if len(refusers) < (len(peers) + 1) // 2 + 1:
                 logger.warning(
                     "node %d: node %d refused it as a node of another cluster: %s",
                     self.node_id,

@@ -780,6 +780,32 @@ async def test_a_node_of_another_cluster_is_told_once_most_of_its_peers_refused_
     await send_until_received(one, 2, inbox_2, group=3)
 
 
+async def test_of_two_nodes_of_different_clusters_neither_stops(
+    net: Net, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two nodes refusing each other: neither can tell which one has the wrong flags."""
+    told: list[tuple[str, str]] = []
+    a, _ = await net.start(1, cluster_id="alpha", fence=("aaaa", _admit_all, _collect(told)))
+    b, _ = await net.start(2, cluster_id="beta", fence=("bbbb", _admit_all, _collect(told)))
+    a.set_peers({2: b.address})
+    b.set_peers({1: a.address})
+
+    def knock() -> None:
+        a.send(2, [(1, heartbeat(1, 2))])
+        b.send(1, [(1, heartbeat(2, 1))])
+
+    with caplog.at_level(logging.WARNING, logger="minikv_core.net.peer_transport"):
+        await eventually(
+            lambda: (
+                "node 1 refused it as a node of another cluster" in caplog.text
+                and "node 2 refused it as a node of another cluster" in caplog.text
+            ),
+            "both refusals to be noted",
+            knock,
+        )
+    assert told == []
+
+
 async def test_a_refusal_without_an_owner_is_logged(
     net: Net, caplog: pytest.LogCaptureFixture
 ) -> None:

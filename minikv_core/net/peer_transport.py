@@ -677,16 +677,18 @@ class PeerTransport:
         too: they must not stop for it (in a cluster of two, neither can tell who is
         wrong, and neither stops)."""
         if kind == REFUSAL_FOREIGN:
+            news = self._foreign_refusals.get(node_id) != reason
             self._foreign_refusals[node_id] = reason
             peers = sorted(self._senders)
             refusers = [n for n in peers if n in self._foreign_refusals]
             if len(refusers) < (len(peers) + 1) // 2 + 1:
-                logger.warning(
-                    "node %d: node %d refused it as a node of another cluster: %s",
-                    self.node_id,
-                    node_id,
-                    reason,
-                )
+                if news:  # not again at every reconnect
+                    logger.warning(
+                        "node %d: node %d refused it as a node of another cluster: %s",
+                        self.node_id,
+                        node_id,
+                        reason,
+                    )
                 return
             reason = (
                 f"{len(refusers)} of its {len(peers)} peers (nodes "

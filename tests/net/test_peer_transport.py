@@ -803,7 +803,13 @@ async def test_of_two_nodes_of_different_clusters_neither_stops(
             "both refusals to be noted",
             knock,
         )
+        refused = peer_stats(a, 2).connect_failures
+        await eventually(
+            lambda: peer_stats(a, 2).connect_failures >= refused + 3, "more refusals", knock
+        )
     assert told == []
+    # Said once per peer, not at every reconnect.
+    assert caplog.text.count("node 2 refused it as a node of another cluster") == 1
 
 
 async def test_a_refusal_without_an_owner_is_logged(

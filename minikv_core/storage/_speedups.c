@@ -1,6 +1,7 @@
 /*
  * C versions of the two per-key loops of a durable batch (Store.write_batch and a shard's
- * apply): encoding a KV_BATCH record and inserting the pairs into the memtable. In Python
+ * apply): encoding a KV_BATCH record and inserting the pairs into the memtable; and of the
+ * bloom filter's per-key loop, which every flush and merge runs over all its keys. In Python
  * they cost ~30 us of a 64-key batch whose fdatasync takes ~110 us (docs/benchmarks.md,
  * "Storage engine vs sqlite3"). Each function has a Python twin that defines its meaning
  * (wal_records.KvBatch.encode_pairs, memtable.Memtable.set_many); the tests run both on the
@@ -183,11 +184,73 @@ error:
     return NULL;
 }
 
+/* Bits a key sets in its bloom word from 12 bits of its hash: two 6-bit bit numbers. */
+static uint64_t mask_of_12_bits(uint32_t v) {
+    return ((uint64_t)1 << (v & 63)) | ((uint64_t)1 << ((v >> 6) & 63));
+}
+
+/* bloom_build_words(word_hashes, bit_hashes, word_count) -> bytes | None
+ *
+ * bloom.build_words' loop: the filter's words as native-order u64s, from two buffers of
+ * u32 hashes (array('I')). None when the buffers are not two equally long u32 arrays, or
+ * word_count is not positive: the Python twin then runs and raises what it raises. */
+static PyObject *bloom_build_words(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *word_hashes_obj, *bit_hashes_obj;
+    Py_ssize_t word_count;
+    if (!PyArg_ParseTuple(args, "OOn:bloom_build_words", &word_hashes_obj, &bit_hashes_obj,
+                          &word_count)) {
+        return NULL;
+    }
+    if (word_count <= 0) {
+        Py_RETURN_NONE;
+    }
+    Py_buffer word_hashes, bit_hashes;
+    if (PyObject_GetBuffer(word_hashes_obj, &word_hashes, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(bit_hashes_obj, &bit_hashes, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();
+        PyBuffer_Release(&word_hashes);
+        Py_RETURN_NONE;
+    }
+    PyObject *result = NULL;
+    int is_u32 = word_hashes.itemsize == 4 && bit_hashes.itemsize == 4 &&
+                 word_hashes.format != NULL && bit_hashes.format != NULL &&
+                 strcmp(word_hashes.format, "I") == 0 && strcmp(bit_hashes.format, "I") == 0;
+    if (!is_u32 || word_hashes.len != bit_hashes.len) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, word_count * (Py_ssize_t)sizeof(uint64_t));
+    if (result == NULL) {
+        goto done;
+    }
+    uint64_t *words = (uint64_t *)PyBytes_AS_STRING(result);
+    memset(words, 0, (size_t)word_count * sizeof(uint64_t));
+    const uint32_t *word_of = (const uint32_t *)word_hashes.buf;
+    const uint32_t *bits_of = (const uint32_t *)bit_hashes.buf;
+    Py_ssize_t keys = word_hashes.len / 4;
+    for (Py_ssize_t i = 0; i < keys; i++) {
+        uint32_t bits = bits_of[i];
+        words[(uint64_t)word_of[i] % (uint64_t)word_count] |=
+            mask_of_12_bits(bits & 4095) | mask_of_12_bits((bits >> 12) & 4095) |
+            ((uint64_t)1 << ((bits >> 24) & 63));
+    }
+done:
+    PyBuffer_Release(&word_hashes);
+    PyBuffer_Release(&bit_hashes);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_kv_batch", encode_kv_batch, METH_VARARGS,
      "A KV_BATCH payload from (key, value-or-None) pairs, or None off the fast path."},
     {"memtable_set_many", memtable_set_many, METH_VARARGS,
      "Memtable.set_many's loop: (size_bytes, tombstone_count), or None off the fast path."},
+    {"bloom_build_words", bloom_build_words, METH_VARARGS,
+     "bloom.build_words' loop: the words as native u64 bytes, or None off the fast path."},
     {NULL, NULL, 0, NULL},
 };
 

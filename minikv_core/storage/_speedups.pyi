@@ -1,3 +1,4 @@
+from array import array
 from collections.abc import Sequence
 
 def encode_kv_batch(
@@ -16,3 +17,6 @@ def memtable_set_many(
     tombstones: int,
     /,
 ) -> tuple[int, int] | None: ...
+def bloom_build_words(
+    word_hashes: array[int], bit_hashes: array[int], word_count: int, /
+) -> bytes | None: ...

@@ -10,6 +10,7 @@ a failure here, not a skip, unless MINIKV_PURE_PYTHON=1 asks for the Python loop
 from __future__ import annotations
 
 import os
+from array import array
 from collections.abc import Sequence
 
 import pytest
@@ -17,6 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minikv_core.storage import speedups
+from minikv_core.storage.bloom import (
+    BloomFilter,
+    build_words,
+    build_words_python,
+    extend_hashes,
+    word_count_for,
+    words_from_bytes,
+    words_to_bytes,
+)
 from minikv_core.storage.lsm_limits import LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES
 from minikv_core.storage.memtable import Memtable
 from minikv_core.storage.wal_records import KvBatch, KvOp, OpKind
@@ -157,3 +167,59 @@ def test_the_c_memtable_loop_counts_bytes_and_tombstones() -> None:
     assert counts == (2 * (1 + overhead), 2)
     assert entries == {b"k": None, b"t": None}
     assert new_keys == [b"k", b"t"]
+
+
+# --- the bloom filter's loop -----------------------------------------------------------------
+
+
+def c_build_words() -> speedups.BloomBuildWords:
+    assert speedups.bloom_build_words is not None, "the C loops were not built"
+    return speedups.bloom_build_words
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hashes=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)), max_size=300),
+    word_count=st.integers(1, 70),
+)
+def test_bloom_words_in_c_are_the_python_twins(
+    hashes: list[tuple[int, int]], word_count: int
+) -> None:
+    word_hashes = array("I", [w for w, _ in hashes])
+    bit_hashes = array("I", [b for _, b in hashes])
+    built = c_build_words()(word_hashes, bit_hashes, word_count)
+    assert built is not None
+    words = array("Q")
+    words.frombytes(built)
+    assert words == build_words_python(word_hashes, bit_hashes, word_count)
+    assert build_words(word_hashes, bit_hashes, word_count) == words
+
+
+def test_a_filter_built_in_c_finds_every_key_it_was_built_from() -> None:
+    keys = [b"key-%d" % n for n in range(5_000)]
+    word_hashes, bit_hashes = array("I"), array("I")
+    extend_hashes(word_hashes, bit_hashes, keys)
+    words = build_words(word_hashes, bit_hashes, word_count_for(len(keys)))
+    assert words == build_words_python(word_hashes, bit_hashes, word_count_for(len(keys)))
+    probe = BloomFilter(words_from_bytes(words_to_bytes(words)))
+    assert all(probe.may_contain(key) for key in keys)
+
+
+@pytest.mark.parametrize(
+    ("word_hashes", "bit_hashes", "word_count"),
+    [
+        (array("I", [1, 2]), array("I", [3]), 4),  # unequal lengths
+        (array("Q", [1]), array("Q", [3]), 4),  # not u32s
+        (array("i", [1]), array("i", [3]), 4),  # signed
+        (array("I", [1]), array("I", [3]), 0),  # no words
+    ],
+)
+def test_bloom_inputs_off_the_fast_path_are_declined(
+    word_hashes: array[int], bit_hashes: array[int], word_count: int
+) -> None:
+    assert c_build_words()(word_hashes, bit_hashes, word_count) is None
+
+
+def test_a_declined_bloom_input_gets_the_python_error() -> None:
+    with pytest.raises(ValueError, match="zip"):
+        build_words(array("I", [1, 2]), array("I", [3]), 4)

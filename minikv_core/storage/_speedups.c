@@ -1,7 +1,8 @@
 /*
  * C versions of the two per-key loops of a durable batch (Store.write_batch and a shard's
- * apply): encoding a KV_BATCH record and inserting the pairs into the memtable; and of the
- * bloom filter's per-key loop, which every flush and merge runs over all its keys. In Python
+ * apply): encoding a KV_BATCH record and inserting the pairs into the memtable; and two
+ * loops every flush and merge runs over all its keys: encoding a table's data blocks and
+ * building its bloom filter. In Python
  * they cost ~30 us of a 64-key batch whose fdatasync takes ~110 us (docs/benchmarks.md,
  * "Storage engine vs sqlite3"). Each function has a Python twin that defines its meaning
  * (wal_records.KvBatch.encode_pairs, memtable.Memtable.set_many); the tests run both on the
@@ -244,11 +245,135 @@ done:
     return result;
 }
 
+/* encode_data_block(keys, values, payload_bytes_max) -> bytes | None
+ *
+ * sstable_format.encode_data_block's payload (see there for the layout): a u32 header
+ * (count, fixed key length or 0, fixed value length or 0, flags), count + 1 value offsets,
+ * count + 1 key offsets unless every key has one length, a kind byte per entry when any is a
+ * tombstone, the keys, the values. None when keys and values are not two equally long,
+ * non-empty lists of exactly `bytes` (values: or None), or the payload would exceed
+ * payload_bytes_max: the Python twin then runs (and fails its own checks). */
+static PyObject *encode_data_block(PyObject *Py_UNUSED(self), PyObject *args) {
+    PyObject *keys, *values;
+    Py_ssize_t payload_max;
+    if (!PyArg_ParseTuple(args, "OOn:encode_data_block", &keys, &values, &payload_max)) {
+        return NULL;
+    }
+    if (!PyList_CheckExact(keys) || !PyList_CheckExact(values)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    if (count < 1 || count != PyList_GET_SIZE(values) || count > (Py_ssize_t)UINT32_MAX) {
+        Py_RETURN_NONE;
+    }
+    /* First pass: types and sizes; nothing is written before every entry passed. */
+    Py_ssize_t key_total = 0, value_total = 0;
+    Py_ssize_t first_key_length = -1, first_value_length = -1;
+    int keys_equal = 1, values_equal = 1, has_tombstones = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (!PyBytes_CheckExact(key)) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t key_length = PyBytes_GET_SIZE(key);
+        Py_ssize_t value_length = 0;
+        if (value == Py_None) {
+            has_tombstones = 1;
+        } else if (PyBytes_CheckExact(value)) {
+            value_length = PyBytes_GET_SIZE(value);
+        } else {
+            Py_RETURN_NONE;
+        }
+        if (i == 0) {
+            first_key_length = key_length;
+            first_value_length = value_length;
+        } else {
+            keys_equal &= key_length == first_key_length;
+            values_equal &= value_length == first_value_length;
+        }
+        key_total += key_length;
+        value_total += value_length;
+        if (key_total > payload_max || value_total > payload_max) {
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t fixed_key_length = keys_equal ? first_key_length : 0;
+    Py_ssize_t fixed_value_length = (has_tombstones || !values_equal) ? -1 : first_value_length;
+    Py_ssize_t header_size = 16 + 4 * (count + 1);
+    if (fixed_key_length == 0) {
+        header_size += 4 * (count + 1);
+    }
+    if (has_tombstones) {
+        header_size += count;
+    }
+    Py_ssize_t total = header_size + key_total + value_total;
+    if (total > payload_max || total > (Py_ssize_t)UINT32_MAX) {
+        Py_RETURN_NONE;
+    }
+    PyObject *result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AS_STRING(result);
+    put_u32(out, (uint32_t)count);
+    put_u32(out + 4, (uint32_t)fixed_key_length);
+    put_u32(out + 8, (uint32_t)(fixed_value_length > 0 ? fixed_value_length : 0));
+    put_u32(out + 12, (uint32_t)((has_tombstones ? 1 : 0) | (fixed_value_length >= 0 ? 2 : 0)));
+    char *cursor = out + 16;
+    uint32_t offset = (uint32_t)(header_size + key_total);
+    put_u32(cursor, offset);
+    cursor += 4;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value != Py_None) {
+            offset += (uint32_t)PyBytes_GET_SIZE(value);
+        }
+        put_u32(cursor, offset);
+        cursor += 4;
+    }
+    if (fixed_key_length == 0) {
+        offset = (uint32_t)header_size;
+        put_u32(cursor, offset);
+        cursor += 4;
+        for (Py_ssize_t i = 0; i < count; i++) {
+            offset += (uint32_t)PyBytes_GET_SIZE(PyList_GET_ITEM(keys, i));
+            put_u32(cursor, offset);
+            cursor += 4;
+        }
+    }
+    if (has_tombstones) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            *cursor++ = (char)(PyList_GET_ITEM(values, i) == Py_None ? 1 : 0);
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key = PyList_GET_ITEM(keys, i);
+        memcpy(cursor, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+        cursor += PyBytes_GET_SIZE(key);
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *value = PyList_GET_ITEM(values, i);
+        if (value != Py_None) {
+            memcpy(cursor, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+            cursor += PyBytes_GET_SIZE(value);
+        }
+    }
+    if (cursor != out + total) {
+        Py_DECREF(result);
+        PyErr_SetString(PyExc_AssertionError, "encode_data_block: size mismatch");
+        return NULL;
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"encode_kv_batch", encode_kv_batch, METH_VARARGS,
      "A KV_BATCH payload from (key, value-or-None) pairs, or None off the fast path."},
     {"memtable_set_many", memtable_set_many, METH_VARARGS,
      "Memtable.set_many's loop: (size_bytes, tombstone_count), or None off the fast path."},
+    {"encode_data_block", encode_data_block, METH_VARARGS,
+     "An SSTable data block's payload, or None off the fast path."},
     {"bloom_build_words", bloom_build_words, METH_VARARGS,
      "bloom.build_words' loop: the words as native u64 bytes, or None off the fast path."},
     {NULL, NULL, 0, NULL},

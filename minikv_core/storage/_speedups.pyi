@@ -20,3 +20,6 @@ def memtable_set_many(
 def bloom_build_words(
     word_hashes: array[int], bit_hashes: array[int], word_count: int, /
 ) -> bytes | None: ...
+def encode_data_block(
+    keys: list[bytes], values: list[bytes | None], payload_bytes_max: int, /
+) -> bytes | None: ...

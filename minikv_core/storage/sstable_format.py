@@ -52,6 +52,7 @@ from typing import Final, Literal, cast
 import crc32c
 
 from minikv_core.storage.lsm_limits import LSM_BLOCK_PAYLOAD_BYTES_MAX, LSM_KEY_SIZE_BYTES_MAX
+from minikv_core.storage.speedups import encode_data_block as _c_encode_data_block
 
 MAGIC: Final = b"MKVSST\x00\x01"
 FORMAT_VERSION: Final = 1
@@ -161,7 +162,18 @@ def value_offsets_position(entry: int) -> int:
 
 
 def encode_data_block(keys: Sequence[bytes], values: Sequence[bytes | None]) -> bytes:
-    """The payload of one data block; `values[i] is None` marks a tombstone."""
+    """The payload of one data block; `values[i] is None` marks a tombstone. In C when it is
+    built (`speedups`) and given the lists a table writer keeps, else
+    `encode_data_block_python`: every flush and merge encodes all its entries here."""
+    if _c_encode_data_block is not None and type(keys) is list and type(values) is list:
+        payload = _c_encode_data_block(keys, values, LSM_BLOCK_PAYLOAD_BYTES_MAX)
+        if payload is not None:
+            return payload
+    return encode_data_block_python(keys, values)
+
+
+def encode_data_block_python(keys: Sequence[bytes], values: Sequence[bytes | None]) -> bytes:
+    """`encode_data_block` in Python: the layout's definition, and what runs without C."""
     count = len(keys)
     assert count >= 1 and count == len(values)
     # Lengths once, in C (map, min, max): this runs for every block a flush or merge writes.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from array import array
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,8 +28,12 @@ from minikv_core.storage.bloom import (
     words_from_bytes,
     words_to_bytes,
 )
-from minikv_core.storage.lsm_limits import LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES
+from minikv_core.storage.lsm_limits import (
+    LSM_BLOCK_PAYLOAD_BYTES_MAX,
+    LSM_MEMTABLE_ENTRY_OVERHEAD_BYTES,
+)
 from minikv_core.storage.memtable import Memtable
+from minikv_core.storage.sstable_format import encode_data_block, encode_data_block_python
 from minikv_core.storage.wal_records import KvBatch, KvOp, OpKind
 
 Pairs = Sequence[tuple[bytes, bytes | None]]
@@ -223,3 +228,75 @@ def test_bloom_inputs_off_the_fast_path_are_declined(
 def test_a_declined_bloom_input_gets_the_python_error() -> None:
     with pytest.raises(ValueError, match="zip"):
         build_words(array("I", [1, 2]), array("I", [3]), 4)
+
+
+# --- an SSTable data block --------------------------------------------------------------------
+
+
+def c_encode_block() -> speedups.EncodeDataBlock:
+    assert speedups.encode_data_block is not None, "the C loops were not built"
+    return speedups.encode_data_block
+
+
+BLOCK_MAX = LSM_BLOCK_PAYLOAD_BYTES_MAX
+
+
+@st.composite
+def blocks(draw: st.DrawFn) -> tuple[list[bytes], list[bytes | None]]:
+    """Entries shaped as a table writer cuts them: keys all of one length or not, values all
+    of one length or not, with tombstones or without (each layout variant of the format)."""
+    count = draw(st.integers(1, 40))
+    key_length = draw(st.one_of(st.none(), st.integers(1, 12)))
+    value_length = draw(st.one_of(st.none(), st.integers(0, 30)))
+    keys = draw(
+        st.lists(
+            st.binary(min_size=key_length or 1, max_size=key_length or 12),
+            min_size=count,
+            max_size=count,
+        )
+    )
+    values = draw(
+        st.lists(
+            st.binary(
+                min_size=0 if value_length is None else value_length,
+                max_size=30 if value_length is None else value_length,
+            ),
+            min_size=count,
+            max_size=count,
+        )
+    )
+    tombstones = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+    with_tombstones = draw(st.booleans())
+    return keys, [
+        None if with_tombstones and dead else value
+        for value, dead in zip(values, tombstones, strict=True)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(block=blocks())
+def test_a_data_block_in_c_is_the_python_twins(
+    block: tuple[list[bytes], list[bytes | None]],
+) -> None:
+    keys, values = block
+    payload = c_encode_block()(keys, values, BLOCK_MAX)
+    assert payload is not None
+    assert payload == encode_data_block_python(keys, values)
+    assert encode_data_block(keys, values) == payload
+
+
+@pytest.mark.parametrize(
+    ("keys", "values", "payload_max"),
+    [
+        ([], [], BLOCK_MAX),  # no entry
+        ([b"a", b"b"], [b"1"], BLOCK_MAX),  # unequal lengths
+        ((b"a",), [b"1"], BLOCK_MAX),  # not a list
+        ([bytearray(b"a")], [b"1"], BLOCK_MAX),  # a key not exactly bytes
+        ([b"a"], [memoryview(b"1")], BLOCK_MAX),  # a value neither bytes nor None
+        ([b"a", b"b"], [b"1", b"2"], 30),  # over the payload bound
+    ],
+)
+def test_block_inputs_off_the_fast_path_are_declined(
+    keys: Any, values: Any, payload_max: int
+) -> None:
+    assert c_encode_block()(keys, values, payload_max) is None

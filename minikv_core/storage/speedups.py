@@ -20,12 +20,13 @@ MemtableSetMany = Callable[
     tuple[int, int] | None,
 ]
 
+# Quoted: `array` is not subscriptable at run time, and these aliases are evaluated.
 BloomBuildWords = Callable[["array[int]", "array[int]", int], bytes | None]
+EncodeDataBlock = Callable[[list[bytes], list[bytes | None], int], bytes | None]
 
 encode_kv_batch: EncodeKvBatch | None = None
 memtable_set_many: MemtableSetMany | None = None
 bloom_build_words: BloomBuildWords | None = None
-EncodeDataBlock = Callable[[list[bytes], list[bytes | None], int], bytes | None]
 encode_data_block: EncodeDataBlock | None = None
 
 if os.environ.get("MINIKV_PURE_PYTHON", "") in ("", "0"):

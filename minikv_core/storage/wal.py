@@ -1118,13 +1118,13 @@ class Wal:
             self._maybe_prepare_next_locked()
         return Position(active.sequence, offset)
 
-    def _fail_locked(self, exc: OSError) -> NoReturn:
-        """A failed write or sync poisons the WAL: what reached the disk is unknown."""
+    def _fail_locked(self, exc: OSError, doing: str = "writing the WAL") -> NoReturn:
+        """A failed write, sync or seal poisons the WAL: what reached the disk is unknown."""
         with self._state_lock:
             self._failure = exc
-        log.error("WAL %s: write or fsync failed, refusing further appends: %s", self, exc)
+        log.error("WAL %s: %s failed, refusing further appends: %s", self, doing, exc)
         raise WalFailedError(
-            f"writing the WAL in {self._directory} failed: {exc}; reopen it to continue"
+            f"{doing} in {self._directory} failed: {exc}; reopen it to continue"
         ) from exc
 
     def _write_parts_locked(self, parts: list[bytes], size: int, records: int) -> None:
@@ -1270,12 +1270,7 @@ class Wal:
             try:
                 self._rotate_locked()
             except OSError as exc:
-                with self._state_lock:
-                    self._failure = exc
-                log.error("WAL %s: sealing failed, refusing further appends: %s", self, exc)
-                raise WalFailedError(
-                    f"sealing the WAL segment in {self._directory} failed: {exc}; reopen it"
-                ) from exc
+                self._fail_locked(exc, "sealing the WAL segment")
             return True
 
     def truncate_before(self, position: Position) -> list[Path]:

@@ -426,6 +426,17 @@ async def test_histories_stay_linearizable_under_kills_partitions_and_pauses(
     print(f"seed {SEED}: {workload.history.counts}; {repeats}; faults: {nemesis.done}")
 
 
+async def started_again_until_it_stops(cluster: Cluster, node_id: int) -> tuple[int, str]:
+    """Launch `node_id` once more and wait for it to stop on its own (a node its peers
+    refuse does): its exit status and what it logged meanwhile."""
+    node = cluster.nodes[node_id]
+    offset = node.log_size()
+    process = cluster.launch(node_id).process
+    assert process is not None
+    code = await asyncio.to_thread(process.wait, 60)
+    return code, node.log_since(offset)
+
+
 @pytest.mark.timeout(300)
 async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins(
     cluster_factory: Callable[..., Cluster], tmp_path: Path
@@ -454,12 +465,8 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
                 removed = cluster.nodes[1]
                 assert removed.process is not None
                 assert await asyncio.to_thread(removed.process.wait, 60) == 0
-                offset = removed.log_size()
-                zombie = cluster.launch(1).process
-                assert zombie is not None
-                code = await asyncio.to_thread(zombie.wait, 60)
+                code, log = await started_again_until_it_stops(cluster, 1)
                 steps.append(f"removed node 1 started again: exit {code}")
-                log = removed.log_since(offset)
                 assert code == 0 and "node 1 was removed from the cluster" in log, log
                 join_node(cluster, 5, via=3)
                 await cluster.wait_started(5)
@@ -471,15 +478,10 @@ async def test_histories_stay_linearizable_while_a_node_leaves_and_another_joins
                 # (node 5 listed): it bootstraps afresh under another cluster id, its votes
                 # and log forgotten (Raft §5.2). Its peers refuse it as a node of another
                 # cluster, and once most of them did it stops with status 1, saying why.
-                wiped = cluster.nodes[2]
                 assert await asyncio.to_thread(cluster.terminate, 2) == 0
-                shutil.rmtree(wiped.data_dir)
-                offset = wiped.log_size()
-                fresh = cluster.launch(2).process
-                assert fresh is not None
-                code = await asyncio.to_thread(fresh.wait, 60)
+                shutil.rmtree(cluster.nodes[2].data_dir)
+                code, log = await started_again_until_it_stops(cluster, 2)
                 steps.append(f"node 2 started again without its data: exit {code}")
-                log = wiped.log_since(offset)
                 assert code == 1 and "refused it as a node of another cluster" in log, log
                 await asyncio.sleep(2.0)
             finally:
